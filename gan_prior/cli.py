@@ -1,0 +1,123 @@
+"""``python -m gan_prior``: sample a portrait pyramid from a seed, or render any pyramid file.
+
+    python -m gan_prior sample --checkpoint model_512.pkl --seed 7 --out out/seed7
+    python -m gan_prior render --checkpoint model_512.pkl --pyramid out/seed7/pyramid.safetensors \
+        --out out/seed7/render --angles 0 45 90
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
+from .checkpoint import CheckpointError, load_pyramid, save_pyramid
+from .generator import PortraitGAN
+from .media import contact_sheet, save_image, save_video, to_uint8, turntable_labels
+
+
+def render_frames(G: PortraitGAN, pyramid, ws, labels: torch.Tensor, resolution: int, chunk: int,
+                  desc: str, **options):
+    """Yield uint8 frames, one render per camera label, with a progress bar."""
+    for label in tqdm(labels, desc=desc, unit="frame"):
+        with torch.no_grad():
+            out = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True,
+                           chunk=chunk, **options)
+        yield to_uint8(out["image"][0])
+
+
+def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,
+                    **options) -> str:
+    path = os.path.join(out_dir, "turntable.mp4")
+    save_video(path, render_frames(G, pyramid, ws, turntable_labels(frames), resolution, chunk, "turntable",
+                                   **options), fps=fps)
+    return path
+
+
+def _resolve_ws(G: PortraitGAN, ws: Optional[torch.Tensor], path: str) -> torch.Tensor:
+    if ws is None:
+        raise SystemExit(f"error: {path} holds no 'ws'; the ToRGB and background need the latent it was made "
+                         "from (files from `sample`, inversion_trigrid.pkl, df.pth, epoch_*.pth and the gallery have it)")
+    if ws.shape[-1] != G.cfg.w_dim:
+        raise SystemExit(f"error: {path}: ws has width {ws.shape[-1]}, the checkpoint's w_dim is {G.cfg.w_dim}")
+    return ws
+
+
+def cmd_sample(args) -> None:
+    G = PortraitGAN.from_checkpoint(args.checkpoint)
+    gen = torch.Generator().manual_seed(args.seed)
+    z = torch.randn(1, G.cfg.z_dim, generator=gen)
+    with torch.no_grad():
+        ws = G.mapping(z, canonical_label(1), truncation_psi=args.truncation)
+        pyramid = G.synthesize_pyramid(ws)
+    os.makedirs(args.out, exist_ok=True)
+    save_pyramid(os.path.join(args.out, "pyramid.safetensors"), pyramid, ws,
+                 metadata={"seed": args.seed, "truncation": args.truncation, "checkpoint": os.path.abspath(args.checkpoint)})
+    with torch.no_grad():
+        front = G.render(pyramid, ws, canonical_label(1), resolution=args.resolution, deterministic=True,
+                         chunk=args.chunk)
+    save_image(os.path.join(args.out, "front.png"), front["image"][0])
+    video = write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
+    print(f"wrote {args.out}/pyramid.safetensors, front.png, {os.path.basename(video)}")
+
+
+def cmd_render(args) -> None:
+    G = PortraitGAN.from_checkpoint(args.checkpoint)
+    pyramid, ws = load_pyramid(args.pyramid)
+    ws = _resolve_ws(G, ws, args.pyramid)
+    os.makedirs(args.out, exist_ok=True)
+    if args.angles:
+        h, v = elevation_azimuth_to_hv(torch.full((len(args.angles),), float(args.elevation)),
+                                       torch.tensor(args.angles, dtype=torch.float32))
+        labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
+        frames = list(render_frames(G, pyramid, ws, labels, args.resolution, args.chunk, "views"))
+        for angle, frame in zip(args.angles, frames):
+            from .media import imageio  # noqa: F401  (kept in one place)
+            save_image(os.path.join(args.out, f"azimuth_{angle:+06.1f}.png"),
+                       torch.from_numpy(frame).permute(2, 0, 1).float().sub(128).div(127.5))
+        save_image(os.path.join(args.out, "views.png"),
+                   torch.from_numpy(contact_sheet(frames, len(frames))).permute(2, 0, 1).float().sub(128).div(127.5))
+    if args.frames > 0:
+        write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
+    print(f"wrote renders to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gan_prior", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--checkpoint", required=True, help="model_512.pkl, an official-key state dict, or a saved folder")
+        sp.add_argument("--out", required=True, help="output folder")
+        sp.add_argument("--resolution", type=int, default=256, help="render size in pixels (neural rendering, no SR)")
+        sp.add_argument("--frames", type=int, default=120, help="turntable frames (0 = no video)")
+        sp.add_argument("--chunk", type=int, default=16384, help="rays per renderer call (memory cap)")
+
+    s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front image + turntable video")
+    common(s)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--truncation", type=float, default=0.7)
+    s.set_defaults(func=cmd_sample)
+
+    r = sub.add_parser("render", help="any pyramid tri-grid file (ours or official) → images and a turntable")
+    common(r)
+    r.add_argument("--pyramid", required=True, help="pyramid file: ours (.safetensors) or official (.pkl/.pth)")
+    r.add_argument("--angles", type=float, nargs="*", default=[], help="azimuths in degrees (0 = front)")
+    r.add_argument("--elevation", type=float, default=0.0, help="elevation in degrees for --angles")
+    r.set_defaults(func=cmd_render)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

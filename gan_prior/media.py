@@ -1,0 +1,62 @@
+"""Images and videos of renders, written atomically.
+
+Renders are ``[B, 3, H, W]`` in the ToRGB range (≈[−1, 1]); they are saved as
+``clamp(x·127.5 + 128, 0, 255)`` like the official scripts.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from torch import Tensor
+
+from .camera import CANONICAL_RADIUS, GAN_FOCAL, camera_label, lookat_pose
+from .files import atomic_path
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """``[3, H, W]`` ToRGB output → ``[H, W, 3]`` uint8 (official ``x·127.5 + 128``)."""
+    return (image.detach().float().cpu() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_image(path: str, image: Tensor) -> None:
+    suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ".png"
+    with atomic_path(path, suffix) as tmp:
+        imageio.imwrite(tmp, to_uint8(image))
+
+
+def save_video(path: str, frames: Iterable[np.ndarray], fps: int = 30) -> None:
+    """Write uint8 ``[H, W, 3]`` frames to an mp4 (H.264 via imageio-ffmpeg)."""
+    with atomic_path(path, ".mp4") as tmp:
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+            for frame in frames:
+                writer.append_data(frame)
+
+
+def turntable_labels(n_frames: int, kind: str = "large", focal: float = GAN_FOCAL,
+                     radius: float = CANONICAL_RADIUS) -> Tensor:
+    """Official video cameras ``[n, 25]``: ``large`` = 360° at v = π/2 starting at the front;
+    ``small`` = the ±0.35 rad wobble (h = π/2 + 0.35·sin, v = π/2 − 0.05 + 0.25·cos)."""
+    t = torch.arange(n_frames, dtype=torch.float32) / n_frames
+    if kind == "large":
+        h, v = math.pi / 2 + 2 * math.pi * t, torch.full_like(t, math.pi / 2)
+    elif kind == "small":
+        h = math.pi / 2 + 0.35 * torch.sin(2 * math.pi * t)
+        v = math.pi / 2 - 0.05 + 0.25 * torch.cos(2 * math.pi * t)
+    else:
+        raise ValueError(f"unknown turntable kind {kind!r}; use 'large' or 'small'")
+    return camera_label(lookat_pose(h, v, radius), focal)
+
+
+def contact_sheet(images: Sequence[np.ndarray], columns: int) -> np.ndarray:
+    """Tile equally sized ``[H, W, 3]`` images row-major into one image."""
+    rows = math.ceil(len(images) / columns)
+    h, w, ch = images[0].shape
+    sheet = np.zeros((rows * h, columns * w, ch), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
+    return sheet

@@ -1,0 +1,94 @@
+"""The pyramid tri-grid: a set of tri-grids at several resolutions, and how they are sampled.
+
+Each level R is a tensor ``[B, 3, C·D, R, R]`` (3 planes; C = 12 feature channels × D = 3 depth
+slices, channel index = c·D + d). At sampling time a plane is a small volume
+``[C, D, R, R]`` looked up with trilinear ``grid_sample`` at ``(W, H, D)`` coordinates:
+
+    plane 0: (x, y, z)    plane 1: (x, z, y)    plane 2: (y, z, x)
+
+of the world point scaled by ``2 / box_warp`` (the cube ``[-0.35, 0.35]³`` → ``[-1, 1]³``), with
+zeros padding and ``align_corners=False``. Features are averaged over levels (the official code
+divides the sum by the number of levels, where the paper says "sum"; the released decoder was
+trained on the mean), then over planes (in the decoder).
+
+Level keys are the spatial size R (8, 16, …, 512). Any subset of levels is valid.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BOX_WARP = 0.7  # side of the tri-grid cube in GAN world units (official rendering_kwargs)
+TRIGRID_CHANNELS = 12  # feature channels per plane and depth slice
+TRIGRID_DEPTH = 3  # depth slices per plane (official --triplane_depth 3)
+LEVEL_SIZES = (8, 16, 32, 64, 128, 256, 512)  # the released model's pyramid
+# grid_sample coordinate order (W, H, D) for each plane, i.e. ``points @ inv(plane_axes)`` of the
+# official "corrected" EG3D plane axes.
+PLANE_COORDINATES = ((0, 1, 2), (0, 2, 1), (1, 2, 0))
+
+
+def level_key(size: int) -> str:
+    """File/parameter name of a level, as in the official files: ``trigrids_{R}``."""
+    return f"trigrids_{size}"
+
+
+def sample_pyramid(levels: Mapping[int, Tensor], points: Tensor, box_warp: float = BOX_WARP,
+                   depth: int = TRIGRID_DEPTH) -> Tensor:
+    """Sample every level at ``points`` ``[B, M, 3]`` (GAN world) → ``[B, 3, M, C]``, level-averaged."""
+    if not levels:
+        raise ValueError("sample_pyramid needs at least one tri-grid level")
+    b, m, _ = points.shape
+    scaled = points * (2.0 / box_warp)
+    grid = torch.stack([scaled[..., list(order)] for order in PLANE_COORDINATES], 1)  # [B, 3, M, 3]
+    grid = grid.reshape(b * 3, 1, 1, m, 3)
+    total = None
+    for level in levels.values():
+        lb, n_planes, cd, h, w = level.shape
+        if lb != b and lb == 1:
+            level = level.expand(b, -1, -1, -1, -1)
+        volume = level.reshape(b * n_planes, cd // depth, depth, h, w)
+        out = F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # [B·3, C, 1, 1, M]
+        out = out.reshape(b, n_planes, cd // depth, m).transpose(-1, -2)
+        total = out if total is None else total + out
+    return total / len(levels)
+
+
+class PyramidTriGrid(nn.Module):
+    """Learnable pyramid tri-grid: one ``nn.Parameter`` per level, named ``trigrids_{R}``.
+
+    ``levels``: ``{R: [B, 3, C·D, R, R]}``. ``sample(points [B, M, 3]) -> [B, 3, M, C]``.
+    """
+
+    def __init__(self, levels: Mapping[int, Tensor], box_warp: float = BOX_WARP,
+                 depth: int = TRIGRID_DEPTH):
+        super().__init__()
+        if not levels:
+            raise ValueError("a pyramid tri-grid needs at least one level")
+        self.box_warp, self.depth = box_warp, depth
+        self.trigrids = nn.ParameterDict(
+            {level_key(size): nn.Parameter(t.detach().clone().float()) for size, t in sorted(levels.items())})
+
+    @classmethod
+    def zeros(cls, sizes: Iterable[int] = LEVEL_SIZES, batch: int = 1,
+              channels: int = TRIGRID_CHANNELS * TRIGRID_DEPTH, **kwargs) -> "PyramidTriGrid":
+        return cls({r: torch.zeros(batch, 3, channels, r, r) for r in sizes}, **kwargs)
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(int(k.split("_")[1]) for k in self.trigrids.keys())
+
+    def as_dict(self) -> dict[int, Tensor]:
+        return {r: self.trigrids[level_key(r)] for r in self.sizes}
+
+    def __getitem__(self, size: int) -> Tensor:
+        return self.trigrids[level_key(size)]
+
+    def sample(self, points: Tensor, sizes: Optional[Iterable[int]] = None) -> Tensor:
+        levels = self.as_dict()
+        if sizes is not None:
+            levels = {r: levels[r] for r in sizes}
+        return sample_pyramid(levels, points, self.box_warp, self.depth)
