@@ -44,6 +44,16 @@ def _fail(path: str, message: str) -> CheckpointError:
     return CheckpointError(f"{path}: {message}")
 
 
+def _one_line(e: BaseException) -> str:
+    """The informative line of a (possibly multi-line) error: the one naming a GLOBAL if any."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(e).__name__)
+
+
+class _UnsafePayload(Exception):
+    """A tensor's nested storage payload that the weights-only loader refused."""
+
+
 # ---------------------------------------------------------------------------- restricted pickle
 class Record:
     """An official persistent-class instance, as data: its class name, init kwargs and state."""
@@ -79,7 +89,10 @@ def _stub_class(module: str, name: str) -> type:
 def _load_storage_bytes(data: bytes):
     # A tensor's storage inside a plain pickle: a nested legacy torch.save payload. Parse it with
     # the weights-only unpickler (never the unrestricted one torch would use here) onto the CPU.
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise _UnsafePayload(f"refused a tensor's nested storage payload: {_one_line(e)}") from None
 
 
 def _numpy_scalar(dtype, data=None):
@@ -106,6 +119,11 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_array_stub,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_array_stub,
+    ("numpy", "ndarray"): _stub_class("numpy", "ndarray"),  # only an argument of _reconstruct (SMPL faces)
+    # smplx's SMPL stores its dtype attribute (torch.float32) in the real model_512.pkl
+    **{("torch", str(d).split(".")[1]): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                                    torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                    torch.int64, torch.bool)},
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
 }
@@ -142,10 +160,10 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise _fail(path, f"refused by the weights-only loader ({str(e).splitlines()[0]}); "
+        raise _fail(path, f"refused by the weights-only loader ({_one_line(e)}); "
                           "this file holds objects other than tensors and plain containers") from None
     except Exception as e:  # truncated zip, bad magic, ...
-        raise _fail(path, f"not a readable torch.save file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise _fail(path, f"not a readable torch.save file ({type(e).__name__}: {_one_line(e)})") from None
 
 
 def read_checkpoint(path: str) -> Any:
@@ -164,8 +182,10 @@ def read_checkpoint(path: str) -> Any:
             obj = RestrictedUnpickler(f, path).load()
         except CheckpointError:
             raise
+        except _UnsafePayload as e:
+            raise _fail(path, str(e)) from None
         except Exception as e:
-            raise _fail(path, f"corrupt or truncated pickle ({type(e).__name__}: {e})") from None
+            raise _fail(path, f"corrupt or truncated pickle ({type(e).__name__}: {_one_line(e)})") from None
     if isinstance(obj, int) and obj == LEGACY_TORCH_MAGIC:
         return _torch_load(path)
     return obj
@@ -318,6 +338,13 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
         raise _fail(path, f"corrupt or truncated safetensors file ({e})") from None
 
 
+def _looks_like_safetensors(path: str) -> bool:
+    """safetensors files start with an 8-byte header length, then the JSON header's '{'."""
+    with _open(path) as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and head[:2] != b"PK" and head[0] != 0x80
+
+
 def save_generator(model, folder: str) -> None:
     """Our format: ``config.json`` (architecture) + ``model.safetensors`` (official key names)."""
     os.makedirs(folder, exist_ok=True)
@@ -359,7 +386,7 @@ def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Ten
     a dict), ``df.pth`` / ``df_ep*.pth`` (``{'model': state}``), ``log/ckpt/epoch_*.pth`` and the
     gallery's ``NNN_pyramid_trigrid.pth`` (``{'model': {'trigrids_*', 'ws'}}``).
     """
-    if path.endswith(".safetensors"):
+    if path.endswith(".safetensors") or _looks_like_safetensors(path):
         state = read_safetensors(path)
     else:
         obj = read_checkpoint(path)
