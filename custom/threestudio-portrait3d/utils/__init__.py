@@ -1,0 +1,1 @@
+"""Helpers for the threestudio-portrait3d extension."""

@@ -1,0 +1,1 @@
+"""Import-only stand-in for nvdiffrast on CPU-only machines (see ``nvdiffrast.torch``)."""
