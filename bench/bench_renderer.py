@@ -1,0 +1,456 @@
+#!/usr/bin/env python
+"""Benchmark of the ``gan_prior`` neural renderer (full-size 3DPortraitGAN▲ generator).
+
+What it times: ``PortraitGAN.render`` of a fixed pyramid tri-grid (levels 8…512, 108 channels,
+random weights) from the canonical camera, batch 1, 48+48 samples per ray, jitter on
+(``deterministic=False``, as in training/SDS), with the pyramid levels as leaf tensors that
+require grad and the generator frozen (what the SDS stage optimises). Per case:
+
+* ``forward``: ``render(...)`` + ``image.square().mean()``, autograd recording (as in SDS);
+* ``fwd+bwd``: the same plus ``loss.backward()`` into the pyramid levels (grads set to None
+  before every iteration);
+
+median of ``--repeats`` iterations after one warm-up iteration, and the peak memory of a
+forward+backward. Every (case, implementation) runs in a fresh subprocess (see "memory" below).
+
+When the official 3DPortraitGAN_pyramid code is available (``--official-root``, env
+``PORTRAIT3D_OFFICIAL_ROOT``, or /work/official/3DPortraitGAN_pyramid), its render-only
+``training.neural_renderer.TriPlaneGenerator.render_planes`` is timed on the same inputs (same
+weights, same pyramid, same camera, same rendering kwargs), imported and patched at runtime by
+``tests/parity/make_official_fixture.py`` (nothing official lives in this repository). Before
+timing, a jitter-off render of both is compared (max abs difference printed).
+
+Memory:
+* CPU: peak resident-set increase of the worker process during the timed iterations, i.e.
+  ``VmHWM − VmRSS_before`` from /proc/self/status, with the high-water mark reset just before
+  (``echo 5 > /proc/self/clear_refs``) after model, pyramid and warm-up are in memory. It counts
+  everything the step makes resident (activations, autograd buffers, the pyramid gradients,
+  allocator slack), not the model or pyramid. Where clear_refs is not writable it falls back to
+  ``ru_maxrss`` growth (a lower bound) and says so.
+* CUDA: ``torch.cuda.max_memory_allocated() − memory_allocated()`` before the step (after
+  ``reset_peak_memory_stats``).
+
+Usage::
+
+    PYTHONPATH=. python bench/bench_renderer.py                  # full run (CPU: several minutes)
+    PYTHONPATH=. python bench/bench_renderer.py --quick --no-official   # smoke run
+    PYTHONPATH=. python bench/bench_renderer.py --device cuda --repeats 10 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+PARITY_DIR = os.path.join(ROOT, "tests", "parity")
+
+import torch  # noqa: E402
+
+DEFAULT_OFFICIAL_ROOT = "/work/official/3DPortraitGAN_pyramid"
+RESULT_TAG = "BENCH_RESULT "
+SEED = 0
+CPU_WARMUP_RESOLUTION = 32  # see --full-warmup
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    resolution: int
+    background: bool
+
+
+FULL_CASES = (Case("64 no-bg", 64, False), Case("128 no-bg", 128, False), Case("64 bg", 64, True))
+QUICK_CASES = (Case("32 no-bg", 32, False), Case("32 bg", 32, True))
+
+
+# ---------------------------------------------------------------------------------- helpers
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def machine_info(device: str) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "device": device}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+class PeakMemory:
+    """Peak memory growth of this process over a region (see module docstring)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.method = None
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            self.method = "cuda max_memory_allocated - memory_allocated before"
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
+            self.base = _proc_status_kib("VmRSS") * 1024
+            self.method = "VmHWM - VmRSS before (HWM reset via /proc/self/clear_refs)"
+        except OSError:
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.method = "ru_maxrss growth (lower bound: clear_refs not writable)"
+
+    def peak_bytes(self) -> int:
+        if self.device.startswith("cuda"):
+            sync(self.device)
+            return torch.cuda.max_memory_allocated() - self.base
+        if self.method.startswith("VmHWM"):
+            return _proc_status_kib("VmHWM") * 1024 - self.base
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
+
+
+# ---------------------------------------------------------------------------------- official side
+_ORIGINAL_SAMPLERS = {}
+
+
+def import_official(root: str):
+    """The official modules, imported and runtime-patched by the parity harness."""
+    if PARITY_DIR not in sys.path:
+        sys.path.insert(0, PARITY_DIR)
+    import make_official_fixture as harness
+
+    mods = harness.import_official(root)
+    ir = mods.rend.ImportanceRenderer
+    # The harness makes the renderer deterministic (no stratified jitter, det=True inverse CDF)
+    # by wrapping two methods; keep the official originals to restore the training behaviour.
+    _ORIGINAL_SAMPLERS["patched"] = (ir.sample_stratified, ir.sample_pdf)
+    _ORIGINAL_SAMPLERS["official"] = (
+        inspect.getclosurevars(ir.sample_stratified).nonlocals["orig_stratified"],
+        inspect.getclosurevars(ir.sample_pdf).nonlocals["orig_pdf"])
+    return harness, mods
+
+
+def official_jitter(mods, on: bool) -> None:
+    """on: the official sampling (stratified jitter + random inverse CDF), as in training;
+    off: the harness's deterministic patches (linspace depths, det=True)."""
+    ir = mods.rend.ImportanceRenderer
+    ir.sample_stratified, ir.sample_pdf = _ORIGINAL_SAMPLERS["official" if on else "patched"]
+
+
+def build_official(harness, mods, ours, device: str):
+    """The official render-only TriPlaneGenerator with our model's decoder/torgb/bcg weights."""
+    _, render_mod = harness.build_models(mods)  # (tiny backbone is discarded)
+    rk = render_mod.rendering_kwargs
+    rc = ours.cfg.render
+    mine = dict(ray_start=rc.ray_start, ray_end=rc.ray_end, depth_resolution=rc.depth_resolution,
+                depth_resolution_importance=rc.depth_resolution_importance, box_warp=rc.box_warp,
+                triplane_depth=ours.cfg.trigrid_depth)
+    theirs = {k: rk[k] for k in mine}
+    if mine != theirs:
+        raise SystemExit(f"rendering kwargs differ: ours {mine} vs official harness {theirs}")
+    state = {k: v for k, v in ours.state_dict().items()
+             if k.split(".")[0] in ("decoder", "torgb", "bcg_synthesis")}
+    result = render_mod.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise SystemExit(f"official weight load: missing {result.missing_keys}, "
+                         f"unexpected {result.unexpected_keys}")
+    return render_mod.to(device).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------- workers
+def load_inputs(path: str, device: str):
+    from gan_prior.generator import PortraitGAN, PortraitGANConfig
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    ours = PortraitGAN.random(PortraitGANConfig(), seed=data["seed"]).to(device)
+    ws, c = data["ws"].to(device), data["c"].to(device)
+    pyramid = {int(r): t.to(device) for r, t in data["pyramid"].items()}
+    return ours, ws, c, pyramid
+
+
+def make_renderers(impl: str, ours, ws, c, official_root, device):
+    """impl → fn(pyramid, resolution, background, deterministic) → image."""
+    if impl == "ours":
+        def render(pyr, res, bg, det):
+            return ours.render(pyr, ws, c, resolution=res, deterministic=det, background=bg)["image"]
+        return render
+    harness, mods = import_official(official_root)
+    official = build_official(harness, mods, ours, device)
+
+    def render(pyr, res, bg, det):
+        official_jitter(mods, on=not det)
+        planes = {r // 2: t for r, t in pyr.items()}  # official keys: 2-D resolution R/2
+        return official.render_planes(ws=ws, planes=planes, c=c, neural_rendering_resolution=res,
+                                      render_bg=bg, noise_mode="const")["image_raw"]
+    return render
+
+
+def worker_time(spec: dict) -> dict:
+    device = spec["device"]
+    torch.manual_seed(spec["seed"])
+    ours, ws, c, pyramid = load_inputs(spec["inputs"], device)
+    render = make_renderers(spec["impl"], ours, ws, c, spec.get("official_root"), device)
+    levels = {r: t.detach().clone().requires_grad_(True) for r, t in pyramid.items()}
+    del pyramid
+    res, bg = spec["resolution"], spec["background"]
+
+    def step(resolution):
+        for t in levels.values():
+            t.grad = None
+        sync(device)
+        t0 = time.perf_counter()
+        image = render(levels, resolution, bg, False)
+        loss = image.square().mean()
+        sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t0, loss.item(), tuple(image.shape)
+
+    step(spec["warmup_resolution"])  # warm-up (lazy init, kernels; allocator on CUDA)
+    for t in levels.values():
+        t.grad = None  # the baseline excludes gradients: the step's peak includes allocating them
+    mem = PeakMemory(device)
+    mem.start()
+    fwd, full = [], []
+    for _ in range(spec["repeats"]):
+        f, fb, loss, shape = step(res)
+        fwd.append(f)
+        full.append(fb)
+    peak = mem.peak_bytes()
+    grads = [t.grad for t in levels.values()]
+    return {"impl": spec["impl"], "resolution": res, "background": bg, "forward_s": fwd,
+            "fwd_bwd_s": full, "forward_median_s": statistics.median(fwd),
+            "fwd_bwd_median_s": statistics.median(full), "peak_mem_bytes": peak,
+            "peak_mem_method": mem.method, "loss": loss, "image_shape": list(shape),
+            "levels_with_grad": sum(g is not None and bool(torch.isfinite(g).all()) for g in grads),
+            "levels": len(grads), "torch_threads": torch.get_num_threads()}
+
+
+def worker_parity(spec: dict) -> dict:
+    """Jitter off: ours (deterministic=True) vs official (harness deterministic patches)."""
+    device = spec["device"]
+    ours, ws, c, pyramid = load_inputs(spec["inputs"], device)
+    r_ours = make_renderers("ours", ours, ws, c, None, device)
+    r_off = make_renderers("official", ours, ws, c, spec["official_root"], device)
+    out = []
+    with torch.no_grad():
+        for res, bg in spec["pairs"]:
+            a, b = r_ours(pyramid, res, bg, True), r_off(pyramid, res, bg, True)
+            out.append({"resolution": res, "background": bg,
+                        "max_abs_diff": (a - b).abs().max().item(), "max_abs": b.abs().max().item()})
+    return {"parity": out}
+
+
+def run_worker(spec: dict, threads) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    raise RuntimeError(f"worker {spec.get('impl', 'parity')} failed (rc {proc.returncode}):\n"
+                       f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+# ---------------------------------------------------------------------------------- main
+def resolve_official(args):
+    if args.no_official:
+        return None
+    root = args.official_root or os.environ.get("PORTRAIT3D_OFFICIAL_ROOT")
+    if root:
+        if not os.path.isfile(os.path.join(root, "training", "neural_renderer.py")):
+            raise SystemExit(f"--official-root {root}: not a 3DPortraitGAN_pyramid checkout")
+        return os.path.abspath(root)
+    if os.path.isfile(os.path.join(DEFAULT_OFFICIAL_ROOT, "training", "neural_renderer.py")):
+        return DEFAULT_OFFICIAL_ROOT
+    return None
+
+
+def fmt_s(x) -> str:
+    return "–" if x is None else (f"{x * 1e3:.0f} ms" if x < 1 else f"{x:.2f} s")
+
+
+def fmt_mib(x) -> str:
+    return "–" if x is None else f"{x / 2 ** 20:.0f} MiB"
+
+
+def fmt_ratio(a, b) -> str:
+    return "–" if a is None or b is None else f"{a / b:.2f}×"
+
+
+def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
+    lines = [
+        "## gan_prior renderer benchmark", "",
+        f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs, {info['usable_cores']} usable)",
+        f"- device: {info['device']}" + (f" ({info['gpu']})" if "gpu" in info else ""),
+        f"- torch {info['torch']}, torch threads {info['torch_threads']}, Python {info['python']}",
+        f"- generator: PortraitGANConfig() defaults (levels {meta['levels']}, 108 ch, random weights "
+        f"seed {meta['seed']}); pyramid synthesis {meta['synthesis_s']:.1f} s",
+        f"- render: batch 1, canonical camera, 48+48 samples, deterministic=False (jitter on); "
+        f"loss = image.square().mean(), backward into the {len(meta['levels'])} pyramid levels",
+        f"- median of {meta['repeats']} repeats after 1 warm-up ({meta['warmup']}); "
+        f"each case/impl in a fresh subprocess",
+        f"- peak memory: {meta['mem_method']}",
+        f"- official: {meta['official'] or 'not run'}", "",
+        "| case | ours fwd | ours fwd+bwd | official fwd | official fwd+bwd | "
+        "ratio fwd (official/ours) | ratio fwd+bwd (official/ours) | ours peak mem | official peak mem |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        o, f = r["ours"], r.get("official")
+        g = (lambda k: f[k] if f else None)
+        lines.append(
+            f"| {r['case']} | {fmt_s(o['forward_median_s'])} | {fmt_s(o['fwd_bwd_median_s'])} | "
+            f"{fmt_s(g('forward_median_s'))} | {fmt_s(g('fwd_bwd_median_s'))} | "
+            f"{fmt_ratio(g('forward_median_s'), o['forward_median_s'])} | "
+            f"{fmt_ratio(g('fwd_bwd_median_s'), o['fwd_bwd_median_s'])} | "
+            f"{fmt_mib(o['peak_mem_bytes'])} | {fmt_mib(g('peak_mem_bytes'))} |")
+    if parity:
+        lines += ["", "Jitter-off agreement (ours deterministic=True vs official with the harness's "
+                      "deterministic patches), image max |ours − official|:", ""]
+        for p in parity:
+            lines.append(f"- {p['resolution']}² background={p['background']}: {p['max_abs_diff']:.3g} "
+                         f"(max |image| {p['max_abs']:.3g})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed iterations per case (default 3, --quick 1)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 32×32 (bg and no bg), 1 repeat")
+    ap.add_argument("--official-root", default=None,
+                    help=f"3DPortraitGAN_pyramid checkout (default: $PORTRAIT3D_OFFICIAL_ROOT, "
+                         f"else {DEFAULT_OFFICIAL_ROOT} if present)")
+    ap.add_argument("--no-official", action="store_true", help="do not time the official renderer")
+    ap.add_argument("--full-warmup", action="store_true",
+                    help=f"on CPU, warm up at the case resolution (default: one {CPU_WARMUP_RESOLUTION}² "
+                         f"fwd+bwd, same code path; on CUDA the warm-up is always full size)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--json", default=None, metavar="OUT", help="write all numbers to this JSON file")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        result = worker_parity(spec) if spec["mode"] == "parity" else worker_time(spec)
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return 0
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but CUDA is not available")
+    repeats = args.repeats or (1 if args.quick else 3)
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    official_root = resolve_official(args)
+    info = machine_info(device)
+    t_start = time.time()
+
+    from gan_prior.camera import canonical_label
+    from gan_prior.generator import PortraitGAN, PortraitGANConfig
+
+    model = PortraitGAN.random(PortraitGANConfig(), seed=SEED).to(device)
+    gen = torch.Generator().manual_seed(SEED)
+    z = torch.randn(1, model.cfg.z_dim, generator=gen).to(device)
+    c = canonical_label(1).to(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        ws = model.mapping(z, c)
+        pyramid = model.synthesize_pyramid(ws)
+    sync(device)
+    synthesis_s = time.perf_counter() - t0
+    del model
+
+    with tempfile.TemporaryDirectory(prefix="bench_renderer_") as tmp:
+        inputs = os.path.join(tmp, "inputs.pt")
+        torch.save({"seed": SEED, "ws": ws.cpu(), "c": c.cpu(),
+                    "pyramid": {r: t.cpu() for r, t in pyramid.items()}}, inputs)
+        levels = sorted(pyramid)
+        del pyramid
+        base = {"device": device, "inputs": inputs, "seed": SEED, "official_root": official_root}
+
+        parity = None
+        if official_root:
+            pairs = sorted({(cs.resolution, cs.background) for cs in cases if cs.resolution ==
+                            min(x.resolution for x in cases)})
+            print(f"checking jitter-off agreement with the official renderer at {pairs} ...", flush=True)
+            parity = run_worker({**base, "mode": "parity", "pairs": pairs}, args.threads)["parity"]
+
+        rows = []
+        for cs in cases:
+            row = {"case": cs.name, **asdict(cs)}
+            warm = cs.resolution if (device.startswith("cuda") or args.full_warmup) else \
+                min(cs.resolution, CPU_WARMUP_RESOLUTION)
+            for impl in ("ours", "official") if official_root else ("ours",):
+                print(f"timing {impl:8s} {cs.name} ...", flush=True)
+                row[impl] = run_worker({**base, "mode": "time", "impl": impl, "resolution": cs.resolution,
+                                        "background": cs.background, "repeats": repeats,
+                                        "warmup_resolution": warm}, args.threads)
+                r = row[impl]
+                if r["levels_with_grad"] != r["levels"] or not math.isfinite(r["loss"]):
+                    raise SystemExit(f"{impl} {cs.name}: backward did not reach every level "
+                                     f"({r['levels_with_grad']}/{r['levels']}) or loss not finite")
+            rows.append(row)
+
+    info["torch_threads"] = rows[0]["ours"]["torch_threads"]
+    warm_desc = ("full-size fwd+bwd" if device.startswith("cuda") or args.full_warmup
+                 else f"fwd+bwd at min(R, {CPU_WARMUP_RESOLUTION})²")
+    meta = {"levels": levels, "seed": SEED, "synthesis_s": synthesis_s, "repeats": repeats,
+            "warmup": warm_desc, "mem_method": rows[0]["ours"]["peak_mem_method"],
+            "official": official_root, "total_s": time.time() - t_start}
+    table = make_table(info, meta, rows, parity)
+    print()
+    print(table)
+    print(f"\n(total {meta['total_s']:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "meta": meta, "cases": rows, "parity": parity}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
