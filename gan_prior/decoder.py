@@ -22,5 +22,7 @@ class TriGridDecoder(nn.Module):
 
     def forward(self, sampled: Tensor) -> tuple[Tensor, Tensor]:
         """sampled ``[B, 3, M, C]`` → (sigma ``[B, M, 1]``, features ``[B, M, out_features]``)."""
-        x = self.net(sampled.mean(1))
+        x = sampled.mean(1)
+        b, m, c = x.shape
+        x = self.net(x.reshape(b * m, c)).reshape(b, m, -1)  # 2-D input: the FC layers use fused addmm
         return x[..., :1], x[..., 1:]

@@ -52,9 +52,11 @@ def sample_pyramid(levels: Mapping[int, Tensor], points: Tensor, box_warp: float
         volume = level.reshape(b * n_planes, cd // depth, depth, h, w)
         out = F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="zeros",
                             align_corners=False)  # [B·3, C, 1, 1, M]
-        out = out.reshape(b, n_planes, cd // depth, m).transpose(-1, -2)
-        total = out if total is None else total + out
-    return total / len(levels)
+        # accumulate in place in grid_sample's layout: no fresh [B, 3, C, M] buffer per level
+        total = out if total is None else total.add_(out)
+    if len(levels) > 1:
+        total = total.div_(len(levels))
+    return total.reshape(b, 3, -1, m).transpose(-1, -2)
 
 
 class PyramidTriGrid(nn.Module):

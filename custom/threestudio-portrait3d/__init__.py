@@ -1,0 +1,25 @@
+"""threestudio-portrait3d: Portrait3D (SIGGRAPH 2024) as a threestudio extension.
+
+Loaded by threestudio's ``launch.py`` from ``custom/threestudio-portrait3d`` (module name
+``threestudio-portrait3d``). Registers: ``portrait3d-system``, ``pyramid-trigrid``,
+``gan-prior-initializer``, ``portrait3d-gan-material``, ``portrait3d-gan-background``,
+``portrait3d-renderer`` and ``portrait3d-camera-datamodule``; and the config resolver
+``${p3d_tiny:NAME}`` (a tiny random model built on first use, for smoke runs).
+"""
+import threestudio
+from packaging.version import Version
+
+if not hasattr(threestudio, "__version__") or Version(threestudio.__version__) < Version("0.2.0"):
+    raise ValueError("threestudio-portrait3d needs threestudio >= 0.2.0; please update threestudio")
+
+from .utils.cpu_compat import apply_cpu_compat
+
+apply_cpu_compat()
+
+from . import prior  # noqa: E402  (registers the ${p3d_tiny:...} resolver)
+from .background import gan_background  # noqa: E402,F401
+from .data import portrait3d_camera  # noqa: E402,F401
+from .geometry import pyramid_trigrid  # noqa: E402,F401
+from .material import gan_material  # noqa: E402,F401
+from .renderer import portrait3d_renderer  # noqa: E402,F401
+from .system import gan_prior_initializer, portrait3d  # noqa: E402,F401

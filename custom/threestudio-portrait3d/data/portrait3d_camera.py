@@ -1,0 +1,76 @@
+"""``portrait3d-camera-datamodule``: threestudio's random cameras, aimed at the GAN's pivot.
+
+The official cameras sit on a radius-2.7 sphere about the origin and look at the pivot
+(0, 0.0649, 0)_GAN = (0, 0, 0.0649)_threestudio. threestudio's datamodule always looks at the
+origin, so this subclass keeps its camera positions and re-aims every camera (c2w, ray
+directions, MVP) at ``look_at`` — exact, where shifting the geometry would tilt views by ~1.4°.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import threestudio
+from threestudio.data.uncond import RandomCameraDataModule, RandomCameraDataModuleConfig
+from threestudio.utils.config import parse_structured
+from threestudio.utils.ops import get_mvp_matrix
+from threestudio.utils.typing import *
+
+
+@dataclass
+class Portrait3DCameraConfig(RandomCameraDataModuleConfig):
+    look_at: Tuple[float, float, float] = (0.0, 0.0, 0.0649)
+    # the official SDS camera ranges (spec §4.5, camera-check.md §4)
+    elevation_range: Tuple[float, float] = (-15.0, 30.0)
+    azimuth_range: Tuple[float, float] = (-180.0, 180.0)
+    camera_distance_range: Tuple[float, float] = (2.7, 2.7)
+    fovy_range: Tuple[float, float] = (8.818, 8.818)
+    camera_perturb: float = 0.0
+    center_perturb: float = 0.0
+    up_perturb: float = 0.0
+    eval_elevation_deg: float = 0.0
+    eval_camera_distance: float = 2.7
+    eval_fovy_deg: float = 8.818
+
+
+def aim_cameras(batch: Dict[str, Any], look_at: Tensor) -> Dict[str, Any]:
+    """Re-aim the cameras of a threestudio batch at ``look_at``, keeping positions and pixels."""
+    c2w = batch["c2w"]
+    pos = c2w[..., :3, 3]
+    forward = F.normalize(look_at.to(pos) - pos, dim=-1)
+    up = torch.tensor([0.0, 0.0, 1.0], device=pos.device).expand_as(forward)
+    right = F.normalize(torch.cross(forward, up, dim=-1), dim=-1)
+    up = F.normalize(torch.cross(right, forward, dim=-1), dim=-1)
+    new = c2w.clone()
+    new[..., :3, :3] = torch.stack([right, up, -forward], -1)
+    dirs_cam = torch.einsum("...hwi,...ij->...hwj", batch["rays_d"], c2w[..., :3, :3])
+    rays_d = torch.einsum("...hwj,...ij->...hwi", dirs_cam, new[..., :3, :3])
+    batch = dict(batch)
+    batch["c2w"], batch["rays_d"] = new, F.normalize(rays_d, dim=-1)
+    batch["mvp_mtx"] = get_mvp_matrix(new.reshape(-1, 4, 4), batch["proj_mtx"].reshape(-1, 4, 4)).reshape(c2w.shape)
+    return batch
+
+
+@threestudio.register("portrait3d-camera-datamodule")
+class Portrait3DCameraDataModule(RandomCameraDataModule):
+    cfg: Portrait3DCameraConfig
+
+    def __init__(self, cfg: Optional[Union[dict, Any]] = None) -> None:
+        super(RandomCameraDataModule, self).__init__()
+        self.cfg = parse_structured(Portrait3DCameraConfig, cfg)
+        if self.cfg.center_perturb or self.cfg.up_perturb:
+            raise ValueError("data.center_perturb and data.up_perturb must be 0 for portrait3d-camera-datamodule "
+                             "(cameras are aimed at data.look_at)")
+        self.look_at = torch.tensor(self.cfg.look_at, dtype=torch.float32)
+
+    def setup(self, stage=None) -> None:
+        super().setup(stage)
+        if hasattr(self, "train_dataset") and not getattr(self.train_dataset, "_p3d_aimed", False):
+            collate = self.train_dataset.collate
+            self.train_dataset.collate = lambda batch: aim_cameras(collate(batch), self.look_at)
+            self.train_dataset._p3d_aimed = True
+        for name in ("val_dataset", "test_dataset"):
+            ds = getattr(self, name, None)
+            if ds is not None and not getattr(ds, "_p3d_aimed", False):
+                aimed = aim_cameras({"c2w": ds.c2w, "rays_d": ds.rays_d, "proj_mtx": ds.proj_mtx}, self.look_at)
+                ds.c2w, ds.rays_d, ds.mvp_mtx = aimed["c2w"], aimed["rays_d"], aimed["mvp_mtx"]
+                ds._p3d_aimed = True

@@ -1,0 +1,87 @@
+"""``pyramid-trigrid``: the Portrait3D pyramid tri-grid as a threestudio implicit geometry.
+
+Parameters: one tensor per level, ``trigrids_{R}`` ``[1, 3, 36, R, R]`` (learning rates per level
+are plain optimizer config: ``system.optimizer.params.geometry.trigrids_256.lr``). The frozen GAN
+decoder maps the level- and plane-averaged features to a raw density σ and a 32-channel feature.
+Points arrive in threestudio's world (z up) and are rotated into the GAN world (y up, face +z).
+``density`` is the *raw* σ (the renderer applies ``softplus(σ − 1)``); the isosurface is taken on
+raw σ, as the official shape export (level 15 there), with the official x/z crop applied.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import threestudio
+from threestudio.models.geometry.base import BaseImplicitGeometry
+from threestudio.utils.typing import *
+
+from gan_prior.camera import threestudio_to_gan_points
+from gan_prior.pyramid_trigrid import level_key, sample_pyramid
+from gan_prior.renderer import RenderConfig, crop_mask
+
+from ..prior import load_prior
+
+
+@threestudio.register("pyramid-trigrid")
+class PyramidTriGridGeometry(BaseImplicitGeometry):
+    @dataclass
+    class Config(BaseImplicitGeometry.Config):
+        checkpoint: str = ""  # the GAN prior whose frozen decoder reads the grid
+        level_sizes: List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512])
+        radius: float = 0.35  # the tri-grid cube (box_warp / 2)
+        isosurface_method: str = "mc-cpu"
+        isosurface_resolution: int = 256
+        isosurface_threshold: Any = 15.0  # raw σ, official marching-cubes level
+
+    cfg: Config
+
+    def configure(self) -> None:
+        super().configure()
+        prior = load_prior(self.cfg.checkpoint, "system.geometry.checkpoint")
+        self.box_warp = prior.cfg.render.box_warp
+        self.depth = prior.cfg.trigrid_depth
+        self.crop = RenderConfig(box_warp=self.box_warp)
+        channels = prior.cfg.plane_channels
+        for r in sorted(self.cfg.level_sizes):
+            self.register_parameter(level_key(r), torch.nn.Parameter(torch.zeros(1, 3, channels, r, r)))
+        self.decoder = type(prior.decoder)(prior.cfg.trigrid_channels, 32, prior.cfg.feature_channels)
+        self.decoder.load_state_dict(prior.decoder.state_dict())
+        self.decoder.requires_grad_(False)
+
+    @property
+    def levels(self) -> Dict[int, Float[Tensor, "1 3 C R R"]]:
+        return {r: getattr(self, level_key(r)) for r in sorted(self.cfg.level_sizes)}
+
+    @torch.no_grad()
+    def set_levels(self, levels: Dict[int, Tensor]) -> None:
+        """Fill the grid; ``levels`` must hold exactly the configured sizes."""
+        if sorted(levels) != sorted(self.cfg.level_sizes):
+            raise ValueError(f"pyramid levels {sorted(levels)} do not match system.geometry.level_sizes "
+                             f"{sorted(self.cfg.level_sizes)}; set level_sizes to the file's levels")
+        for r, t in levels.items():
+            getattr(self, level_key(r)).copy_(t[:1].to(self.decoder.net[0].weight))
+
+    def _field(self, points: Float[Tensor, "*N 3"]) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
+        shape = points.shape[:-1]
+        pts = threestudio_to_gan_points(points.reshape(1, -1, 3))
+        sigma, feats = self.decoder(sample_pyramid(self.levels, pts, self.box_warp, self.depth))
+        return sigma.reshape(*shape, 1), feats.reshape(*shape, -1)
+
+    def forward(self, points: Float[Tensor, "*N Di"], output_normal: bool = False) -> Dict[str, Float[Tensor, "..."]]:
+        if output_normal:
+            raise ValueError("pyramid-trigrid has no normals; use a material with requires_normal = False")
+        sigma, feats = self._field(points)
+        return {"density": sigma, "features": feats}
+
+    def forward_density(self, points: Float[Tensor, "*N Di"]) -> Float[Tensor, "*N 1"]:
+        return self._field(points)[0]
+
+    def forward_field(self, points: Float[Tensor, "*N Di"]) -> Tuple[Float[Tensor, "*N 1"], Optional[Float[Tensor, "*N 3"]]]:
+        sigma = self._field(points)[0]
+        cropped = crop_mask(threestudio_to_gan_points(points), self.crop)
+        return torch.where(cropped, torch.full_like(sigma, self.crop.crop_density), sigma), None
+
+    def forward_level(self, field: Float[Tensor, "*N 1"], threshold: float) -> Float[Tensor, "*N 1"]:
+        return -(field - threshold)
+
+    def export(self, points: Float[Tensor, "*N Di"], **kwargs) -> Dict[str, Any]:
+        return {"features": self._field(points)[1]}

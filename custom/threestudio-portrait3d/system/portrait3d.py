@@ -1,0 +1,160 @@
+"""``portrait3d-system``: Portrait3D in threestudio.
+
+Stage "sds" (paper §3.4, official ``main_3DPortraitGAN_cam.py``): the pyramid tri-grid — filled
+by ``gan-prior-initializer`` on a fresh run — is optimised with any threestudio guidance and
+prompt processor while the GAN decoder, ToRGB and background stay frozen; a binary-entropy
+regulariser on the per-sample weights; an EMA of the pyramid (torch_ema semantics, updated every
+``ema_every_n_steps``) is what the test video and exports use, as the official ``df.pth``.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import threestudio
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from threestudio.systems.base import BaseLift3DSystem
+from threestudio.utils.typing import *
+
+from gan_prior.pyramid_trigrid import level_key
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers → plain lists/dicts, recursively (tensors untouched)."""
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+@threestudio.register("portrait3d-system")
+class Portrait3DSystem(BaseLift3DSystem):
+    @dataclass
+    class Config(BaseLift3DSystem.Config):
+        prior_checkpoint: str = ""  # the GAN prior; components refer to it as ${system.prior_checkpoint}
+        initializer_type: str = "gan-prior-initializer"
+        initializer: dict = field(default_factory=dict)
+        ema_decay: float = 0.95
+        ema_every_n_steps: int = 100
+        eval_with_ema: bool = True
+
+    cfg: Config
+
+    # ------------------------------------------------------------------ setup
+    def configure(self) -> None:
+        super().configure()
+        for r, t in self.geometry.levels.items():
+            self.register_buffer(f"ema_{level_key(r)}", t.detach().clone())
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        if self.guidance_is_trained:  # e.g. VSD's LoRA: its parameters must exist for the optimizer
+            self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        if not self.resumed:
+            self.initialize_from_prior()
+
+    @property
+    def guidance_is_trained(self) -> bool:
+        return any(str(k).split(".")[0] == "guidance" for k in (self.cfg.optimizer.get("params") or {}))
+
+    @torch.no_grad()
+    def initialize_from_prior(self) -> None:
+        if self.cfg.initializer_type not in threestudio.__modules__:
+            raise ValueError(f"system.initializer_type {self.cfg.initializer_type!r} is not registered; "
+                             "use 'gan-prior-initializer' (is the extension installed in custom/?)")
+        levels, ws = threestudio.find(self.cfg.initializer_type)(self.cfg.initializer)()
+        self.geometry.set_levels(levels)
+        for part in (self.material, self.background):
+            if hasattr(part, "set_ws"):
+                part.set_ws(ws)
+        for r, t in self.geometry.levels.items():
+            getattr(self, f"ema_{level_key(r)}").copy_(t)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+        if not self.guidance_is_trained:
+            self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # a frozen guidance is rebuilt in on_fit_start: keeping it out of the checkpoint keeps files
+        # small and lets resume=/--export load strictly (a trained guidance, e.g. VSD's LoRA, stays)
+        state = checkpoint["state_dict"]
+        dropped = ("prompt_processor.",) if self.guidance_is_trained else ("guidance.", "prompt_processor.")
+        for key in [k for k in state if k.startswith(dropped)]:
+            del state[key]
+        # config values (e.g. Adan's betas) reach the optimizer state as OmegaConf containers, which
+        # torch.load(weights_only=True) — the default since torch 2.6 — refuses on resume
+        checkpoint["optimizer_states"] = _plain(checkpoint.get("optimizer_states", []))
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        return self.renderer(**batch)
+
+    # ------------------------------------------------------------------ SDS stage
+    def training_step(self, batch, batch_idx):
+        out = self(batch)
+        guidance_out = self.guidance(out["comp_rgb"], self.prompt_processor(), **batch, rgb_as_latents=False)
+        loss = 0.0
+        for name, value in guidance_out.items():
+            self.log(f"train/{name}", value)
+            if name.startswith("loss_"):
+                lambda_name = "lambda_" + name[len("loss_"):]
+                if lambda_name not in self.cfg.loss:
+                    raise ValueError(f"the guidance returns {name}; add system.loss.{lambda_name} to the config")
+                loss = loss + value * self.C(self.cfg.loss[lambda_name])
+        w = out["weights"].clamp(1e-5, 1 - 1e-5)
+        loss_entropy = (-w * torch.log(w) - (1 - w) * torch.log(1 - w)).mean()
+        self.log("train/loss_entropy", loss_entropy)
+        loss = loss + loss_entropy * self.C(self.cfg.loss.lambda_entropy)
+        for name, value in self.cfg.loss.items():
+            self.log(f"train_params/{name}", self.C(value))
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if (self.true_global_step + 1) % self.cfg.ema_every_n_steps == 0:
+            self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """torch_ema: decay capped at (1 + n) / (10 + n) for the n-th update."""
+        n = int(self.ema_updates)
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for r, t in self.geometry.levels.items():
+            shadow = getattr(self, f"ema_{level_key(r)}")
+            shadow.sub_((1 - decay) * (shadow - t))
+        self.ema_updates += 1
+
+    @torch.no_grad()
+    def use_ema(self) -> None:
+        if self.cfg.eval_with_ema and int(self.ema_updates) > 0:
+            self.geometry.set_levels({r: getattr(self, f"ema_{level_key(r)}") for r in self.geometry.levels})
+
+    # ------------------------------------------------------------------ evaluation
+    def _save_views(self, out: Dict[str, Any], filename: str, name: str) -> None:
+        self.save_image_grid(
+            filename,
+            [{"type": "rgb", "img": out["comp_rgb"][0], "kwargs": {"data_format": "HWC"}},
+             {"type": "grayscale", "img": out["opacity"][0, :, :, 0], "kwargs": {"cmap": None, "data_range": (0, 1)}}],
+            name=name, step=self.true_global_step)
+
+    def validation_step(self, batch, batch_idx):
+        self._save_views(self(batch), f"it{self.true_global_step}-{batch['index'][0]}.png", "validation_step")
+
+    def on_validation_epoch_end(self):
+        pass
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self.use_ema()
+
+    def test_step(self, batch, batch_idx):
+        self._save_views(self(batch), f"it{self.true_global_step}-test/{batch['index'][0]}.png", "test_step")
+
+    def on_test_epoch_end(self):
+        self.save_img_sequence(f"it{self.true_global_step}-test", f"it{self.true_global_step}-test", r"(\d+)\.png",
+                               save_format="mp4", fps=30, name="test", step=self.true_global_step)
+
+    def on_predict_start(self) -> None:
+        self.use_ema()
+        super().on_predict_start()
