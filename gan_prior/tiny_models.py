@@ -218,7 +218,7 @@ def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
 
 
 #: Bump when build_tiny_stable_diffusion's output changes.
-TINY_SD_VERSION = "v1"
+TINY_SD_VERSION = "v2"
 
 register_tiny_model("stable-diffusion", build_tiny_stable_diffusion, TINY_SD_VERSION)
 

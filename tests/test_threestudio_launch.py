@@ -85,3 +85,48 @@ def test_resume_then_export_mesh_with_vertex_colours(run):
     assert ((colours >= 0) & (colours <= 1)).all()
     positions = torch.tensor([[float(x) for x in v[1:4]] for v in verts])
     assert positions.abs().max() <= 0.35 + 1e-4  # inside the tri-grid cube
+
+
+SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2",
+         "data.n_test_views=2"]
+
+
+def test_swap_prompt_processor_options_negative_prompt_and_perp_neg(run):
+    tree, cache, trial, launch = run
+    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=perpneg",
+                  "use_timestamp=false", "system.prompt_processor.negative_prompt=blurry, low quality",
+                  "system.prompt_processor.use_perp_neg=true", *SHORT)
+    assert proc.returncode == 0, _tail(proc)
+    parsed = open(os.path.join(tree, "outputs", "portrait3d-tiny", "perpneg", "configs", "parsed.yaml")).read()
+    assert "use_perp_neg: true" in parsed and "negative_prompt: blurry, low quality" in parsed
+    assert os.path.isfile(os.path.join(tree, "outputs", "portrait3d-tiny", "perpneg", "save", "it2-test.mp4"))
+
+
+def test_swap_guidance_to_unified_guidance_and_resume(run, tmp_path):
+    """Another threestudio guidance by config only (threestudio's unified guidance in SDS mode).
+
+    (threestudio's stable-diffusion-vsd-guidance builds diffusers' LoRAAttnProcessor with keyword
+    arguments that diffusers >= 0.26 removed, so it cannot be constructed with the pinned diffusers.)
+    """
+    tree, cache, trial, launch = run
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(tree, "configs", "portrait3d-tiny.yaml"))
+    sd = "${system.prompt_processor.pretrained_model_name_or_path}"
+    cfg.tag, cfg.use_timestamp = "unified", False
+    cfg.system.guidance_type = "stable-diffusion-unified-guidance"
+    cfg.system.guidance = {"guidance_type": "sds", "pretrained_model_name_or_path": sd,
+                           "half_precision_weights": False, "guidance_scale": 100.0,
+                           "min_step_percent": 0.02, "max_step_percent": 0.4}
+    cfg.system.loss = {"lambda_sd": 1.0, "lambda_sd_img": 0.0, "lambda_entropy": 0.001}
+    path = str(tmp_path / "unified.yaml")
+    OmegaConf.save(cfg, path)
+    proc = launch(tree, cache, "--config", path, "--train", *SHORT)
+    assert proc.returncode == 0, _tail(proc)
+    out = os.path.join(tree, "outputs", "portrait3d-tiny", "unified")
+    metrics = glob.glob(os.path.join(out, "csv_logs", "**", "metrics.csv"), recursive=True)
+    rows = list(csv.DictReader(open(metrics[0])))
+    assert any(r.get("train/loss_sd") for r in rows)  # the swapped guidance's loss was used
+    proc = launch(tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train",
+                  f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}", "trainer.max_steps=3")
+    assert proc.returncode == 0, _tail(proc)

@@ -44,3 +44,28 @@ def launch(worktree: str, cache: str, *args: str, timeout: int = 900) -> subproc
     proc = subprocess.run([sys.executable, "launch.py", *args], cwd=worktree, env=launch_env(cache),
                           capture_output=True, text=True, timeout=timeout)
     return proc
+
+
+def import_extension():
+    """Import threestudio and this extension in the test process, as launch.py does (once)."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available() and STUBS not in sys.path:
+        sys.path.insert(0, STUBS)
+        spec = importlib.util.spec_from_file_location("_p3d_cpu_shim", os.path.join(STUBS, "sitecustomize.py"))
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    if THREESTUDIO_ROOT not in sys.path:
+        sys.path.insert(0, THREESTUDIO_ROOT)
+    import threestudio
+
+    name = "threestudio-portrait3d"
+    if name not in sys.modules:
+        folder = os.path.join(ROOT, "custom", name)
+        spec = importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return threestudio

@@ -95,7 +95,8 @@ class Portrait3DSystem(BaseLift3DSystem):
         guidance_out = self.guidance(out["comp_rgb"], self.prompt_processor(), **batch, rgb_as_latents=False)
         loss = 0.0
         for name, value in guidance_out.items():
-            self.log(f"train/{name}", value)
+            if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.numel() == 1):
+                self.log(f"train/{name}", value)  # guidances also return images/latents: not logged
             if name.startswith("loss_"):
                 lambda_name = "lambda_" + name[len("loss_"):]
                 if lambda_name not in self.cfg.loss:

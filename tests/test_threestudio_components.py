@@ -1,0 +1,116 @@
+"""The extension's components in threestudio's contracts, driven in-process.
+
+The key check: rendering the initial pyramid through ``portrait3d-renderer`` with threestudio's
+cameras (our pivot-aimed datamodule) gives the same pixels as ``gan_prior``'s own render of the
+same pyramid from the equivalent GAN camera label — which proves the camera mapping.
+"""
+import os
+
+import pytest
+import torch
+
+from conftest import requires_threestudio
+from gan_prior import PortraitGAN, load_pyramid, save_pyramid, threestudio_c2w_to_label, tiny_config
+
+pytestmark = requires_threestudio
+
+
+@pytest.fixture(scope="module")
+def ts():
+    from threestudio_env import import_extension
+
+    return import_extension()
+
+
+@pytest.fixture(scope="module")
+def prior_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("prior") / "gan")
+    PortraitGAN.random(tiny_config(), seed=3).save(path)
+    return path
+
+
+def build(ts, prior_path, mode="torgb-bias", **init):
+    g = ts.find("pyramid-trigrid")({"checkpoint": prior_path, "level_sizes": [8, 16, 32]})
+    m = ts.find("portrait3d-gan-material")({"checkpoint": prior_path})
+    bg = ts.find("portrait3d-gan-background")({"checkpoint": prior_path, "mode": mode})
+    r = ts.find("portrait3d-renderer")({"depth_resolution": 12, "depth_resolution_importance": 12},
+                                      geometry=g, material=m, background=bg)
+    levels, ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "seed": 5, **init})()
+    g.set_levels(levels)
+    m.set_ws(ws)
+    bg.set_ws(ws)
+    return g, m, bg, r.eval(), levels, ws
+
+
+def eval_batches(ts, n=4, size=16):  # n != 3: threestudio's eval cameras break at 3 views
+    dm = ts.find("portrait3d-camera-datamodule")({"eval_height": size, "eval_width": size, "n_test_views": n,
+                                                  "eval_elevation_deg": 12.0})
+    dm.setup("test")
+    return [dm.test_dataset.collate([dm.test_dataset[i]]) for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["torgb-bias", "gan"])
+def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
+    g, m, bg, renderer, levels, ws = build(ts, prior_path, mode)
+    prior = PortraitGAN.from_checkpoint(prior_path)
+    for batch in eval_batches(ts):
+        with torch.no_grad():
+            out = renderer(**batch)
+            label = threestudio_c2w_to_label(batch["c2w"], torch.rad2deg(batch["fovy"]))
+            ref = prior.render(levels, ws, label, resolution=16, deterministic=True, background=(mode == "gan"))
+        expected = (ref["image"] * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+        assert (out["comp_rgb"] - expected).abs().max() < 2e-5
+        assert (out["opacity"] - ref["opacity"].permute(0, 2, 3, 1)).abs().max() < 1e-5
+        assert (out["depth"] - ref["depth"].permute(0, 2, 3, 1)).abs().max() < 1e-4
+
+
+def test_cameras_orbit_the_origin_and_look_at_the_pivot(ts):
+    for batch in eval_batches(ts, n=4):
+        c2w = batch["c2w"][0]
+        pos = c2w[:3, 3]
+        assert abs(pos.norm().item() - 2.7) < 1e-5
+        forward = -c2w[:3, 2]
+        to_pivot = torch.tensor([0.0, 0.0, 0.0649]) - pos
+        assert torch.allclose(forward, to_pivot / to_pivot.norm(), atol=1e-6)
+        centre_ray = batch["rays_d"][0].reshape(-1, 3).mean(0)
+        assert torch.allclose(centre_ray / centre_ray.norm(), forward, atol=1e-5)
+
+
+def test_gradients_reach_only_the_pyramid(ts, prior_path):
+    g, m, bg, renderer, _, _ = build(ts, prior_path)
+    renderer.train()
+    batch = eval_batches(ts, n=1, size=8)[0]
+    out = renderer(**batch)
+    assert out["weights"].shape[-2] == 23  # 12 + 12 samples → 23 intervals
+    out["comp_rgb"].mean().backward()
+    for r, t in g.levels.items():
+        assert t.grad is not None and t.grad.abs().sum() > 0, r
+    frozen = list(g.decoder.parameters()) + list(m.parameters()) + list(bg.parameters())
+    assert all(p.grad is None for p in frozen)
+
+
+def test_initializer_reads_pyramid_files_and_rejects_mismatches(ts, prior_path, tmp_path):
+    levels, ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "seed": 1})()
+    official = str(tmp_path / "001_pyramid_trigrid.pth")
+    save_pyramid(official, levels, ws, fmt="official")
+    got, got_ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "source": "pyramid",
+                                                    "pyramid_path": official})()
+    assert all(torch.equal(got[r], levels[r]) for r in levels) and torch.equal(got_ws, ws)
+    g = ts.find("pyramid-trigrid")({"checkpoint": prior_path, "level_sizes": [8, 16, 32, 64]})
+    with pytest.raises(ValueError, match=r"pyramid levels \[8, 16, 32\] do not match system.geometry.level_sizes"):
+        g.set_levels(got)
+
+
+def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):
+    missing = str(tmp_path / "nope" / "model_512.pkl")
+    with pytest.raises(ValueError, match="system.geometry.checkpoint: .*model_512.pkl not found"):
+        ts.find("pyramid-trigrid")({"checkpoint": missing})
+    with pytest.raises(ValueError, match="system.background.mode must be"):
+        ts.find("portrait3d-gan-background")({"checkpoint": prior_path, "mode": "white"})
+    with pytest.raises(ValueError, match="system.initializer.pyramid_path: .*file not found"):
+        ts.find("gan-prior-initializer")({"checkpoint": prior_path, "source": "pyramid",
+                                           "pyramid_path": str(tmp_path / "x.pth")})()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'levels'"):
+        ts.find("pyramid-trigrid")({"checkpoint": prior_path, "levels": [8]})
+    with pytest.raises(KeyError):
+        ts.find("pyramid-trigrids")
