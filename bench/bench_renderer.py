@@ -10,8 +10,14 @@ require grad and the generator frozen (what the SDS stage optimises). Per case:
 * ``fwd+bwd``: the same plus ``loss.backward()`` into the pyramid levels (grads set to None
   before every iteration);
 
-median of ``--repeats`` iterations after one warm-up iteration, and the peak memory of a
-forward+backward. Every (case, implementation) runs in a fresh subprocess (see "memory" below).
+median of ``--repeats`` iterations (both times from the same iteration) after one warm-up
+forward+backward (on CPU at min(R, 32)², same code path; full size on CUDA or with
+``--full-warmup``), and the peak memory of one forward+backward. Each case is timed in a fresh
+subprocess; with the official renderer, both are timed in that process, interleaved (the order
+alternating every round) so that drifts of a shared machine hit both alike. Peak memory is
+measured for each (case, implementation) in its own fresh subprocess. The timing worker also records
+how many CPUs other processes kept busy meanwhile ("other load"); above ~0.2 the numbers are
+contaminated and a warning is printed.
 
 When the official 3DPortraitGAN_pyramid code is available (``--official-root``, env
 ``PORTRAIT3D_OFFICIAL_ROOT``, or /work/official/3DPortraitGAN_pyramid), its render-only
@@ -21,18 +27,21 @@ weights, same pyramid, same camera, same rendering kwargs), imported and patched
 timing, a jitter-off render of both is compared (max abs difference printed).
 
 Memory:
-* CPU: peak resident-set increase of the worker process during the timed iterations, i.e.
+* CPU: peak resident-set increase of the memory worker during one forward+backward, i.e.
   ``VmHWM − VmRSS_before`` from /proc/self/status, with the high-water mark reset just before
-  (``echo 5 > /proc/self/clear_refs``) after model, pyramid and warm-up are in memory. It counts
-  everything the step makes resident (activations, autograd buffers, the pyramid gradients,
-  allocator slack), not the model or pyramid. Where clear_refs is not writable it falls back to
-  ``ru_maxrss`` growth (a lower bound) and says so.
+  (``echo 5 > /proc/self/clear_refs``) after model, pyramid and warm-up are in memory and the
+  gradients freed. It counts everything the step makes resident (activations, autograd buffers,
+  the pyramid gradients), not the model or pyramid. The memory worker runs with glibc's mmap and
+  trim thresholds fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``) so
+  freed tensors leave the resident set at once and the figure tracks live memory, not heap
+  caching (timing workers run with the default allocator). Where clear_refs is not writable it
+  falls back to ``ru_maxrss`` growth (a lower bound) and says so.
 * CUDA: ``torch.cuda.max_memory_allocated() − memory_allocated()`` before the step (after
   ``reset_peak_memory_stats``).
 
 Usage::
 
-    PYTHONPATH=. python bench/bench_renderer.py                  # full run (CPU: several minutes)
+    PYTHONPATH=. python bench/bench_renderer.py                  # full run (2-core CPU: ~4 min idle)
     PYTHONPATH=. python bench/bench_renderer.py --quick --no-official   # smoke run
     PYTHONPATH=. python bench/bench_renderer.py --device cuda --repeats 10 --json out.json
 """
@@ -64,6 +73,11 @@ DEFAULT_OFFICIAL_ROOT = "/work/official/3DPortraitGAN_pyramid"
 RESULT_TAG = "BENCH_RESULT "
 SEED = 0
 CPU_WARMUP_RESOLUTION = 32  # see --full-warmup
+QUICK_WARMUP_RESOLUTION = 16
+# CPU memory workers: glibc serves every allocation >= 128 KiB with its own mmap and unmaps it on
+# free (a fixed threshold also turns off glibc's dynamic threshold), so the resident-set peak tracks
+# the peak of live tensor memory instead of how much freed memory the heap happened to keep.
+MEMORY_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,36 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
 
 
+class OtherLoad:
+    """Average number of CPUs busy with *other* processes (and VM steal) over a region:
+    Δ(busy jiffies in /proc/stat) − Δ(this process's utime+stime), per wall second. Timings
+    taken while this is well above 0 are contaminated by concurrent work. None if unavailable."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            busy = v[0] + v[1] + v[2] + sum(v[5:8])  # user nice system irq softirq steal
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own = int(fields[11]) + int(fields[12])  # utime stime (all threads)
+            return busy, own, time.perf_counter()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def cores(self):
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        wall = end[2] - self.start[2]
+        return max(0.0, ((end[0] - self.start[0]) - (end[1] - self.start[1])) / hz / wall)
+
+
 # ---------------------------------------------------------------------------------- official side
 _ORIGINAL_SAMPLERS = {}
 
@@ -222,47 +266,71 @@ def make_renderers(impl: str, ours, ws, c, official_root, device):
     return render
 
 
-def worker_time(spec: dict) -> dict:
-    device = spec["device"]
-    torch.manual_seed(spec["seed"])
-    ours, ws, c, pyramid = load_inputs(spec["inputs"], device)
-    render = make_renderers(spec["impl"], ours, ws, c, spec.get("official_root"), device)
-    levels = {r: t.detach().clone().requires_grad_(True) for r, t in pyramid.items()}
-    del pyramid
-    res, bg = spec["resolution"], spec["background"]
+def _stepper(render, levels, device, background):
+    """One iteration: (forward s, forward+backward s, loss, image shape)."""
 
     def step(resolution):
         for t in levels.values():
             t.grad = None
         sync(device)
         t0 = time.perf_counter()
-        image = render(levels, resolution, bg, False)
+        image = render(levels, resolution, background, False)
         loss = image.square().mean()
         sync(device)
         t1 = time.perf_counter()
         loss.backward()
         sync(device)
         t2 = time.perf_counter()
-        return t1 - t0, t2 - t0, loss.item(), tuple(image.shape)
+        return t1 - t0, t2 - t0, loss.item(), list(image.shape)
 
-    step(spec["warmup_resolution"])  # warm-up (lazy init, kernels; allocator on CUDA)
+    return step
+
+
+def _setup(spec: dict, impls):
+    device = spec["device"]
+    torch.manual_seed(spec["seed"])
+    ours, ws, c, pyramid = load_inputs(spec["inputs"], device)
+    renders = {impl: make_renderers(impl, ours, ws, c, spec.get("official_root"), device) for impl in impls}
+    levels = {r: t.detach().clone().requires_grad_(True) for r, t in pyramid.items()}
+    steps = {impl: _stepper(fn, levels, device, spec["background"]) for impl, fn in renders.items()}
+    for impl in impls:
+        steps[impl](spec["warmup_resolution"])  # warm-up (lazy init, kernels; allocator on CUDA)
     for t in levels.values():
-        t.grad = None  # the baseline excludes gradients: the step's peak includes allocating them
-    mem = PeakMemory(device)
+        t.grad = None  # memory baseline excludes gradients: the step's peak includes allocating them
+    return steps, levels
+
+
+def worker_time(spec: dict) -> dict:
+    """Time every impl in ``spec["impls"]`` in this one process, interleaved (the order
+    alternating each round) so that slow drifts of the machine hit both alike."""
+    impls, device, res = spec["impls"], spec["device"], spec["resolution"]
+    steps, levels = _setup(spec, impls)
+    load = OtherLoad()
+    runs = {impl: {"forward_s": [], "fwd_bwd_s": []} for impl in impls}
+    for i in range(spec["repeats"]):
+        for impl in (impls if i % 2 == 0 else impls[::-1]):
+            f, fb, loss, shape = steps[impl](res)
+            r = runs[impl]
+            r["forward_s"].append(f)
+            r["fwd_bwd_s"].append(fb)
+            r.update(loss=loss, image_shape=shape, levels=len(levels),
+                     levels_with_grad=sum(t.grad is not None and bool(torch.isfinite(t.grad).all())
+                                          for t in levels.values()))
+    other = load.cores()
+    for r in runs.values():
+        r.update(forward_median_s=statistics.median(r["forward_s"]),
+                 fwd_bwd_median_s=statistics.median(r["fwd_bwd_s"]), other_load_cores=other)
+    return {"runs": runs, "torch_threads": torch.get_num_threads()}
+
+
+def worker_memory(spec: dict) -> dict:
+    """Peak memory of one forward+backward of one impl, in this fresh process."""
+    impl = spec["impls"][0]
+    steps, _ = _setup(spec, [impl])
+    mem = PeakMemory(spec["device"])
     mem.start()
-    fwd, full = [], []
-    for _ in range(spec["repeats"]):
-        f, fb, loss, shape = step(res)
-        fwd.append(f)
-        full.append(fb)
-    peak = mem.peak_bytes()
-    grads = [t.grad for t in levels.values()]
-    return {"impl": spec["impl"], "resolution": res, "background": bg, "forward_s": fwd,
-            "fwd_bwd_s": full, "forward_median_s": statistics.median(fwd),
-            "fwd_bwd_median_s": statistics.median(full), "peak_mem_bytes": peak,
-            "peak_mem_method": mem.method, "loss": loss, "image_shape": list(shape),
-            "levels_with_grad": sum(g is not None and bool(torch.isfinite(g).all()) for g in grads),
-            "levels": len(grads), "torch_threads": torch.get_num_threads()}
+    steps[impl](spec["resolution"])
+    return {"peak_mem_bytes": mem.peak_bytes(), "peak_mem_method": mem.method}
 
 
 def worker_parity(spec: dict) -> dict:
@@ -280,12 +348,13 @@ def worker_parity(spec: dict) -> dict:
     return {"parity": out}
 
 
-def run_worker(spec: dict, threads) -> dict:
+def run_worker(spec: dict, threads, extra_env=None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     if threads:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra_env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -320,6 +389,10 @@ def fmt_ratio(a, b) -> str:
     return "–" if a is None or b is None else f"{a / b:.2f}×"
 
 
+def fmt_load(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
     lines = [
         "## gan_prior renderer benchmark", "",
@@ -330,13 +403,16 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
         f"seed {meta['seed']}); pyramid synthesis {meta['synthesis_s']:.1f} s",
         f"- render: batch 1, canonical camera, 48+48 samples, deterministic=False (jitter on); "
         f"loss = image.square().mean(), backward into the {len(meta['levels'])} pyramid levels",
-        f"- median of {meta['repeats']} repeats after 1 warm-up ({meta['warmup']}); "
-        f"each case/impl in a fresh subprocess",
-        f"- peak memory: {meta['mem_method']}",
+        f"- median of {meta['repeats']} repeats after 1 warm-up ({meta['warmup']}); each case in a "
+        f"fresh subprocess, ours and official interleaved (order alternating each round)",
+        f"- peak memory of one forward+backward, each case and impl in its own fresh subprocess: "
+        f"{meta['mem_method']}" + ("" if info["device"].startswith("cuda") else
+                                    ", glibc mmap/trim threshold 128 KiB in that subprocess"),
         f"- official: {meta['official'] or 'not run'}", "",
         "| case | ours fwd | ours fwd+bwd | official fwd | official fwd+bwd | "
-        "ratio fwd (official/ours) | ratio fwd+bwd (official/ours) | ours peak mem | official peak mem |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "ratio fwd (official/ours) | ratio fwd+bwd (official/ours) | ours peak mem | official peak mem | "
+        "other load (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         o, f = r["ours"], r.get("official")
@@ -346,7 +422,13 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
             f"{fmt_s(g('forward_median_s'))} | {fmt_s(g('fwd_bwd_median_s'))} | "
             f"{fmt_ratio(g('forward_median_s'), o['forward_median_s'])} | "
             f"{fmt_ratio(g('fwd_bwd_median_s'), o['fwd_bwd_median_s'])} | "
-            f"{fmt_mib(o['peak_mem_bytes'])} | {fmt_mib(g('peak_mem_bytes'))} |")
+            f"{fmt_mib(o['peak_mem_bytes'])} | {fmt_mib(g('peak_mem_bytes'))} | "
+            f"{fmt_load(o['other_load_cores'])} |")
+    loads = [r[i]["other_load_cores"] for r in rows for i in ("ours", "official")
+             if r.get(i) and r[i]["other_load_cores"] is not None]
+    if loads and max(loads) > 0.2:
+        lines += ["", f"WARNING: other processes kept up to {max(loads):.2f} CPUs busy during timing; "
+                      "these numbers (and the ratios) are contaminated. Re-run on an idle machine."]
     if parity:
         lines += ["", "Jitter-off agreement (ours deterministic=True vs official with the harness's "
                       "deterministic patches), image max |ours − official|:", ""]
@@ -377,7 +459,7 @@ def main(argv=None) -> int:
 
     if args.worker:
         spec = json.loads(args.worker)
-        result = worker_parity(spec) if spec["mode"] == "parity" else worker_time(spec)
+        result = {"parity": worker_parity, "time": worker_time, "memory": worker_memory}[spec["mode"]](spec)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return 0
 
@@ -424,21 +506,26 @@ def main(argv=None) -> int:
         for cs in cases:
             row = {"case": cs.name, **asdict(cs)}
             warm = cs.resolution if (device.startswith("cuda") or args.full_warmup) else \
-                min(cs.resolution, CPU_WARMUP_RESOLUTION)
-            for impl in ("ours", "official") if official_root else ("ours",):
-                print(f"timing {impl:8s} {cs.name} ...", flush=True)
-                row[impl] = run_worker({**base, "mode": "time", "impl": impl, "resolution": cs.resolution,
-                                        "background": cs.background, "repeats": repeats,
-                                        "warmup_resolution": warm}, args.threads)
-                r = row[impl]
+                min(cs.resolution, QUICK_WARMUP_RESOLUTION if args.quick else CPU_WARMUP_RESOLUTION)
+            impls = ["ours", "official"] if official_root else ["ours"]
+            case_spec = {**base, "resolution": cs.resolution, "background": cs.background,
+                         "repeats": repeats, "warmup_resolution": warm}
+            print(f"timing {' + '.join(impls)}, {cs.name} (interleaved) ...", flush=True)
+            timed = run_worker({**case_spec, "mode": "time", "impls": impls}, args.threads)
+            threads = timed["torch_threads"]
+            for impl in impls:
+                r = row[impl] = timed["runs"][impl]
                 if r["levels_with_grad"] != r["levels"] or not math.isfinite(r["loss"]):
                     raise SystemExit(f"{impl} {cs.name}: backward did not reach every level "
                                      f"({r['levels_with_grad']}/{r['levels']}) or loss not finite")
+                print(f"peak memory {impl}, {cs.name} (fresh process) ...", flush=True)
+                r.update(run_worker({**case_spec, "mode": "memory", "impls": [impl]}, args.threads,
+                                    MEMORY_WORKER_ENV if not device.startswith("cuda") else None))
             rows.append(row)
 
-    info["torch_threads"] = rows[0]["ours"]["torch_threads"]
+    info["torch_threads"] = threads
     warm_desc = ("full-size fwd+bwd" if device.startswith("cuda") or args.full_warmup
-                 else f"fwd+bwd at min(R, {CPU_WARMUP_RESOLUTION})²")
+                 else f"fwd+bwd at min(R, {QUICK_WARMUP_RESOLUTION if args.quick else CPU_WARMUP_RESOLUTION})²")
     meta = {"levels": levels, "seed": SEED, "synthesis_s": synthesis_s, "repeats": repeats,
             "warmup": warm_desc, "mem_method": rows[0]["ours"]["peak_mem_method"],
             "official": official_root, "total_s": time.time() - t_start}

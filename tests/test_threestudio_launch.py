@@ -130,3 +130,19 @@ def test_swap_guidance_to_unified_guidance_and_resume(run, tmp_path):
     proc = launch(tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train",
                   f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}", "trainer.max_steps=3")
     assert proc.returncode == 0, _tail(proc)
+
+
+def test_the_real_config_resolves_and_names_a_missing_checkpoint(run, tmp_path):
+    """`launch.py --config configs/portrait3d.yaml --train system.prompt_processor.prompt=...` as the
+    README types it: the config and every registered name resolve; without model_512.pkl the run
+    stops with one line saying how to give it."""
+    tree, cache, trial, launch = run
+    os.environ["PORTRAIT3D_GAN_CHECKPOINT"] = str(tmp_path / "model_512.pkl")
+    try:
+        proc = launch(tree, cache, "--config", "configs/portrait3d.yaml", "--train",
+                      "system.prompt_processor.prompt=upper body photo, a man")
+    finally:
+        del os.environ["PORTRAIT3D_GAN_CHECKPOINT"]
+    assert proc.returncode != 0
+    assert "model_512.pkl not found; set system.prior_checkpoint=/path/to/model_512.pkl" in proc.stderr
+    assert "KeyError" not in proc.stderr and "IMPORT FAILED" not in proc.stdout + proc.stderr

@@ -1,7 +1,10 @@
 """One frozen GAN prior per checkpoint path, shared by the geometry, material, background and
 initializer (so ``model_512.pkl`` is read once per process), and the ``${p3d_tiny:NAME}`` resolver."""
+import copy
 import os
 from typing import Dict
+
+import torch
 
 from omegaconf import OmegaConf
 
@@ -18,13 +21,18 @@ def load_prior(path: str, option: str = "checkpoint") -> PortraitGAN:
     key = os.path.abspath(os.path.expanduser(path))
     if key not in _PRIORS:
         if not os.path.exists(key):
-            raise ValueError(f"{option}: {path} not found; give the path to the official model_512.pkl "
-                             "(or ${{p3d_tiny:portrait-gan}} for a tiny random model)")
+            raise ValueError(f"{option}: {path} not found; set system.prior_checkpoint=/path/to/model_512.pkl "
+                             "(or the environment variable PORTRAIT3D_GAN_CHECKPOINT)")
         try:
             _PRIORS[key] = PortraitGAN.from_checkpoint(key)
         except CheckpointError as e:
             raise ValueError(f"{option}: {e}") from None
     return _PRIORS[key]
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A private, frozen copy of a prior's submodule (so it is saved in threestudio checkpoints)."""
+    return copy.deepcopy(module).requires_grad_(False)
 
 
 if not OmegaConf.has_resolver("p3d_tiny"):

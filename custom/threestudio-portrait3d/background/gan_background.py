@@ -14,7 +14,7 @@ import threestudio
 from threestudio.models.background.base import BaseBackground
 from threestudio.utils.typing import *
 
-from ..prior import load_prior
+from ..prior import frozen_copy, load_prior
 
 
 @threestudio.register("portrait3d-gan-background")
@@ -32,10 +32,8 @@ class GANBackground(BaseBackground):
         prior = load_prior(self.cfg.checkpoint, "system.background.checkpoint")
         if self.cfg.mode == "gan" and prior.bcg_synthesis is None:
             raise ValueError(f"system.background.mode=gan but {self.cfg.checkpoint} has no background generator")
-        self.torgb = type(prior.torgb)(prior.cfg.feature_channels, 3, prior.cfg.w_dim)
-        self.torgb.load_state_dict(prior.torgb.state_dict())
-        self.bcg_synthesis = prior.bcg_synthesis if self.cfg.mode == "gan" else None
-        self.requires_grad_(False)
+        self.torgb = frozen_copy(prior.torgb)
+        self.bcg_synthesis = frozen_copy(prior.bcg_synthesis) if self.cfg.mode == "gan" else None
         self.register_buffer("ws", torch.zeros(1, prior.num_ws, prior.cfg.w_dim))
         self._cache: Dict[int, Tensor] = {}
 

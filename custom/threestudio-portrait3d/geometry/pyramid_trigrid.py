@@ -18,7 +18,7 @@ from gan_prior.camera import threestudio_to_gan_points
 from gan_prior.pyramid_trigrid import level_key, sample_pyramid
 from gan_prior.renderer import RenderConfig, crop_mask
 
-from ..prior import load_prior
+from ..prior import frozen_copy, load_prior
 
 
 @threestudio.register("pyramid-trigrid")
@@ -43,9 +43,7 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
         channels = prior.cfg.plane_channels
         for r in sorted(self.cfg.level_sizes):
             self.register_parameter(level_key(r), torch.nn.Parameter(torch.zeros(1, 3, channels, r, r)))
-        self.decoder = type(prior.decoder)(prior.cfg.trigrid_channels, 32, prior.cfg.feature_channels)
-        self.decoder.load_state_dict(prior.decoder.state_dict())
-        self.decoder.requires_grad_(False)
+        self.decoder = frozen_copy(prior.decoder)
 
     @property
     def levels(self) -> Dict[int, Float[Tensor, "1 3 C R R"]]:

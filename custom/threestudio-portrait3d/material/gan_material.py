@@ -12,7 +12,7 @@ import threestudio
 from threestudio.models.materials.base import BaseMaterial
 from threestudio.utils.typing import *
 
-from ..prior import load_prior
+from ..prior import frozen_copy, load_prior
 
 
 @threestudio.register("portrait3d-gan-material")
@@ -26,9 +26,7 @@ class GANToRGBMaterial(BaseMaterial):
 
     def configure(self) -> None:
         prior = load_prior(self.cfg.checkpoint, "system.material.checkpoint")
-        self.torgb = type(prior.torgb)(prior.cfg.feature_channels, 3, prior.cfg.w_dim)
-        self.torgb.load_state_dict(prior.torgb.state_dict())
-        self.torgb.requires_grad_(False)
+        self.torgb = frozen_copy(prior.torgb)
         self.register_buffer("ws", torch.zeros(1, prior.num_ws, prior.cfg.w_dim))
 
     @torch.no_grad()
