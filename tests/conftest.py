@@ -12,10 +12,20 @@ for p in (ROOT, os.path.join(ROOT, "tests", "parity")):
 THREESTUDIO_ROOT = os.environ.get("THREESTUDIO_ROOT", os.path.expanduser("~/threestudio"))
 
 
-def threestudio_available() -> bool:
-    return os.path.isfile(os.path.join(THREESTUDIO_ROOT, "launch.py"))
+# what `import threestudio` needs beyond requirements.txt (see requirements-threestudio.txt)
+THREESTUDIO_DEPS = ("pytorch_lightning", "torchvision", "nerfacc", "envlight", "igl", "wandb", "IPython")
 
 
-requires_threestudio = pytest.mark.skipif(
-    not threestudio_available(),
-    reason=f"threestudio not found at THREESTUDIO_ROOT={THREESTUDIO_ROOT} (set THREESTUDIO_ROOT to a checkout)")
+def threestudio_missing() -> str:
+    """Why the threestudio tests cannot run here ('' when they can)."""
+    import importlib.util
+
+    if not os.path.isfile(os.path.join(THREESTUDIO_ROOT, "launch.py")):
+        return f"threestudio not found at THREESTUDIO_ROOT={THREESTUDIO_ROOT} (set THREESTUDIO_ROOT to a checkout)"
+    missing = [m for m in THREESTUDIO_DEPS if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"threestudio's requirements are not installed ({', '.join(missing)}): pip install -r requirements-threestudio.txt"
+    return ""
+
+
+requires_threestudio = pytest.mark.skipif(bool(threestudio_missing()), reason=threestudio_missing() or "-")
