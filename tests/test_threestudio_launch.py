@@ -146,3 +146,12 @@ def test_the_real_config_resolves_and_names_a_missing_checkpoint(run, tmp_path):
     assert proc.returncode != 0
     assert "model_512.pkl not found; set system.prior_checkpoint=/path/to/model_512.pkl" in proc.stderr
     assert "KeyError" not in proc.stderr and "IMPORT FAILED" not in proc.stdout + proc.stderr
+
+
+def test_a_misspelt_component_name_gets_one_clear_line(run):
+    tree, cache, trial, launch = run
+    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo",
+                  "use_timestamp=false", "system.geometry_type=pyramid-trigrids")
+    assert proc.returncode != 0
+    assert ("system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; "
+            "did you mean pyramid-trigrid") in proc.stderr

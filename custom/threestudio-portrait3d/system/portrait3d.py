@@ -6,6 +6,7 @@ prompt processor while the GAN decoder, ToRGB and background stay frozen; a bina
 regulariser on the per-sample weights; an EMA of the pyramid (torch_ema semantics, updated every
 ``ema_every_n_steps``) is what the test video and exports use, as the official ``df.pth``.
 """
+import difflib
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,7 @@ class Portrait3DSystem(BaseLift3DSystem):
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
+        self.check_registered_names()
         super().configure()
         for r, t in self.geometry.levels.items():
             self.register_buffer(f"ema_{level_key(r)}", t.detach().clone())
@@ -56,11 +58,18 @@ class Portrait3DSystem(BaseLift3DSystem):
     def guidance_is_trained(self) -> bool:
         return any(str(k).split(".")[0] == "guidance" for k in (self.cfg.optimizer.get("params") or {}))
 
+    def check_registered_names(self) -> None:
+        """One clear line for a misspelt or unavailable component name (threestudio: KeyError)."""
+        for option in ("geometry_type", "material_type", "background_type", "renderer_type", "guidance_type",
+                       "prompt_processor_type", "exporter_type", "initializer_type"):
+            name = getattr(self.cfg, option)
+            if name not in threestudio.__modules__:
+                close = difflib.get_close_matches(name, list(threestudio.__modules__), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else "; is its extension in custom/?"
+                raise ValueError(f"system.{option}: {name!r} is not a registered threestudio component{hint}")
+
     @torch.no_grad()
     def initialize_from_prior(self) -> None:
-        if self.cfg.initializer_type not in threestudio.__modules__:
-            raise ValueError(f"system.initializer_type {self.cfg.initializer_type!r} is not registered; "
-                             "use 'gan-prior-initializer' (is the extension installed in custom/?)")
         levels, ws = threestudio.find(self.cfg.initializer_type)(self.cfg.initializer)()
         self.geometry.set_levels(levels)
         for part in (self.material, self.background):
