@@ -1,0 +1,90 @@
+"""GAN inversion (w+ projector) and the VGG16 perceptual distance, on tiny random models."""
+import math
+
+import pytest
+import torch
+
+from gan_prior import PortraitGAN, canonical_label, tiny_config
+from gan_prior.checkpoint import CheckpointError
+from gan_prior.inversion import InversionConfig, invert, learning_rate, noise_regularization, w_statistics
+from gan_prior.perceptual import VGG16Distance
+
+
+@pytest.fixture(scope="module")
+def setup():
+    G = PortraitGAN.random(tiny_config(), seed=2)
+    c = canonical_label(1)
+    z = torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ws = G.mapping(z, c)
+        target = G.render(G.synthesize_pyramid(ws), ws, c, resolution=32, deterministic=True)["image"]
+    return G, c, target
+
+
+def mse(a, b):
+    return (a - b).square().mean((1, 2, 3))
+
+
+def test_inversion_recovers_a_known_latent(setup):
+    G, c, target = setup
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    vgg = VGG16Distance.load(None)  # random weights of the real architecture (tests only)
+    cfg = InversionConfig(steps=80, resolution=32, deterministic=True, learning_rate=0.05)
+    out = invert(G, target, c, vgg, cfg, progress=False)
+    w_avg, _ = w_statistics(G)
+    with torch.no_grad():
+        ws0 = w_avg.repeat(1, G.num_ws, 1)
+        start = G.render(G.synthesize_pyramid(ws0), ws0, c, resolution=32, deterministic=True)["image"]
+    e0, e1 = mse(start, target).item(), mse(out["image"], target).item()
+    assert e1 < e0 / 8, (e0, e1)  # reconstruction error falls by a large factor from w_avg
+    assert out["ws"].shape == (1, G.num_ws, G.cfg.w_dim)
+    assert out["distance"][-1] < out["distance"][0] / 4
+    assert all(torch.equal(v, before[k]) for k, v in G.state_dict().items())  # G untouched
+
+
+def test_learning_rate_ramps_as_the_official_projector():
+    cfg = InversionConfig(learning_rate=0.01)
+    assert learning_rate(0.0, cfg) == 0.0
+    assert learning_rate(0.025, cfg) == pytest.approx(0.005)  # linear ramp-up over 5 %
+    assert learning_rate(0.5, cfg) == pytest.approx(0.01)
+    assert learning_rate(0.875, cfg) == pytest.approx(0.01 * (0.5 - 0.5 * math.cos(0.5 * math.pi)))
+    assert learning_rate(1.0, cfg) == pytest.approx(0.0)
+
+
+def test_noise_regularization_penalises_correlated_noise():
+    torch.manual_seed(0)
+    white = noise_regularization([torch.randn(32, 32)])
+    smooth = noise_regularization([torch.ones(32, 32)])
+    assert smooth.item() == pytest.approx(2 * 3)  # 32, 16, 8: two unit terms per scale
+    assert white.item() < 0.01
+
+
+def test_w_statistics_are_deterministic(setup):
+    G, _, _ = setup
+    a, sa = w_statistics(G, n=50)
+    b, sb = w_statistics(G, n=50)
+    assert a.shape == (1, 1, G.cfg.w_dim) and torch.equal(a, b) and sa == sb > 0
+
+
+def test_vgg_distance_and_loading(tmp_path):
+    vgg = VGG16Distance.load(None, seed=1)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    y = x.clone().requires_grad_(True)
+    assert torch.allclose(vgg(x, x), torch.zeros(2))
+    d = vgg(x.flip(-1), y)
+    assert (d > 0).all()
+    d.sum().backward()
+    assert y.grad.abs().sum() > 0
+    path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, path)
+    again = VGG16Distance.load(str(path), seed=5)
+    assert torch.allclose(again(x.flip(-1), x), vgg(x.flip(-1), x))
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="bad.pth: not a torchvision VGG16 state dict"):
+        VGG16Distance.load(str(tmp_path / "bad.pth"))
+
+
+def test_target_shape_is_checked(setup):
+    G, c, _ = setup
+    with pytest.raises(ValueError, match=r"target must be \[1, 3, H, W\]"):
+        invert(G, torch.zeros(3, 32, 32), c, mse, InversionConfig(steps=1), progress=False)
