@@ -60,3 +60,25 @@ def test_clear_errors(model_dir, tmp_path):
     bad.write_bytes(os.urandom(64))
     r = run("sample", "--checkpoint", str(bad), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "noise.pkl" in r.stderr
+
+
+def test_invert_an_aligned_image(model_dir, tmp_path):
+    G = PortraitGAN.from_checkpoint(model_dir)
+    from gan_prior import canonical_label
+    from gan_prior.media import save_image
+
+    with torch.no_grad():
+        c = canonical_label(1)
+        ws = G.mapping(torch.randn(1, G.cfg.z_dim), c)
+        target = G.render(G.synthesize_pyramid(ws), ws, c, resolution=32, deterministic=True)["image"]
+    save_image(str(tmp_path / "target.png"), target[0])
+    r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "target.png"), "--out",
+            str(tmp_path / "inv"), "--steps", "5", "--resolution", "32")
+    assert r.returncode == 0, r.stderr
+    assert "inversion" in r.stderr and "random" in r.stderr  # progress bar, and the no-VGG warning
+    levels, ws_out = load_pyramid(str(tmp_path / "inv" / "pyramid.safetensors"))
+    assert sorted(levels) == [8, 16, 32] and ws_out.shape == ws.shape
+    assert imageio.imread(tmp_path / "inv" / "comparison.png").shape == (32, 64, 3)
+    imageio.imwrite(tmp_path / "wide.png", (torch.rand(16, 32, 3) * 255).byte().numpy())
+    r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "wide.png"), "--out", str(tmp_path / "x"))
+    assert r.returncode != 0 and "wide.png: image is 32x16; give a square, aligned portrait crop" in r.stderr
