@@ -103,11 +103,7 @@ def test_swap_prompt_processor_options_negative_prompt_and_perp_neg(run):
 
 
 def test_swap_guidance_to_unified_guidance_and_resume(run, tmp_path):
-    """Another threestudio guidance by config only (threestudio's unified guidance in SDS mode).
-
-    (threestudio's stable-diffusion-vsd-guidance builds diffusers' LoRAAttnProcessor with keyword
-    arguments that diffusers >= 0.26 removed, so it cannot be constructed with the pinned diffusers.)
-    """
+    """Another threestudio guidance by config only (threestudio's unified guidance in SDS mode)."""
     tree, cache, trial, launch = run
     from omegaconf import OmegaConf
 
@@ -155,3 +151,30 @@ def test_a_misspelt_component_name_gets_one_clear_line(run):
     assert proc.returncode != 0
     assert ("system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; "
             "did you mean pyramid-trigrid") in proc.stderr
+
+
+def test_swap_guidance_to_vsd_trains_its_lora_and_resumes(run, tmp_path):
+    """threestudio's VSD guidance by config only: its LoRA is optimised, checkpointed and resumed."""
+    tree, cache, trial, launch = run
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(tree, "configs", "portrait3d-tiny.yaml"))
+    sd = "${system.prompt_processor.pretrained_model_name_or_path}"
+    cfg.tag, cfg.use_timestamp = "vsd", False
+    cfg.system.guidance_type = "stable-diffusion-vsd-guidance"
+    cfg.system.guidance = {"pretrained_model_name_or_path": sd, "pretrained_model_name_or_path_lora": sd,
+                           "half_precision_weights": False, "guidance_scale": 7.5,
+                           "min_step_percent": 0.02, "max_step_percent": 0.4}
+    cfg.system.loss = {"lambda_vsd": 1.0, "lambda_lora": 1.0, "lambda_entropy": 0.001}
+    cfg.system.optimizer.params["guidance"] = {"lr": 1e-3}
+    path = str(tmp_path / "vsd.yaml")
+    OmegaConf.save(cfg, path)
+    proc = launch(tree, cache, "--config", path, "--train", *SHORT)
+    assert proc.returncode == 0, _tail(proc)
+    out = os.path.join(tree, "outputs", "portrait3d-tiny", "vsd")
+    state = torch.load(os.path.join(out, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)["state_dict"]
+    lora_up = [v for k, v in state.items() if k.startswith("guidance.") and "lora" in k and k.endswith("up.weight")]
+    assert lora_up and any(v.abs().sum() > 0 for v in lora_up)  # LoRA "up" starts at 0: it was trained
+    proc = launch(tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train",
+                  f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}", "trainer.max_steps=3")
+    assert proc.returncode == 0, _tail(proc)

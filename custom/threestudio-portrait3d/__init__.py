@@ -12,10 +12,6 @@ from packaging.version import Version
 if not hasattr(threestudio, "__version__") or Version(threestudio.__version__) < Version("0.2.0"):
     raise ValueError("threestudio-portrait3d needs threestudio >= 0.2.0; please update threestudio")
 
-from .utils.cpu_compat import apply_cpu_compat
-
-apply_cpu_compat()
-
 from . import prior  # noqa: E402  (registers the ${p3d_tiny:...} resolver)
 from .background import gan_background  # noqa: E402,F401
 from .data import portrait3d_camera  # noqa: E402,F401
@@ -23,3 +19,8 @@ from .geometry import pyramid_trigrid  # noqa: E402,F401
 from .material import gan_material  # noqa: E402,F401
 from .renderer import portrait3d_renderer  # noqa: E402,F401
 from .system import gan_prior_initializer, portrait3d  # noqa: E402,F401
+from .utils.cpu_compat import apply_cpu_compat  # noqa: E402
+from .utils.diffusers_compat import apply_vsd_lora_compat  # noqa: E402
+
+apply_vsd_lora_compat()
+apply_cpu_compat()  # last: it rebinds get_device in every threestudio* module loaded so far
