@@ -303,7 +303,7 @@ def _setup(spec: dict, impls):
 def worker_time(spec: dict) -> dict:
     """Time every impl in ``spec["impls"]`` in this one process, interleaved (the order
     alternating each round) so that slow drifts of the machine hit both alike."""
-    impls, device, res = spec["impls"], spec["device"], spec["resolution"]
+    impls, res = spec["impls"], spec["resolution"]
     steps, levels = _setup(spec, impls)
     load = OtherLoad()
     runs = {impl: {"forward_s": [], "fwd_bwd_s": []} for impl in impls}

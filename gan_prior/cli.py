@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -77,11 +76,8 @@ def cmd_render(args) -> None:
         labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
         frames = list(render_frames(G, pyramid, ws, labels, args.resolution, args.chunk, "views"))
         for angle, frame in zip(args.angles, frames):
-            from .media import imageio  # noqa: F401  (kept in one place)
-            save_image(os.path.join(args.out, f"azimuth_{angle:+06.1f}.png"),
-                       torch.from_numpy(frame).permute(2, 0, 1).float().sub(128).div(127.5))
-        save_image(os.path.join(args.out, "views.png"),
-                   torch.from_numpy(contact_sheet(frames, len(frames))).permute(2, 0, 1).float().sub(128).div(127.5))
+            save_image(os.path.join(args.out, f"azimuth_{angle:+06.1f}.png"), frame)
+        save_image(os.path.join(args.out, "views.png"), contact_sheet(frames, len(frames)))
     if args.frames > 0:
         write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
     print(f"wrote renders to {args.out}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -180,20 +180,14 @@ class PortraitGAN(nn.Module):
             raise ValueError("render needs at least one pyramid level")
         cfg = self.cfg.render.replace(**render_options) if render_options else self.cfg.render
         origins, dirs = rays_from_label(c.float(), resolution, patch)
-        b, m, _ = origins.shape
+        b = origins.shape[0]
         side = patch[2] if patch else resolution
-        field_fn = self.field(pyramid)
-        step = m if chunk is None else chunk
-        parts = [render_rays(field_fn, origins[:, i:i + step], dirs[:, i:i + step], cfg, deterministic)
-                 for i in range(0, m, step)]
-        feats = torch.cat([p["features"] for p in parts], 1)
-        depth = torch.cat([p["depth"] for p in parts], 1)
-        opacity = torch.cat([p["opacity"] for p in parts], 1)
+        out = render_rays(self.field(pyramid), origins, dirs, cfg, deterministic, chunk)
 
         def image(x: Tensor) -> Tensor:
             return x.transpose(1, 2).reshape(b, x.shape[-1], side, side)
 
-        features, depth, opacity = image(feats), image(depth), image(opacity)
+        features, depth, opacity = image(out["features"]), image(out["depth"]), image(out["opacity"])
         if background and self.bcg_synthesis is not None:
             bcg = self.background_features(ws, resolution, noise_mode)
             if patch:  # the official code resizes to the patch instead; it never renders patches with background

@@ -22,10 +22,12 @@ def to_uint8(image: Tensor) -> np.ndarray:
     return (image.detach().float().cpu() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def save_image(path: str, image: Tensor) -> None:
+def save_image(path: str, image) -> None:
+    """Write a ``[3, H, W]`` render (ToRGB range) or a uint8 ``[H, W, 3]`` array, atomically."""
+    pixels = to_uint8(image) if isinstance(image, Tensor) else image
     suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ".png"
     with atomic_path(path, suffix) as tmp:
-        imageio.imwrite(tmp, to_uint8(image))
+        imageio.imwrite(tmp, pixels)
 
 
 def save_video(path: str, frames: Iterable[np.ndarray], fps: int = 30) -> None:

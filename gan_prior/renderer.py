@@ -148,12 +148,22 @@ def importance_depths(depths: Tensor, weights: Tensor, n: int, deterministic: bo
 
 
 def render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig = RenderConfig(),
-                deterministic: bool = False) -> dict[str, Tensor]:
-    """Volume-render rays ``[B, M, 3]`` through ``field``.
+                deterministic: bool = False, chunk: Optional[int] = None) -> dict[str, Tensor]:
+    """Volume-render rays ``[B, M, 3]`` through ``field``, at most ``chunk`` rays per pass.
 
     Returns ``features [B, M, C]``, ``depth [B, M, 1]``, ``opacity [B, M, 1]`` (Σ weights),
     ``weights [B, M, S−1, 1]`` (per interval, for regularisers) and ``depths [B, M, S, 1]``.
     """
+    m = origins.shape[1]
+    if chunk is not None and chunk < m:
+        parts = [_render_rays(field, origins[:, i:i + chunk], dirs[:, i:i + chunk], cfg, deterministic)
+                 for i in range(0, m, chunk)]
+        return {k: torch.cat([p[k] for p in parts], 1) for k in parts[0]}
+    return _render_rays(field, origins, dirs, cfg, deterministic)
+
+
+def _render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig, deterministic: bool
+                 ) -> dict[str, Tensor]:
     b, m, _ = origins.shape
 
     def evaluate(depths: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,5 +1,4 @@
 """Behaviour of the generator pieces: aware3d, plane axes, gradients, determinism, round trips."""
-import math
 
 import pytest
 import torch

@@ -4,13 +4,12 @@ The key check: rendering the initial pyramid through ``portrait3d-renderer`` wit
 cameras (our pivot-aimed datamodule) gives the same pixels as ``gan_prior``'s own render of the
 same pyramid from the equivalent GAN camera label — which proves the camera mapping.
 """
-import os
 
 import pytest
 import torch
 
 from conftest import requires_threestudio
-from gan_prior import PortraitGAN, load_pyramid, save_pyramid, threestudio_c2w_to_label, tiny_config
+from gan_prior import PortraitGAN, save_pyramid, threestudio_c2w_to_label, tiny_config
 
 pytestmark = requires_threestudio
 

@@ -12,7 +12,7 @@ from packaging.version import Version
 if not hasattr(threestudio, "__version__") or Version(threestudio.__version__) < Version("0.2.0"):
     raise ValueError("threestudio-portrait3d needs threestudio >= 0.2.0; please update threestudio")
 
-from . import prior  # noqa: E402  (registers the ${p3d_tiny:...} resolver)
+from . import prior  # noqa: E402,F401  (registers the ${p3d_tiny:...} resolver)
 from .background import gan_background  # noqa: E402,F401
 from .data import portrait3d_camera  # noqa: E402,F401
 from .geometry import pyramid_trigrid  # noqa: E402,F401

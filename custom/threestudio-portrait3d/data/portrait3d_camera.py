@@ -5,7 +5,7 @@ The official cameras sit on a radius-2.7 sphere about the origin and look at the
 origin, so this subclass keeps its camera positions and re-aims every camera (c2w, ray
 directions, MVP) at ``look_at`` — exact, where shifting the geometry would tilt views by ~1.4°.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -51,12 +51,11 @@ class Portrait3DRenderer(VolumeRenderer):
         origins = threestudio_to_gan_points(rays_o.reshape(b, h * w, 3))
         dirs = threestudio_to_gan_points(torch.nn.functional.normalize(rays_d.reshape(b, h * w, 3), dim=-1))
         deterministic = not (self.training and self.cfg.randomized)
-        step = h * w if self.training else self.cfg.eval_chunk_size
-        parts = [render_rays(self._field, origins[:, i:i + step], dirs[:, i:i + step], self.render_cfg, deterministic)
-                 for i in range(0, h * w, step)]
-        fg = torch.cat([p["features"] for p in parts], 1).reshape(b, h, w, 3)
-        opacity = torch.cat([p["opacity"] for p in parts], 1).reshape(b, h, w, 1)
-        depth = torch.cat([p["depth"] for p in parts], 1).reshape(b, h, w, 1)
+        chunk = None if self.training else self.cfg.eval_chunk_size
+        rendered = render_rays(self._field, origins, dirs, self.render_cfg, deterministic, chunk)
+        fg = rendered["features"].reshape(b, h, w, 3)
+        opacity = rendered["opacity"].reshape(b, h, w, 1)
+        depth = rendered["depth"].reshape(b, h, w, 1)
         if bg_color is None:
             bg = self.background(dirs=rays_d)
         else:
@@ -65,5 +64,5 @@ class Portrait3DRenderer(VolumeRenderer):
         out = {"comp_rgb": comp.clamp(0.0, 1.0), "comp_rgb_fg": fg, "comp_rgb_bg": bg, "opacity": opacity,
                "depth": depth}
         if self.training:
-            out["weights"] = torch.cat([p["weights"] for p in parts], 1)  # [B, HW, S-1, 1]
+            out["weights"] = rendered["weights"]  # [B, HW, S-1, 1], for the entropy loss
         return out
