@@ -91,6 +91,24 @@ SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.ever
          "data.n_test_views=2"]
 
 
+def swapped_guidance_config(tree, tmp_path, tag, guidance_type, guidance, loss, trained=False) -> str:
+    """The tiny config with another guidance, written to a file (a swap by configuration only)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(tree, "configs", "portrait3d-tiny.yaml"))
+    sd = "${system.prompt_processor.pretrained_model_name_or_path}"
+    cfg.tag, cfg.use_timestamp = tag, False
+    cfg.system.guidance_type = guidance_type
+    cfg.system.guidance = {"pretrained_model_name_or_path": sd, "half_precision_weights": False,
+                           "min_step_percent": 0.02, "max_step_percent": 0.4, **guidance}
+    cfg.system.loss = {**loss, "lambda_entropy": 0.001}
+    if trained:
+        cfg.system.optimizer.params["guidance"] = {"lr": 1e-3}
+    path = str(tmp_path / f"{tag}.yaml")
+    OmegaConf.save(cfg, path)
+    return path
+
+
 def test_swap_prompt_processor_options_negative_prompt_and_perp_neg(run):
     tree, cache, trial, launch = run
     proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=perpneg",
@@ -105,18 +123,9 @@ def test_swap_prompt_processor_options_negative_prompt_and_perp_neg(run):
 def test_swap_guidance_to_unified_guidance_and_resume(run, tmp_path):
     """Another threestudio guidance by config only (threestudio's unified guidance in SDS mode)."""
     tree, cache, trial, launch = run
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(os.path.join(tree, "configs", "portrait3d-tiny.yaml"))
-    sd = "${system.prompt_processor.pretrained_model_name_or_path}"
-    cfg.tag, cfg.use_timestamp = "unified", False
-    cfg.system.guidance_type = "stable-diffusion-unified-guidance"
-    cfg.system.guidance = {"guidance_type": "sds", "pretrained_model_name_or_path": sd,
-                           "half_precision_weights": False, "guidance_scale": 100.0,
-                           "min_step_percent": 0.02, "max_step_percent": 0.4}
-    cfg.system.loss = {"lambda_sd": 1.0, "lambda_sd_img": 0.0, "lambda_entropy": 0.001}
-    path = str(tmp_path / "unified.yaml")
-    OmegaConf.save(cfg, path)
+    path = swapped_guidance_config(tree, tmp_path, "unified", "stable-diffusion-unified-guidance",
+                                   {"guidance_type": "sds", "guidance_scale": 100.0},
+                                   {"lambda_sd": 1.0, "lambda_sd_img": 0.0})
     proc = launch(tree, cache, "--config", path, "--train", *SHORT)
     assert proc.returncode == 0, _tail(proc)
     out = os.path.join(tree, "outputs", "portrait3d-tiny", "unified")
@@ -156,19 +165,11 @@ def test_a_misspelt_component_name_gets_one_clear_line(run):
 def test_swap_guidance_to_vsd_trains_its_lora_and_resumes(run, tmp_path):
     """threestudio's VSD guidance by config only: its LoRA is optimised, checkpointed and resumed."""
     tree, cache, trial, launch = run
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(os.path.join(tree, "configs", "portrait3d-tiny.yaml"))
-    sd = "${system.prompt_processor.pretrained_model_name_or_path}"
-    cfg.tag, cfg.use_timestamp = "vsd", False
-    cfg.system.guidance_type = "stable-diffusion-vsd-guidance"
-    cfg.system.guidance = {"pretrained_model_name_or_path": sd, "pretrained_model_name_or_path_lora": sd,
-                           "half_precision_weights": False, "guidance_scale": 7.5,
-                           "min_step_percent": 0.02, "max_step_percent": 0.4}
-    cfg.system.loss = {"lambda_vsd": 1.0, "lambda_lora": 1.0, "lambda_entropy": 0.001}
-    cfg.system.optimizer.params["guidance"] = {"lr": 1e-3}
-    path = str(tmp_path / "vsd.yaml")
-    OmegaConf.save(cfg, path)
+    path = swapped_guidance_config(tree, tmp_path, "vsd", "stable-diffusion-vsd-guidance",
+                                   {"pretrained_model_name_or_path_lora":
+                                    "${system.prompt_processor.pretrained_model_name_or_path}",
+                                    "guidance_scale": 7.5},
+                                   {"lambda_vsd": 1.0, "lambda_lora": 1.0}, trained=True)
     proc = launch(tree, cache, "--config", path, "--train", *SHORT)
     assert proc.returncode == 0, _tail(proc)
     out = os.path.join(tree, "outputs", "portrait3d-tiny", "vsd")
