@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -23,3 +24,21 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write ``data`` as JSON atomically (numpy / torch scalars become numbers)."""
+    with atomic_path(path, ".json") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True,
+                      default=lambda x: x.item() if hasattr(x, "item") else str(x))
+
+
+def read_json(path: str) -> Optional[dict]:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
