@@ -83,45 +83,25 @@ def cmd_render(args) -> None:
     print(f"wrote renders to {args.out}")
 
 
-def load_target_image(path: str) -> torch.Tensor:
-    """An RGB image file → ``[1, 3, H, W]`` in [−1, 1]; square images only (aligned crops)."""
-    import imageio.v2 as imageio
-
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: {path}: file not found")
-    try:
-        img = imageio.imread(path)
-    except Exception as e:
-        raise SystemExit(f"error: {path}: not a readable image ({type(e).__name__})") from None
-    if img.ndim == 2:
-        img = img[..., None].repeat(3, -1)
-    if img.shape[0] != img.shape[1]:
-        raise SystemExit(f"error: {path}: image is {img.shape[1]}x{img.shape[0]}; give a square, aligned portrait "
-                         "crop (head and shoulders framed as the GAN's renders)")
-    return torch.from_numpy(img[..., :3].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
 def cmd_invert(args) -> None:
-    from .inversion import InversionConfig, invert
-    from .perceptual import VGG16Distance
+    from .inversion import InversionConfig
+    from .portrait_init import PortraitInitConfig, initialize_portrait
 
     G = PortraitGAN.from_checkpoint(args.checkpoint)
-    target = load_target_image(args.image)
-    distance = VGG16Distance.load(args.vgg16)
     if args.vgg16 is None:
         print("warning: no --vgg16 given: using a randomly initialised VGG16 (only for smoke tests)", file=sys.stderr)
-    c = canonical_label(1)
-    cfg = InversionConfig(steps=args.steps, resolution=args.resolution)
-    result = invert(G, target, c, distance, cfg)
-    with torch.no_grad():
-        pyramid = G.synthesize_pyramid(result["ws"])
-    os.makedirs(args.out, exist_ok=True)
-    save_pyramid(os.path.join(args.out, "pyramid.safetensors"), pyramid, result["ws"],
-                 metadata={"image": os.path.abspath(args.image), "steps": args.steps,
-                           "final_distance": result["distance"][-1]})
-    side = torch.nn.functional.interpolate(target, size=result["image"].shape[-2:], mode="area")
-    save_image(os.path.join(args.out, "comparison.png"), torch.cat([side[0], result["image"][0]], -1))
-    print(f"wrote {args.out}/pyramid.safetensors (w+ and pyramid) and comparison.png (target | inversion)")
+    cfg = PortraitInitConfig(
+        prompt=args.prompt, image=args.image, text_to_image_model=args.sd_model, num_candidates=args.candidates,
+        candidate_seed=args.seed, candidate_steps=args.sd_steps, candidate_resolution=args.sd_resolution,
+        detector=args.detector, aligned_resolution=args.aligned_resolution, vgg16=args.vgg16,
+        allow_random_vgg16=args.vgg16 is None,
+        inversion=InversionConfig(steps=args.steps, resolution=args.resolution))
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    try:
+        initialize_portrait(G, args.checkpoint, cfg, args.out, device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"wrote {args.out}: aligned.png, w_plus.safetensors, pyramid.safetensors, comparison.png (target | inversion)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,13 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--elevation", type=float, default=0.0, help="elevation in degrees for --angles")
     r.set_defaults(func=cmd_render)
 
-    v = sub.add_parser("invert", help="an aligned portrait image → w+ and its pyramid tri-grid (GAN inversion)")
+    v = sub.add_parser("invert", help="a photo (or a prompt) → aligned crop → w+ → pyramid tri-grid (GAN inversion)")
     v.add_argument("--checkpoint", required=True, help="model_512.pkl, an official-key state dict, or a saved folder")
-    v.add_argument("--image", required=True, help="a square portrait crop aligned like the GAN's frontal renders")
-    v.add_argument("--out", required=True, help="output folder")
+    src = v.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="a portrait photo (any size; the face is found and framed as the GAN's renders)")
+    src.add_argument("--prompt", help="generate candidate portraits with Stable Diffusion first")
+    v.add_argument("--out", required=True, help="output folder (finished steps in it are reused)")
     v.add_argument("--vgg16", default=None, help="torchvision VGG16 state dict (torch.save) for the perceptual loss")
+    v.add_argument("--detector", default="haar",
+                   help="'haar' (OpenCV, default), an OpenCV cascade .xml, 'module:callable', or 'none' (already aligned)")
     v.add_argument("--steps", type=int, default=500)
     v.add_argument("--resolution", type=int, default=128, help="neural render size compared with the image")
+    v.add_argument("--aligned-resolution", type=int, default=512)
+    v.add_argument("--sd-model", default="SG161222/Realistic_Vision_V5.1_noVAE", help="diffusers folder or hub id")
+    v.add_argument("--candidates", type=int, default=6)
+    v.add_argument("--seed", type=int, default=0, help="seed of the first candidate (candidate i: seed + i)")
+    v.add_argument("--sd-steps", type=int, default=50)
+    v.add_argument("--sd-resolution", type=int, default=512)
+    v.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
     v.set_defaults(func=cmd_invert)
     return p
 

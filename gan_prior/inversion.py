@@ -124,3 +124,30 @@ def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: I
         ws = w_opt.detach()
         final = G.render(G.synthesize_pyramid(ws), ws, c, resolution=cfg.resolution, deterministic=True)["image"]
     return {"ws": ws, "distance": history, "image": final}
+
+
+@torch.no_grad()
+def estimate_camera(G: PortraitGAN, target: Tensor, distance: Distance, yaws_deg=(-30.0, -15.0, 0.0, 15.0, 30.0),
+                    elevations_deg=(-10.0, 0.0, 10.0), resolution: int = 64) -> dict:
+    """Pick the camera, among look-at cameras at ``yaws × elevations`` (threestudio degrees, yaw 0 =
+    front), from which the average portrait (``w_avg``) looks most like ``target`` ``[1, 3, H, W]``.
+
+    This replaces the official SMPL-fit camera (spec §4.2) by a coarse search: the aligned crop fixes
+    the head's place and size; the head's turn and tilt remain. Returns ``{"label": [1, 25],
+    "yaw", "elevation", "distances": {"yaw,elevation": d}}``.
+    """
+    from .camera import GAN_FOCAL, camera_label, elevation_azimuth_to_hv, lookat_pose
+
+    w_avg, _ = w_statistics(G)
+    ws = w_avg.repeat(1, G.num_ws, 1)
+    pyramid = G.synthesize_pyramid(ws)
+    target = F.interpolate(target.float(), size=(resolution, resolution), mode="area")
+    grid = [(float(y), float(e)) for e in elevations_deg for y in yaws_deg]
+    h, v = elevation_azimuth_to_hv(torch.tensor([e for _, e in grid]), torch.tensor([y for y, _ in grid]))
+    labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
+    scores = {}
+    for (yaw, elev), label in zip(grid, labels):
+        image = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True)["image"]
+        scores[f"{yaw:g},{elev:g}"] = float(distance(image, target).sum())
+    best = min(range(len(grid)), key=lambda i: scores[f"{grid[i][0]:g},{grid[i][1]:g}"])
+    return {"label": labels[best:best + 1], "yaw": grid[best][0], "elevation": grid[best][1], "distances": scores}

@@ -72,13 +72,29 @@ def test_invert_an_aligned_image(model_dir, tmp_path):
         ws = G.mapping(torch.randn(1, G.cfg.z_dim), c)
         target = G.render(G.synthesize_pyramid(ws), ws, c, resolution=32, deterministic=True)["image"]
     save_image(str(tmp_path / "target.png"), target[0])
-    r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "target.png"), "--out",
-            str(tmp_path / "inv"), "--steps", "5", "--resolution", "32")
+    args = ["invert", "--checkpoint", model_dir, "--image", str(tmp_path / "target.png"), "--out", str(tmp_path / "inv"),
+            "--steps", "5", "--resolution", "32", "--detector", "none", "--aligned-resolution", "32"]
+    r = run(*args)
     assert r.returncode == 0, r.stderr
     assert "inversion" in r.stderr and "random" in r.stderr  # progress bar, and the no-VGG warning
     levels, ws_out = load_pyramid(str(tmp_path / "inv" / "pyramid.safetensors"))
     assert sorted(levels) == [8, 16, 32] and ws_out.shape == ws.shape
     assert imageio.imread(tmp_path / "inv" / "comparison.png").shape == (32, 64, 3)
+    assert imageio.imread(tmp_path / "inv" / "aligned.png").shape == (32, 32, 3)
+    stamp = os.path.getmtime(tmp_path / "inv" / "pyramid.safetensors")
+    r = run(*args)  # a second run reuses the finished steps
+    assert r.returncode == 0 and "Reusing the initialisation" in r.stdout, r.stderr
+    assert os.path.getmtime(tmp_path / "inv" / "pyramid.safetensors") == stamp
+
+
+def test_invert_errors_name_the_problem(model_dir, tmp_path):
     imageio.imwrite(tmp_path / "wide.png", (torch.rand(16, 32, 3) * 255).byte().numpy())
-    r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "wide.png"), "--out", str(tmp_path / "x"))
-    assert r.returncode != 0 and "wide.png: image is 32x16; give a square, aligned portrait crop" in r.stderr
+    r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "wide.png"), "--out", str(tmp_path / "x"),
+            "--detector", "none")
+    assert r.returncode != 0 and "wide.png" in r.stderr and "square" in r.stderr
+    imageio.imwrite(tmp_path / "flat.png", torch.full((64, 64, 3), 128, dtype=torch.uint8).numpy())
+    r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "flat.png"), "--out", str(tmp_path / "y"))
+    assert r.returncode != 0 and "flat.png: no face found" in r.stderr
+    assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
+    r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "z"))
+    assert r.returncode != 0 and "missing.png not found" in r.stderr
