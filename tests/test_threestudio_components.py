@@ -113,3 +113,33 @@ def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):
         ts.find("pyramid-trigrid")({"checkpoint": prior_path, "levels": [8]})
     with pytest.raises(KeyError):
         ts.find("pyramid-trigrids")
+
+
+def test_exported_mesh_is_the_density_level_set_in_the_gan_gltf_frame(ts, prior_path):
+    """The exporter's vertices are in the GAN world (+y up, face +z: glTF's frame): the GAN's own
+    field, queried at them directly, is at the isosurface level; colours are the ToRGB colours."""
+    from gan_prior.camera import gan_to_threestudio_points
+
+    g, m, bg, r, levels, ws = build(ts, prior_path)
+    prior = PortraitGAN.from_checkpoint(prior_path)
+    field = prior.field(levels)
+    with torch.no_grad():
+        grid = (torch.rand(1, 4000, 3, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.5
+        sigma = field(grid)[0].flatten()
+    level = float(sigma.median())
+    g.cfg.isosurface_threshold, g.cfg.isosurface_resolution = level, 48
+    outputs = ts.find("portrait3d-exporter")({"pyramid_formats": []}, geometry=g, material=m, background=bg)()
+    assert [o.save_name for o in outputs] == ["portrait.obj", "portrait.glb"]
+    mesh = outputs[0].params
+    v = torch.from_numpy(mesh["vertices"]).float()
+    assert len(v) > 50 and v.abs().max() <= 0.35 + 1e-4
+    with torch.no_grad():
+        at_vertices = field(v[None])[0].flatten()
+        swapped = field(gan_to_threestudio_points(v)[None])[0].flatten()  # what a wrong frame would give
+    err = (at_vertices - level).abs().median()
+    assert err < 0.1 * sigma.std(), (float(err), float(sigma.std()))
+    assert (swapped - level).abs().median() > 3 * err
+    with torch.no_grad():
+        feats = field(v[None])[1][0]
+        rgb = (m(feats).clamp(0, 1) * 255).round()
+    assert (torch.from_numpy(mesh["colors"]).float() - rgb).abs().max() <= 1.0

@@ -1,12 +1,18 @@
-"""threestudio's own launch.py with configs/portrait3d-tiny.yaml: train → resume → export, on CPU.
+"""threestudio's own launch.py with configs/portrait3d-tiny.yaml: prompt → initialisation → SDS →
+refinement → videos in one --train; resume (also after a kill), export, cached initialisation; on CPU.
 
 Runs in an isolated work tree (links to $THREESTUDIO_ROOT) with tiny random models built on
 first use into a temporary cache; skipped, with the reason, when threestudio is absent.
 """
 import csv
 import glob
+import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -34,31 +40,56 @@ def run(tmp_path_factory):
     return tree, cache, trial, launch
 
 
-def test_train_writes_checkpoints_video_and_finite_losses(run):
+def _metrics(trial):
+    paths = sorted(glob.glob(os.path.join(trial, "csv_logs", "**", "metrics.csv"), recursive=True))
+    return [row for path in paths for row in csv.DictReader(open(path))]
+
+
+def _init_dir(trial):
+    found = glob.glob(os.path.join(trial, "save", "init", "*", "inversion.json"))
+    assert len(found) == 1, found
+    return os.path.dirname(found[0])
+
+
+def test_one_train_command_goes_prompt_init_sds_refinement_and_test_videos(run):
     tree, cache, trial, _ = run
-    assert os.path.isfile(os.path.join(trial, "ckpts", "last.ckpt"))
-    assert os.path.isfile(os.path.join(trial, "save", "it6-test.mp4"))
-    metrics = glob.glob(os.path.join(trial, "csv_logs", "**", "metrics.csv"), recursive=True)
-    rows = list(csv.DictReader(open(metrics[0])))
-    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
-    assert any(r.get("train/loss_entropy") for r in rows)
+    init = _init_dir(trial)  # prompt -> candidates -> aligned image -> w+ -> pyramid
+    cands = json.load(open(os.path.join(init, "candidates.json")))
+    assert cands["seeds"] == [0, 1] and cands["prompt"] == "upper body photo, portrait of a woman"
+    assert all(os.path.isfile(os.path.join(init, f)) for f in cands["files"])
+    for name in ("aligned.png", "alignment.json", "w_plus.safetensors", "pyramid.safetensors", "comparison.png",
+                 "timings.json"):
+        assert os.path.isfile(os.path.join(init, name)), name
+    assert set(json.load(open(os.path.join(init, "timings.json")))) == {"candidates", "alignment", "inversion"}
+    refine = os.path.join(trial, "save", "refine")  # the 21 views and their SDEdit versions, side by side
+    for i in range(21):
+        assert os.path.isfile(os.path.join(refine, f"view_{i:02d}.png"))
+        assert os.path.isfile(os.path.join(refine, f"refined_{i:02d}.png"))
+    assert len(json.load(open(os.path.join(refine, "cameras.json")))["labels"]) == 21
+    rows = [r for r in _metrics(trial) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == list(range(8))
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows)
+    # steps 0-3 SDS, 4-7 refinement (Lightning's CSV rows repeat a stage's last value afterwards)
+    assert [bool(r.get("train/loss_refine")) for r in rows] == [False] * 4 + [True] * 4
+    assert all(r["train/loss"] == r["train/loss_refine"] for r in rows[4:])
+    for name in ("it8-test.mp4", "it8-large_pose.mp4", "it8-small_pose.mp4", "it8-views.png"):
+        assert os.path.isfile(os.path.join(trial, "save", name)), name
+    ckpt = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
+    assert ckpt["portrait3d_refine"]["targets"].shape == (21, 3, 64, 64)
+    assert ckpt["portrait3d_refine"]["targets"].dtype == torch.uint8
 
 
 def test_pyramid_changed_decoder_and_torgb_did_not(run):
     tree, cache, trial, _ = run
-    from gan_prior import PortraitGAN, canonical_label
+    from gan_prior import PortraitGAN, load_pyramid
     from gan_prior.tiny_models import tiny_model_path
 
     os.environ["PORTRAIT3D_CACHE"] = cache
     prior = PortraitGAN.from_checkpoint(tiny_model_path("portrait-gan"))
     state = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)["state_dict"]
-    with torch.no_grad():  # the initializer's defaults: seed 0, truncation 0.7
-        z = torch.randn(1, prior.cfg.z_dim, generator=torch.Generator().manual_seed(0))
-        ws = prior.mapping(z, canonical_label(1), truncation_psi=0.7)
-        init = prior.synthesize_pyramid(ws)
+    init, ws = load_pyramid(os.path.join(_init_dir(trial), "pyramid.safetensors"))  # the inversion's pyramid
     for r in (8, 16, 32):
-        assert not torch.allclose(state[f"geometry.trigrids_{r}"], init[r]), r  # SDS moved every level
+        assert not torch.allclose(state[f"geometry.trigrids_{r}"], init[r]), r  # SDS + refinement moved every level
         assert (state[f"geometry.trigrids_{r}"] - init[r]).abs().max() < 10
     assert torch.allclose(state["material.ws"], ws)
     for k, v in prior.decoder.state_dict().items():
@@ -68,26 +99,103 @@ def test_pyramid_changed_decoder_and_torgb_did_not(run):
     assert not any(k.startswith("guidance.") for k in state)
 
 
-def test_resume_then_export_mesh_with_vertex_colours(run):
+def test_resume_then_export_mesh_and_pyramids(run):
     tree, cache, trial, launch = run
+    import trimesh
+
+    from gan_prior import load_pyramid
+
     parsed = os.path.join(trial, "configs", "parsed.yaml")
     last = os.path.join(trial, "ckpts", "last.ckpt")
-    proc = launch(tree, cache, "--config", parsed, "--train", f"resume={last}", "trainer.max_steps=8")
+    proc = launch(tree, cache, "--config", parsed, "--train", f"resume={last}", "trainer.max_steps=10")
     assert proc.returncode == 0, _tail(proc)
-    assert torch.load(last, weights_only=True)["global_step"] == 8  # continued from step 6
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 10  # continued the refinement from step 8
     proc = launch(tree, cache, "--config", parsed, "--export", f"resume={last}")
     assert proc.returncode == 0, _tail(proc)
-    objs = glob.glob(os.path.join(trial, "save", "it8-export", "*.obj"))
-    assert objs, _tail(proc)
-    verts = [line.split() for line in open(objs[0]) if line.startswith("v ")]
-    assert len(verts) > 10 and all(len(v) == 7 for v in verts)  # v x y z r g b
-    colours = torch.tensor([[float(x) for x in v[4:]] for v in verts])
-    assert ((colours >= 0) & (colours <= 1)).all()
-    positions = torch.tensor([[float(x) for x in v[1:4]] for v in verts])
-    assert positions.abs().max() <= 0.35 + 1e-4  # inside the tri-grid cube
+    export = os.path.join(trial, "save", "it10-export")
+    for fmt in ("obj", "glb"):
+        mesh = trimesh.load(os.path.join(export, f"portrait.{fmt}"), force="mesh", process=False)
+        assert len(mesh.vertices) > 10 and len(mesh.faces) > 10, fmt
+        colours = mesh.visual.vertex_colors
+        assert colours.shape == (len(mesh.vertices), 4) and len(set(map(tuple, colours[:, :3]))) > 1, fmt
+        assert abs(mesh.vertices).max() <= 0.35 + 1e-4, fmt  # inside the tri-grid cube
+    ours, ws = load_pyramid(os.path.join(export, "pyramid.safetensors"))
+    official, ws_official = load_pyramid(os.path.join(export, "pyramid_trigrid.pth"))
+    for r in (8, 16, 32):  # after refinement the export is the pyramid itself (no SDS EMA)
+        assert torch.equal(ours[r], state["state_dict"][f"geometry.trigrids_{r}"])
+        assert torch.equal(official[r], ours[r])
+    assert torch.equal(ws, ws_official)
 
 
-SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2",
+def test_a_second_run_reuses_the_cached_initialisation(run):
+    tree, cache, trial, launch = run
+    init = _init_dir(trial)
+    stamps = {f: os.path.getmtime(os.path.join(init, f)) for f in ("aligned.png", "pyramid.safetensors")}
+    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=again",
+                  "use_timestamp=false", f"system.initializer.cache_dir={os.path.dirname(init)}",
+                  "system.sds_steps=1", "system.refine.steps=0", "data.n_test_views=2",
+                  "system.videos.large_frames=0", "system.videos.small_frames=0")
+    assert proc.returncode == 0, _tail(proc)
+    assert "Reusing the initialisation in" in proc.stdout + proc.stderr
+    assert stamps == {f: os.path.getmtime(os.path.join(init, f)) for f in stamps}
+    assert not os.path.exists(os.path.join(tree, "outputs", "portrait3d-tiny", "again", "save", "init"))
+
+
+def test_killed_during_refinement_then_resumed_finishes(run):
+    tree, cache, trial, launch = run
+    from threestudio_env import launch_env
+
+    out = os.path.join(tree, "outputs", "portrait3d-tiny", "kill")
+    args = ["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=kill", "use_timestamp=false",
+            f"system.initializer.cache_dir={os.path.dirname(_init_dir(trial))}", "system.refine.steps=400",
+            "checkpoint.every_n_train_steps=6", "trainer.val_check_interval=100", "data.n_test_views=2"]
+    proc = subprocess.Popen([sys.executable, "launch.py", *args], cwd=tree, env=launch_env(cache),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    step6, last = os.path.join(out, "ckpts", "epoch=0-step=6.ckpt"), os.path.join(out, "ckpts", "last.ckpt")
+    deadline = time.time() + 600
+    while not (os.path.isfile(step6) and os.path.isfile(last) and os.path.getmtime(last) >= os.path.getmtime(step6)):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else "timeout"
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the write finish, then kill hard, mid-refinement
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = torch.load(last, map_location="cpu", weights_only=True)
+    k = killed["global_step"]
+    assert 6 <= k < 404  # inside the refinement (steps 4 ... 403)
+    views = os.path.join(out, "save", "refine", "refined_00.png")
+    stamp = os.path.getmtime(views)
+    proc = launch(tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train",
+                  f"resume={last}", f"trainer.max_steps={k + 3}")
+    assert proc.returncode == 0, _tail(proc)
+    done = torch.load(last, map_location="cpu", weights_only=True)
+    assert done["global_step"] == k + 3
+    assert torch.equal(done["portrait3d_refine"]["targets"], killed["portrait3d_refine"]["targets"])
+    assert os.path.getmtime(views) == stamp  # the targets came from the checkpoint, not a second SDEdit
+    assert os.path.isfile(os.path.join(out, "save", f"it{k + 3}-large_pose.mp4"))
+    refine_rows = [r for r in _metrics(out) if r.get("train/loss_refine")]
+    assert any(int(r["step"]) == k + 2 for r in refine_rows)
+
+
+def test_refinement_alone_from_an_exported_official_format_pyramid(run):
+    """Stage 2 on its own: start from a pyramid file in the official gallery / epoch_*.pth format."""
+    tree, cache, trial, launch = run
+    from gan_prior import load_pyramid, save_pyramid
+
+    pyramid = [os.path.join(os.path.dirname(trial), "start_pyramid_trigrid.pth")]
+    save_pyramid(pyramid[0], *load_pyramid(os.path.join(_init_dir(trial), "pyramid.safetensors")), fmt="official")
+    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=refineonly",
+                  "use_timestamp=false", "system.initializer.source=pyramid",
+                  f"system.initializer.pyramid_path={pyramid[0]}", "system.sds_steps=0", "system.refine.steps=2",
+                  "data.n_test_views=2", "system.videos.small_frames=0")
+    assert proc.returncode == 0, _tail(proc)
+    out = os.path.join(tree, "outputs", "portrait3d-tiny", "refineonly")
+    rows = _metrics(out)
+    assert len([r for r in rows if r.get("train/loss_refine")]) == 2 and not any(r.get("train/loss_sds") for r in rows)
+    assert os.path.isfile(os.path.join(out, "save", "refine", "refined_20.png"))
+
+
+SHORT = ["system.initializer.source=seed", "trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2",
          "data.n_test_views=2"]
 
 

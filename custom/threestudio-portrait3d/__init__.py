@@ -3,7 +3,7 @@
 Loaded by threestudio's ``launch.py`` from ``custom/threestudio-portrait3d`` (module name
 ``threestudio-portrait3d``). Registers: ``portrait3d-system``, ``pyramid-trigrid``,
 ``gan-prior-initializer``, ``portrait3d-gan-material``, ``portrait3d-gan-background``,
-``portrait3d-renderer`` and ``portrait3d-camera-datamodule``; and the config resolver
+``portrait3d-renderer``, ``portrait3d-camera-datamodule`` and ``portrait3d-exporter``; and the config resolver
 ``${p3d_tiny:NAME}`` (a tiny random model built on first use, for smoke runs).
 """
 import threestudio
@@ -15,6 +15,7 @@ if not hasattr(threestudio, "__version__") or Version(threestudio.__version__) <
 from . import prior  # noqa: E402,F401  (registers the ${p3d_tiny:...} resolver)
 from .background import gan_background  # noqa: E402,F401
 from .data import portrait3d_camera  # noqa: E402,F401
+from .exporter import portrait3d_exporter  # noqa: E402,F401
 from .geometry import pyramid_trigrid  # noqa: E402,F401
 from .material import gan_material  # noqa: E402,F401
 from .renderer import portrait3d_renderer  # noqa: E402,F401

@@ -1,11 +1,19 @@
 """``gan-prior-initializer``: fills the pyramid tri-grid (and ws) from the GAN prior.
 
-Sources: ``seed`` (z from a seed through the mapping at the frontal camera, truncation ψ), or
-``pyramid`` (any file :func:`gan_prior.load_pyramid` reads: ours, ``inversion_trigrid.pkl``,
-``df.pth``, ``epoch_*.pth``, the gallery's ``NNN_pyramid_trigrid.pth``). Issue 4 adds ``prompt``
-and ``image`` (inversion).
+Sources:
+
+- ``prompt`` (the paper's pipeline, spec §4.1–4.4): text → candidate portraits (any diffusers SD
+  model) → automatic alignment and choice → w+ inversion → pyramid, via
+  :func:`gan_prior.portrait_init.initialize_portrait`; ``image``: the same from a user's photo,
+  without the text-to-image step. Everything is written to ``<trial>/save/init/<key>/`` (``key``
+  hashes the inputs; ``cache_dir`` overrides the parent folder) and reused when present, so a
+  resumed or repeated run does not recompute it.
+- ``seed``: z from a seed through the mapping at the frontal camera, truncation ψ;
+- ``pyramid``: any file :func:`gan_prior.load_pyramid` reads (ours, ``inversion_trigrid.pkl``,
+  ``df.pth``, ``epoch_*.pth``, the gallery's ``NNN_pyramid_trigrid.pth``).
 """
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import torch
 import threestudio
@@ -13,8 +21,13 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.typing import *
 
 from gan_prior import CheckpointError, canonical_label, load_pyramid
+from gan_prior.diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
+from gan_prior.inversion import InversionConfig
+from gan_prior.portrait_init import PortraitInitConfig, init_key, initialize_portrait
 
 from ..prior import load_prior
+
+SOURCES = ("prompt", "image", "seed", "pyramid")
 
 
 @threestudio.register("gan-prior-initializer")
@@ -22,26 +35,86 @@ class GANPriorInitializer(BaseObject):
     @dataclass
     class Config(BaseObject.Config):
         checkpoint: str = ""
-        source: str = "seed"  # "seed" or "pyramid"
+        source: str = "seed"  # one of SOURCES
+        # seed
         seed: int = 0
         truncation_psi: float = 0.7
+        # pyramid
         pyramid_path: Optional[str] = None
+        # prompt / image
+        prompt: Optional[str] = None  # default: the system's prompt processor prompt (set in the config)
+        image: Optional[str] = None
+        text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
+        num_candidates: int = 6
+        candidate_seed: int = 0
+        candidate_steps: int = 50
+        candidate_guidance_scale: float = 5.0
+        candidate_resolution: int = 512
+        detector: str = "haar"  # "haar", an OpenCV cascade .xml, "module:callable", or "none" (already aligned)
+        aligned_resolution: int = 512
+        estimate_camera: bool = True
+        vgg16: Optional[str] = None  # torchvision VGG16 state dict for the perceptual loss; "random" = smoke tests
+        inversion: dict = field(default_factory=dict)  # gan_prior.inversion.InversionConfig fields
+        cache_dir: Optional[str] = None  # parent of the init/<key>/ folders (default: <trial>/save/init)
 
     cfg: Config
 
     def configure(self) -> None:
-        if self.cfg.source not in ("seed", "pyramid"):
-            raise ValueError(f"system.initializer.source must be 'seed' or 'pyramid', got {self.cfg.source!r}")
+        if self.cfg.source not in SOURCES:
+            raise ValueError(f"system.initializer.source must be one of {list(SOURCES)}, got {self.cfg.source!r}")
 
-    @torch.no_grad()
-    def __call__(self) -> Tuple[Dict[int, Tensor], Tensor]:
+    def portrait_config(self) -> PortraitInitConfig:
+        c = self.cfg
+        unknown = set(c.inversion) - set(InversionConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"system.initializer.inversion: unknown key(s) {sorted(unknown)}; "
+                             f"valid: {sorted(InversionConfig.__dataclass_fields__)}")
+        if c.source == "prompt" and not (c.prompt or "").strip():
+            raise ValueError("system.initializer.prompt is empty; set system.prompt_processor.prompt=\"upper body "
+                             "photo, ...\" (the initializer uses it) or system.initializer.prompt")
+        random_vgg = c.vgg16 == "random"
+        return PortraitInitConfig(
+            prompt=c.prompt if c.source == "prompt" else None, image=c.image if c.source == "image" else None,
+            text_to_image_model=c.text_to_image_model, num_candidates=c.num_candidates,
+            candidate_seed=c.candidate_seed, candidate_steps=c.candidate_steps,
+            candidate_guidance_scale=c.candidate_guidance_scale, candidate_resolution=c.candidate_resolution,
+            detector=c.detector, aligned_resolution=c.aligned_resolution, estimate_camera=c.estimate_camera,
+            vgg16=None if random_vgg else c.vgg16, allow_random_vgg16=random_vgg,
+            inversion=InversionConfig(**dict(c.inversion)))
+
+    def __call__(self, save_dir: Optional[str] = None, device: str = "cpu") -> Tuple[Dict[int, Tensor], Tensor]:
         """→ (levels ``{R: [1, 3, 36, R, R]}``, ws ``[1, num_ws, w_dim]``)."""
         prior = load_prior(self.cfg.checkpoint, "system.initializer.checkpoint")
-        if self.cfg.source == "seed":
-            z = torch.randn(1, prior.cfg.z_dim, generator=torch.Generator().manual_seed(self.cfg.seed))
-            ws = prior.mapping(z, canonical_label(1), truncation_psi=self.cfg.truncation_psi)
-            threestudio.info(f"Initialised the pyramid tri-grid from seed {self.cfg.seed}")
-            return prior.synthesize_pyramid(ws), ws
+        if self.cfg.source in ("prompt", "image"):
+            return self.from_portrait(prior, save_dir, device)
+        with torch.no_grad():
+            if self.cfg.source == "seed":
+                z = torch.randn(1, prior.cfg.z_dim, generator=torch.Generator().manual_seed(self.cfg.seed))
+                ws = prior.mapping(z, canonical_label(1), truncation_psi=self.cfg.truncation_psi)
+                threestudio.info(f"Initialised the pyramid tri-grid from seed {self.cfg.seed}")
+                return prior.synthesize_pyramid(ws), ws
+        return self.from_file(prior)
+
+    def from_portrait(self, prior, save_dir: Optional[str], device: str) -> Tuple[Dict[int, Tensor], Tensor]:
+        try:
+            cfg = self.portrait_config()
+            parent = self.cfg.cache_dir or (os.path.join(save_dir, "init") if save_dir else None)
+            if parent is None:
+                raise ValueError("system.initializer: no folder for the initialisation; set cache_dir")
+            out_dir = os.path.join(parent, init_key(cfg, self.cfg.checkpoint))
+            levels, ws = initialize_portrait(prior, self.cfg.checkpoint, cfg, out_dir, device, log=threestudio.info)
+        except (ValueError, CheckpointError) as e:
+            message = str(e)
+            if message.split(":")[0] in self.Config.__dataclass_fields__:
+                message = f"system.initializer.{message}"
+            elif not message.startswith("system."):
+                message = f"system.initializer ({self.cfg.source}): {message}"
+            raise ValueError(message) from None
+        finally:
+            prior.cpu()
+        return {r: t[:1] for r, t in levels.items()}, ws[:1]
+
+    def from_file(self, prior) -> Tuple[Dict[int, Tensor], Tensor]:
         if not self.cfg.pyramid_path:
             raise ValueError("system.initializer.source=pyramid needs system.initializer.pyramid_path")
         try:

@@ -1,21 +1,74 @@
-"""``portrait3d-system``: Portrait3D in threestudio.
+"""``portrait3d-system``: Portrait3D in threestudio, both optimisation stages in one run.
 
-Stage "sds" (paper §3.4, official ``main_3DPortraitGAN_cam.py``): the pyramid tri-grid — filled
-by ``gan-prior-initializer`` on a fresh run — is optimised with any threestudio guidance and
-prompt processor while the GAN decoder, ToRGB and background stay frozen; a binary-entropy
-regulariser on the per-sample weights; an EMA of the pyramid (torch_ema semantics, updated every
-``ema_every_n_steps``) is what the test video and exports use, as the official ``df.pth``.
+Stage 1, SDS (steps ``0 … sds_steps − 1``; paper §3.4, official ``main_3DPortraitGAN_cam.py``): the
+pyramid tri-grid — filled by ``gan-prior-initializer`` on a fresh run — is optimised with any
+threestudio guidance and prompt processor while the GAN decoder, ToRGB and background stay
+frozen; a binary-entropy regulariser on the per-sample weights; an EMA of the pyramid (torch_ema
+semantics, every ``ema_every_n_steps``), the official ``df.pth``.
+
+Stage 2, refinement (steps ``sds_steps …``; paper §3.5, spec §4.6; ``refine.steps = 0`` turns it
+off): the EMA pyramid renders the 21 official views with the GAN background, SDEdit (any diffusers
+model) refines them — both written to ``save/refine/`` — and a masked patch-L2 fit with a fresh
+Adan at ``refine.lr`` for every level pulls the pyramid toward them (:mod:`gan_prior.refinement`).
+The refined targets and their cameras travel in the checkpoints, so a run resumes on either side
+of the boundary. Tests and exports use the refined pyramid (the official export reads the last
+fit epoch, not an EMA); an SDS-only run uses the EMA.
 """
 import difflib
+import json
+import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import threestudio
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from threestudio.systems.base import BaseLift3DSystem
+from threestudio.utils.config import parse_structured
 from threestudio.utils.typing import *
 
+from gan_prior.checkpoint import save_pyramid
+from gan_prior.diffusion import REFINE_NEGATIVE_PROMPT, SDEditConfig, clear_pipeline_cache, load_pipeline, sdedit
+from gan_prior.files import atomic_path
+from gan_prior.media import contact_sheet, save_video, to_uint8, turntable_labels
+from gan_prior.media import save_image as write_image
 from gan_prior.pyramid_trigrid import level_key
+from gan_prior.refinement import RefineFitConfig, fit_schedule, patch_loss, refinement_labels
+
+from ..prior import load_prior
+
+
+@dataclass
+class RefineConfig:
+    steps: int = 399  # 19 epochs x 21 views; 0 = no refinement (trainer.max_steps = sds_steps + steps)
+    model: Optional[str] = None  # diffusers model for SDEdit; default: the prompt processor's
+    prompt: Optional[str] = None  # default: the prompt processor's prompt, raw (no view prefix)
+    negative_prompt: str = REFINE_NEGATIVE_PROMPT
+    noise_step: int = 200  # SDEdit: noise to t = 200, then the 50-step DDIM schedule below it
+    sdedit_steps: int = 50
+    guidance_scale: float = 7.5
+    sdedit_seed: int = 42
+    view_seed: int = 0  # the official v-jitter is unseeded; seeded here so resumes see the same views
+    resolution: int = 512
+    patch_resolution: int = 256
+    view_samples: Tuple[int, int] = (96, 96)  # stratified + importance samples of the 21 views
+    fit_samples: Tuple[int, int] = (48, 48)
+    lr: float = 1.0  # Adan, every level (official optimize_trigrid.py)
+    loss_weight: float = 1e3
+    chunk: int = 16384  # rays per renderer call for the views
+
+
+@dataclass
+class VideoConfig:
+    """The official export videos (spec §4.7), written by the test stage next to threestudio's."""
+    large_frames: int = 240  # 360° at the horizon; 0 = skip
+    small_frames: int = 120  # the small-pose wobble; 0 = skip
+    resolution: int = 512
+    samples: Tuple[int, int] = (96, 96)
+    background: bool = True  # the GAN background, as the official videos
+    sheet_views: int = 8  # frames of the large turntable in views.png
+    fps: int = 30
+    chunk: int = 16384
 
 
 def _plain(obj: Any) -> Any:
@@ -39,20 +92,25 @@ class Portrait3DSystem(BaseLift3DSystem):
         ema_decay: float = 0.95
         ema_every_n_steps: int = 100
         eval_with_ema: bool = True
+        sds_steps: int = 2000
+        refine: dict = field(default_factory=dict)  # RefineConfig
+        videos: dict = field(default_factory=dict)  # VideoConfig
 
     cfg: Config
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
         self.check_registered_names()
+        self.refine_cfg = parse_structured(RefineConfig, self.cfg.refine)
+        self.video_cfg = parse_structured(VideoConfig, self.cfg.videos)
+        self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
+        self.refine_labels: Optional[Tensor] = None  # [21, 25]
         super().configure()
         for r, t in self.geometry.levels.items():
             self.register_buffer(f"ema_{level_key(r)}", t.detach().clone())
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if self.guidance_is_trained:  # e.g. VSD's LoRA: its parameters must exist for the optimizer
             self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
-        if not self.resumed:
-            self.initialize_from_prior()
 
     @property
     def guidance_is_trained(self) -> bool:
@@ -70,7 +128,10 @@ class Portrait3DSystem(BaseLift3DSystem):
 
     @torch.no_grad()
     def initialize_from_prior(self) -> None:
-        levels, ws = threestudio.find(self.cfg.initializer_type)(self.cfg.initializer)()
+        """Fresh runs only (on_fit_start, once the trial's save folder is known)."""
+        initializer = threestudio.find(self.cfg.initializer_type)(self.cfg.initializer)
+        with torch.enable_grad():  # the inversion optimises a latent
+            levels, ws = initializer(save_dir=self._save_dir, device=self.device)
         self.geometry.set_levels(levels)
         for part in (self.material, self.background):
             if hasattr(part, "set_ws"):
@@ -80,9 +141,15 @@ class Portrait3DSystem(BaseLift3DSystem):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        if not self.resumed:
+            self.initialize_from_prior()
         self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
-        if not self.guidance_is_trained:
+        if not self.guidance_is_trained and self.refine_targets is None:  # not needed once refining
             self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        max_steps = self.trainer.max_steps
+        if self.refine_cfg.steps > 0 and 0 <= max_steps <= self.cfg.sds_steps:
+            threestudio.warn(f"trainer.max_steps={max_steps} <= system.sds_steps={self.cfg.sds_steps}: "
+                             "the refinement stage will not run")
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # a frozen guidance is rebuilt in on_fit_start: keeping it out of the checkpoint keeps files
@@ -94,12 +161,29 @@ class Portrait3DSystem(BaseLift3DSystem):
         # config values (e.g. Adan's betas) reach the optimizer state as OmegaConf containers, which
         # torch.load(weights_only=True) — the default since torch 2.6 — refuses on resume
         checkpoint["optimizer_states"] = _plain(checkpoint.get("optimizer_states", []))
+        if self.refine_targets is not None:  # so a resume inside the refinement needs no other file
+            checkpoint["portrait3d_refine"] = {"targets": self.refine_targets.cpu(),
+                                               "labels": self.refine_labels.cpu()}
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        refine = checkpoint.get("portrait3d_refine")
+        if refine is not None:
+            self.refine_targets, self.refine_labels = refine["targets"], refine["labels"]
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         return self.renderer(**batch)
 
-    # ------------------------------------------------------------------ SDS stage
+    @property
+    def refining(self) -> bool:
+        return self.refine_cfg.steps > 0 and self.true_global_step >= self.cfg.sds_steps
+
     def training_step(self, batch, batch_idx):
+        if self.refining:
+            return self.refine_step()
+        return self.sds_step(batch)
+
+    # ------------------------------------------------------------------ stage 1: SDS
+    def sds_step(self, batch):
         out = self(batch)
         guidance_out = self.guidance(out["comp_rgb"], self.prompt_processor(), **batch, rgb_as_latents=False)
         loss = 0.0
@@ -122,7 +206,7 @@ class Portrait3DSystem(BaseLift3DSystem):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
-        if (self.true_global_step + 1) % self.cfg.ema_every_n_steps == 0:
+        if not self.refining and (self.true_global_step + 1) % self.cfg.ema_every_n_steps == 0:
             self.update_ema()
 
     @torch.no_grad()
@@ -137,8 +221,80 @@ class Portrait3DSystem(BaseLift3DSystem):
 
     @torch.no_grad()
     def use_ema(self) -> None:
-        if self.cfg.eval_with_ema and int(self.ema_updates) > 0:
+        """Evaluate the SDS result with its EMA (``df.pth``); after refinement, the pyramid itself."""
+        if self.cfg.eval_with_ema and int(self.ema_updates) > 0 and not self.refining:
             self.geometry.set_levels({r: getattr(self, f"ema_{level_key(r)}") for r in self.geometry.levels})
+
+    # ------------------------------------------------------------------ stage 2: refinement
+    def prior(self):  # a method, not a property: threestudio's do_update_step getattr()s every attribute
+        return load_prior(self.cfg.prior_checkpoint, "system.prior_checkpoint").to(self.device)
+
+    @property
+    def fit_cfg(self) -> RefineFitConfig:
+        c = self.refine_cfg
+        return RefineFitConfig(resolution=c.resolution, patch_resolution=c.patch_resolution,
+                               depth_resolution=c.fit_samples[0], depth_resolution_importance=c.fit_samples[1],
+                               loss_weight=c.loss_weight)
+
+    @torch.no_grad()
+    def prepare_refinement(self) -> None:
+        """Start of stage 2: EMA → pyramid, 21 views, SDEdit, fresh optimizer state at ``refine.lr``."""
+        c = self.refine_cfg
+        self.use_ema()  # the official fit starts from df.pth, the EMA of the SDS stage
+        if not self.guidance_is_trained:
+            self.guidance = None  # free the SDS model before SDEdit loads its own
+        labels = refinement_labels(c.view_seed).to(self.device)
+        views = torch.cat([self.prior().render(self.geometry.levels, self.material.ws, label[None],
+                                             resolution=c.resolution, deterministic=True, chunk=c.chunk,
+                                             depth_resolution=c.view_samples[0],
+                                             depth_resolution_importance=c.view_samples[1])["image"]
+                           for label in labels])
+        pp = self.cfg.prompt_processor
+        model = c.model or pp.get("pretrained_model_name_or_path")
+        prompt = c.prompt or pp.get("prompt")
+        threestudio.info(f"Refinement: SDEdit of the 21 views with {model} (t = {c.noise_step})")
+        pipe = load_pipeline(model, device=self.device, option="system.refine.model")
+        refined = sdedit(pipe, views, prompt, SDEditConfig(strength_t=c.noise_step, steps=c.sdedit_steps,
+                                                           guidance_scale=c.guidance_scale,
+                                                           negative_prompt=c.negative_prompt, seed=c.sdedit_seed))
+        del pipe
+        clear_pipeline_cache()  # the fit needs only the GAN
+        # targets go through uint8 exactly as the official PNG round trip (x·127.5 + 128, then /127.5 − 1)
+        self.refine_targets = torch.stack([torch.from_numpy(to_uint8(x)).permute(2, 0, 1) for x in refined])
+        self.refine_labels = labels.cpu()
+        self.save_refinement_views(views, c.model or model, prompt)
+        for opt in self.trainer.optimizers:  # the official fit builds a new Adan: fresh state, one lr
+            opt.state.clear()
+            for group in opt.param_groups:
+                group["lr"] = c.lr
+                group.pop("step", None)
+
+    def save_refinement_views(self, views: Tensor, model: str, prompt: str) -> None:
+        rendered = [to_uint8(v) for v in views]
+        refined = [t.permute(1, 2, 0).numpy() for t in self.refine_targets]
+        for i, (a, b) in enumerate(zip(rendered, refined)):
+            write_image(self.get_save_path(f"refine/view_{i:02d}.png"), a)
+            write_image(self.get_save_path(f"refine/refined_{i:02d}.png"), b)
+        write_image(self.get_save_path("refine/comparison.png"),  # rows: render over refined, 7 per row
+                    np.concatenate([contact_sheet(rendered[k:k + 7] + refined[k:k + 7], 7)
+                                    for k in range(0, len(rendered), 7)], 0))
+        with atomic_path(self.get_save_path("refine/cameras.json"), ".json") as tmp:
+            with open(tmp, "w") as f:
+                json.dump({"model": model, "prompt": prompt,
+                           "labels": {f"view_{i:02d}.png": c.tolist() for i, c in enumerate(self.refine_labels)}},
+                          f, indent=1)
+
+    def refine_step(self):
+        if self.refine_targets is None:
+            self.prepare_refinement()
+        step = self.true_global_step - self.cfg.sds_steps
+        view, top, left = fit_schedule(step, self.refine_cfg.view_seed, len(self.refine_targets), self.fit_cfg)
+        target = self.refine_targets[view:view + 1].to(self.device).float() / 127.5 - 1
+        label = self.refine_labels[view:view + 1].to(self.device)
+        loss = patch_loss(self.prior(), self.geometry.levels, self.material.ws, label, target, top, left, self.fit_cfg)
+        self.log("train/loss_refine", loss)
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss}
 
     # ------------------------------------------------------------------ evaluation
     def _save_views(self, out: Dict[str, Any], filename: str, name: str) -> None:
@@ -164,7 +320,47 @@ class Portrait3DSystem(BaseLift3DSystem):
     def on_test_epoch_end(self):
         self.save_img_sequence(f"it{self.true_global_step}-test", f"it{self.true_global_step}-test", r"(\d+)\.png",
                                save_format="mp4", fps=30, name="test", step=self.true_global_step)
+        self.save_official_videos()
+
+    @torch.no_grad()
+    def save_official_videos(self) -> None:
+        """``large_pose.mp4`` (360°), ``small_pose.mp4`` (wobble) and ``views.png``, as the official export."""
+        c = self.video_cfg
+        prefix = f"it{self.true_global_step}"
+
+        def frames(kind: str, n: int):
+            for label in turntable_labels(n, kind).to(self.device):
+                out = self.prior().render(self.geometry.levels, self.material.ws, label[None], resolution=c.resolution,
+                                        deterministic=True, background=c.background, chunk=c.chunk,
+                                        depth_resolution=c.samples[0], depth_resolution_importance=c.samples[1])
+                yield to_uint8(out["image"][0])
+
+        if c.large_frames > 0:
+            large = list(frames("large", c.large_frames))
+            save_video(self.get_save_path(f"{prefix}-large_pose.mp4"), large, fps=c.fps)
+            step = max(1, len(large) // max(1, c.sheet_views))
+            write_image(self.get_save_path(f"{prefix}-views.png"), contact_sheet(large[::step][:c.sheet_views],
+                                                                                 min(c.sheet_views, len(large))))
+        if c.small_frames > 0:
+            save_video(self.get_save_path(f"{prefix}-small_pose.mp4"), frames("small", c.small_frames), fps=c.fps)
 
     def on_predict_start(self) -> None:
         self.use_ema()
         super().on_predict_start()
+
+    # ------------------------------------------------------------------ export save functions
+    def save_trimesh(self, filename: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> str:
+        """A vertex-coloured mesh; the format (.obj, .glb, .ply) comes from the file name."""
+        import trimesh
+
+        path = self.get_save_path(filename)
+        mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
+        suffix = os.path.splitext(path)[1]
+        with atomic_path(path, suffix) as tmp:
+            mesh.export(tmp, file_type=suffix[1:])
+        return path
+
+    def save_pyramid(self, filename: str, levels: Dict[int, Tensor], ws: Tensor, fmt: str, metadata: dict) -> str:
+        path = self.get_save_path(filename)
+        save_pyramid(path, levels, ws, fmt=fmt, metadata=metadata if fmt == "ours" else None)
+        return path

@@ -1,0 +1,1 @@
+"""threestudio-portrait3d exporters."""
