@@ -191,6 +191,69 @@ def read_checkpoint(path: str) -> Any:
     return obj
 
 
+# ---------------------------------------------------------------------------- TorchScript archives
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+                   "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+                   "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+                   "BoolStorage": torch.bool}
+
+
+class _ScriptUnpickler(RestrictedUnpickler):
+    """A TorchScript archive's ``data.pkl`` as data: script classes become inert stubs, tensors are
+    rebuilt from the archive's storages; the archive's code is never compiled or run."""
+
+    def __init__(self, file, path: str, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(file, path)
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _stub_class(module, name)
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _fail(self.path, f"unexpected persistent id {pid!r:.60} in a TorchScript archive")
+        _, dtype, key, _location, _numel = pid
+        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def read_torchscript_tensors(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor attribute of a TorchScript archive (``torch.jit.save``), by dotted name in the
+    archive's order — read as data, without ``torch.jit.load`` (which would run the archive's code)."""
+    with _open(path):
+        pass
+    if not zipfile.is_zipfile(path):
+        raise _fail(path, "not a TorchScript archive (not a zip file)")
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if not names or not any(n.startswith(names[0].split("/")[0] + "/code/") for n in archive.namelist()):
+            raise _fail(path, "not a TorchScript archive (no data.pkl and code/)")
+        prefix = names[0][:-len("data.pkl")]
+        try:
+            root = _ScriptUnpickler(io.BytesIO(archive.read(names[0])), path, archive, prefix).load()
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise _fail(path, f"corrupt TorchScript archive ({type(e).__name__}: {_one_line(e)})") from None
+
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, name: str) -> None:
+        if isinstance(node, torch.Tensor):
+            out[name] = node.detach()
+        elif isinstance(node, Stub):
+            for key, child in node.state.items():
+                walk(child, f"{name}.{key}" if name else str(key))
+
+    walk(root, "")
+    return out
+
+
 # ---------------------------------------------------------------------------- generator weights
 def flatten_module(node: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """Flatten a Record/Stub module tree into a ``prefix.name -> tensor`` state dict."""

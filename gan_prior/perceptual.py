@@ -2,11 +2,19 @@
 
 Features are taken after the five ``relu{1_2,2_2,3_3,4_3,5_3}`` layers of torchvision's VGG16
 ``features`` stack, unit-normalised over channels; the distance is the sum over layers of the
-spatial mean of the squared difference. The official projector uses NVIDIA's TorchScript
-``vgg16.pt`` (the same network and taps); loading TorchScript would run code from a file, so we
-read plain weights only: a torchvision VGG16 state dict (``features.N.weight`` keys, e.g. from
-``torchvision.models.vgg16(weights=...).state_dict()`` saved with ``torch.save``). Values are on
-a different scale than the official distance; only their gradients' direction matters here.
+spatial mean of the (channel-weighted) squared difference — LPIPS-VGG. Weights load from:
+
+- the official ``vgg16.pt`` (NVIDIA's StyleGAN2-ADA metrics network, a TorchScript archive): its
+  tensors are read as data (:func:`gan_prior.checkpoint.read_torchscript_tensors`, never
+  ``torch.jit.load``, which would run the archive's code) and matched to the VGG16 layers by shape
+  in archive order, with the five LPIPS channel weights (``[1, C, 1, 1]``) when present;
+- a torchvision VGG16 state dict (``features.N.weight`` keys, e.g.
+  ``torch.save(torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict(), "vgg16.pth")``);
+  channel weights are then 1 (plain VGG perceptual distance).
+
+Inputs are normalised with the ImageNet mean/std, which is LPIPS's scaling layer written for
+[0, 1] images. The official TorchScript's own forward pass was not available to compare with; the
+layer matching is tested on archives of the same layout.
 
 Images are ``[B, 3, H, W]`` in ``[-1, 1]``; they are area-downsampled to 256² (official) if larger.
 """
@@ -24,6 +32,7 @@ TAP_AFTER_CONV = (2, 4, 7, 10, 13)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COMPARE_SIZE = 256  # official: images compared at 256²
+TAP_CHANNELS = (64, 128, 256, 512, 512)
 
 
 class VGG16Distance(nn.Module):
@@ -37,26 +46,28 @@ class VGG16Distance(nn.Module):
                 layers += [nn.Conv2d(c_in, item, 3, padding=1), nn.ReLU(inplace=False)]
                 c_in = item
         self.features = nn.Sequential(*layers)
+        for i, c in enumerate(TAP_CHANNELS):
+            self.register_buffer(f"lin{i}", torch.ones(1, c, 1, 1))  # LPIPS channel weights
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1))
 
     @classmethod
     def load(cls, path: Optional[str] = None, seed: int = 0) -> "VGG16Distance":
         """From a torchvision VGG16 state dict file; ``None`` = random weights (tests only)."""
-        from .checkpoint import CheckpointError, read_checkpoint
+        from .checkpoint import CheckpointError
 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             net = cls()
         if path is not None:
-            state = read_checkpoint(path)
-            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")} \
-                if isinstance(state, dict) else {}
+            feats, lin = _read_weights(path)
             try:
                 net.features.load_state_dict(feats, strict=True)
             except RuntimeError as e:
-                raise CheckpointError(f"{path}: not a torchvision VGG16 state dict "
+                raise CheckpointError(f"{path}: not a VGG16 (torchvision state dict or the official vgg16.pt) "
                                       f"({str(e).splitlines()[0]})") from None
+            for i, w in enumerate(lin or []):
+                getattr(net, f"lin{i}").copy_(w.reshape(1, -1, 1, 1))
         return net.eval().requires_grad_(False)
 
     def taps(self, images: Tensor) -> list[Tensor]:
@@ -75,4 +86,51 @@ class VGG16Distance(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Distance per image ``[B]`` between image batches ``a`` and ``b``."""
-        return sum((fa - fb).square().sum(1).mean((1, 2)) for fa, fb in zip(self.taps(a), self.taps(b)))
+        return sum(((fa - fb).square() * getattr(self, f"lin{i}")).sum(1).mean((1, 2))
+                   for i, (fa, fb) in enumerate(zip(self.taps(a), self.taps(b))))
+
+
+def _conv_shapes() -> list[tuple[int, int]]:
+    shapes, c_in = [], 3
+    for item in VGG16_LAYOUT:
+        if item != "M":
+            shapes.append((item, c_in))
+            c_in = item
+    return shapes
+
+
+def _read_weights(path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]:
+    """``(features state dict, LPIPS channel weights or None)`` from either supported file."""
+    import zipfile
+
+    from .checkpoint import CheckpointError, read_checkpoint, read_torchscript_tensors
+
+    if zipfile.is_zipfile(path) and any("/code/" in n for n in zipfile.ZipFile(path).namelist()):
+        return _match_script_tensors(read_torchscript_tensors(path), path)
+    state = read_checkpoint(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a VGG16 state dict")
+    return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}, None
+
+
+def _match_script_tensors(tensors: dict[str, Tensor], path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]:
+    """Map a TorchScript VGG16's tensors to torchvision's ``features`` keys by shape, in order."""
+    from .checkpoint import CheckpointError
+
+    items = list(tensors.values())
+    feats, pos, index = {}, 0, 0
+    for out_c, in_c in _conv_shapes():
+        while index < len(VGG16_LAYOUT) and VGG16_LAYOUT[index] == "M":
+            index += 1
+        layer = 2 * index - sum(1 for x in VGG16_LAYOUT[:index] if x == "M")  # conv+relu pairs, one pool each
+        w = next((i for i in range(pos, len(items)) if tuple(items[i].shape) == (out_c, in_c, 3, 3)), None)
+        b = None if w is None else next((i for i in range(w + 1, len(items)) if tuple(items[i].shape) == (out_c,)),
+                                        None)
+        if w is None or b is None:
+            raise CheckpointError(f"{path}: a TorchScript archive without the VGG16 conv layer {out_c}x{in_c}x3x3; "
+                                  "give the official vgg16.pt or a torchvision VGG16 state dict")
+        feats[f"{layer}.weight"], feats[f"{layer}.bias"] = items[w].float(), items[b].float()
+        pos, index = b + 1, index + 1
+    lin = [t for t in items if t.ndim == 4 and t.shape[0] == 1 and t.shape[2:] == (1, 1)]
+    lin = [t.float() for t in lin] if [t.shape[1] for t in lin] == list(TAP_CHANNELS) else None
+    return feats, lin

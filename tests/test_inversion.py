@@ -80,8 +80,54 @@ def test_vgg_distance_and_loading(tmp_path):
     again = VGG16Distance.load(str(path), seed=5)
     assert torch.allclose(again(x.flip(-1), x), vgg(x.flip(-1), x))
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match="bad.pth: not a torchvision VGG16 state dict"):
+    with pytest.raises(CheckpointError, match="bad.pth: not a VGG16 .torchvision state dict or the official vgg16.pt"):
         VGG16Distance.load(str(tmp_path / "bad.pth"))
+
+
+class _ScriptedLPIPSVGG(torch.nn.Module):
+    """Stand-in for NVIDIA's vgg16.pt layout: named conv layers (not torchvision's indices), then
+    five LPIPS channel weights, saved as a TorchScript archive."""
+
+    def __init__(self, source: VGG16Distance, lin: list):
+        super().__init__()
+        convs = [m for m in source.features if isinstance(m, torch.nn.Conv2d)]
+        for i, conv in enumerate(convs):
+            self.add_module(f"conv{i}", conv)
+        for i, w in enumerate(lin):
+            self.register_buffer(f"lpips_lin{i}", w)
+
+    def forward(self, x):
+        for i in range(13):
+            x = torch.relu(getattr(self, f"conv{i}")(x))
+        return x
+
+
+def test_vgg_distance_reads_a_torchscript_archive_without_running_it(tmp_path, monkeypatch):
+    vgg = VGG16Distance.load(None, seed=2)
+    lin = [torch.rand(1, c, 1, 1) for c in (64, 128, 256, 512, 512)]
+    scripted = torch.jit.trace(_ScriptedLPIPSVGG(vgg, lin), torch.zeros(1, 3, 8, 8))
+    path = str(tmp_path / "vgg16.pt")
+    torch.jit.save(scripted, path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the archive's code must not be loaded")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    loaded = VGG16Distance.load(path, seed=9)
+    for (k, v), w in zip(loaded.features.state_dict().items(), vgg.features.state_dict().values()):
+        assert torch.equal(v, w), k
+    for i, w in enumerate(lin):
+        assert torch.equal(getattr(loaded, f"lin{i}"), w)
+    x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    expected = sum(((fa - fb).square() * w).sum(1).mean((1, 2)) for fa, fb, w in zip(vgg.taps(x), vgg.taps(y), lin))
+    assert torch.allclose(loaded(x, y), expected)
+    assert not torch.allclose(loaded(x, y), vgg(x, y))  # the channel weights are used
+    # an archive that is not a VGG16 says so in one line
+    small = torch.jit.trace(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8))
+    torch.jit.save(small, str(tmp_path / "other.pt"))
+    with pytest.raises(CheckpointError, match="other.pt: a TorchScript archive without the VGG16 conv layer 64x3x3x3"):
+        VGG16Distance.load(str(tmp_path / "other.pt"))
 
 
 def test_target_shape_is_checked(setup):
