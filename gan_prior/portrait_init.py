@@ -60,7 +60,7 @@ class PortraitInitConfig:
     max_padding: float = 0.2
     estimate_camera: bool = True
     camera_resolution: int = 64
-    vgg16: Optional[str] = None  # torchvision VGG16 state dict; None only with allow_random_vgg16
+    vgg16: Optional[str] = None  # official vgg16.pt or a torchvision VGG16 state dict; None only with allow_random_vgg16
     allow_random_vgg16: bool = False  # smoke tests: a random perceptual network
     inversion: InversionConfig = field(default_factory=InversionConfig)
 
@@ -70,8 +70,8 @@ class PortraitInitConfig:
         if self.image and not os.path.isfile(self.image):
             raise ValueError(f"image: {self.image} not found; give the path to a portrait photo")
         if self.vgg16 is None and not self.allow_random_vgg16:
-            raise ValueError("vgg16: the inversion needs a perceptual network; give a torchvision VGG16 state dict "
-                             "(torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), 'vgg16.pth'))")
+            raise ValueError("vgg16: the inversion needs a perceptual network; give the official vgg16.pt (StyleGAN2-ADA "
+                             "metrics) or a torchvision VGG16 state dict, e.g. PORTRAIT3D_VGG16=/path/to/vgg16.pt")
         if self.vgg16 is not None and not os.path.isfile(self.vgg16):
             raise ValueError(f"vgg16: {self.vgg16} not found; give the path to a VGG16 state dict")
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Per-step cost of the whole pipeline at full size, for planning a run.
+
+Times one unit of every step with the real architectures and random weights (no weights needed):
+
+* ``pyramid``: mapping + pyramid synthesis (levels 8…512) of the released configuration;
+* ``inversion step``: synthesis + 128² render (48+48) + VGG16 distance, forward+backward;
+* ``sd unet``: one SD-1.5-size UNet call (64² latents, batch 2 = CFG) — candidates (6×50 steps),
+  SDS (one per step) and SDEdit (21×10 steps) are made of these;
+* ``sds render``: 128² render (48+48) forward+backward into the pyramid (one SDS step's render);
+* ``view render``: one refinement view at 512² with 96+96 samples and the GAN background (timed
+  at ``--view-resolution`` and scaled by the pixel count);
+* ``fit step``: one refinement patch (256², 48+48, no background) forward+backward (timed at
+  ``--patch-resolution`` and scaled);
+
+then multiplies by the official counts (500 inversion steps, 300 UNet calls for candidates, 2000
+SDS steps, 21 views, 210 SDEdit UNet calls, 399 fit steps) and prints the projected minutes, with
+the process's peak memory (RSS; CUDA peak allocated on a GPU). Projections from scaled-down timings
+are marked ``~``.
+
+    PYTHONPATH=tests/cpu_stubs:. python bench/bench_pipeline.py              # CPU: ~5 min
+    PYTHONPATH=. python bench/bench_pipeline.py --device cuda --view-resolution 512 --patch-resolution 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+
+from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label
+from gan_prior.perceptual import VGG16Distance
+
+
+def peak_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def sd15_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2).eval()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--view-resolution", type=int, default=64, help="timed size of a 512² view (scaled up)")
+    p.add_argument("--patch-resolution", type=int, default=64, help="timed size of a 256² fit patch (scaled up)")
+    p.add_argument("--no-unet", action="store_true", help="skip the SD-1.5-size UNet (3.4 GB of random weights)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    dev = args.device
+    torch.manual_seed(0)
+    G = PortraitGAN.random(PortraitGANConfig()).to(dev).eval().requires_grad_(False)
+    c = canonical_label(1).to(dev)
+    z = torch.randn(1, 512, device=dev)
+    rows = {}
+
+    with torch.no_grad():
+        ws = G.mapping(z, c)
+    rows["pyramid"] = (timed(lambda: G.synthesize_pyramid(G.mapping(z, c)), dev, args.repeats), 1, "")
+    pyramid = {r: t.detach().requires_grad_(True) for r, t in G.synthesize_pyramid(ws).items()}
+
+    vgg = VGG16Distance.load(None).to(dev)
+    target = torch.rand(1, 3, 128, 128, device=dev) * 2 - 1
+    w_opt = ws.clone().requires_grad_(True)
+
+    def inversion_step():
+        img = G.render(G.synthesize_pyramid(w_opt), w_opt, c, resolution=128)["image"]
+        vgg(img, target).sum().backward()
+
+    rows["inversion step"] = (timed(inversion_step, dev, args.repeats), 500, "")
+
+    def sds_render():
+        G.render(pyramid, ws, c, resolution=128, background=False)["image"].square().mean().backward()
+
+    rows["sds render"] = (timed(sds_render, dev, args.repeats), 2000, "")
+
+    v = args.view_resolution
+    with torch.no_grad():
+        t = timed(lambda: G.render(pyramid, ws, c, resolution=v, deterministic=True, chunk=16384,
+                                   depth_resolution=96, depth_resolution_importance=96), dev, 1)
+    rows["view render"] = (t * (512 / v) ** 2, 21, "~" if v != 512 else "")
+
+    s = args.patch_resolution
+
+    def fit_step():
+        G.render(pyramid, ws, c, resolution=2 * s, background=False, patch=(0, 0, s))["image"].square().mean().backward()
+
+    rows["fit step"] = (timed(fit_step, dev, args.repeats) * (256 / s) ** 2, 399, "~" if s != 256 else "")
+
+    if not args.no_unet:
+        unet = sd15_unet().to(dev)
+        lat = torch.randn(2, 4, 64, 64, device=dev)
+        text = torch.randn(2, 77, 768, device=dev)
+        with torch.no_grad():
+            t = timed(lambda: unet(lat, 500, encoder_hidden_states=text), dev, max(1, args.repeats - 2))
+        rows["sd unet (candidates)"] = (t, 6 * 50, "")
+        rows["sd unet (SDS)"] = (t, 2000, "")
+        rows["sd unet (SDEdit)"] = (t, 21 * 10, "")
+
+    print(f"device: {dev}   peak memory: {peak_mib(dev):.0f} MiB")
+    print(f"{'step':<22} {'one unit (s)':>13} {'count':>6} {'projected (min)':>16}")
+    for name, (sec, count, mark) in rows.items():
+        print(f"{name:<22} {mark + format(sec, '.3f'):>13} {count:>6} {mark + format(sec * count / 60, '.1f'):>16}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev, "peak_mib": peak_mib(dev),
+                       "rows": {k: {"seconds": s_, "count": n, "scaled": bool(m)} for k, (s_, n, m) in rows.items()}},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
