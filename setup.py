@@ -7,6 +7,9 @@ setup(
                 "and a threestudio extension for text-to-3D portraits",
     packages=find_packages(include=["gan_prior", "gan_prior.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.0", "numpy", "safetensors", "tqdm", "imageio", "imageio-ffmpeg"],
+    install_requires=["torch>=2.0", "numpy", "safetensors", "tqdm", "imageio", "imageio-ffmpeg", "scipy",
+                      "opencv-python-headless"],
+    # text-to-image, SDEdit, CLIP score, FID (requirements.txt pins the tested versions)
+    extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"]},
     entry_points={"console_scripts": ["gan-prior=gan_prior.cli:main"]},
 )

@@ -1,4 +1,5 @@
-"""``python -m gan_prior``: sample a portrait pyramid from a seed, render any pyramid file, or invert an image.
+"""``python -m gan_prior``: sample a portrait pyramid from a seed, render any pyramid file, invert a photo
+(or a prompt's image) into the prior, or evaluate rendered views.
 
     python -m gan_prior sample --checkpoint model_512.pkl --seed 7 --out out/seed7
     python -m gan_prior render --checkpoint model_512.pkl --pyramid out/seed7/pyramid.safetensors \
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
 from .checkpoint import CheckpointError, load_pyramid, save_pyramid
+from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, save_image, save_video, to_uint8, turntable_labels
 
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sd-resolution", type=int, default=512)
     v.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
     v.set_defaults(func=cmd_invert)
+    add_evaluate_cli(sub)
     return p
 
 

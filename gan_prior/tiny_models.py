@@ -349,3 +349,42 @@ def build_tiny_portrait_gan(path: str, seed: int = 0) -> None:
 
 TINY_GAN_VERSION = "v1"
 register_tiny_model("portrait-gan", build_tiny_portrait_gan, TINY_GAN_VERSION)
+
+
+# --------------------------------------------------------------------------- #
+# Tiny CLIP (evaluation: CLIP score)
+# --------------------------------------------------------------------------- #
+
+
+def build_tiny_clip(path: str, seed: int = 4) -> None:
+    """A tiny random ``CLIPModel`` + ``CLIPProcessor`` folder (hidden 32, 2 layers, 32² images,
+    byte-level tokenizer, 77 positions): ``CLIPModel.from_pretrained(path)`` and
+    ``CLIPProcessor.from_pretrained(path)`` load it offline. Seed 4 gives positive image–text
+    cosines (many seeds give only negative ones, which the CLIP score clamps to 0)."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
+                              CLIPTokenizer, CLIPVisionConfig)
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tok_src:
+        _write_byte_level_tokenizer_files(Path(tok_src))
+        tokenizer = CLIPTokenizer(vocab_file=str(Path(tok_src) / "vocab.json"),
+                                  merges_file=str(Path(tok_src) / "merges.txt"), model_max_length=_SD_MAX_LENGTH)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=_SD_MAX_LENGTH,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model.save_pretrained(str(out), safe_serialization=True)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(str(out))
+
+
+#: Bump when build_tiny_clip's output changes.
+TINY_CLIP_VERSION = "v2"
+
+register_tiny_model("clip", build_tiny_clip, TINY_CLIP_VERSION)

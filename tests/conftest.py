@@ -1,4 +1,5 @@
-"""Shared test setup: the repo root and tests/parity on sys.path, a CPU-only threestudio finder."""
+"""Shared test setup: the repo root and tests/parity on sys.path, the CPU torchvision shim, a
+threestudio finder."""
 import os
 import sys
 
@@ -8,6 +9,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for p in (ROOT, os.path.join(ROOT, "tests", "parity")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+# PyPI's torchvision is a CUDA build; transformers, diffusers and pytorch-fid import it, so on a
+# CPU-only torch it needs the op-schema shim first (a no-op where the real torchvision ops load).
+_SHIM = os.path.join(ROOT, "tests", "cpu_stubs", "sitecustomize.py")
+if "torchvision" not in sys.modules and os.path.isfile(_SHIM):
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("_portrait3d_torchvision_shim", _SHIM)
+    _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 THREESTUDIO_ROOT = os.environ.get("THREESTUDIO_ROOT", os.path.expanduser("~/threestudio"))
 

@@ -1,23 +1,13 @@
 """Tests for gan_prior.diffusion on the tiny random Stable Diffusion (64² images, 8² latents)."""
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-# PyPI's torchvision is a CUDA build; transformers/diffusers import it, so on a CPU-only
-# torch it needs the op-schema shim first (a no-op where the real torchvision ops load).
-_SHIM = Path(__file__).parent / "cpu_stubs" / "sitecustomize.py"
-if "torchvision" not in sys.modules and _SHIM.is_file():
-    _spec = importlib.util.spec_from_file_location("_portrait3d_torchvision_shim", _SHIM)
-    _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+import torch
 
-import torch  # noqa: E402
-
-from gan_prior import diffusion as D  # noqa: E402
-from gan_prior.tiny_models import tiny_model_path  # noqa: E402
+from gan_prior import diffusion as D
+from gan_prior.tiny_models import tiny_model_path
 
 RES = 64
 # A 50-step DDIM schedule with steps_offset = 1 is 981, 961, …, 1; the official SDEdit runs those <= 200.

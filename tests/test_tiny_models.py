@@ -1,5 +1,4 @@
 """Tests for gan_prior.tiny_models: the tiny random Stable Diffusion and its build cache."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-# PyPI's torchvision is a CUDA build; transformers/diffusers import it, so on a CPU-only
-# torch it needs the op-schema shim first (a no-op where the real torchvision ops load).
-_SHIM = Path(__file__).parent / "cpu_stubs" / "sitecustomize.py"
-if "torchvision" not in sys.modules and _SHIM.is_file():
-    _spec = importlib.util.spec_from_file_location("_portrait3d_torchvision_shim", _SHIM)
-    _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+import torch
 
-import torch  # noqa: E402
-
-from gan_prior import tiny_models  # noqa: E402
-from gan_prior.tiny_models import (  # noqa: E402
+from gan_prior import tiny_models
+from gan_prior.tiny_models import (
     CACHE_ENV_VAR,
     MARKER_FILE,
     register_tiny_model,

@@ -1,0 +1,214 @@
+"""The paper's quantitative evaluation (§5.2): CLIP score of rendered views against the prompt,
+and FID / KID between images of the diffusion model and rendered views.
+
+- CLIP score (Hessel et al. 2021, as torchmetrics): ``100 · max(cos(image, text), 0)`` averaged
+  over the views; any transformers CLIP (local folder or hub id), e.g. ``openai/clip-vit-large-patch14``.
+- FID / KID on the standard 2048-d pool3 features of the TF-ported Inception v3
+  (``pt_inception-2015-12-05-6726825d.pth``, the file pytorch-fid and most papers use), loaded
+  from a local path with ``torch.load(weights_only=True)`` into pytorch-fid's network (its own
+  download is never called). FID is the Fréchet distance of the two Gaussians; KID the unbiased
+  MMD² with the cubic polynomial kernel, averaged over random subsets.
+
+The paper does not give its CLIP variant, sample counts or view set; the numbers are comparable
+between runs of this code, not to the paper's table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Optional, Sequence, Union
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from scipy import linalg
+from tqdm import tqdm
+
+from .files import write_json
+from .media import contact_sheet, save_image
+
+Images = Union[str, Sequence[str], Sequence[np.ndarray]]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class EvaluationError(ValueError):
+    """One line naming the option or file and the fix."""
+
+
+def load_images(source: Images, option: str = "--renders") -> list[np.ndarray]:
+    """uint8 ``[H, W, 3]`` images from a folder (sorted), a video (every frame), files, or arrays."""
+    if isinstance(source, (list, tuple)) and source and isinstance(source[0], np.ndarray):
+        images = [np.asarray(x) for x in source]
+    else:
+        paths = [source] if isinstance(source, str) else list(source)
+        files: list[str] = []
+        for p in paths:
+            if os.path.isdir(p):
+                files += [os.path.join(p, f) for f in sorted(os.listdir(p)) if f.lower().endswith(IMAGE_SUFFIXES)]
+            elif os.path.isfile(p):
+                files.append(p)
+            else:
+                raise EvaluationError(f"{option}: {p} not found; give a folder of images, image files or a video")
+        images = []
+        for f in files:
+            try:
+                if f.lower().endswith((".mp4", ".gif", ".webm", ".mov")):
+                    images += [np.asarray(frame) for frame in imageio.mimread(f, memtest=False)]
+                else:
+                    images.append(np.asarray(imageio.imread(f)))
+            except Exception as e:
+                raise EvaluationError(f"{option}: {f} is not a readable image or video ({type(e).__name__})") from None
+    images = [np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x[..., :3] for x in images]
+    if not images:
+        raise EvaluationError(f"{option}: no images found in {source!r}")
+    return [np.ascontiguousarray(x).astype(np.uint8) for x in images]
+
+
+def _load_clip(model: str):
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        return CLIPModel.from_pretrained(model).eval(), CLIPProcessor.from_pretrained(model)
+    except Exception as e:
+        raise EvaluationError(f"--clip: cannot load a CLIP model from {model!r} ({type(e).__name__}); give a local "
+                              "folder (e.g. a download of openai/clip-vit-large-patch14) or a cached hub id") from None
+
+
+@torch.no_grad()
+def clip_score(images: Sequence[np.ndarray], prompt: str, model: str, batch_size: int = 16) -> dict:
+    """``{"clip_score": mean, "per_image": [...]}``, each ``100 · max(cos(image, text), 0)``."""
+    if not prompt.strip():
+        raise EvaluationError("--prompt is empty; give the prompt the portrait was made from")
+    clip, processor = _load_clip(model)
+    max_len = processor.tokenizer.model_max_length
+    if len(processor.tokenizer(prompt)["input_ids"]) > max_len:
+        warnings.warn(f"the prompt is longer than CLIP's {max_len} tokens; it is truncated", stacklevel=2)
+    text = processor(text=[prompt], return_tensors="pt", padding=True, truncation=True, max_length=max_len)
+    t = torch.nn.functional.normalize(clip.get_text_features(**text), dim=-1)
+    scores = []
+    for i in range(0, len(images), batch_size):
+        pixels = processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+        v = torch.nn.functional.normalize(clip.get_image_features(pixel_values=pixels), dim=-1)
+        scores += (100 * (v @ t.T).squeeze(-1).clamp(min=0)).tolist()
+    return {"clip_score": float(np.mean(scores)), "per_image": scores}
+
+
+class InceptionFeatures:
+    """FID Inception v3 pool3 features ``[N, 2048]`` from uint8 images (any size; resized to 299)."""
+
+    def __init__(self, weights_path: str, device: str = "cpu"):
+        import pytorch_fid.inception as fid_inception
+
+        if not weights_path or not os.path.isfile(weights_path):
+            raise EvaluationError(f"--inception: {weights_path} not found; give pt_inception-2015-12-05-6726825d.pth "
+                                  "(the FID Inception weights pytorch-fid uses)")
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise EvaluationError(f"--inception: {weights_path} is not a readable weights file "
+                                  f"({type(e).__name__})") from None
+        original = fid_inception.load_state_dict_from_url
+        fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state  # never download
+        try:
+            self.net = fid_inception.InceptionV3([fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+        except RuntimeError as e:
+            raise EvaluationError(f"--inception: {weights_path} does not hold the FID Inception weights "
+                                  f"({str(e).splitlines()[0]})") from None
+        finally:
+            fid_inception.load_state_dict_from_url = original
+        self.net = self.net.eval().to(device)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+        feats = []
+        for i in tqdm(range(0, len(images), batch_size), desc="inception", unit="batch"):
+            x = torch.from_numpy(np.stack(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255
+            feats.append(self.net(x.to(self.device))[0].flatten(1).cpu().double().numpy())
+        return np.concatenate(feats)
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """FID: ``‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)`` (pytorch-fid's numerics)."""
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(feats_a, rowvar=False)), np.atleast_2d(np.cov(feats_b, rowvar=False))
+    covmean = linalg.sqrtm(cov_a.dot(cov_b))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(cov_a.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((cov_a + offset).dot(cov_b + offset))
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    m, n = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
+def kernel_inception_distance(feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID ``(mean, std)`` over ``subsets`` random subsets of ``min(subset_size, len(a), len(b))``."""
+    size = min(subset_size, len(feats_a), len(feats_b))
+    if size < 2:
+        raise EvaluationError("KID needs at least 2 images in each set")
+    rng = np.random.RandomState(seed)
+    values = [_mmd2_unbiased(feats_a[rng.choice(len(feats_a), size, replace=False)],
+                             feats_b[rng.choice(len(feats_b), size, replace=False)]) for _ in range(subsets)]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def evaluate(renders: Images, prompt: str, out_dir: str, clip_model: Optional[str] = None,
+             reference: Optional[Images] = None, inception_weights: Optional[str] = None,
+             sheet_columns: int = 8) -> dict:
+    """Compute the requested metrics; write ``metrics.json`` and ``contact_sheet.png`` to ``out_dir``."""
+    if (reference is None) != (inception_weights is None):
+        raise EvaluationError("FID/KID need both --reference (images of the diffusion model) and --inception "
+                              "(the FID Inception weights); give both or neither")
+    views = load_images(renders, "--renders")
+    result = {"prompt": prompt, "num_renders": len(views), "num_reference": None, "clip_model": clip_model,
+              "inception_weights": inception_weights, "clip_score": None, "fid": None, "kid_mean": None,
+              "kid_std": None}
+    if clip_model is not None:
+        result["clip_score"] = clip_score(views, prompt, clip_model)["clip_score"]
+    if reference is not None:
+        ref = load_images(reference, "--reference")
+        extractor = InceptionFeatures(inception_weights)
+        fa, fb = extractor(views), extractor(ref)
+        result.update(num_reference=len(ref), fid=frechet_distance(fa, fb))
+        result["kid_mean"], result["kid_std"] = kernel_inception_distance(fa, fb)
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "metrics.json"), result)
+    side = min(min(v.shape[:2]) for v in views)
+    tiles = [np.asarray(_resize(v, side)) for v in views]
+    save_image(os.path.join(out_dir, "contact_sheet.png"), contact_sheet(tiles, min(sheet_columns, len(tiles))))
+    return result
+
+
+def _resize(image: np.ndarray, side: int) -> np.ndarray:
+    import cv2
+
+    return image if image.shape[:2] == (side, side) else cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def add_cli(subparsers) -> None:
+    e = subparsers.add_parser("evaluate", help="CLIP score and FID/KID of rendered views (paper §5.2) → metrics.json")
+    e.add_argument("--renders", required=True, nargs="+", help="folder of views, image files, or a video")
+    e.add_argument("--prompt", required=True)
+    e.add_argument("--out", required=True, help="output folder (metrics.json, contact_sheet.png)")
+    e.add_argument("--clip", default=None, help="CLIP model: local folder or hub id (e.g. openai/clip-vit-large-patch14)")
+    e.add_argument("--reference", default=None, nargs="+", help="images of the diffusion model (FID/KID reference)")
+    e.add_argument("--inception", default=None, help="pt_inception-2015-12-05-6726825d.pth (FID Inception weights)")
+    e.add_argument("--columns", type=int, default=8, help="contact sheet columns")
+    e.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> None:
+    try:
+        result = evaluate(args.renders, args.prompt, args.out, args.clip, args.reference, args.inception, args.columns)
+    except EvaluationError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(json.dumps(result, indent=1))

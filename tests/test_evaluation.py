@@ -1,0 +1,137 @@
+"""gan_prior.evaluation: the paper's §5.2 metrics on tiny / random models (no weights needed)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gan_prior import evaluation as E
+from gan_prior.media import save_image, save_video
+from gan_prior.tiny_models import tiny_model_path
+
+
+def images(n, seed, size=32):
+    rng = np.random.RandomState(seed)
+    return [rng.randint(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def inception_path(tmp_path_factory):
+    """The FID Inception architecture with random weights, saved as a weights file (the real loading path)."""
+    import pytorch_fid.inception as fi
+
+    original = torch.nn.Module.load_state_dict
+    torch.nn.Module.load_state_dict = lambda self, *a, **k: None  # build the structure without weights
+    fi_url = fi.load_state_dict_from_url
+    fi.load_state_dict_from_url = lambda *a, **k: {}
+    try:
+        torch.manual_seed(0)
+        net = fi.fid_inception_v3()
+    finally:
+        torch.nn.Module.load_state_dict, fi.load_state_dict_from_url = original, fi_url
+    path = str(tmp_path_factory.mktemp("inception") / "pt_inception-random.pth")
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_frechet_distance_matches_the_closed_form():
+    rng = np.random.RandomState(0)
+    a = rng.randn(20000, 3) * [1.0, 2.0, 0.5] + [0, 0, 0]
+    b = rng.randn(20000, 3) * [2.0, 1.0, 0.5] + [1, -1, 0]
+    # diagonal covariances: ‖μa − μb‖² + Σ (σa − σb)²
+    expected = 2.0 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0
+    assert E.frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
+    assert E.frechet_distance(a, b) == pytest.approx(E.frechet_distance(b, a), rel=1e-6)
+    assert abs(E.frechet_distance(a, a)) < 1e-6
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    rng = np.random.RandomState(1)
+    x, y = rng.randn(40, 8), rng.randn(50, 8) + 0.7
+    d = 8
+    k = lambda p, q: ((p @ q.T) / d + 1) ** 3  # noqa: E731
+    mean, std = E.kernel_inception_distance(x, y[:40], subsets=1, subset_size=40)
+    x2, y2 = x, y[:40]
+    direct = ((k(x2, x2).sum() - np.trace(k(x2, x2))) / (40 * 39) + (k(y2, y2).sum() - np.trace(k(y2, y2))) / (40 * 39)
+              - 2 * k(x2, y2).mean())
+    assert mean == pytest.approx(direct, rel=1e-9) and std == 0
+    same = E.kernel_inception_distance(rng.randn(200, 8), rng.randn(200, 8), subsets=20, subset_size=100)[0]
+    shifted = E.kernel_inception_distance(rng.randn(200, 8), rng.randn(200, 8) + 0.7, subsets=20, subset_size=100)[0]
+    assert shifted > 0.1 and abs(same) < shifted / 10
+    with pytest.raises(E.EvaluationError, match="at least 2 images"):
+        E.kernel_inception_distance(x[:1], y)
+
+
+def test_clip_score_equals_the_definition_and_depends_on_the_prompt():
+    from transformers import CLIPModel, CLIPProcessor
+
+    path = tiny_model_path("clip")
+    views = images(3, 2)
+    out = E.clip_score(views, "upper body photo, a woman", path)
+    model, proc = CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(model.get_text_features(**proc(text=["upper body photo, a woman"],
+                                                                         return_tensors="pt")), dim=-1)
+        v = torch.nn.functional.normalize(model.get_image_features(**proc(images=views, return_tensors="pt")), dim=-1)
+    expected = (100 * (v @ t.T).squeeze(-1).clamp(min=0)).tolist()
+    assert out["per_image"] == pytest.approx(expected, abs=1e-4)
+    assert out["clip_score"] == pytest.approx(np.mean(expected), abs=1e-4)
+    assert all(0 <= s <= 100 for s in out["per_image"])
+    assert E.clip_score(views, "a red car on a bridge", path)["per_image"] != pytest.approx(out["per_image"])
+    with pytest.raises(E.EvaluationError, match="--clip: cannot load a CLIP model from .*nowhere"):
+        E.clip_score(views, "x", "/nowhere/clip")
+
+
+def test_inception_features_load_safely_and_differ_per_image(inception_path, tmp_path):
+    extract = E.InceptionFeatures(inception_path)
+    views = images(3, 3)
+    f = extract(views)
+    assert f.shape == (3, 2048) and np.isfinite(f).all()
+    assert np.allclose(extract(views), f)
+    assert np.abs(f[0] - f[1]).max() > 1e-3 * np.abs(f).max() > 0  # random weights: tiny, distinct values
+    with pytest.raises(E.EvaluationError, match="--inception: .*missing.pth not found"):
+        E.InceptionFeatures(str(tmp_path / "missing.pth"))
+    (tmp_path / "bad.pth").write_bytes(os.urandom(100))
+    with pytest.raises(E.EvaluationError, match="--inception: .*bad.pth is not a readable weights file"):
+        E.InceptionFeatures(str(tmp_path / "bad.pth"))
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(E.EvaluationError, match="other.pth does not hold the FID Inception weights"):
+        E.InceptionFeatures(str(tmp_path / "other.pth"))
+
+
+def test_evaluate_writes_metrics_and_a_contact_sheet(inception_path, tmp_path):
+    renders = tmp_path / "renders"
+    for i, img in enumerate(images(5, 4)):
+        save_image(str(renders / f"{i:03d}.png"), img)
+    video = str(tmp_path / "ref.mp4")
+    save_video(video, images(4, 5, size=48))
+    result = E.evaluate(str(renders), "upper body photo, a man", str(tmp_path / "eval"), clip_model=tiny_model_path("clip"),
+                        reference=video, inception_weights=inception_path, sheet_columns=3)
+    on_disk = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert on_disk == pytest.approx(result) or on_disk == result
+    assert on_disk["num_renders"] == 5 and on_disk["num_reference"] == 4
+    assert 0 <= on_disk["clip_score"] <= 100 and on_disk["fid"] > 0 and on_disk["kid_std"] >= 0
+    import imageio.v2 as imageio
+
+    assert imageio.imread(tmp_path / "eval" / "contact_sheet.png").shape == (64, 96, 3)  # 2 rows x 3 columns of 32²
+    only_clip = E.evaluate(str(renders), "a man", str(tmp_path / "eval2"), clip_model=tiny_model_path("clip"))
+    assert only_clip["fid"] is None and only_clip["clip_score"] is not None
+    with pytest.raises(E.EvaluationError, match="FID/KID need both --reference"):
+        E.evaluate(str(renders), "a man", str(tmp_path / "eval3"), reference=str(renders))
+    with pytest.raises(E.EvaluationError, match="--renders: .*nothing not found"):
+        E.evaluate(str(tmp_path / "nothing"), "a man", str(tmp_path / "eval4"))
+
+
+def test_the_evaluate_command(tmp_path, capsys):
+    from gan_prior.cli import main
+
+    for i, img in enumerate(images(2, 6)):
+        save_image(str(tmp_path / "views" / f"{i}.png"), img)
+    code = main(["evaluate", "--renders", str(tmp_path / "views"), "--prompt", "a woman", "--out",
+                 str(tmp_path / "out"), "--clip", tiny_model_path("clip")])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["num_renders"] == 2
+    assert os.path.isfile(tmp_path / "out" / "metrics.json")
+    with pytest.raises(SystemExit, match="error: --renders: .*absent not found"):
+        main(["evaluate", "--renders", str(tmp_path / "absent"), "--prompt", "a", "--out", str(tmp_path / "o")])
