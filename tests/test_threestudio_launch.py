@@ -74,6 +74,9 @@ def test_one_train_command_goes_prompt_init_sds_refinement_and_test_videos(run):
     assert all(r["train/loss"] == r["train/loss_refine"] for r in rows[4:])
     for name in ("it8-test.mp4", "it8-large_pose.mp4", "it8-small_pose.mp4", "it8-views.png"):
         assert os.path.isfile(os.path.join(trial, "save", name)), name
+    metrics = json.load(open(os.path.join(trial, "save", "it8-eval", "metrics.json")))  # paper §5.2, tiny CLIP
+    assert metrics["num_renders"] == 8 and 0 <= metrics["clip_score"] <= 100 and metrics["fid"] is None
+    assert os.path.isfile(os.path.join(trial, "save", "it8-eval", "contact_sheet.png"))
     ckpt = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
     assert ckpt["portrait3d_refine"]["targets"].shape == (21, 3, 64, 64)
     assert ckpt["portrait3d_refine"]["targets"].dtype == torch.uint8

@@ -15,6 +15,7 @@ of the boundary. Tests and exports use the refined pyramid (the official export 
 fit epoch, not an EMA); an SDS-only run uses the EMA.
 """
 import difflib
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -59,6 +60,14 @@ class RefineConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """Paper §5.2 after the test stage (gan_prior.evaluation), on the large-pose video's frames."""
+    clip_model: Optional[str] = None  # CLIP folder or hub id -> CLIP score against the prompt
+    inception: Optional[str] = None  # pt_inception-2015-12-05-6726825d.pth -> FID/KID against `reference`
+    reference: Optional[str] = None  # images of the diffusion model; default: the initialisation's candidates
+
+
+@dataclass
 class VideoConfig:
     """The official export videos (spec §4.7), written by the test stage next to threestudio's."""
     large_frames: int = 240  # 360° at the horizon; 0 = skip
@@ -95,6 +104,7 @@ class Portrait3DSystem(BaseLift3DSystem):
         sds_steps: int = 2000
         refine: dict = field(default_factory=dict)  # RefineConfig
         videos: dict = field(default_factory=dict)  # VideoConfig
+        evaluation: dict = field(default_factory=dict)  # EvaluationConfig
 
     cfg: Config
 
@@ -103,6 +113,7 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.check_registered_names()
         self.refine_cfg = parse_structured(RefineConfig, self.cfg.refine)
         self.video_cfg = parse_structured(VideoConfig, self.cfg.videos)
+        self.eval_cfg = parse_structured(EvaluationConfig, self.cfg.evaluation)
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
         super().configure()
@@ -321,6 +332,30 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.save_img_sequence(f"it{self.true_global_step}-test", f"it{self.true_global_step}-test", r"(\d+)\.png",
                                save_format="mp4", fps=30, name="test", step=self.true_global_step)
         self.save_official_videos()
+        self.evaluate()
+
+    def evaluate(self) -> None:
+        """``it{N}-eval/metrics.json`` + contact sheet, when ``system.evaluation`` asks for metrics."""
+        from gan_prior.evaluation import evaluate
+
+        c = self.eval_cfg
+        video = self.get_save_path(f"it{self.true_global_step}-large_pose.mp4")
+        if c.clip_model is None and c.inception is None:
+            return
+        if not os.path.isfile(video):
+            threestudio.warn("system.evaluation needs the large-pose video (system.videos.large_frames > 0); skipped")
+            return
+        reference = c.reference
+        if c.inception is not None and reference is None:
+            found = sorted(glob.glob(os.path.join(self.get_save_dir(), "init", "*", "candidates")))
+            if not found:
+                raise ValueError("system.evaluation.inception is set but there are no diffusion images to compare "
+                                 "with: set system.evaluation.reference to a folder of them")
+            reference = found[-1]
+        result = evaluate(video, self.cfg.prompt_processor.get("prompt", ""), self.get_save_path(
+            f"it{self.true_global_step}-eval"), clip_model=c.clip_model, reference=reference,
+            inception_weights=c.inception)
+        threestudio.info(f"Evaluation: CLIP score {result['clip_score']}, FID {result['fid']}, KID {result['kid_mean']}")
 
     @torch.no_grad()
     def save_official_videos(self) -> None:
