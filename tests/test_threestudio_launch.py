@@ -82,6 +82,37 @@ def test_one_train_command_goes_prompt_init_sds_refinement_and_test_videos(run):
     assert ckpt["portrait3d_refine"]["targets"].dtype == torch.uint8
 
 
+def test_refinement_views_are_the_sds_ema_at_the_official_cameras(run):
+    """The 21 views are rendered from the SDS stage's EMA (the official df.pth), with the GAN
+    background, at the official refinement cameras."""
+    tree, cache, trial, _ = run
+    import imageio.v2 as imageio
+
+    from gan_prior import PortraitGAN
+    from gan_prior.media import to_uint8
+    from gan_prior.refinement import refinement_labels
+    from gan_prior.tiny_models import tiny_model_path
+
+    os.environ["PORTRAIT3D_CACHE"] = cache
+    prior = PortraitGAN.from_checkpoint(tiny_model_path("portrait-gan"))
+    state = torch.load(os.path.join(trial, "ckpts", "epoch=0-step=4.ckpt"), map_location="cpu",
+                       weights_only=True)["state_dict"]  # the end of SDS
+    ema = {r: state[f"ema_trigrids_{r}"] for r in (8, 16, 32)}
+    raw = {r: state[f"geometry.trigrids_{r}"] for r in (8, 16, 32)}
+    labels = refinement_labels(0)
+    for i in (0, 10, 20):
+        saved = imageio.imread(os.path.join(trial, "save", "refine", f"view_{i:02d}.png")).astype(int)
+
+        def render(levels):
+            with torch.no_grad():
+                out = prior.render(levels, state["material.ws"], labels[i:i + 1], resolution=64, deterministic=True,
+                                   depth_resolution=12, depth_resolution_importance=12)
+            return to_uint8(out["image"][0]).astype(int)
+
+        assert abs(render(ema) - saved).max() <= 1, i
+        assert abs(render(raw) - saved).max() > 1, i  # not the last SDS iterate
+
+
 def test_pyramid_changed_decoder_and_torgb_did_not(run):
     tree, cache, trial, _ = run
     from gan_prior import PortraitGAN, load_pyramid

@@ -231,10 +231,15 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.ema_updates += 1
 
     @torch.no_grad()
-    def use_ema(self) -> None:
-        """Evaluate the SDS result with its EMA (``df.pth``); after refinement, the pyramid itself."""
-        if self.cfg.eval_with_ema and int(self.ema_updates) > 0 and not self.refining:
+    def load_ema(self) -> None:
+        """The pyramid ← its EMA (the official ``df.pth``), when there is one."""
+        if self.cfg.eval_with_ema and int(self.ema_updates) > 0:
             self.geometry.set_levels({r: getattr(self, f"ema_{level_key(r)}") for r in self.geometry.levels})
+
+    def use_ema(self) -> None:
+        """Evaluate the SDS result with its EMA; after refinement, the pyramid itself."""
+        if not self.refining:
+            self.load_ema()
 
     # ------------------------------------------------------------------ stage 2: refinement
     def prior(self):  # a method, not a property: threestudio's do_update_step getattr()s every attribute
@@ -251,7 +256,7 @@ class Portrait3DSystem(BaseLift3DSystem):
     def prepare_refinement(self) -> None:
         """Start of stage 2: EMA → pyramid, 21 views, SDEdit, fresh optimizer state at ``refine.lr``."""
         c = self.refine_cfg
-        self.use_ema()  # the official fit starts from df.pth, the EMA of the SDS stage
+        self.load_ema()  # the official fit starts from df.pth, the EMA of the SDS stage
         if not self.guidance_is_trained:
             self.guidance = None  # free the SDS model before SDEdit loads its own
         labels = refinement_labels(c.view_seed).to(self.device)
