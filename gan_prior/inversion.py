@@ -52,8 +52,9 @@ class InversionConfig:
 @torch.no_grad()
 def w_statistics(G: PortraitGAN, n: int = 600, seed: int = 123, c: Optional[Tensor] = None) -> tuple[Tensor, float]:
     """``(w_avg [1, 1, w_dim], w_std)`` of ``n`` latents mapped at the frontal camera, pose 0."""
-    z = torch.from_numpy(np.random.RandomState(seed).randn(n, G.cfg.z_dim)).float()
-    c = canonical_label(n) if c is None else c.expand(n, -1)
+    device = next(G.parameters()).device
+    z = torch.from_numpy(np.random.RandomState(seed).randn(n, G.cfg.z_dim)).float().to(device)
+    c = canonical_label(n).to(device) if c is None else c.to(device).expand(n, -1)
     w = G.mapping(z, c)[:, :1]
     w_avg = w.mean(0, keepdim=True)
     return w_avg, float(((w - w_avg).square().sum() / n).sqrt())
@@ -89,7 +90,9 @@ def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: I
     if target.ndim != 4 or target.shape[:2] != (1, 3):
         raise ValueError(f"target must be [1, 3, H, W], got {tuple(target.shape)}")
     G = copy.deepcopy(G).eval().requires_grad_(False)
-    target = F.interpolate(target.float(), size=(cfg.resolution, cfg.resolution), mode="area")
+    device = next(G.parameters()).device
+    c = c.to(device)
+    target = F.interpolate(target.float().to(device), size=(cfg.resolution, cfg.resolution), mode="area")
     w_avg, w_std = w_statistics(G, cfg.w_avg_samples, cfg.w_avg_seed)
     w_opt = w_avg.repeat(1, G.num_ws, 1).clone().requires_grad_(True)
     noise = [b for name, b in G.backbone.synthesis.named_buffers() if name.endswith("noise_const")]
@@ -141,10 +144,10 @@ def estimate_camera(G: PortraitGAN, target: Tensor, distance: Distance, yaws_deg
     w_avg, _ = w_statistics(G)
     ws = w_avg.repeat(1, G.num_ws, 1)
     pyramid = G.synthesize_pyramid(ws)
-    target = F.interpolate(target.float(), size=(resolution, resolution), mode="area")
+    target = F.interpolate(target.float().to(ws.device), size=(resolution, resolution), mode="area")
     grid = [(float(y), float(e)) for e in elevations_deg for y in yaws_deg]
     h, v = elevation_azimuth_to_hv(torch.tensor([e for _, e in grid]), torch.tensor([y for y, _ in grid]))
-    labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
+    labels = camera_label(lookat_pose(h, v), GAN_FOCAL).to(ws.device)
     scores = {}
     for (yaw, elev), label in zip(grid, labels):
         image = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True)["image"]
