@@ -5,6 +5,8 @@ cameras (our pivot-aimed datamodule) gives the same pixels as ``gan_prior``'s ow
 same pyramid from the equivalent GAN camera label — which proves the camera mapping.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -98,6 +100,42 @@ def test_initializer_reads_pyramid_files_and_rejects_mismatches(ts, prior_path, 
     g = ts.find("pyramid-trigrid")({"checkpoint": prior_path, "level_sizes": [8, 16, 32, 64]})
     with pytest.raises(ValueError, match=r"pyramid levels \[8, 16, 32\] do not match system.geometry.level_sizes"):
         g.set_levels(got)
+
+
+def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts, prior_path, tmp_path):
+    """source=image: the photo is aligned (detector 'none': already a square crop), inverted, and the
+    pyramid made from w+; everything lands in <save>/init/<key>/ and is reused by the next call."""
+    import imageio.v2 as imageio
+    from gan_prior import canonical_label, load_pyramid
+
+    G = PortraitGAN.from_checkpoint(prior_path)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(2)), canonical_label(1))
+        photo = G.render(G.synthesize_pyramid(ws), ws, canonical_label(1), resolution=32, deterministic=True)["image"]
+    imageio.imwrite(tmp_path / "me.png", ((photo[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255)).byte().numpy())
+    cfg = {"checkpoint": prior_path, "source": "image", "image": str(tmp_path / "me.png"), "detector": "none",
+           "aligned_resolution": 32, "vgg16": "random", "inversion": {"steps": 2, "w_avg_samples": 8, "resolution": 32}}
+    init = ts.find("gan-prior-initializer")(cfg)
+    levels, got_ws = init(save_dir=str(tmp_path / "save"))
+    folders = os.listdir(tmp_path / "save" / "init")
+    assert len(folders) == 1
+    out = tmp_path / "save" / "init" / folders[0]
+    assert sorted(os.listdir(out)) == ["aligned.png", "alignment.json", "comparison.png", "inversion.json",
+                                       "pyramid.safetensors", "timings.json", "w_plus.safetensors"]
+    saved, saved_ws = load_pyramid(str(out / "pyramid.safetensors"))
+    assert all(torch.equal(levels[r], saved[r]) for r in saved) and torch.equal(got_ws, saved_ws)
+    with torch.no_grad():  # the pyramid is the generator's synthesis of the inverted w+
+        assert all(torch.allclose(G.synthesize_pyramid(got_ws)[r], levels[r], atol=1e-5) for r in levels)
+    stamp = os.path.getmtime(out / "pyramid.safetensors")
+    again, _ = ts.find("gan-prior-initializer")(cfg)(save_dir=str(tmp_path / "save"))
+    assert os.path.getmtime(out / "pyramid.safetensors") == stamp and all(torch.equal(again[r], levels[r])
+                                                                             for r in levels)
+    with pytest.raises(ValueError, match="system.initializer.image: .*gone.png not found"):
+        ts.find("gan-prior-initializer")({**cfg, "image": str(tmp_path / "gone.png")})(save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.vgg16: the inversion needs a perceptual network"):
+        ts.find("gan-prior-initializer")({**cfg, "vgg16": None})(save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.prompt is empty"):
+        ts.find("gan-prior-initializer")({**cfg, "source": "prompt", "prompt": " "})(save_dir=str(tmp_path))
 
 
 def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):
