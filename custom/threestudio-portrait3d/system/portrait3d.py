@@ -280,10 +280,12 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.refine_labels = labels.cpu()
         self.save_refinement_views(views, c.model or model, prompt)
         for opt in self.trainer.optimizers:  # the official fit builds a new Adan: fresh state, one lr
-            opt.state.clear()
-            for group in opt.param_groups:
-                group["lr"] = c.lr
-                group.pop("step", None)
+            for group in opt.param_groups:  # the pyramid's groups (a trained guidance's LoRA keeps its own)
+                if str(group.get("name", "geometry")).startswith("geometry"):
+                    group["lr"] = c.lr
+                    group.pop("step", None)
+                    for p in group["params"]:
+                        opt.state.pop(p, None)
 
     def save_refinement_views(self, views: Tensor, model: str, prompt: str) -> None:
         rendered = [to_uint8(v) for v in views]
