@@ -105,6 +105,27 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def check_pipeline_source(model: str, option: str = "model") -> bool:
+    """Cheap pre-flight of a :func:`load_pipeline` argument (nothing is loaded): ``True`` for a complete
+    pipeline folder, ``False`` for a hub id; anything else raises :class:`DiffusionModelError`."""
+    if not isinstance(model, str) or not model.strip():
+        raise DiffusionModelError(
+            f"{option}: no model given; give a diffusers folder or a hub id such as {DEFAULT_TEXT_TO_IMAGE_MODEL}"
+        )
+    local = os.path.expanduser(model)
+    if os.path.isdir(local):
+        _check_pipeline_folder(local, option)
+        return True
+    if os.path.exists(local):
+        raise DiffusionModelError(f"{option}: {model} is a file, not a diffusers pipeline folder; give its folder")
+    if not _HUB_ID.match(model):
+        raise DiffusionModelError(
+            f"{option}: folder {model} does not exist; give a diffusers pipeline folder or a hub id such as "
+            f"{DEFAULT_TEXT_TO_IMAGE_MODEL}"
+        )
+    return False
+
+
 def load_pipeline(
     model: str,
     device: Union[str, torch.device] = "cpu",
@@ -126,29 +147,17 @@ def load_pipeline(
     Raises:
         DiffusionModelError: ``model`` is missing, not a Stable Diffusion pipeline, or not loadable.
     """
-    if not isinstance(model, str) or not model.strip():
-        raise DiffusionModelError(
-            f"{option}: no model given; give a diffusers folder or a hub id such as {DEFAULT_TEXT_TO_IMAGE_MODEL}"
-        )
+    is_folder = check_pipeline_source(model, option)
     local = os.path.expanduser(model)
-    is_folder = os.path.isdir(local)
     key = (os.path.realpath(local) if is_folder else model, str(torch.device(device)), dtype)
     if key in _PIPELINES:
         return _PIPELINES[key]
 
     if is_folder:
-        _check_pipeline_folder(local, option)
         try:
             pipe = _from_pretrained(local, dtype)
         except (OSError, ValueError, KeyError) as err:
             raise DiffusionModelError(f"{option}: cannot load the pipeline in {local}: {_first_line(err)}") from err
-    elif os.path.exists(local):
-        raise DiffusionModelError(f"{option}: {model} is a file, not a diffusers pipeline folder; give its folder")
-    elif not _HUB_ID.match(model):
-        raise DiffusionModelError(
-            f"{option}: folder {model} does not exist; give a diffusers pipeline folder or a hub id such as "
-            f"{DEFAULT_TEXT_TO_IMAGE_MODEL}"
-        )
     else:
         pipe = _load_hub_pipeline(model, dtype, option)
     pipe = pipe.to(device)

@@ -304,6 +304,19 @@ def test_a_misspelt_component_name_gets_one_clear_line(run):
             "did you mean pyramid-trigrid") in proc.stderr
 
 
+def test_refinement_settings_are_checked_before_training(run):
+    """A refinement setting it cannot use stops the run at start-up with one line, not after SDS."""
+    tree, cache, trial, launch = run
+    for override, message in (("system.refine.resolution=60", "system.refine.resolution=60: SDEdit needs a multiple "
+                                                               "of 8"),
+                              ("system.refine.model=/nowhere/sd", "system.refine.model: folder /nowhere/sd does not "
+                                                                  "exist")):
+        proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=badrefine",
+                      "use_timestamp=false", override)
+        assert proc.returncode != 0 and message in proc.stderr, _tail(proc)
+        assert not os.path.isdir(os.path.join(tree, "outputs", "portrait3d-tiny", "badrefine", "save", "init"))
+
+
 def test_swap_guidance_to_vsd_trains_its_lora_and_resumes(run, tmp_path):
     """threestudio's VSD guidance by config only: its LoRA is optimised, checkpointed and resumed."""
     tree, cache, trial, launch = run

@@ -29,7 +29,8 @@ from threestudio.utils.config import parse_structured
 from threestudio.utils.typing import *
 
 from gan_prior.checkpoint import save_pyramid
-from gan_prior.diffusion import REFINE_NEGATIVE_PROMPT, SDEditConfig, clear_pipeline_cache, load_pipeline, sdedit
+from gan_prior.diffusion import (REFINE_NEGATIVE_PROMPT, SDEditConfig, check_pipeline_source, clear_pipeline_cache,
+                                 load_pipeline, sdedit)
 from gan_prior.files import atomic_path
 from gan_prior.media import contact_sheet, save_video, to_uint8, turntable_labels
 from gan_prior.media import save_image as write_image
@@ -114,6 +115,7 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.refine_cfg = parse_structured(RefineConfig, self.cfg.refine)
         self.video_cfg = parse_structured(VideoConfig, self.cfg.videos)
         self.eval_cfg = parse_structured(EvaluationConfig, self.cfg.evaluation)
+        self.check_refine_config()
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
         super().configure()
@@ -122,6 +124,24 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if self.guidance_is_trained:  # e.g. VSD's LoRA: its parameters must exist for the optimizer
             self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+
+    def check_refine_config(self) -> None:
+        """Fail at start-up, not after the SDS stage, on settings the refinement cannot use."""
+        c = self.refine_cfg
+        if c.steps <= 0:
+            return
+        if c.resolution % 8:
+            raise ValueError(f"system.refine.resolution={c.resolution}: SDEdit needs a multiple of 8 (the VAE's "
+                             "downsampling); the official value is 512")
+        if not 0 < c.patch_resolution <= c.resolution:
+            raise ValueError(f"system.refine.patch_resolution={c.patch_resolution} must be in 1..system.refine."
+                             f"resolution ({c.resolution}); the official value is 256")
+        if not 0 <= c.noise_step < 1000:
+            raise ValueError(f"system.refine.noise_step={c.noise_step} must be a diffusion timestep in 0..999; "
+                             "the official value is 200")
+        model = c.model or self.cfg.prompt_processor.get("pretrained_model_name_or_path")
+        check_pipeline_source(model, "system.refine.model" if c.model else
+                              "system.prompt_processor.pretrained_model_name_or_path")
 
     @property
     def guidance_is_trained(self) -> bool:
