@@ -305,12 +305,15 @@ def test_a_misspelt_component_name_gets_one_clear_line(run):
 
 
 def test_refinement_settings_are_checked_before_training(run):
-    """A refinement setting it cannot use stops the run at start-up with one line, not after SDS."""
+    """A refinement or evaluation setting it cannot use stops the run at start-up with one line, not
+    after the SDS stage."""
     tree, cache, trial, launch = run
     for override, message in (("system.refine.resolution=60", "system.refine.resolution=60: SDEdit needs a multiple "
                                                                "of 8"),
                               ("system.refine.model=/nowhere/sd", "system.refine.model: folder /nowhere/sd does not "
-                                                                  "exist")):
+                                                                  "exist"),
+                              ("system.evaluation.inception=/nowhere/fid.pth", "system.evaluation.inception: "
+                                                                               "/nowhere/fid.pth not found")):
         proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=badrefine",
                       "use_timestamp=false", override)
         assert proc.returncode != 0 and message in proc.stderr, _tail(proc)

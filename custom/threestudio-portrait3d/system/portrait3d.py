@@ -116,6 +116,7 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.video_cfg = parse_structured(VideoConfig, self.cfg.videos)
         self.eval_cfg = parse_structured(EvaluationConfig, self.cfg.evaluation)
         self.check_refine_config()
+        self.check_evaluation_config()
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
         super().configure()
@@ -142,6 +143,16 @@ class Portrait3DSystem(BaseLift3DSystem):
         model = c.model or self.cfg.prompt_processor.get("pretrained_model_name_or_path")
         check_pipeline_source(model, "system.refine.model" if c.model else
                               "system.prompt_processor.pretrained_model_name_or_path")
+
+    def check_evaluation_config(self) -> None:
+        c = self.eval_cfg
+        if c.inception is not None and not os.path.isfile(c.inception):
+            raise ValueError(f"system.evaluation.inception: {c.inception} not found; give "
+                             "pt_inception-2015-12-05-6726825d.pth (the FID Inception weights) or null")
+        if c.clip_model and c.clip_model.startswith(("/", ".", "~")) and not os.path.isdir(
+                os.path.expanduser(c.clip_model)):
+            raise ValueError(f"system.evaluation.clip_model: folder {c.clip_model} not found; give a CLIP folder, "
+                             "a hub id or null")
 
     @property
     def guidance_is_trained(self) -> bool:
