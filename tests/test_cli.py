@@ -1,8 +1,10 @@
-"""`python -m gan_prior sample | render` as a user runs them, on a tiny random model."""
+"""`python -m gan_prior sample | render | invert` as a user runs them, on tiny random models."""
+import json
 import os
 import subprocess
 import sys
 
+import cv2
 import imageio.v2 as imageio
 import pytest
 import torch
@@ -13,7 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args):
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    import torch
+
+    # on a CPU-only torch, PyPI's torchvision (imported by diffusers/transformers) needs the shim
+    stubs = [] if torch.cuda.is_available() else [os.path.join(ROOT, "tests", "cpu_stubs")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(stubs + [ROOT])}
     return subprocess.run([sys.executable, "-m", "gan_prior", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
@@ -98,3 +104,23 @@ def test_invert_errors_name_the_problem(model_dir, tmp_path):
     assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
     r = run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "z"))
     assert r.returncode != 0 and "missing.png not found" in r.stderr
+
+
+def test_invert_from_a_prompt(model_dir, tmp_path):
+    from gan_prior.tiny_models import tiny_model_path
+
+    out = tmp_path / "prompt"
+    r = run("invert", "--checkpoint", model_dir, "--prompt", "portrait of a woman", "--sd-model",
+            tiny_model_path("stable-diffusion"), "--candidates", "2", "--seed", "7", "--sd-steps", "2",
+            "--sd-resolution", "64", "--detector", "none", "--aligned-resolution", "32", "--steps", "2",
+            "--resolution", "32", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    cands = json.load(open(out / "candidates.json"))
+    assert cands["seeds"] == [7, 8] and cands["prompt"] == "upper body photo, portrait of a woman"
+    assert [imageio.imread(out / f).shape for f in cands["files"]] == [(64, 64, 3)] * 2
+    chosen = json.load(open(out / "alignment.json"))["chosen"]
+    aligned = imageio.imread(out / "aligned.png")
+    first = imageio.imread(out / cands["files"][chosen])
+    assert aligned.shape == (32, 32, 3)
+    assert abs(aligned.astype(int) - cv2.resize(first, (32, 32), interpolation=cv2.INTER_AREA).astype(int)).max() <= 1
+    assert sorted(load_pyramid(str(out / "pyramid.safetensors"))[0]) == [8, 16, 32]
