@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import imageio.v2 as imageio
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .alignment import (align_image, detector_name, load_or_measure_framing, make_detector, require_faces,
                         select_candidate)
@@ -177,13 +177,8 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
     return levels, ws
 
 
-def load_w_plus(out_dir: str) -> torch.Tensor:
-    """The inverted w+ ``[1, N, D]`` of a finished initialisation folder."""
-    return load_file(os.path.join(out_dir, "w_plus.safetensors"))["ws"]
-
-
 def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn) -> dict:
-    from .diffusion import TextToImageConfig, generate_candidates, load_pipeline, portrait_prompt
+    from .diffusion import TextToImageConfig, clear_pipeline_cache, generate_candidates, load_pipeline, portrait_prompt
 
     prompt = portrait_prompt(cfg.prompt)
     log(f"Generating {cfg.num_candidates} candidate portraits with {cfg.text_to_image_model}: {prompt!r}")
@@ -191,13 +186,16 @@ def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn) ->
     t2i = TextToImageConfig(steps=cfg.candidate_steps, guidance_scale=cfg.candidate_guidance_scale,
                             resolution=cfg.candidate_resolution, num_candidates=cfg.num_candidates,
                             seed=cfg.candidate_seed)
+    candidates = generate_candidates(pipe, prompt, t2i)
+    del pipe
+    clear_pipeline_cache()  # the inversion and the SDS guidance do not need this copy
     files = []
-    for i, cand in enumerate(generate_candidates(pipe, prompt, t2i)):
+    for i, cand in enumerate(candidates):
         name = f"candidates/candidate_{i}_seed{cand.seed}.png"
         save_image(os.path.join(out_dir, name), cand.image)
         files.append(name)
     record = {"prompt": prompt, "model": cfg.text_to_image_model, "files": files,
-              "seeds": [cfg.candidate_seed + i for i in range(cfg.num_candidates)], "settings": asdict(t2i)}
+              "seeds": [cand.seed for cand in candidates], "settings": asdict(t2i)}
     write_json(os.path.join(out_dir, "candidates.json"), record)
     return record
 
