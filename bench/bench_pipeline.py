@@ -4,7 +4,7 @@
 Times one unit of every step with the real architectures and random weights (no weights needed):
 
 * ``pyramid``: mapping + pyramid synthesis (levels 8…512) of the released configuration;
-* ``inversion step``: synthesis + 128² render (48+48) + VGG16 distance, forward+backward;
+* ``inversion step``: synthesis + 256² render (48+48) + VGG16 distance, forward+backward;
 * ``sd unet``: one SD-1.5-size UNet call (64² latents, batch 2 = CFG) — candidates (6×50 steps),
   SDS (one per step) and SDEdit (21×10 steps) are made of these;
 * ``sds render``: 128² render (48+48) forward+backward into the pyramid (one SDS step's render);
@@ -31,6 +31,7 @@ import time
 import torch
 
 from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label
+from gan_prior.inversion import InversionConfig
 from gan_prior.perceptual import VGG16Distance
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     w_opt = ws.clone().requires_grad_(True)
 
     def inversion_step():
-        img = G.render(G.synthesize_pyramid(w_opt), w_opt, c, resolution=128)["image"]
+        img = G.render(G.synthesize_pyramid(w_opt), w_opt, c, resolution=InversionConfig().resolution)["image"]
         vgg(img, target).sum().backward()
 
     rows["inversion step"] = (timed(inversion_step, dev, args.repeats), 500, "")

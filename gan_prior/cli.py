@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--detector", default="haar",
                    help="'haar' (OpenCV, default), an OpenCV cascade .xml, 'module:callable', or 'none' (already aligned)")
     v.add_argument("--steps", type=int, default=500)
-    v.add_argument("--resolution", type=int, default=128, help="neural render size compared with the image")
+    v.add_argument("--resolution", type=int, default=256, help="neural render size compared with the image")
     v.add_argument("--aligned-resolution", type=int, default=512)
     v.add_argument("--sd-model", default="SG161222/Realistic_Vision_V5.1_noVAE", help="diffusers folder or hub id")
     v.add_argument("--candidates", type=int, default=6)

@@ -9,8 +9,9 @@ ramp-down over the last 25 %; Gaussian w noise ``w_std·0.05·max(0, 1 − t/0.7
 auto-correlation penalty (×1e5) and re-normalised each step (then discarded, as the official
 code does: the returned w+ is used with the checkpoint's own noise); a perceptual distance.
 
-Differences, by necessity: the official loss compares the 512² super-resolution output; this
-port has no SR module and compares the neural render (``image_raw``) at ``resolution``. The
+Differences, by necessity: the official loss compares the 512² super-resolution output, area-resized
+to 256²; this port has no SR module and compares the neural render (``image_raw``) rendered at
+``resolution`` (256² by default, the size the official distance sees). The
 body pose is 0 and not optimised (the SMPL deformation is not part of this port): a posed photo
 is explained by the latent alone, which costs fidelity on strongly turned heads and shoulders.
 """
@@ -45,7 +46,7 @@ class InversionConfig:
     noise_ramp_length: float = 0.75
     regularize_noise_weight: float = 1e5
     optimize_noise: bool = True
-    resolution: int = 128  # neural render compared with the target
+    resolution: int = 256  # neural render compared with the target (official: 512² SR output area-resized to 256²)
     deterministic: bool = False  # renderer sampling; the official projector jitters
 
 
