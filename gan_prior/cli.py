@@ -13,23 +13,12 @@ import sys
 from typing import Optional, Sequence
 
 import torch
-from tqdm import tqdm
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
 from .checkpoint import CheckpointError, load_pyramid, save_pyramid
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
-from .media import contact_sheet, save_image, save_video, to_uint8, turntable_labels
-
-
-def render_frames(G: PortraitGAN, pyramid, ws, labels: torch.Tensor, resolution: int, chunk: int,
-                  desc: str, **options):
-    """Yield uint8 frames, one render per camera label, with a progress bar."""
-    for label in tqdm(labels, desc=desc, unit="frame"):
-        with torch.no_grad():
-            out = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True,
-                           chunk=chunk, **options)
-        yield to_uint8(out["image"][0])
+from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
 
 
 def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,

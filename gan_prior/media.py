@@ -6,12 +6,13 @@ Renders are ``[B, 3, H, W]`` in the ToRGB range (≈[−1, 1]); they are saved a
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from .camera import CANONICAL_RADIUS, GAN_FOCAL, camera_label, lookat_pose
 from .files import atomic_path
@@ -51,6 +52,17 @@ def turntable_labels(n_frames: int, kind: str = "large", focal: float = GAN_FOCA
     else:
         raise ValueError(f"unknown turntable kind {kind!r}; use 'large' or 'small'")
     return camera_label(lookat_pose(h, v, radius), focal)
+
+
+def render_frames(G, pyramid: Mapping[int, Tensor], ws: Tensor, labels: Tensor, resolution: int,
+                  chunk: Optional[int], desc: str, **options) -> Iterator[np.ndarray]:
+    """Yield uint8 frames of ``G.render`` (deterministic), one per camera label ``[N, 25]``, with a
+    progress bar; ``options`` go to ``render`` (e.g. ``background``, ``depth_resolution``)."""
+    for label in tqdm(labels, desc=desc, unit="frame"):
+        with torch.no_grad():
+            out = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True, chunk=chunk,
+                           **options)
+        yield to_uint8(out["image"][0])
 
 
 def contact_sheet(images: Sequence[np.ndarray], columns: int) -> np.ndarray:
