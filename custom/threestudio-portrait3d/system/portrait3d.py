@@ -16,7 +16,6 @@ fit epoch, not an EMA); an SDS-only run uses the EMA.
 """
 import difflib
 import glob
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -31,8 +30,9 @@ from threestudio.utils.typing import *
 from gan_prior.checkpoint import save_pyramid
 from gan_prior.diffusion import (REFINE_NEGATIVE_PROMPT, SDEditConfig, check_pipeline_source, clear_pipeline_cache,
                                  load_pipeline, sdedit)
-from gan_prior.files import atomic_path
-from gan_prior.media import contact_sheet, save_video, to_uint8, turntable_labels
+from gan_prior.evaluation import evaluate
+from gan_prior.files import atomic_path, write_json
+from gan_prior.media import contact_sheet, render_frames, save_video, to_uint8, turntable_labels
 from gan_prior.media import save_image as write_image
 from gan_prior.pyramid_trigrid import level_key
 from gan_prior.refinement import RefineFitConfig, fit_schedule, patch_loss, refinement_labels
@@ -116,6 +116,10 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.video_cfg = parse_structured(VideoConfig, self.cfg.videos)
         self.eval_cfg = parse_structured(EvaluationConfig, self.cfg.evaluation)
         self.check_refine_config()
+        c = self.refine_cfg
+        self.fit_cfg = RefineFitConfig(resolution=c.resolution, patch_resolution=c.patch_resolution,
+                                       depth_resolution=c.fit_samples[0], depth_resolution_importance=c.fit_samples[1],
+                                       loss_weight=c.loss_weight)
         self.check_evaluation_config()
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
@@ -185,9 +189,10 @@ class Portrait3DSystem(BaseLift3DSystem):
         super().on_fit_start()
         if not self.resumed:
             self.initialize_from_prior()
-        self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
-        if not self.guidance_is_trained and self.refine_targets is None:  # not needed once refining
-            self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+        if self.refine_targets is None:  # the prompt processor and a frozen guidance serve only the SDS stage
+            self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+            if not self.guidance_is_trained:
+                self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
         max_steps = self.trainer.max_steps
         if self.refine_cfg.steps > 0 and 0 <= max_steps <= self.cfg.sds_steps:
             threestudio.warn(f"trainer.max_steps={max_steps} <= system.sds_steps={self.cfg.sds_steps}: "
@@ -274,14 +279,9 @@ class Portrait3DSystem(BaseLift3DSystem):
 
     # ------------------------------------------------------------------ stage 2: refinement
     def prior(self):  # a method, not a property: threestudio's do_update_step getattr()s every attribute
-        return load_prior(self.cfg.prior_checkpoint, "system.prior_checkpoint").to(self.device)
-
-    @property
-    def fit_cfg(self) -> RefineFitConfig:
-        c = self.refine_cfg
-        return RefineFitConfig(resolution=c.resolution, patch_resolution=c.patch_resolution,
-                               depth_resolution=c.fit_samples[0], depth_resolution_importance=c.fit_samples[1],
-                               loss_weight=c.loss_weight)
+        """The frozen GAN (for the views, the fit and the videos), on this system's device."""
+        gan = load_prior(self.cfg.prior_checkpoint, "system.prior_checkpoint")
+        return gan if next(gan.parameters()).device == self.device else gan.to(self.device)
 
     @torch.no_grad()
     def prepare_refinement(self) -> None:
@@ -327,11 +327,9 @@ class Portrait3DSystem(BaseLift3DSystem):
         write_image(self.get_save_path("refine/comparison.png"),  # rows: render over refined, 7 per row
                     np.concatenate([contact_sheet(rendered[k:k + 7] + refined[k:k + 7], 7)
                                     for k in range(0, len(rendered), 7)], 0))
-        with atomic_path(self.get_save_path("refine/cameras.json"), ".json") as tmp:
-            with open(tmp, "w") as f:
-                json.dump({"model": model, "prompt": prompt,
-                           "labels": {f"view_{i:02d}.png": c.tolist() for i, c in enumerate(self.refine_labels)}},
-                          f, indent=1)
+        write_json(self.get_save_path("refine/cameras.json"), {
+            "model": model, "prompt": prompt,
+            "labels": {f"view_{i:02d}.png": c.tolist() for i, c in enumerate(self.refine_labels)}})
 
     def refine_step(self):
         if self.refine_targets is None:
@@ -370,12 +368,10 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.save_img_sequence(f"it{self.true_global_step}-test", f"it{self.true_global_step}-test", r"(\d+)\.png",
                                save_format="mp4", fps=30, name="test", step=self.true_global_step)
         self.save_official_videos()
-        self.evaluate()
+        self.save_metrics()
 
-    def evaluate(self) -> None:
+    def save_metrics(self) -> None:
         """``it{N}-eval/metrics.json`` + contact sheet, when ``system.evaluation`` asks for metrics."""
-        from gan_prior.evaluation import evaluate
-
         c = self.eval_cfg
         video = self.get_save_path(f"it{self.true_global_step}-large_pose.mp4")
         if c.clip_model is None and c.inception is None:
@@ -402,11 +398,10 @@ class Portrait3DSystem(BaseLift3DSystem):
         prefix = f"it{self.true_global_step}"
 
         def frames(kind: str, n: int):
-            for label in turntable_labels(n, kind).to(self.device):
-                out = self.prior().render(self.geometry.levels, self.material.ws, label[None], resolution=c.resolution,
-                                        deterministic=True, background=c.background, chunk=c.chunk,
-                                        depth_resolution=c.samples[0], depth_resolution_importance=c.samples[1])
-                yield to_uint8(out["image"][0])
+            return render_frames(self.prior(), self.geometry.levels, self.material.ws,
+                                 turntable_labels(n, kind).to(self.device), c.resolution, c.chunk, f"{kind} pose",
+                                 background=c.background, depth_resolution=c.samples[0],
+                                 depth_resolution_importance=c.samples[1])
 
         if c.large_frames > 0:
             large = list(frames("large", c.large_frames))
