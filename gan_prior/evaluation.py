@@ -25,6 +25,7 @@ import torch
 from scipy import linalg
 from tqdm import tqdm
 
+from .alignment import as_rgb
 from .files import write_json
 from .media import contact_sheet, save_image
 
@@ -59,10 +60,12 @@ def load_images(source: Images, option: str = "--renders") -> list[np.ndarray]:
                     images.append(np.asarray(imageio.imread(f)))
             except Exception as e:
                 raise EvaluationError(f"{option}: {f} is not a readable image or video ({type(e).__name__})") from None
-    images = [np.repeat(x[..., None], 3, -1) if x.ndim == 2 else x[..., :3] for x in images]
     if not images:
         raise EvaluationError(f"{option}: no images found in {source!r}")
-    return [np.ascontiguousarray(x).astype(np.uint8) for x in images]
+    try:
+        return [as_rgb(x) for x in images]
+    except ValueError as e:
+        raise EvaluationError(f"{option}: {e}") from None
 
 
 def _load_clip(model: str):

@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .alignment import (align_image, detector_name, load_or_measure_framing, make_detector, require_faces,
-                        select_candidate)
+from .alignment import (align_image, as_rgb, detector_name, load_or_measure_framing, make_detector,
+                        require_faces, select_candidate)
 from .checkpoint import load_pyramid, save_pyramid
 from .files import atomic_path, read_json, write_json
 from .generator import PortraitGAN
 from .inversion import InversionConfig, estimate_camera, invert
 from .media import save_image
+from .perceptual import VGG16Distance
 
 ProgressFn = Callable[[str], None]
 
@@ -90,12 +91,9 @@ def init_key(cfg: PortraitInitConfig, checkpoint: str) -> str:
 def read_rgb(path: str) -> np.ndarray:
     """Any image file → uint8 ``[H, W, 3]``; unreadable files get a one-line error naming them."""
     try:
-        img = np.asarray(imageio.imread(path))
+        return as_rgb(imageio.imread(path))
     except Exception as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}); give a PNG or JPEG photo") from None
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, -1)
-    return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
 
 
 class _StepTimer:
@@ -145,17 +143,15 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
     # 2. alignment ------------------------------------------------------------------------------
     alignment = read_json(os.path.join(out_dir, "alignment.json"))
     G = G.to(device)
+    distance = VGG16Distance.load(cfg.vgg16).to(device)  # camera estimate and inversion
     if alignment is None:
-        alignment = timer("alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, device, log))
+        alignment = timer("alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, distance, log))
     target = torch.from_numpy(read_rgb(os.path.join(out_dir, "aligned.png"))).permute(2, 0, 1)[None]
     target = target.float().to(device) / 127.5 - 1
     label = torch.tensor(alignment["camera"]["label"], dtype=torch.float32, device=device)
 
     # 3. inversion and pyramid ------------------------------------------------------------------
     def run_inversion() -> dict:
-        from .perceptual import VGG16Distance
-
-        distance = VGG16Distance.load(cfg.vgg16).to(device)
         log(f"Inverting {os.path.join(out_dir, 'aligned.png')} ({cfg.inversion.steps} steps)")
         result = invert(G, target, label, distance, cfg.inversion)
         ws = result["ws"]
@@ -200,10 +196,8 @@ def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn) ->
     return record
 
 
-def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: list[str], out_dir: str, device,
-           log: ProgressFn) -> dict:
-    from .perceptual import VGG16Distance
-
+def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: list[str], out_dir: str,
+           distance: VGG16Distance, log: ProgressFn) -> dict:
     detector = make_detector(cfg.detector)
     images = [read_rgb(p) for p in sources]
     names = [os.path.relpath(p, out_dir) if p.startswith(out_dir) else p for p in sources]
@@ -222,8 +216,7 @@ def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: li
     best = aligned[chosen]
     save_image(os.path.join(out_dir, "aligned.png"), best.image)
     if cfg.estimate_camera:
-        target = torch.from_numpy(best.image).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1
-        distance = VGG16Distance.load(cfg.vgg16).to(device)
+        target = torch.from_numpy(best.image).permute(2, 0, 1)[None].float() / 127.5 - 1
         camera = estimate_camera(G, target, distance, resolution=cfg.camera_resolution)
         log(f"Camera estimate: yaw {camera['yaw']:+g}°, elevation {camera['elevation']:+g}°")
     else:
