@@ -109,6 +109,16 @@ def _write_byte_level_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
+def _byte_level_tokenizer():
+    """A ``CLIPTokenizer`` over :func:`_write_byte_level_tokenizer_files`, 77 positions."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tok_src:
+        _write_byte_level_tokenizer_files(Path(tok_src))
+        return CLIPTokenizer(vocab_file=str(Path(tok_src) / "vocab.json"),
+                             merges_file=str(Path(tok_src) / "merges.txt"), model_max_length=_SD_MAX_LENGTH)
+
+
 def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
     """Build a tiny random SD-1.x-style diffusers pipeline and save it to ``path``.
 
@@ -140,18 +150,12 @@ def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
 
-    with tempfile.TemporaryDirectory() as tok_src:
-        _write_byte_level_tokenizer_files(Path(tok_src))
-        tokenizer = CLIPTokenizer(
-            vocab_file=str(Path(tok_src) / "vocab.json"),
-            merges_file=str(Path(tok_src) / "merges.txt"),
-            model_max_length=_SD_MAX_LENGTH,
-        )
+    tokenizer = _byte_level_tokenizer()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -362,14 +366,11 @@ def build_tiny_clip(path: str, seed: int = 4) -> None:
     ``CLIPProcessor.from_pretrained(path)`` load it offline. Seed 4 gives positive image–text
     cosines (many seeds give only negative ones, which the CLIP score clamps to 0)."""
     from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
-                              CLIPTokenizer, CLIPVisionConfig)
+                              CLIPVisionConfig)
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tok_src:
-        _write_byte_level_tokenizer_files(Path(tok_src))
-        tokenizer = CLIPTokenizer(vocab_file=str(Path(tok_src) / "vocab.json"),
-                                  merges_file=str(Path(tok_src) / "merges.txt"), model_max_length=_SD_MAX_LENGTH)
+    tokenizer = _byte_level_tokenizer()
     text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                           num_attention_heads=4, max_position_embeddings=_SD_MAX_LENGTH,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
