@@ -222,20 +222,35 @@ class _ScriptUnpickler(RestrictedUnpickler):
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
+def _torchscript_data_pkl(path: str) -> Optional[str]:
+    """The archive member ``<name>/data.pkl`` of a TorchScript file, or None for anything else."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        members = archive.namelist()
+    for name in members:
+        if name.endswith("/data.pkl") and name.count("/") == 1:
+            root = name.split("/")[0]
+            if any(m.startswith(root + "/code/") for m in members):
+                return name
+    return None
+
+
+def is_torchscript_archive(path: str) -> bool:
+    return os.path.isfile(path) and _torchscript_data_pkl(path) is not None
+
+
 def read_torchscript_tensors(path: str) -> dict[str, torch.Tensor]:
     """Every tensor attribute of a TorchScript archive (``torch.jit.save``), by dotted name in the
     archive's order — read as data, without ``torch.jit.load`` (which would run the archive's code)."""
-    with _open(path):
-        pass
-    if not zipfile.is_zipfile(path):
-        raise _fail(path, "not a TorchScript archive (not a zip file)")
+    _open(path).close()  # one-line error for a missing file
+    data_pkl = _torchscript_data_pkl(path)
+    if data_pkl is None:
+        raise _fail(path, "not a TorchScript archive (no data.pkl beside a code/ folder)")
     with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-        if not names or not any(n.startswith(names[0].split("/")[0] + "/code/") for n in archive.namelist()):
-            raise _fail(path, "not a TorchScript archive (no data.pkl and code/)")
-        prefix = names[0][:-len("data.pkl")]
+        prefix = data_pkl[:-len("data.pkl")]
         try:
-            root = _ScriptUnpickler(io.BytesIO(archive.read(names[0])), path, archive, prefix).load()
+            root = _ScriptUnpickler(io.BytesIO(archive.read(data_pkl)), path, archive, prefix).load()
         except CheckpointError:
             raise
         except Exception as e:

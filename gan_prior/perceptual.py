@@ -101,11 +101,9 @@ def _conv_shapes() -> list[tuple[int, int]]:
 
 def _read_weights(path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]:
     """``(features state dict, LPIPS channel weights or None)`` from either supported file."""
-    import zipfile
+    from .checkpoint import CheckpointError, is_torchscript_archive, read_checkpoint, read_torchscript_tensors
 
-    from .checkpoint import CheckpointError, read_checkpoint, read_torchscript_tensors
-
-    if zipfile.is_zipfile(path) and any("/code/" in n for n in zipfile.ZipFile(path).namelist()):
+    if is_torchscript_archive(path):
         return _match_script_tensors(read_torchscript_tensors(path), path)
     state = read_checkpoint(path)
     if not isinstance(state, dict):
