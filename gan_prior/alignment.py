@@ -173,6 +173,25 @@ class _NamedDetector:
         return self.fn(image)
 
 
+def detect(detector: Detector, image: np.ndarray) -> list[FaceBox]:
+    """``detector(image)``, checked: a failure of a user's detector or an answer that is not a list
+    of finite :class:`FaceBox` becomes a one-line ``ValueError`` naming the detector."""
+    if isinstance(detector, (HaarCascadeDetector, NoDetector)):
+        return detector(image)
+    name = detector_name(detector)
+    usage = "a detector is a function image [H, W, 3] uint8 → list of FaceBox(x0, y0, x1, y1, score)"
+    try:
+        boxes = detector(image)
+    except Exception as e:  # the user's code: any failure is reported as a bad detector
+        message = (str(e).splitlines() or [""])[0][:160]
+        raise ValueError(f"detector {name!r} failed on an image ({type(e).__name__}: {message}); {usage}") from None
+    if not isinstance(boxes, (list, tuple)) or not all(isinstance(b, FaceBox) for b in boxes) or not all(
+            math.isfinite(v) for b in boxes for v in (b.x0, b.y0, b.x1, b.y1, b.score)):
+        raise ValueError(f"detector {name!r} returned {type(boxes).__name__} {str(boxes)[:60]!r}, not a list of "
+                         f"FaceBox with finite coordinates; {usage}")
+    return list(boxes)
+
+
 def make_detector(spec: str = "haar") -> Detector:
     """A detector from a string: "haar" (OpenCV's default frontal cascade), a path to a cascade
     ``.xml``, "module:attr" (a callable, or a class instantiated without arguments) or "none"."""
@@ -189,12 +208,17 @@ def make_detector(spec: str = "haar") -> Detector:
             obj = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"detector {spec!r}: cannot import it ({e})") from e
+        except Exception as e:  # ImportError, AttributeError, or the module failing as it is imported
+            raise ValueError(f"detector {spec!r}: cannot import it ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:160]})") from None
         if isinstance(obj, type):
-            obj = obj()
+            try:
+                obj = obj()
+            except Exception as e:
+                raise ValueError(f"detector {spec!r}: the class cannot be instantiated without arguments "
+                                 f"({type(e).__name__}); give a callable image → list of FaceBox") from None
         if not callable(obj):
-            raise ValueError(f"detector {spec!r} is not callable")
+            raise ValueError(f"detector {spec!r} is not callable; give a function image → list of FaceBox")
         name = getattr(obj, "name", None)
         return obj if isinstance(name, str) and name else _NamedDetector(obj, spec)
     raise ValueError(f"unknown detector {spec!r}; use {DETECTOR_CHOICES}")
@@ -222,8 +246,14 @@ class Framing:
         missing = [n for n in names if n not in d]
         if missing:
             raise ValueError(f"framing record lacks {missing}")
-        return cls(float(d["center_x"]), float(d["center_y"]), float(d["size"]), str(d["detector"]),
-                   int(d["renders"]))
+        try:
+            framing = cls(float(d["center_x"]), float(d["center_y"]), float(d["size"]), str(d["detector"]),
+                          int(d["renders"]))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"framing record has a bad value ({e})") from None
+        if not all(math.isfinite(v) for v in (framing.center_x, framing.center_y, framing.size)) or framing.size <= 0:
+            raise ValueError(f"framing record has non-finite or non-positive values {framing}")
+        return framing
 
 
 def none_framing() -> Framing:
@@ -247,7 +277,7 @@ def measure_framing(G, detector: Detector, n: int = 16, seed: int = 0, resolutio
     for z in tqdm(z_all, desc=f"framing ({name})", unit="render", disable=not progress):
         ws = G.mapping(z[None].to(device), c, truncation_psi=truncation_psi)
         image = G.render(G.synthesize_pyramid(ws), ws, c, resolution=resolution, deterministic=True)["image"]
-        boxes = detector(to_uint8(image[0]))
+        boxes = detect(detector, to_uint8(image[0]))
         if boxes:
             box = max(boxes, key=lambda b: (b.size, b.score))
             cx, cy = box.center
@@ -301,6 +331,9 @@ def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kw
     defaults = {k: p.default for k, p in inspect.signature(measure_framing).parameters.items()
                 if k in _FRAMING_SETTINGS}
     settings = {k: measure_kwargs.get(k, v) for k, v in defaults.items()}
+    cascade = getattr(detector, "path", None)  # a cascade file edited in place keeps its name: key on it too
+    if isinstance(cascade, str) and os.path.isfile(cascade):
+        settings["detector_file"] = _fingerprint(cascade)
     fp = _fingerprint(checkpoint)
     beside, cached = framing_paths(checkpoint)
     record = None
@@ -403,7 +436,7 @@ def require_faces(images: Sequence[np.ndarray], detector: Detector, names: Seque
     if _is_none_detector(detector):
         return
     images = [as_rgb(im) for im in images]
-    if any(detector(im) for im in images):
+    if any(detect(detector, im) for im in images):
         return
     if len(images) == 1:
         raise _no_face(names[0], _min_face_px(detector, *images[0].shape[:2]))
@@ -422,7 +455,7 @@ def align_image(image: np.ndarray, framing: Framing, detector: Detector, size: i
     image = as_rgb(image)
     if _is_none_detector(detector):
         return _align_whole(image, size, source)
-    boxes = _largest(detector(image))
+    boxes = _largest(detect(detector, image))
     if not boxes:
         raise _no_face(source, _min_face_px(detector, *image.shape[:2]))
     return _align_face(image, boxes[0], framing, size)
@@ -463,7 +496,7 @@ def select_candidate(images: Sequence[np.ndarray], framing: Framing, detector: D
             except ValueError:
                 row["reason"] = f"not square ({w}x{h}) and detector 'none' does not crop"
         else:
-            boxes = _largest(detector(image))
+            boxes = _largest(detect(detector, image))
             row["faces"] = len(boxes)
             if boxes:
                 face = boxes[0]

@@ -2,23 +2,39 @@
 (or a prompt's image) into the prior, or evaluate rendered views.
 
     python -m gan_prior sample --checkpoint model_512.pkl --seed 7 --out out/seed7
-    python -m gan_prior render --checkpoint model_512.pkl --pyramid out/seed7/pyramid.safetensors \
+    python -m gan_prior render --checkpoint model_512.pkl --pyramid out/seed7/pyramid.safetensors \\
         --out out/seed7/render --angles 0 45 90
+
+Every command checks its arguments before loading anything, refuses to replace files already in
+``--out`` unless ``--overwrite`` is given (then it names them), writes only what was asked for, and
+ends a bad input with one ``error:`` line (exit code 2).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 import torch
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
-from .checkpoint import CheckpointError, load_pyramid, save_pyramid
+from .checkpoint import load_pyramid, save_pyramid
+from .checks import MAX_FRAMES, MAX_RESOLUTION, MAX_SEED, bounded_int, check_pyramid, finite_float
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
+
+DEBUG_ENV = "GAN_PRIOR_DEBUG"  # set to 1 to see the traceback of an unexpected error
+
+
+class UsageError(ValueError):
+    """A bad argument: printed as one ``error:`` line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of argparse's usage block
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,
@@ -29,13 +45,46 @@ def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, 
     return path
 
 
-def _resolve_ws(G: PortraitGAN, ws: Optional[torch.Tensor], path: str) -> torch.Tensor:
+def check_out(out: str, outputs: Sequence[str], overwrite: bool, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be one (empty, a file, not writable) and, without
+    ``overwrite``, one that already holds any of ``outputs``; with it, name what will be replaced."""
+    if not out or not out.strip():
+        raise UsageError(f"{option}: empty path; give an output folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"{option}: {out} is a file, not a folder; give a folder (it is created if missing)")
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"{option}: {out} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: {out} is not writable ({probe}: permission denied); choose another folder")
+    existing = [name for name in dict.fromkeys(outputs) if os.path.lexists(os.path.join(out, name))]
+    folders = [name for name in existing if os.path.isdir(os.path.join(out, name))]
+    if folders:
+        raise UsageError(f"{option}: {os.path.join(out, folders[0])} is a folder where a file is to be written; "
+                         "remove it or choose another folder")
+    if existing and not overwrite:
+        raise UsageError(f"{option}: {out} already holds {', '.join(existing)}; pass --overwrite to replace "
+                         "them, or choose another folder")
+    if existing:
+        print(f"replacing {', '.join(existing)} in {out} (--overwrite)", file=sys.stderr)
+
+
+def _load_pyramid_for(G: PortraitGAN, path: str):
+    pyramid, ws = load_pyramid(path)
     if ws is None:
-        raise SystemExit(f"error: {path} holds no 'ws'; the ToRGB and background need the latent it was made "
-                         "from (files from `sample`, inversion_trigrid.pkl, df.pth, epoch_*.pth and the gallery have it)")
-    if ws.shape[-1] != G.cfg.w_dim:
-        raise SystemExit(f"error: {path}: ws has width {ws.shape[-1]}, the checkpoint's w_dim is {G.cfg.w_dim}")
-    return ws
+        raise UsageError(f"{path} holds no 'ws'; the ToRGB and background need the latent it was made from (files "
+                         "from `sample`, inversion_trigrid.pkl, df.pth, epoch_*.pth and the gallery have it)")
+    check_pyramid(pyramid, ws, G, path)
+    if ws.shape[0] != 1 or next(iter(pyramid.values())).shape[0] != 1:
+        raise UsageError(f"{path} holds {max(ws.shape[0], next(iter(pyramid.values())).shape[0])} pyramids; "
+                         "render renders one: save each on its own")
+    return pyramid, ws
+
+
+def sample_outputs(args) -> list[str]:
+    return ["pyramid.safetensors", "front.png"] + (["turntable.mp4"] if args.frames > 0 else [])
 
 
 def cmd_sample(args) -> None:
@@ -45,108 +94,173 @@ def cmd_sample(args) -> None:
     with torch.no_grad():
         ws = G.mapping(z, canonical_label(1), truncation_psi=args.truncation)
         pyramid = G.synthesize_pyramid(ws)
-    os.makedirs(args.out, exist_ok=True)
+    check_pyramid(pyramid, ws, G, f"{args.checkpoint} (the generator's output for seed {args.seed})")
     save_pyramid(os.path.join(args.out, "pyramid.safetensors"), pyramid, ws,
                  metadata={"seed": args.seed, "truncation": args.truncation, "checkpoint": os.path.abspath(args.checkpoint)})
     with torch.no_grad():
         front = G.render(pyramid, ws, canonical_label(1), resolution=args.resolution, deterministic=True,
                          chunk=args.chunk)
     save_image(os.path.join(args.out, "front.png"), front["image"][0])
-    video = write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
-    print(f"wrote {args.out}/pyramid.safetensors, front.png, {os.path.basename(video)}")
+    if args.frames > 0:
+        write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
+    print(f"wrote {', '.join(os.path.join(args.out, f) for f in sample_outputs(args))}")
+
+
+def _azimuth_name(angle: float) -> str:
+    return f"azimuth_{angle:+06.1f}.png"
+
+
+def render_outputs(args) -> list[str]:
+    views = [_azimuth_name(a) for a in args.angles] + ["views.png"] if args.angles else []
+    return views + (["turntable.mp4"] if args.frames > 0 else [])
 
 
 def cmd_render(args) -> None:
     G = PortraitGAN.from_checkpoint(args.checkpoint)
-    pyramid, ws = load_pyramid(args.pyramid)
-    ws = _resolve_ws(G, ws, args.pyramid)
-    os.makedirs(args.out, exist_ok=True)
+    pyramid, ws = _load_pyramid_for(G, args.pyramid)
     if args.angles:
         h, v = elevation_azimuth_to_hv(torch.full((len(args.angles),), float(args.elevation)),
                                        torch.tensor(args.angles, dtype=torch.float32))
         labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
         frames = list(render_frames(G, pyramid, ws, labels, args.resolution, args.chunk, "views"))
         for angle, frame in zip(args.angles, frames):
-            save_image(os.path.join(args.out, f"azimuth_{angle:+06.1f}.png"), frame)
+            save_image(os.path.join(args.out, _azimuth_name(angle)), frame)
         save_image(os.path.join(args.out, "views.png"), contact_sheet(frames, len(frames)))
     if args.frames > 0:
         write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
-    print(f"wrote renders to {args.out}")
+    print(f"wrote {', '.join(render_outputs(args))} to {args.out}")
 
 
 def cmd_invert(args) -> None:
+    from .alignment import make_detector
     from .inversion import InversionConfig
     from .portrait_init import PortraitInitConfig, initialize_portrait
 
-    G = PortraitGAN.from_checkpoint(args.checkpoint)
-    if args.vgg16 is None:
-        print("warning: no --vgg16 given: using a randomly initialised VGG16 (only for smoke tests)", file=sys.stderr)
     cfg = PortraitInitConfig(
         prompt=args.prompt, image=args.image, text_to_image_model=args.sd_model, num_candidates=args.candidates,
         candidate_seed=args.seed, candidate_steps=args.sd_steps, candidate_resolution=args.sd_resolution,
         detector=args.detector, aligned_resolution=args.aligned_resolution, vgg16=args.vgg16,
         allow_random_vgg16=args.vgg16 is None,
         inversion=InversionConfig(steps=args.steps, resolution=args.resolution))
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("--prompt: empty; describe the portrait, e.g. \"portrait of a 25 y.o. woman\"")
+    if args.seed + args.candidates - 1 > MAX_SEED:
+        raise UsageError(f"--seed: {args.seed} + {args.candidates} candidates passes the largest seed {MAX_SEED}")
     try:
-        initialize_portrait(G, args.checkpoint, cfg, args.out, device)
+        cfg.validate()
+        make_detector(args.detector)  # a bad --detector fails here, before any model is loaded
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UsageError(f"{_option_of(str(e))}{e}") from None
+    G = PortraitGAN.from_checkpoint(args.checkpoint)
+    if args.vgg16 is None:
+        print("warning: no --vgg16 given: using a randomly initialised VGG16 (only for smoke tests)", file=sys.stderr)
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    initialize_portrait(G, args.checkpoint, cfg, args.out, device, overwrite=args.overwrite or False)
     print(f"wrote {args.out}: aligned.png, w_plus.safetensors, pyramid.safetensors, comparison.png (target | inversion)")
 
 
+def _option_of(message: str) -> str:
+    """``--detector: `` for a detector message (which names the spec but not the option), else ``""``."""
+    return "--detector: " if message.startswith(("detector", "unknown detector")) else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gan_prior", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="python -m gan_prior", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    resolution = bounded_int(1, MAX_RESOLUTION)
 
     def common(sp):
         sp.add_argument("--checkpoint", required=True, help="model_512.pkl, an official-key state dict, or a saved folder")
         sp.add_argument("--out", required=True, help="output folder")
-        sp.add_argument("--resolution", type=int, default=256, help="render size in pixels (neural rendering, no SR)")
-        sp.add_argument("--frames", type=int, default=120, help="turntable frames (0 = no video)")
-        sp.add_argument("--chunk", type=int, default=16384, help="rays per renderer call (memory cap)")
+        sp.add_argument("--resolution", type=resolution, default=256, help="render size in pixels (neural rendering, no SR)")
+        sp.add_argument("--frames", type=bounded_int(0, MAX_FRAMES), default=120, help="turntable frames (0 = no video)")
+        sp.add_argument("--chunk", type=bounded_int(1), default=16384, help="rays per renderer call (memory cap)")
+        sp.add_argument("--overwrite", action="store_true", help="replace files of the same name already in --out")
 
     s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front image + turntable video")
     common(s)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--truncation", type=float, default=0.7)
-    s.set_defaults(func=cmd_sample)
+    s.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0)
+    s.add_argument("--truncation", type=finite_float(-10.0, 10.0), default=0.7,
+                   help="ψ: 0 = the average face, 1 = no truncation")
+    s.set_defaults(func=cmd_sample, outputs=sample_outputs)
 
     r = sub.add_parser("render", help="any pyramid tri-grid file (ours or official) → images and a turntable")
     common(r)
     r.add_argument("--pyramid", required=True, help="pyramid file: ours (.safetensors) or official (.pkl/.pth)")
-    r.add_argument("--angles", type=float, nargs="*", default=[], help="azimuths in degrees (0 = front)")
-    r.add_argument("--elevation", type=float, default=0.0, help="elevation in degrees for --angles")
-    r.set_defaults(func=cmd_render)
+    r.add_argument("--angles", type=finite_float(-3600.0, 3600.0), nargs="*", default=[],
+                   help="azimuths in degrees (0 = front)")
+    r.add_argument("--elevation", type=finite_float(-89.0, 89.0), default=0.0, help="elevation in degrees for --angles")
+    r.set_defaults(func=cmd_render, outputs=render_outputs)
 
     v = sub.add_parser("invert", help="a photo (or a prompt) → aligned crop → w+ → pyramid tri-grid (GAN inversion)")
     v.add_argument("--checkpoint", required=True, help="model_512.pkl, an official-key state dict, or a saved folder")
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="a portrait photo (any size; the face is found and framed as the GAN's renders)")
     src.add_argument("--prompt", help="generate candidate portraits with Stable Diffusion first")
-    v.add_argument("--out", required=True, help="output folder (finished steps in it are reused)")
+    v.add_argument("--out", required=True,
+                   help="output folder (finished steps made from the same inputs are reused)")
+    v.add_argument("--overwrite", action="store_true",
+                   help="redo every step, replacing a result in --out (also one made from other inputs)")
     v.add_argument("--vgg16", default=None, help="torchvision VGG16 state dict (torch.save) for the perceptual loss")
     v.add_argument("--detector", default="haar",
                    help="'haar' (OpenCV, default), an OpenCV cascade .xml, 'module:callable', or 'none' (already aligned)")
-    v.add_argument("--steps", type=int, default=500)
-    v.add_argument("--resolution", type=int, default=256, help="neural render size compared with the image")
-    v.add_argument("--aligned-resolution", type=int, default=512)
+    v.add_argument("--steps", type=bounded_int(0, 100_000), default=500, help="inversion steps")
+    v.add_argument("--resolution", type=bounded_int(16, MAX_RESOLUTION), default=256,
+                   help="neural render size compared with the image")
+    v.add_argument("--aligned-resolution", type=bounded_int(16, MAX_RESOLUTION), default=512)
     v.add_argument("--sd-model", default="SG161222/Realistic_Vision_V5.1_noVAE", help="diffusers folder or hub id")
-    v.add_argument("--candidates", type=int, default=6)
-    v.add_argument("--seed", type=int, default=0, help="seed of the first candidate (candidate i: seed + i)")
-    v.add_argument("--sd-steps", type=int, default=50)
-    v.add_argument("--sd-resolution", type=int, default=512)
+    v.add_argument("--candidates", type=bounded_int(1, 64), default=6)
+    v.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0,
+                   help="seed of the first candidate (candidate i: seed + i)")
+    v.add_argument("--sd-steps", type=bounded_int(1, 1000), default=50)
+    v.add_argument("--sd-resolution", type=bounded_int(64, 2048), default=512, help="a multiple of 8")
     v.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
-    v.set_defaults(func=cmd_invert)
+    v.set_defaults(func=cmd_invert, outputs=lambda args: [])
     add_evaluate_cli(sub)
     return p
 
 
+def _check_args(args) -> None:
+    """Checks that need several arguments, or the file system, before anything is loaded."""
+    if args.command == "render" and not args.angles and args.frames == 0:
+        raise UsageError("nothing to render: give --angles and/or --frames > 0")
+    if args.command == "invert" and args.sd_resolution % 8:
+        raise UsageError(f"--sd-resolution: {args.sd_resolution} is not a multiple of 8 (Stable Diffusion's VAE)")
+    for option in ("checkpoint", "pyramid", "image", "vgg16", "inception"):
+        path = getattr(args, option, None)
+        if path is not None and (not path.strip() or "\0" in path):
+            raise UsageError(f"--{option}: empty or invalid path")
+    check_out(args.out, args.outputs(args), args.overwrite)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " ".join(lines) if len(lines) <= 3 else " ".join(lines[:3]) + " …"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run a command; a bad input ends in one ``error:`` line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
+        _check_args(args)
         args.func(args)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # UsageError, CheckpointError, EvaluationError, NoFaceError, bad values in files
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # unreadable or unwritable files: name the file and the reason
+        where = e.filename or getattr(args, "out", "")
+        print(f"error: {where}: {e.strerror or _one_line(e)}; check the path and its permissions", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.cuda.OutOfMemoryError) as e:
+        print(f"error: out of memory ({type(e).__name__}); lower --resolution or --chunk", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, the traceback on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (a bug; set {DEBUG_ENV}=1 for the "
+              "traceback and report it)", file=sys.stderr)
+        return 1
     return 0

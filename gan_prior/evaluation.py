@@ -37,16 +37,26 @@ class EvaluationError(ValueError):
     """One line naming the option or file and the fix."""
 
 
-def load_images(source: Images, option: str = "--renders") -> list[np.ndarray]:
-    """uint8 ``[H, W, 3]`` images from a folder (sorted), a video (every frame), files, or arrays."""
+OUTPUTS = ("metrics.json", "contact_sheet.png")  # what :func:`evaluate` writes into its folder
+
+
+def load_images(source: Images, option: str = "--renders", exclude: Sequence[str] = ()) -> list[np.ndarray]:
+    """uint8 ``[H, W, 3]`` images from a folder (sorted; hidden files and the paths in ``exclude``,
+    e.g. this command's own outputs, skipped), a video (every frame), files, or arrays."""
     if isinstance(source, (list, tuple)) and source and isinstance(source[0], np.ndarray):
         images = [np.asarray(x) for x in source]
     else:
         paths = [source] if isinstance(source, str) else list(source)
+        skip = {os.path.realpath(p) for p in exclude}
         files: list[str] = []
         for p in paths:
             if os.path.isdir(p):
-                files += [os.path.join(p, f) for f in sorted(os.listdir(p)) if f.lower().endswith(IMAGE_SUFFIXES)]
+                try:
+                    names = sorted(os.listdir(p))
+                except OSError as e:
+                    raise EvaluationError(f"{option}: {p} cannot be listed ({e.strerror})") from None
+                files += [os.path.join(p, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)
+                          and not f.startswith(".") and os.path.realpath(os.path.join(p, f)) not in skip]
             elif os.path.isfile(p):
                 files.append(p)
             else:
@@ -171,14 +181,17 @@ def evaluate(renders: Images, prompt: str, out_dir: str, clip_model: Optional[st
     if (reference is None) != (inception_weights is None):
         raise EvaluationError("FID/KID need both --reference (images of the diffusion model) and --inception "
                               "(the FID Inception weights); give both or neither")
-    views = load_images(renders, "--renders")
+    if sheet_columns < 1:
+        raise EvaluationError(f"--columns: {sheet_columns} is not a positive number of contact-sheet columns")
+    own = [os.path.join(out_dir, name) for name in OUTPUTS]
+    views = load_images(renders, "--renders", exclude=own)
     result = {"prompt": prompt, "num_renders": len(views), "num_reference": None, "clip_model": clip_model,
               "inception_weights": inception_weights, "clip_score": None, "fid": None, "kid_mean": None,
               "kid_std": None}
     if clip_model is not None:
         result["clip_score"] = clip_score(views, prompt, clip_model)["clip_score"]
     if reference is not None:
-        ref = load_images(reference, "--reference")
+        ref = load_images(reference, "--reference", exclude=own)
         extractor = InceptionFeatures(inception_weights)
         fa, fb = extractor(views), extractor(ref)
         result.update(num_reference=len(ref), fid=frechet_distance(fa, fb))
@@ -198,6 +211,8 @@ def _resize(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def add_cli(subparsers) -> None:
+    from .checks import bounded_int
+
     e = subparsers.add_parser("evaluate", help="CLIP score and FID/KID of rendered views (paper §5.2) → metrics.json")
     e.add_argument("--renders", required=True, nargs="+", help="folder of views, image files, or a video")
     e.add_argument("--prompt", required=True)
@@ -205,13 +220,11 @@ def add_cli(subparsers) -> None:
     e.add_argument("--clip", default=None, help="CLIP model: local folder or hub id (e.g. openai/clip-vit-large-patch14)")
     e.add_argument("--reference", default=None, nargs="+", help="images of the diffusion model (FID/KID reference)")
     e.add_argument("--inception", default=None, help="pt_inception-2015-12-05-6726825d.pth (FID Inception weights)")
-    e.add_argument("--columns", type=int, default=8, help="contact sheet columns")
-    e.set_defaults(func=_cmd_evaluate)
+    e.add_argument("--columns", type=bounded_int(1, 1024), default=8, help="contact sheet columns")
+    e.add_argument("--overwrite", action="store_true", help="replace metrics.json / contact_sheet.png in --out")
+    e.set_defaults(func=_cmd_evaluate, outputs=lambda args: list(OUTPUTS))
 
 
 def _cmd_evaluate(args) -> None:
-    try:
-        result = evaluate(args.renders, args.prompt, args.out, args.clip, args.reference, args.inception, args.columns)
-    except EvaluationError as e:
-        raise SystemExit(f"error: {e}") from None
+    result = evaluate(args.renders, args.prompt, args.out, args.clip, args.reference, args.inception, args.columns)
     print(json.dumps(result, indent=1))

@@ -13,9 +13,12 @@ marks it done, so a rerun or an interrupted run skips finished steps):
    ``w_plus.safetensors``, ``pyramid.safetensors``, ``comparison.png`` (target | inversion) +
    ``inversion.json``.
 
-``out_dir`` should be specific to the inputs: :func:`init_key` hashes everything that changes the
-result, and the threestudio initializer puts each run in ``…/init/<key>/``. Time and peak memory of
-every step are recorded in ``timings.json``.
+Each step's JSON records the inputs it was made from (``"inputs"``: settings, and the files it read
+by content or size and mtime); a step is reused only for the same inputs and only when its files
+can still be read, otherwise it is recomputed (or, with ``overwrite=False``, refused). ``out_dir``
+should be specific to the inputs: :func:`init_key` hashes everything that changes the result, and
+the threestudio initializer puts each run in ``…/init/<key>/``. Time and peak memory of every step
+are recorded in ``timings.json``.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from safetensors.torch import save_file
 
 from .alignment import (align_image, as_rgb, detector_name, load_or_measure_framing, make_detector,
                         require_faces, select_candidate)
-from .checkpoint import load_pyramid, save_pyramid
+from .checkpoint import CheckpointError, load_pyramid, read_safetensors, save_pyramid
+from .checks import check_pyramid, require_finite
 from .files import atomic_path, read_json, write_json
 from .generator import PortraitGAN
 from .inversion import InversionConfig, estimate_camera, invert
@@ -117,45 +121,211 @@ class _StepTimer:
         return result
 
 
+def file_stamp(path: Optional[str], content: bool = False) -> Optional[dict]:
+    """What identifies an input file: its sha1 (``content``; for small files such as photos) or its
+    absolute path, size and mtime (checkpoints, folders of weights). None when there is no file."""
+    if not path or not os.path.exists(path):
+        return None if not path else {"path": os.path.abspath(path), "missing": True}
+    if content and os.path.isfile(path):
+        digest = hashlib.sha1()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"sha1": digest.hexdigest()}
+    from .alignment import _fingerprint
+
+    return {"path": os.path.abspath(path), **_fingerprint(path)}
+
+
+def _canonical(inputs: dict) -> dict:
+    return json.loads(json.dumps(inputs, sort_keys=True, default=str))
+
+
+def step_inputs(cfg: PortraitInitConfig, checkpoint: str, step: str, upstream: Optional[dict] = None) -> dict:
+    """The inputs that decide ``step`` ("candidates", "alignment" or "inversion"), as stored in its JSON."""
+    if step == "candidates":
+        inputs = {"prompt": cfg.prompt, "model": cfg.text_to_image_model, "model_files": file_stamp(cfg.text_to_image_model),
+                  "num_candidates": cfg.num_candidates, "seed": cfg.candidate_seed, "steps": cfg.candidate_steps,
+                  "guidance_scale": cfg.candidate_guidance_scale, "resolution": cfg.candidate_resolution}
+    elif step == "alignment":
+        detector_file = cfg.detector if cfg.detector not in ("haar", "none") and os.path.isfile(cfg.detector) else None
+        inputs = {"image": file_stamp(cfg.image, content=True) if cfg.image else None, "candidates": upstream,
+                  "detector": cfg.detector, "detector_file": file_stamp(detector_file, content=True),
+                  "aligned_resolution": cfg.aligned_resolution, "max_padding": cfg.max_padding,
+                  "estimate_camera": cfg.estimate_camera, "camera_resolution": cfg.camera_resolution,
+                  "checkpoint": file_stamp(checkpoint), "vgg16": file_stamp(cfg.vgg16)}
+    elif step == "inversion":
+        inputs = {"alignment": upstream, "inversion": asdict(cfg.inversion), "checkpoint": file_stamp(checkpoint),
+                  "vgg16": file_stamp(cfg.vgg16)}
+    else:
+        raise ValueError(f"unknown step {step!r}")
+    return _canonical(inputs)
+
+
+class _Steps:
+    """Decides, step by step, whether ``out_dir`` holds a reusable result (see :func:`initialize_portrait`)."""
+
+    def __init__(self, out_dir: str, overwrite: Optional[bool], log: ProgressFn):
+        self.out_dir, self.overwrite, self.log = out_dir, overwrite, log
+
+    def reusable(self, name: str, record: Optional[dict], inputs: dict, valid: Callable[[dict], Optional[str]],
+                 outputs: tuple = ()) -> bool:
+        """True when ``record`` (the step's JSON) was made from ``inputs`` and its files pass ``valid``
+        (which returns None, or why they cannot be used). ``outputs``: the files the step writes, named
+        when an unfinished step left them (they are replaced)."""
+        if record is None:
+            left = [f for f in outputs if os.path.lexists(os.path.join(self.out_dir, f))]
+            if left:
+                self.log(f"Replacing {', '.join(left)} in {self.out_dir} (no finished {name} step)")
+            return False
+        if self.overwrite:
+            self.log(f"Replacing the {name} step in {self.out_dir} (overwrite)")
+            return False
+        stored = record.get("inputs")
+        if stored != inputs:
+            changed = sorted(k for k in inputs if not isinstance(stored, dict) or stored.get(k) != inputs[k])
+            why = f"it was made from other inputs ({', '.join(changed) or 'an older version'})"
+            if self.overwrite is False:
+                raise ValueError(f"{self.out_dir}: holds a {name} step that {why[3:]}; pass --overwrite to "
+                                 "replace it, or choose another output folder")
+            self.log(f"Recomputing the {name} step in {self.out_dir}: {why}")
+            return False
+        problem = valid(record)
+        if problem:
+            self.log(f"Recomputing the {name} step in {self.out_dir}: {problem}")
+            return False
+        return True
+
+
+def _inside(out_dir: str, name) -> Optional[str]:
+    """``out_dir/name`` when ``name`` is a relative path inside ``out_dir`` naming a file, else None."""
+    if not isinstance(name, str) or not name or os.path.isabs(name):
+        return None
+    root = os.path.realpath(out_dir)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        return None
+    return path
+
+
+def _check_candidates(out_dir: str, record: dict) -> Optional[str]:
+    files = record.get("files")
+    if not isinstance(files, list) or not files:
+        return "candidates.json lists no files"
+    for name in files:
+        path = _inside(out_dir, name)
+        if path is None:
+            return f"candidates.json lists {str(name)[:80]!r}, not a file inside the folder"
+        try:
+            read_rgb(path)
+        except ValueError:
+            return f"{name} cannot be read"
+    return None
+
+
+def _check_alignment(out_dir: str, record: dict, n_sources: int) -> Optional[str]:
+    try:
+        chosen = record["chosen"]
+        label = torch.tensor(record["camera"]["label"], dtype=torch.float32)
+        if not isinstance(chosen, int) or not 0 <= chosen < n_sources or label.shape != (1, 25):
+            return "alignment.json is not a valid record"
+        require_finite(label, "alignment.json: camera label")
+        read_rgb(os.path.join(out_dir, "aligned.png"))
+    except (KeyError, TypeError, ValueError) as e:
+        return f"it cannot be read ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    return None
+
+
+def _load_checked_pyramid(G: PortraitGAN, path: str) -> tuple[dict, torch.Tensor]:
+    levels, ws = load_pyramid(path)
+    if ws is None:
+        raise CheckpointError(f"{path}: holds no ws")
+    check_pyramid(levels, ws, G, path)
+    return levels, ws
+
+
 def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, out_dir: str,
-                        device: torch.device | str = "cpu", log: ProgressFn = print) -> tuple[dict, torch.Tensor]:
-    """Run (or reuse) steps 1–3 in ``out_dir``; returns ``(pyramid {R: [1, 3, C, R, R]}, ws [1, N, D])``."""
+                        device: torch.device | str = "cpu", log: ProgressFn = print,
+                        overwrite: Optional[bool] = None) -> tuple[dict, torch.Tensor]:
+    """Run (or reuse) steps 1–3 in ``out_dir``; returns ``(pyramid {R: [1, 3, C, R, R]}, ws [1, N, D])``.
+
+    A finished step is reused when it was made from the same inputs and its files can be read.
+    ``overwrite``: None (default) recomputes a step made from other inputs, saying so; False refuses
+    it with a ``ValueError`` (the command line without ``--overwrite``); True recomputes every step.
+    """
     cfg.validate()
     os.makedirs(out_dir, exist_ok=True)
+    steps = _Steps(out_dir, overwrite, log)
     timer = _StepTimer(os.path.join(out_dir, "timings.json"))
     pyramid_path = os.path.join(out_dir, "pyramid.safetensors")
-    if read_json(os.path.join(out_dir, "inversion.json")) is not None:
-        log(f"Reusing the initialisation in {out_dir}")
-        levels, ws = load_pyramid(pyramid_path)
-        return levels, ws
+    wplus_path = os.path.join(out_dir, "w_plus.safetensors")
 
     # 1. candidates ------------------------------------------------------------------------------
+    upstream = None
     if cfg.prompt:
+        upstream = step_inputs(cfg, checkpoint, "candidates")
         names = read_json(os.path.join(out_dir, "candidates.json"))
-        if names is None:
-            names = timer("candidates", lambda: _generate(cfg, out_dir, device, log))
-        else:
+        if steps.reusable("candidates", names, upstream, lambda r: _check_candidates(out_dir, r), ("candidates",)):
             log(f"Reusing {len(names['files'])} candidate images in {out_dir}/candidates")
+        else:
+            names = timer("candidates", lambda: _generate(cfg, out_dir, device, log, upstream))
         sources = [os.path.join(out_dir, f) for f in names["files"]]
     else:
         sources = [cfg.image]
 
     # 2. alignment ------------------------------------------------------------------------------
+    align_inputs = step_inputs(cfg, checkpoint, "alignment", upstream)
+    inv_inputs = step_inputs(cfg, checkpoint, "inversion", align_inputs)
     alignment = read_json(os.path.join(out_dir, "alignment.json"))
+    aligned_ok = steps.reusable("alignment", alignment, align_inputs,
+                                lambda r: _check_alignment(out_dir, r, len(sources)), ("aligned.png",))
+    inversion = read_json(os.path.join(out_dir, "inversion.json")) if aligned_ok else None
+
+    def check_inversion(record: dict) -> Optional[str]:
+        try:
+            _load_checked_pyramid(G, pyramid_path)
+        except (CheckpointError, ValueError) as e:
+            return f"{os.path.basename(pyramid_path)} cannot be used ({str(e).splitlines()[0][:160]})"
+        return None
+
+    if aligned_ok and steps.reusable("inversion", inversion, inv_inputs, check_inversion,
+                                     ("w_plus.safetensors", "pyramid.safetensors", "comparison.png")):
+        log(f"Reusing the initialisation in {out_dir}")
+        return _load_checked_pyramid(G, pyramid_path)
+
     G = G.to(device)
     distance = VGG16Distance.load(cfg.vgg16).to(device)  # camera estimate and inversion
-    if alignment is None:
-        alignment = timer("alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, distance, log))
+    if not aligned_ok:
+        alignment = timer("alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, distance, log,
+                                                      align_inputs))
     target = torch.from_numpy(read_rgb(os.path.join(out_dir, "aligned.png"))).permute(2, 0, 1)[None]
     target = target.float().to(device) / 127.5 - 1
     label = torch.tensor(alignment["camera"]["label"], dtype=torch.float32, device=device)
 
     # 3. inversion and pyramid ------------------------------------------------------------------
+    def pyramid_from_wplus() -> Optional[dict]:
+        """The pyramid again from a finished, readable ``w_plus.safetensors`` (a damaged pyramid file)."""
+        if inversion is None or inversion.get("inputs") != inv_inputs or overwrite:
+            return None
+        try:
+            ws = read_safetensors(wplus_path)["ws"]
+            require_finite(ws, wplus_path)
+            if ws.shape != (1, G.num_ws, G.cfg.w_dim):
+                return None
+        except (CheckpointError, KeyError, ValueError):
+            return None
+        log(f"Rebuilding {pyramid_path} from {wplus_path}")
+        with torch.no_grad():
+            levels = G.synthesize_pyramid(ws.to(device))
+        save_pyramid(pyramid_path, levels, ws, metadata={"source": sources[alignment["chosen"]], "camera": label.tolist()})
+        return inversion
+
     def run_inversion() -> dict:
         log(f"Inverting {os.path.join(out_dir, 'aligned.png')} ({cfg.inversion.steps} steps)")
         result = invert(G, target, label, distance, cfg.inversion)
         ws = result["ws"]
-        with atomic_path(os.path.join(out_dir, "w_plus.safetensors"), ".safetensors") as tmp:
+        require_finite(ws.detach(), "the inversion's w+ (diverged; lower the learning rate or check the image)")
+        with atomic_path(wplus_path, ".safetensors") as tmp:
             save_file({"ws": ws.detach().float().cpu().contiguous(), "camera": label.cpu().contiguous()}, tmp)
         with torch.no_grad():
             levels = G.synthesize_pyramid(ws)
@@ -163,17 +333,18 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
         side = torch.nn.functional.interpolate(target, size=result["image"].shape[-2:], mode="area")
         save_image(os.path.join(out_dir, "comparison.png"), torch.cat([side[0], result["image"][0]], -1))
         summary = {"steps": cfg.inversion.steps, "distance_first": result["distance"][0] if result["distance"] else None,
-                   "distance_last": result["distance"][-1] if result["distance"] else None}
+                   "distance_last": result["distance"][-1] if result["distance"] else None, "inputs": inv_inputs}
         write_json(os.path.join(out_dir, "inversion.json"), summary)
         return summary
 
-    timer("inversion", run_inversion)
-    levels, ws = load_pyramid(pyramid_path)
+    if pyramid_from_wplus() is None:
+        timer("inversion", run_inversion)
+    levels, ws = _load_checked_pyramid(G, pyramid_path)
     log(f"Initialisation written to {out_dir} (candidates, aligned.png, w_plus, pyramid, comparison.png)")
     return levels, ws
 
 
-def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn) -> dict:
+def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn, inputs: dict) -> dict:
     from .diffusion import TextToImageConfig, clear_pipeline_cache, generate_candidates, load_pipeline, portrait_prompt
 
     prompt = portrait_prompt(cfg.prompt)
@@ -191,13 +362,13 @@ def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn) ->
         save_image(os.path.join(out_dir, name), cand.image)
         files.append(name)
     record = {"prompt": prompt, "model": cfg.text_to_image_model, "files": files,
-              "seeds": [cand.seed for cand in candidates], "settings": asdict(t2i)}
+              "seeds": [cand.seed for cand in candidates], "settings": asdict(t2i), "inputs": inputs}
     write_json(os.path.join(out_dir, "candidates.json"), record)
     return record
 
 
 def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: list[str], out_dir: str,
-           distance: VGG16Distance, log: ProgressFn) -> dict:
+           distance: VGG16Distance, log: ProgressFn, inputs: dict) -> dict:
     detector = make_detector(cfg.detector)
     images = [read_rgb(p) for p in sources]
     names = [os.path.relpath(p, out_dir) if p.startswith(out_dir) else p for p in sources]
@@ -225,6 +396,6 @@ def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: li
         camera = {"label": canonical_label(1), "yaw": 0.0, "elevation": 0.0, "distances": {}}
     record = {"chosen": chosen, "report": report, "framing": framing.to_dict(),
               "crop": list(best.crop), "padding": best.padding,
-              "camera": {**camera, "label": camera["label"].cpu().tolist()}}
+              "camera": {**camera, "label": camera["label"].cpu().tolist()}, "inputs": inputs}
     write_json(os.path.join(out_dir, "alignment.json"), record)
     return record
