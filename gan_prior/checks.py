@@ -86,3 +86,79 @@ def check_pyramid(levels: Mapping[int, Tensor], ws: Optional[Tensor], G, source:
             raise ValueError(f"{source}: ws has shape {tuple(ws.shape)}, the checkpoint's generator needs "
                              f"[{max(batches)}, {want[0]}, {want[1]}]; was it made with another generator?")
         require_finite(ws, f"{source}: ws")
+
+
+# ---------------------------------------------------------------------------- generator configs
+# (low, high, power of two) of every integer option of PortraitGANConfig; beyond these a config is a
+# typo or an attack (a 515-byte config.json with synthesis_resolution 2**20 would allocate until the
+# machine runs out). The released model_512 uses 512/512/25/6/2/256/12/3/32/128/32768/512.
+GENERATOR_INT_BOUNDS = {
+    "z_dim": (1, 4096, False), "w_dim": (1, 4096, False), "c_dim": (25, 25, False), "pose_dim": (6, 6, False),
+    "mapping_layers": (1, 32, False), "synthesis_resolution": (4, 1024, True), "trigrid_channels": (1, 256, False),
+    "trigrid_depth": (1, 64, False), "feature_channels": (1, 1024, False), "background_resolution": (4, 2048, True),
+    "background_channel_base": (1, 1 << 20, False), "background_channel_max": (1, 4096, False),
+}
+RENDER_INT_BOUNDS = {"depth_resolution": (1, 4096), "depth_resolution_importance": (0, 4096)}
+RENDER_FLOATS = ("ray_start", "ray_end", "box_warp", "triplane_crop", "crop_density")
+MAX_GENERATOR_ELEMENTS = 2_000_000_000  # parameters + buffers (8 GB in fp32); model_512 has ≈ 0.13 G
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_generator_config(config, source: str = "config") -> None:
+    """Refuse a generator config (the ``config`` mapping of ``config.json``, or one inferred from a
+    checkpoint) before anything is built: it must be a mapping of known options with values of the
+    right type within :data:`GENERATOR_INT_BOUNDS` (resolutions powers of two), a valid ``render``
+    mapping, and a model of at most :data:`MAX_GENERATOR_ELEMENTS` values (counted on the meta
+    device, which allocates nothing)."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{source}: the generator config is a {type(config).__name__}, expected a mapping of options")
+    for name, (low, high, power) in GENERATOR_INT_BOUNDS.items():
+        if name not in config:
+            continue
+        value = config[name]
+        if not _is_int(value):
+            raise ValueError(f"{source}: {name} is {value!r:.40}, expected an integer")
+        if not low <= value <= high or (power and value & (value - 1)):
+            kind = "a power of two " if power else "an integer "
+            raise ValueError(f"{source}: {name} = {value} is out of range; expected {kind}between {low} and {high}")
+    if "background" in config and not isinstance(config["background"], bool):
+        raise ValueError(f"{source}: background is {config['background']!r:.40}, expected true or false")
+    render = config.get("render")
+    if render is not None and not isinstance(render, Mapping) and type(render).__name__ != "RenderConfig":
+        raise ValueError(f"{source}: render is {render!r:.40}, expected a mapping of renderer options")
+    if isinstance(render, Mapping):
+        for name, value in render.items():
+            if name in RENDER_INT_BOUNDS:
+                low, high = RENDER_INT_BOUNDS[name]
+                if not _is_int(value) or not low <= value <= high:
+                    raise ValueError(f"{source}: render.{name} = {value!r:.40}; expected an integer between "
+                                     f"{low} and {high}")
+            elif name in RENDER_FLOATS:
+                if not _is_number(value):
+                    raise ValueError(f"{source}: render.{name} = {value!r:.40}; expected a finite number")
+        start, end = render.get("ray_start", 2.35), render.get("ray_end", 3.12)
+        if _is_number(start) and _is_number(end) and not 0 < start < end:
+            raise ValueError(f"{source}: render needs 0 < ray_start < ray_end, got {start} and {end}")
+        if _is_number(render.get("box_warp", 1.0)) and render.get("box_warp", 1.0) <= 0:
+            raise ValueError(f"{source}: render.box_warp must be positive")
+
+
+def check_generator_size(cfg, source: str = "config") -> int:
+    """Count the values of the generator ``cfg`` describes without allocating them (meta device);
+    refuse more than :data:`MAX_GENERATOR_ELEMENTS`. Returns the count."""
+    from .generator import PortraitGAN
+
+    with torch.device("meta"):
+        model = PortraitGAN(cfg)
+    count = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    if count > MAX_GENERATOR_ELEMENTS:
+        raise ValueError(f"{source}: this config describes a generator of {count / 1e9:.1f} G values (over the "
+                         f"{MAX_GENERATOR_ELEMENTS / 1e9:g} G limit); check its resolutions and channel counts")
+    return count

@@ -148,20 +148,19 @@ def cmd_invert(args) -> None:
         raise UsageError(f"--seed: {args.seed} + {args.candidates} candidates passes the largest seed {MAX_SEED}")
     try:
         cfg.validate()
+    except ValueError as e:
+        message = str(e)  # "image: …", "vgg16: …": named as the options
+        raise UsageError(f"--{message}" if message.startswith(("image:", "vgg16:")) else message) from None
+    try:
         make_detector(args.detector)  # a bad --detector fails here, before any model is loaded
     except ValueError as e:
-        raise UsageError(f"{_option_of(str(e))}{e}") from None
+        raise UsageError(f"--detector: {e}") from None
     G = PortraitGAN.from_checkpoint(args.checkpoint)
     if args.vgg16 is None:
         print("warning: no --vgg16 given: using a randomly initialised VGG16 (only for smoke tests)", file=sys.stderr)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     initialize_portrait(G, args.checkpoint, cfg, args.out, device, overwrite=args.overwrite or False)
     print(f"wrote {args.out}: aligned.png, w_plus.safetensors, pyramid.safetensors, comparison.png (target | inversion)")
-
-
-def _option_of(message: str) -> str:
-    """``--detector: `` for a detector message (which names the spec but not the option), else ``""``."""
-    return "--detector: " if message.startswith(("detector", "unknown detector")) else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
