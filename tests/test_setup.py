@@ -155,3 +155,17 @@ def test_one_line_messages_for_known_launch_errors():
         "did you mean initializer, initializer_type?")
     assert "not installed" in launch_errors.one_line(KeyError("portrait3d-camera-datamodule"))
     assert launch_errors.one_line(ZeroDivisionError("a bug")) is None  # a bug keeps its traceback
+
+
+@pytest.mark.parametrize("pep706", [True, False])
+def test_an_archive_with_paths_outside_is_refused(tmp_path, pinned, monkeypatch, pep706):
+    if not pep706:  # Python < 3.11.4 (e.g. Debian 12's 3.11.2): our own member check
+        monkeypatch.delattr(threestudio_env.tarfile, "data_filter", raising=False)
+    evil = tmp_path / "evil.tar.gz"
+    payload = tmp_path / "payload"
+    payload.write_text("x")
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(payload, arcname="threestudio/../../escaped")
+    with pytest.raises(ThreestudioError):
+        threestudio_env.provision("abc1234", str(evil))
+    assert not (tmp_path / "escaped").exists() and not (pinned.parent.parent / "escaped").exists()
