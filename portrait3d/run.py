@@ -76,7 +76,7 @@ def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: 
         raise UsageError(f"the Portrait3D extension is not installed in {root}: run "
                          f"`python install_extension.py {root}` (or `make demo`)")
     stamp = time.strftime("@%Y%m%d-%H%M%S")
-    args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", f"timestamp={stamp}",
+    args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", f"timestamp='{stamp}'",
             *overrides]
     code = launch(root, args, log)
     found = glob.glob(os.path.join(os.path.abspath(outputs), "*", f"*{stamp}"))
