@@ -10,8 +10,9 @@ Public entry points::
 """
 from .camera import (CANONICAL_RADIUS, GAN_FOCAL, LOOKAT_PIVOT, SDS_FOCAL, camera_label, canonical_label,
                      label_to_threestudio, lookat_pose, threestudio_c2w_to_label)
-from .checkpoint import CheckpointError, load_pyramid, save_pyramid
+from .checkpoint import CheckpointError
 from .generator import PortraitGAN, PortraitGANConfig, tiny_config
+from .pyramid_files import load_pyramid, save_pyramid
 from .pyramid_trigrid import BOX_WARP, LEVEL_SIZES, PyramidTriGrid, sample_pyramid
 from .renderer import RenderConfig, render_rays
 

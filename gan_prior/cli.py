@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 import torch
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
-from .checkpoint import CheckpointError, load_pyramid, save_pyramid
+from .checkpoint import CheckpointError
+from .pyramid_files import load_pyramid, save_pyramid
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels

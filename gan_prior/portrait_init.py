@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from .alignment import (align_image, as_rgb, detector_name, load_or_measure_framing, make_detector,
                         require_faces, select_candidate)
-from .checkpoint import load_pyramid, save_pyramid
+from .pyramid_files import load_pyramid, save_pyramid
 from .files import atomic_path, read_json, write_json
 from .generator import PortraitGAN
 from .inversion import InversionConfig, estimate_camera, invert

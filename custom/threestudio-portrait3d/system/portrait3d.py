@@ -27,7 +27,7 @@ from threestudio.systems.base import BaseLift3DSystem
 from threestudio.utils.config import parse_structured
 from threestudio.utils.typing import *
 
-from gan_prior.checkpoint import save_pyramid
+from gan_prior.pyramid_files import save_pyramid
 from gan_prior.diffusion import (REFINE_NEGATIVE_PROMPT, SDEditConfig, check_pipeline_source, clear_pipeline_cache,
                                  load_pipeline, sdedit)
 from gan_prior.evaluation import evaluate
