@@ -16,10 +16,11 @@ import torch
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
 from .checkpoint import CheckpointError
-from .pyramid_files import load_pyramid, save_pyramid
+from .diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
+from .pyramid_files import load_pyramid, save_pyramid
 
 
 def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=500)
     v.add_argument("--resolution", type=int, default=256, help="neural render size compared with the image")
     v.add_argument("--aligned-resolution", type=int, default=512)
-    v.add_argument("--sd-model", default="SG161222/Realistic_Vision_V5.1_noVAE", help="diffusers folder or hub id")
+    v.add_argument("--sd-model", default=DEFAULT_TEXT_TO_IMAGE_MODEL, help="diffusers folder or hub id")
     v.add_argument("--candidates", type=int, default=6)
     v.add_argument("--seed", type=int, default=0, help="seed of the first candidate (candidate i: seed + i)")
     v.add_argument("--sd-steps", type=int, default=50)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .camera import canonical_label
+from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
 from .generator import PortraitGAN
 
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -140,8 +140,6 @@ def estimate_camera(G: PortraitGAN, target: Tensor, distance: Distance, yaws_deg
     the head's place and size; the head's turn and tilt remain. Returns ``{"label": [1, 25],
     "yaw", "elevation", "distances": {"yaw,elevation": d}}``.
     """
-    from .camera import GAN_FOCAL, camera_label, elevation_azimuth_to_hv, lookat_pose
-
     w_avg, _ = w_statistics(G)
     ws = w_avg.repeat(1, G.num_ws, 1)
     pyramid = G.synthesize_pyramid(ws)

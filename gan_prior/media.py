@@ -1,7 +1,8 @@
 """Images and videos of renders, written atomically.
 
 Renders are ``[B, 3, H, W]`` in the ToRGB range (≈[−1, 1]); they are saved as
-``clamp(x·127.5 + 128, 0, 255)`` like the official scripts.
+``clamp(x·127.5 + 128, 0, 255)`` like the official scripts, and pixels come back as ``x / 127.5 − 1``
+(:func:`from_uint8`). :func:`as_rgb` brings any image file's array to uint8 RGB.
 """
 from __future__ import annotations
 
@@ -16,6 +17,27 @@ from tqdm import tqdm
 
 from .camera import CANONICAL_RADIUS, GAN_FOCAL, camera_label, lookat_pose
 from .files import atomic_path
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 (or uint16) gray ``[H, W]``/``[H, W, 1]``, RGB or RGBA (alpha dropped) → uint8 ``[H, W, 3]``."""
+    image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def from_uint8(pixels: Tensor) -> Tensor:
+    """uint8 pixels ``[..., 3, H, W]`` → the ToRGB range, ``x / 127.5 − 1`` (the official image loaders)."""
+    return pixels.float() / 127.5 - 1
 
 
 def to_uint8(image: Tensor) -> np.ndarray:

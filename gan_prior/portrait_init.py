@@ -32,14 +32,17 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .alignment import (align_image, as_rgb, detector_name, load_or_measure_framing, make_detector,
-                        require_faces, select_candidate)
-from .pyramid_files import load_pyramid, save_pyramid
+from .alignment import (align_image, detector_name, load_or_measure_framing, make_detector, require_faces,
+                        select_candidate)
+from .camera import canonical_label
+from .diffusion import (DEFAULT_TEXT_TO_IMAGE_MODEL, TextToImageConfig, clear_pipeline_cache, generate_candidates,
+                        load_pipeline, portrait_prompt)
 from .files import atomic_path, read_json, write_json
 from .generator import PortraitGAN
 from .inversion import InversionConfig, estimate_camera, invert
-from .media import save_image
+from .media import as_rgb, from_uint8, save_image
 from .perceptual import VGG16Distance
+from .pyramid_files import load_pyramid, save_pyramid
 
 ProgressFn = Callable[[str], None]
 
@@ -50,7 +53,7 @@ class PortraitInitConfig:
 
     prompt: Optional[str] = None  # text → candidates (step 1) …
     image: Optional[str] = None  # … or a user's photo (step 1 skipped)
-    text_to_image_model: str = "SG161222/Realistic_Vision_V5.1_noVAE"
+    text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
     num_candidates: int = 6
     candidate_seed: int = 0
     candidate_steps: int = 50
@@ -147,7 +150,7 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
     if alignment is None:
         alignment = timer("alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, distance, log))
     target = torch.from_numpy(read_rgb(os.path.join(out_dir, "aligned.png"))).permute(2, 0, 1)[None]
-    target = target.float().to(device) / 127.5 - 1
+    target = from_uint8(target.to(device))
     label = torch.tensor(alignment["camera"]["label"], dtype=torch.float32, device=device)
 
     # 3. inversion and pyramid ------------------------------------------------------------------
@@ -174,7 +177,6 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
 
 
 def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn) -> dict:
-    from .diffusion import TextToImageConfig, clear_pipeline_cache, generate_candidates, load_pipeline, portrait_prompt
 
     prompt = portrait_prompt(cfg.prompt)
     log(f"Generating {cfg.num_candidates} candidate portraits with {cfg.text_to_image_model}: {prompt!r}")
@@ -216,12 +218,10 @@ def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: li
     best = aligned[chosen]
     save_image(os.path.join(out_dir, "aligned.png"), best.image)
     if cfg.estimate_camera:
-        target = torch.from_numpy(best.image).permute(2, 0, 1)[None].float() / 127.5 - 1
+        target = from_uint8(torch.from_numpy(best.image).permute(2, 0, 1)[None])
         camera = estimate_camera(G, target, distance, resolution=cfg.camera_resolution)
         log(f"Camera estimate: yaw {camera['yaw']:+g}°, elevation {camera['elevation']:+g}°")
     else:
-        from .camera import canonical_label
-
         camera = {"label": canonical_label(1), "yaw": 0.0, "elevation": 0.0, "distances": {}}
     record = {"chosen": chosen, "report": report, "framing": framing.to_dict(),
               "crop": list(best.crop), "padding": best.padding,
