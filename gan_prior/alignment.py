@@ -1,6 +1,6 @@
 """Automatic alignment: any portrait photo → a square crop framed like the GAN's own frontal renders.
 
-The official pipeline (spec §4.2) frames a photo with keypoints, head boxes, an SMPL fit and
+The official pipeline (``data_processing/preprocess_img_for_inversion.py``) frames a photo with keypoints, head boxes, an SMPL fit and
 DensePose, and a person deletes the bad crops by hand. This port replaces all of it with one face
 detector and one measurement:
 

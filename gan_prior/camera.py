@@ -64,11 +64,6 @@ def lookat_pose(h: Number, v: Number, radius: float = CANONICAL_RADIUS,
     return look_at(origins, torch.tensor(pivot, dtype=torch.float32).expand_as(origins))
 
 
-def intrinsics(focal: float = GAN_FOCAL) -> Tensor:
-    """Normalised intrinsics ``[3, 3]``."""
-    return torch.tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]])
-
-
 def camera_label(c2w: Tensor, focal: Union[float, Tensor] = GAN_FOCAL) -> Tensor:
     """``[B, 4, 4]`` OpenCV cam2world (+ focal, scalar or ``[B]``) → label ``[B, 25]``."""
     b = c2w.shape[0]

@@ -1,4 +1,4 @@
-"""From a prompt or a photo to the GAN prior's pyramid tri-grid (paper §3.4, spec §4.1–4.4), in one
+"""From a prompt or a photo to the GAN prior's pyramid tri-grid (paper §3.4; official ``portrait3d_main.py`` steps 1–4), in one
 call, resumable step by step.
 
 Steps, each writing its files into ``out_dir`` (atomically; the step's JSON is written last and
@@ -9,7 +9,7 @@ marks it done, so a rerun or an interrupted run skips finished steps):
 2. ``alignment`` — framing measured from the GAN's renders (:mod:`gan_prior.alignment`), the best
    candidate picked with reasons, the square crop, and a camera estimate
    (:func:`gan_prior.inversion.estimate_camera`): ``aligned.png`` + ``alignment.json``;
-3. ``inversion`` — w+ (:func:`gan_prior.inversion.invert`), then the pyramid from it (spec §4.4):
+3. ``inversion`` — w+ (:func:`gan_prior.inversion.invert`), then the pyramid from it (official ``3DPortraitGAN_pyramid/run_trigrid_gen.py``):
    ``w_plus.safetensors``, ``pyramid.safetensors``, ``comparison.png`` (target | inversion) +
    ``inversion.json``.
 

@@ -1,4 +1,4 @@
-"""The refinement stage (paper §3.5, spec §4.6): 21 views of the optimised pyramid, and the
+"""The refinement stage (paper §3.5; official ``gen_quality_improve_data_from_triplane.py`` and ``optimize_trigrid.py``): 21 views of the optimised pyramid, and the
 masked patch-L2 fit that pulls the renders toward their SDEdit-refined versions.
 
 Views (official ``gen_quality_improve_data_from_triplane.py``): for each azimuth parameter

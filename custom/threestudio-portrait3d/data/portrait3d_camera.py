@@ -19,7 +19,7 @@ from threestudio.utils.typing import *
 @dataclass
 class Portrait3DCameraConfig(RandomCameraDataModuleConfig):
     look_at: Tuple[float, float, float] = (0.0, 0.0, 0.0649)
-    # the official SDS camera ranges (spec §4.5, camera-check.md §4)
+    # the official SDS camera ranges (official ``nerf/provider_3DPortraitGAN.py`` ``rand_poses``)
     elevation_range: Tuple[float, float] = (-15.0, 30.0)
     azimuth_range: Tuple[float, float] = (-180.0, 180.0)
     camera_distance_range: Tuple[float, float] = (2.7, 2.7)

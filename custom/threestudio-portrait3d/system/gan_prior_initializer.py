@@ -2,7 +2,7 @@
 
 Sources:
 
-- ``prompt`` (the paper's pipeline, spec §4.1–4.4): text → candidate portraits (any diffusers SD
+- ``prompt`` (paper §3.4; official ``portrait3d_main.py`` steps 1–4): text → candidate portraits (any diffusers SD
   model) → automatic alignment and choice → w+ inversion → pyramid, via
   :func:`gan_prior.portrait_init.initialize_portrait`; ``image``: the same from a user's photo,
   without the text-to-image step. Everything is written to ``<trial>/save/init/<key>/`` (``key``

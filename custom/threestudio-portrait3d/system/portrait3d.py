@@ -6,7 +6,7 @@ threestudio guidance and prompt processor while the GAN decoder, ToRGB and backg
 frozen; a binary-entropy regulariser on the per-sample weights; an EMA of the pyramid (torch_ema
 semantics, every ``ema_every_n_steps``), the official ``df.pth``.
 
-Stage 2, refinement (steps ``sds_steps …``; paper §3.5, spec §4.6; ``refine.steps = 0`` turns it
+Stage 2, refinement (steps ``sds_steps …``; paper §3.5, official ``optimize_trigrid.py``; ``refine.steps = 0`` turns it
 off): the EMA pyramid renders the 21 official views with the GAN background, SDEdit (any diffusers
 model) refines them — both written to ``save/refine/`` — and a masked patch-L2 fit with a fresh
 Adan at ``refine.lr`` for every level pulls the pyramid toward them (:mod:`gan_prior.refinement`).
@@ -70,7 +70,7 @@ class EvaluationConfig:
 
 @dataclass
 class VideoConfig:
-    """The official export videos (spec §4.7), written by the test stage next to threestudio's."""
+    """The official export videos (``gen_videos_shapes_from_optimized_triplane.py``), written by the test stage next to threestudio's."""
     large_frames: int = 240  # 360° at the horizon; 0 = skip
     small_frames: int = 120  # the small-pose wobble; 0 = skip
     resolution: int = 512
