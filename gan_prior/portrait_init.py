@@ -24,8 +24,8 @@ import json
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Mapping, Optional
 
 import imageio.v2 as imageio
 import numpy as np
@@ -67,6 +67,19 @@ class PortraitInitConfig:
     vgg16: Optional[str] = None  # official vgg16.pt or a torchvision VGG16 state dict; None only with allow_random_vgg16
     allow_random_vgg16: bool = False  # smoke tests: a random perceptual network
     inversion: InversionConfig = field(default_factory=InversionConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, option: str = "portrait") -> "PortraitInitConfig":
+        """From plain options (``inversion`` a dict of :class:`InversionConfig` fields); an unknown
+        key is a one-line error naming ``option`` and the valid keys."""
+        for name, kind, given in ((option, cls, d), (f"{option}.inversion", InversionConfig, d.get("inversion") or {})):
+            unknown = set(given) - {f.name for f in fields(kind)}
+            if unknown:
+                raise ValueError(f"{name}: unknown key(s) {sorted(unknown)}; valid: {sorted(f.name for f in fields(kind))}")
+        d = dict(d)
+        if not isinstance(d.get("inversion", InversionConfig()), InversionConfig):
+            d["inversion"] = InversionConfig(**dict(d["inversion"]))
+        return cls(**d)
 
     def validate(self) -> None:
         if bool(self.prompt) == bool(self.image):

@@ -113,8 +113,9 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
         ws = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(2)), canonical_label(1))
         photo = G.render(G.synthesize_pyramid(ws), ws, canonical_label(1), resolution=32, deterministic=True)["image"]
     imageio.imwrite(tmp_path / "me.png", ((photo[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255)).byte().numpy())
-    cfg = {"checkpoint": prior_path, "source": "image", "image": str(tmp_path / "me.png"), "detector": "none",
-           "aligned_resolution": 32, "vgg16": "random", "inversion": {"steps": 2, "w_avg_samples": 8, "resolution": 32}}
+    portrait = {"image": str(tmp_path / "me.png"), "detector": "none", "aligned_resolution": 32, "vgg16": "random",
+                "inversion": {"steps": 2, "w_avg_samples": 8, "resolution": 32}}
+    cfg = {"checkpoint": prior_path, "source": "image", "portrait": portrait}
     init = ts.find("gan-prior-initializer")(cfg)
     levels, got_ws = init(save_dir=str(tmp_path / "save"))
     folders = os.listdir(tmp_path / "save" / "init")
@@ -130,12 +131,16 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
     again, _ = ts.find("gan-prior-initializer")(cfg)(save_dir=str(tmp_path / "save"))
     assert os.path.getmtime(out / "pyramid.safetensors") == stamp and all(torch.equal(again[r], levels[r])
                                                                              for r in levels)
-    with pytest.raises(ValueError, match="system.initializer.image: .*gone.png not found"):
-        ts.find("gan-prior-initializer")({**cfg, "image": str(tmp_path / "gone.png")})(save_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="system.initializer.vgg16: the inversion needs a perceptual network"):
-        ts.find("gan-prior-initializer")({**cfg, "vgg16": None})(save_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="system.initializer.prompt is empty"):
-        ts.find("gan-prior-initializer")({**cfg, "source": "prompt", "prompt": " "})(save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.portrait.image: .*gone.png not found"):
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "image": str(tmp_path / "gone.png")}})(
+            save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.portrait.vgg16: the inversion needs a perceptual network"):
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "vgg16": None}})(save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.portrait.prompt is empty"):
+        ts.find("gan-prior-initializer")({**cfg, "source": "prompt", "portrait": {**portrait, "prompt": " "}})(
+            save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"system.initializer.portrait: unknown key\(s\) \['detektor'\]"):
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "detektor": "none"}})(save_dir=str(tmp_path))
 
 
 def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):
