@@ -27,7 +27,7 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
     class Config(BaseImplicitGeometry.Config):
         checkpoint: str = ""  # the GAN prior whose frozen decoder reads the grid
         level_sizes: List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512])
-        radius: float = 0.35  # the tri-grid cube (box_warp / 2)
+        radius: float = RenderConfig.box_warp / 2  # the tri-grid cube
         isosurface_method: str = "mc-cpu"
         isosurface_resolution: int = 256
         isosurface_threshold: Any = 15.0  # raw σ, official marching-cubes level

@@ -21,13 +21,14 @@ from gan_prior.renderer import RenderConfig, render_rays
 class Portrait3DRenderer(VolumeRenderer):
     @dataclass
     class Config(VolumeRenderer.Config):
-        radius: float = 0.35
-        ray_start: float = 2.35
-        ray_end: float = 3.12
-        depth_resolution: int = 48
-        depth_resolution_importance: int = 48
-        box_warp: float = 0.7
-        triplane_crop: float = 0.1
+        # defaults: gan_prior.renderer.RenderConfig, the official rendering_kwargs
+        radius: float = RenderConfig.box_warp / 2
+        ray_start: float = RenderConfig.ray_start
+        ray_end: float = RenderConfig.ray_end
+        depth_resolution: int = RenderConfig.depth_resolution
+        depth_resolution_importance: int = RenderConfig.depth_resolution_importance
+        box_warp: float = RenderConfig.box_warp
+        triplane_crop: float = RenderConfig.triplane_crop
         randomized: bool = True  # stratified jitter + random importance samples while training
         eval_chunk_size: int = 16384  # rays per call at evaluation
 
@@ -35,10 +36,9 @@ class Portrait3DRenderer(VolumeRenderer):
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
-        self.render_cfg = RenderConfig(ray_start=self.cfg.ray_start, ray_end=self.cfg.ray_end,
-                                       depth_resolution=self.cfg.depth_resolution,
-                                       depth_resolution_importance=self.cfg.depth_resolution_importance,
-                                       box_warp=self.cfg.box_warp, triplane_crop=self.cfg.triplane_crop)
+        self.render_cfg = RenderConfig().replace(
+            **{f: getattr(self.cfg, f) for f in ("ray_start", "ray_end", "depth_resolution",
+                                                 "depth_resolution_importance", "box_warp", "triplane_crop")})
 
     def _field(self, points_e: Tensor) -> Tuple[Tensor, Tensor]:
         geo = self.geometry(gan_to_threestudio_points(points_e))
