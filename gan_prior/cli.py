@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
@@ -26,7 +27,7 @@ from .pyramid_files import load_pyramid, save_pyramid
 def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,
                     **options) -> str:
     path = os.path.join(out_dir, "turntable.mp4")
-    save_video(path, render_frames(G, pyramid, ws, turntable_labels(frames), resolution, chunk, "turntable",
+    save_video(path, render_frames(partial(G.render, pyramid, ws), turntable_labels(frames), resolution, chunk, "turntable",
                                    **options), fps=fps)
     return path
 
@@ -67,7 +68,7 @@ def cmd_render(args) -> None:
         h, v = elevation_azimuth_to_hv(torch.full((len(args.angles),), float(args.elevation)),
                                        torch.tensor(args.angles, dtype=torch.float32))
         labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
-        frames = list(render_frames(G, pyramid, ws, labels, args.resolution, args.chunk, "views"))
+        frames = list(render_frames(partial(G.render, pyramid, ws), labels, args.resolution, args.chunk, "views"))
         for angle, frame in zip(args.angles, frames):
             save_image(os.path.join(args.out, f"azimuth_{angle:+06.1f}.png"), frame)
         save_image(os.path.join(args.out, "views.png"), contact_sheet(frames, len(frames)))

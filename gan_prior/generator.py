@@ -41,6 +41,24 @@ MODEL_WEIGHTS = "model.safetensors"  # our generator folder: weights (official k
 MODEL_CONFIG = "config.json"  # … and the architecture
 
 
+def background_features(bcg_synthesis: BackgroundSynthesis, ws: Tensor, size: int, noise_mode: str = "const"
+                        ) -> Tensor:
+    """``bcg_synthesis``'s feature image for ws ``[B, num_ws, w_dim]`` resized to ``[B, 32, size, size]``
+    (bilinear, antialiased, as the official ``sr_antialias``)."""
+    bcg = bcg_synthesis(ws, noise_mode)
+    return F.interpolate(bcg, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def to_rgb(torgb: ToRGBLayer, features: Tensor, ws: Tensor) -> Tensor:
+    """The w-modulated ToRGB (with ``ws[:, -1]``) on a ``[B, 32, H, W]`` feature image."""
+    return torgb(features, ws[:, -1])
+
+
+def opacity_to_mask(opacity: Tensor) -> Tensor:
+    """The official ``image_mask``: ``opacity·(1 + 2·MASK_EPS) − MASK_EPS``."""
+    return opacity * (1 + 2 * MASK_EPS) - MASK_EPS
+
+
 class _Backbone(nn.Module):
     """Holds ``mapping`` and ``synthesis`` under the official ``backbone.`` prefix."""
 
@@ -109,14 +127,12 @@ class PortraitGAN(nn.Module):
         return evaluate
 
     def background_features(self, ws: Tensor, size: int, noise_mode: str = "const") -> Tensor:
-        """The background generator's feature image resized to ``size²``: ``[B, 32, size, size]``
-        (bilinear, antialiased, as the official ``sr_antialias``)."""
-        bcg = self.bcg_synthesis(ws, noise_mode)
-        return F.interpolate(bcg, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        """The background generator's feature image resized to ``size²``: ``[B, 32, size, size]``."""
+        return background_features(self.bcg_synthesis, ws, size, noise_mode)
 
     def to_rgb(self, features: Tensor, ws: Tensor) -> Tensor:
         """The w-modulated ToRGB (with ``ws[:, -1]``) on a ``[B, 32, H, W]`` feature image."""
-        return self.torgb(features, ws[:, -1])
+        return to_rgb(self.torgb, features, ws)
 
     def render(self, pyramid: Mapping[int, Tensor], ws: Tensor, c: Tensor, resolution: int = 64,
                deterministic: bool = False, background: bool = True,
@@ -149,7 +165,7 @@ class PortraitGAN(nn.Module):
                 bcg = bcg[:, :, top:top + size, left:left + size]
             features = features + (1 - opacity) * bcg
         return {"image": self.to_rgb(features, ws), "depth": depth,
-                "mask": opacity * (1 + 2 * MASK_EPS) - MASK_EPS, "opacity": opacity, "features": features}
+                "mask": opacity_to_mask(opacity), "opacity": opacity, "features": features}
 
 
 # ---------------------------------------------------------------- files

@@ -7,7 +7,7 @@ Renders are ``[B, 3, H, W]`` in the ToRGB range (≈[−1, 1]); they are saved a
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import imageio.v2 as imageio
 import numpy as np
@@ -76,14 +76,14 @@ def turntable_labels(n_frames: int, kind: str = "large", focal: float = GAN_FOCA
     return camera_label(lookat_pose(h, v, radius), focal)
 
 
-def render_frames(G, pyramid: Mapping[int, Tensor], ws: Tensor, labels: Tensor, resolution: int,
+def render_frames(render: Callable[..., Mapping[str, Tensor]], labels: Tensor, resolution: int,
                   chunk: Optional[int], desc: str, **options) -> Iterator[np.ndarray]:
-    """Yield uint8 frames of ``G.render`` (deterministic), one per camera label ``[N, 25]``, with a
-    progress bar; ``options`` go to ``render`` (e.g. ``background``, ``depth_resolution``)."""
+    """Yield uint8 frames of ``render(label [1, 25], resolution=, deterministic=True, chunk=, **options)``
+    (``PortraitGAN.render`` with its pyramid and ws bound, or ``portrait3d-renderer``'s
+    ``render_labels``), one per camera label ``[N, 25]``, with a progress bar."""
     for label in tqdm(labels, desc=desc, unit="frame"):
         with torch.no_grad():
-            out = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True, chunk=chunk,
-                           **options)
+            out = render(label[None], resolution=resolution, deterministic=True, chunk=chunk, **options)
         yield to_uint8(out["image"][0])
 
 
