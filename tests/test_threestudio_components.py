@@ -38,8 +38,7 @@ def build(ts, prior_path, mode="torgb-bias", **init):
                                       geometry=g, material=m, background=bg)
     levels, ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "seed": 5, **init})()
     g.set_levels(levels)
-    m.set_ws(ws)
-    bg.set_ws(ws)
+    m.set_ws(ws)  # the one copy of ws: the renderer hands it to the background
     return g, m, bg, r.eval(), levels, ws
 
 
@@ -63,6 +62,29 @@ def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
         assert (out["comp_rgb"] - expected).abs().max() < 2e-5
         assert (out["opacity"] - ref["opacity"].permute(0, 2, 3, 1)).abs().max() < 1e-5
         assert (out["depth"] - ref["depth"].permute(0, 2, 3, 1)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_stage2_renders_through_the_components_equal_the_gan_prior(ts, prior_path, background):
+    """render_labels (refinement views, fit patches, official videos) = PortraitGAN.render on the
+    same pyramid and ws: image in the ToRGB range, the official mask, any patch window."""
+    from gan_prior.refinement import refinement_labels
+
+    _, _, _, renderer, levels, ws = build(ts, prior_path, "torgb-bias")  # stage 2 needs no "gan" mode
+    prior = PortraitGAN.from_checkpoint(prior_path)
+    labels = refinement_labels(0)[::10]
+    for label, patch in zip(labels, (None, (3, 5, 8), (8, 0, 8))):
+        with torch.no_grad():
+            out = renderer.render_labels(label[None], 16, background=background, patch=patch, chunk=100,
+                                         depth_resolution=10, depth_resolution_importance=6)
+            ref = prior.render(levels, ws, label[None], resolution=16, deterministic=True, background=background,
+                               patch=patch, chunk=100, depth_resolution=10, depth_resolution_importance=6)
+        assert out["image"].shape == ref["image"].shape == (1, 3, 8 if patch else 16, 8 if patch else 16)
+        assert (out["image"] - ref["image"]).abs().max() < 4e-5
+        assert (out["mask"] - ref["mask"]).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="system.background_type must be portrait3d-gan-background"):
+        ts.find("portrait3d-renderer")({}, geometry=renderer.geometry, material=renderer.material,
+                                      background=ts.find("solid-color-background")({})).render_labels(labels, 8)
 
 
 def test_cameras_orbit_the_origin_and_look_at_the_pivot(ts):

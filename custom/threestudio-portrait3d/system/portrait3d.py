@@ -96,9 +96,7 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
         with torch.enable_grad():  # the inversion optimises a latent
             levels, ws = initializer(save_dir=self._save_dir, device=self.device)
         self.geometry.set_levels(levels)
-        for part in (self.material, self.background):
-            if hasattr(part, "set_ws"):
-                part.set_ws(ws)
+        self.material.set_ws(ws)  # the one copy of ws (the background and the stage-2 renders read it)
         for r, t in self.geometry.levels.items():
             getattr(self, f"ema_{level_key(r)}").copy_(t)
 

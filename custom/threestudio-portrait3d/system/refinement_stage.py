@@ -17,9 +17,7 @@ from gan_prior.diffusion import (REFINE_NEGATIVE_PROMPT, SDEditConfig, check_pip
 from gan_prior.files import write_json
 from gan_prior.media import contact_sheet, from_uint8, to_uint8
 from gan_prior.media import save_image as write_image
-from gan_prior.refinement import fit_schedule, patch_loss, refinement_labels
-
-from ..prior import load_prior
+from gan_prior.refinement import fit_schedule, masked_patch_l2, refinement_labels
 
 
 @dataclass
@@ -63,11 +61,6 @@ class RefinementStage:
         check_pipeline_source(model, "system.refine.model" if c.model else
                               "system.prompt_processor.pretrained_model_name_or_path")
 
-    def prior(self):  # a method, not a property: threestudio's do_update_step getattr()s every attribute
-        """The frozen GAN (for the views, the fit and the videos), on this system's device."""
-        gan = load_prior(self.cfg.prior_checkpoint, "system.prior_checkpoint")
-        return gan if next(gan.parameters()).device == self.device else gan.to(self.device)
-
     @torch.no_grad()
     def prepare_refinement(self) -> None:
         """Start of stage 2: EMA → pyramid, 21 views, SDEdit, fresh optimizer state at ``refine.lr``."""
@@ -87,10 +80,9 @@ class RefinementStage:
     def render_refinement_views(self, labels: Float[Tensor, "V 25"]) -> Float[Tensor, "V 3 H W"]:
         """The pyramid from the official 21 cameras, with the GAN background (ToRGB range)."""
         c = self.cfg.refine
-        return torch.cat([self.prior().render(self.geometry.levels, self.material.ws, label[None],
-                                              resolution=c.resolution, deterministic=True, chunk=c.chunk,
-                                              depth_resolution=c.view_samples[0],
-                                              depth_resolution_importance=c.view_samples[1])["image"]
+        return torch.cat([self.renderer.render_labels(label[None], c.resolution, deterministic=True, chunk=c.chunk,
+                                                      depth_resolution=c.view_samples[0],
+                                                      depth_resolution_importance=c.view_samples[1])["image"]
                           for label in labels])
 
     def sdedit_views(self, views: Float[Tensor, "V 3 H W"]) -> Tuple[str, str, Float[Tensor, "V 3 H W"]]:
@@ -139,7 +131,11 @@ class RefinementStage:
         view, top, left = fit_schedule(step, self.cfg.refine.view_seed, len(self.refine_targets), self.fit_cfg)
         target = from_uint8(self.refine_targets[view:view + 1].to(self.device))
         label = self.refine_labels[view:view + 1].to(self.device)
-        loss = patch_loss(self.prior(), self.geometry.levels, self.material.ws, label, target, top, left, self.fit_cfg)
+        f, p = self.fit_cfg, self.fit_cfg.patch_resolution
+        out = self.renderer.render_labels(label, f.resolution, deterministic=False, background=False,
+                                          patch=(top, left, p), depth_resolution=f.depth_resolution,
+                                          depth_resolution_importance=f.depth_resolution_importance)
+        loss = masked_patch_l2(out["image"], out["mask"], target, top, left, f)
         self.log("train/loss_refine", loss)
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss}

@@ -79,9 +79,8 @@ class TestOutputs:
         prefix = f"it{self.true_global_step}"
 
         def frames(kind: str, n: int):
-            return render_frames(self.prior(), self.geometry.levels, self.material.ws,
-                                 turntable_labels(n, kind).to(self.device), c.resolution, c.chunk, f"{kind} pose",
-                                 background=c.background, depth_resolution=c.samples[0],
+            return render_frames(self.renderer.render_labels, turntable_labels(n, kind).to(self.device), c.resolution,
+                                 c.chunk, f"{kind} pose", background=c.background, depth_resolution=c.samples[0],
                                  depth_resolution_importance=c.samples[1])
 
         if c.large_frames > 0:
