@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 
 pytestmark = requires_threestudio
 
