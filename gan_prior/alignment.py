@@ -280,14 +280,14 @@ def framing_paths(checkpoint: str) -> tuple[str, str]:
     path = os.path.abspath(checkpoint).rstrip(os.sep)
     fp = _fingerprint(path)
     key = hashlib.sha1(f"{path}\n{fp['size']}\n{fp['mtime_ns']}".encode()).hexdigest()
-    return path + FRAMING_SUFFIX, str(cache_root() / "framing" / f"{key}.json")
+    return path + FRAMING_SUFFIX, str(cache_root() / "tiny" / "framing" / f"{key}.json")  # where earlier versions kept it
 
 
 def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kwargs) -> Framing:
     """The framing of ``checkpoint``'s GAN for ``detector``, measured once and stored with the model.
 
     The record is ``<checkpoint>.framing.json`` beside the checkpoint (written atomically), or, when
-    that folder is not writable, ``<cache_root()>/framing/<sha1 of path, size, mtime>.json``. It
+    that folder is not writable, ``<cache_root()>/tiny/framing/<sha1 of path, size, mtime>.json``. It
     holds the checkpoint's size and mtime and one entry per detector name with the measurement
     settings; an entry is reused when the checkpoint is unchanged and the settings are the same,
     otherwise the framing is measured (:func:`measure_framing` with ``measure_kwargs``) and stored.
