@@ -280,7 +280,8 @@ def framing_paths(checkpoint: str) -> tuple[str, str]:
     path = os.path.abspath(checkpoint).rstrip(os.sep)
     fp = _fingerprint(path)
     key = hashlib.sha1(f"{path}\n{fp['size']}\n{fp['mtime_ns']}".encode()).hexdigest()
-    return path + FRAMING_SUFFIX, str(cache_root() / "tiny" / "framing" / f"{key}.json")  # where earlier versions kept it
+    # the fallback stays where earlier versions kept it
+    return path + FRAMING_SUFFIX, str(cache_root() / "tiny" / "framing" / f"{key}.json")
 
 
 def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kwargs) -> Framing:
