@@ -20,6 +20,7 @@ import torch
 import threestudio
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from threestudio.systems.base import BaseLift3DSystem
+from threestudio.utils.config import parse_structured
 from threestudio.utils.typing import *
 
 from gan_prior.pyramid_trigrid import level_key
@@ -59,6 +60,10 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
+        # threestudio's parse_structured builds Config(**cfg), which leaves nested sections as plain
+        # dicts: type them here (defaults filled, unknown keys refused)
+        for name, kind in (("refine", RefineConfig), ("videos", VideoConfig), ("evaluation", EvaluationConfig)):
+            setattr(self.cfg, name, parse_structured(kind, getattr(self.cfg, name)))
         self.check_registered_names()
         self.check_refine_config()
         c = self.cfg.refine
