@@ -14,16 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from typing import NoReturn, Optional, Sequence
 
 import torch
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
-from .checkpoint import load_pyramid, save_pyramid
 from .checks import MAX_FRAMES, MAX_RESOLUTION, MAX_SEED, bounded_int, check_pyramid, finite_float
+from .diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
+from .pyramid_files import load_pyramid, save_pyramid
 
 DEBUG_ENV = "GAN_PRIOR_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
@@ -40,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,
                     **options) -> str:
     path = os.path.join(out_dir, "turntable.mp4")
-    save_video(path, render_frames(G, pyramid, ws, turntable_labels(frames), resolution, chunk, "turntable",
+    save_video(path, render_frames(partial(G.render, pyramid, ws), turntable_labels(frames), resolution, chunk, "turntable",
                                    **options), fps=fps)
     return path
 
@@ -122,7 +124,7 @@ def cmd_render(args) -> None:
         h, v = elevation_azimuth_to_hv(torch.full((len(args.angles),), float(args.elevation)),
                                        torch.tensor(args.angles, dtype=torch.float32))
         labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
-        frames = list(render_frames(G, pyramid, ws, labels, args.resolution, args.chunk, "views"))
+        frames = list(render_frames(partial(G.render, pyramid, ws), labels, args.resolution, args.chunk, "views"))
         for angle, frame in zip(args.angles, frames):
             save_image(os.path.join(args.out, _azimuth_name(angle)), frame)
         save_image(os.path.join(args.out, "views.png"), contact_sheet(frames, len(frames)))
@@ -207,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--resolution", type=bounded_int(16, MAX_RESOLUTION), default=256,
                    help="neural render size compared with the image")
     v.add_argument("--aligned-resolution", type=bounded_int(16, MAX_RESOLUTION), default=512)
-    v.add_argument("--sd-model", default="SG161222/Realistic_Vision_V5.1_noVAE", help="diffusers folder or hub id")
+    v.add_argument("--sd-model", default=DEFAULT_TEXT_TO_IMAGE_MODEL, help="diffusers folder or hub id")
     v.add_argument("--candidates", type=bounded_int(1, 64), default=6)
     v.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0,
                    help="seed of the first candidate (candidate i: seed + i)")

@@ -9,6 +9,7 @@ import re
 import stat
 import tempfile
 import time
+from pathlib import Path
 from typing import Iterator, Optional
 
 TMP_TAG = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<random><suffix>" beside their target
@@ -119,3 +120,12 @@ def read_json(path: str) -> Optional[dict]:
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+#: Environment variable that overrides the cache root (default ``~/.cache/portrait3d``).
+CACHE_ENV_VAR = "PORTRAIT3D_CACHE"
+
+
+def cache_root() -> Path:
+    """Folder for everything this project caches: ``$PORTRAIT3D_CACHE`` or ``~/.cache/portrait3d``."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or os.path.join("~", ".cache", "portrait3d")).expanduser().resolve()
