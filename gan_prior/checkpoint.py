@@ -101,7 +101,31 @@ def _numpy_array_stub(*args):
     return _stub_class("numpy", "ndarray")()
 
 
+def _latin1_bytes(text, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes`` (``encode(str, 'latin1')``), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _UnsafePayload(f"refused _codecs.encode({type(text).__name__}, {encoding!r:.20}): only latin-1 bytes are data")
+    return text.encode("latin1")
+
+
+def _fresh(obj: Any) -> Any:
+    """A new object standing for an allow-listed global, so that a pickle's BUILD on it (which sets
+    attributes) changes only that object — never the shared class or function, which would change
+    every later file loaded in the process. Classes the pickle instantiates with NEWOBJ (``dict`` for
+    EasyDict, the stubs) become fresh subclasses; other callables fresh factories; values stay."""
+    if obj is dict or (isinstance(obj, type) and issubclass(obj, Stub)):
+        return type(obj.__name__, (obj,), {"__module__": obj.__module__})
+    if callable(obj):
+        def factory(*args, **kwargs):
+            return obj(*args, **kwargs)
+
+        factory.__name__ = factory.__qualname__ = getattr(obj, "__name__", "factory")
+        return factory
+    return obj  # torch dtypes: immutable values
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_bytes,  # bytes in protocol-2 pickles
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
@@ -136,7 +160,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+            return _fresh(_ALLOWED[(module, name)])
         if module.startswith(_STUB_MODULE_PREFIXES) and name[:1].isupper():
             return _stub_class(module, name)
         raise CheckpointError.at(self.path, f"refused to load '{module}.{name}': the file asks to call code outside "

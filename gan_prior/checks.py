@@ -50,13 +50,16 @@ def finite_float(low: float = -math.inf, high: float = math.inf) -> callable:
     return parse
 
 
-def require_finite(tensor: Tensor, what: str) -> Tensor:
-    """``tensor`` itself, or ``ValueError`` ("<what> holds N NaN/Inf values") when any is not finite."""
+LOAD_FIX = "the file is damaged or was saved from a diverged run: use an earlier checkpoint"
+SAVE_FIX = "not saved: the values diverged; resume from an earlier checkpoint or lower the learning rate"
+
+
+def require_finite(tensor: Tensor, what: str, fix: str = LOAD_FIX) -> Tensor:
+    """``tensor`` itself, or ``ValueError`` ("<what> holds N NaN/Inf values; <fix>") when any is not finite."""
     if tensor.is_floating_point() or tensor.is_complex():
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
-            raise ValueError(f"{what} holds {bad} NaN/Inf value(s) of {tensor.numel()}; the file is damaged or "
-                             "was saved from a diverged run: use an earlier checkpoint")
+            raise ValueError(f"{what} holds {bad} NaN/Inf value(s) of {tensor.numel()}; {fix}")
     return tensor
 
 
@@ -100,7 +103,7 @@ GENERATOR_INT_BOUNDS = {
 }
 RENDER_INT_BOUNDS = {"depth_resolution": (1, 4096), "depth_resolution_importance": (0, 4096)}
 RENDER_FLOATS = ("ray_start", "ray_end", "box_warp", "triplane_crop", "crop_density")
-MAX_GENERATOR_ELEMENTS = 2_000_000_000  # parameters + buffers (8 GB in fp32); model_512 has ≈ 0.13 G
+MAX_GENERATOR_ELEMENTS = 2_000_000_000  # parameters + buffers (8 GB in fp32); model_512 has ≈ 0.036 G
 
 
 def _is_int(value) -> bool:
@@ -162,3 +165,14 @@ def check_generator_size(cfg, source: str = "config") -> int:
         raise ValueError(f"{source}: this config describes a generator of {count / 1e9:.1f} G values (over the "
                          f"{MAX_GENERATOR_ELEMENTS / 1e9:g} G limit); check its resolutions and channel counts")
     return count
+
+
+def require_own_storage(tensor: Tensor, what: str) -> Tensor:
+    """Refuse a tensor whose view is larger than the data behind it: an expanded (stride-0) or
+    overlapping tensor, which a file can use to turn a few MB into many GB once materialised."""
+    storage = tensor.untyped_storage().nbytes()
+    needed = tensor.numel() * tensor.element_size()
+    if needed > storage or (tensor.numel() > 1 and any(s == 0 and n > 1 for s, n in zip(tensor.stride(), tensor.shape))):
+        raise ValueError(f"{what} is an expanded or overlapping tensor ({tuple(tensor.shape)} over "
+                         f"{storage} bytes of data); refused: such files are malformed or malicious")
+    return tensor

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .checkpoint import (FORMAT_VERSION, CheckpointError, Record, Stub, flatten_module, read_checkpoint,
                          read_safetensors)
+from .checks import SAVE_FIX, check_generator_config, check_generator_size, require_finite, require_own_storage
 from .decoder import TriGridDecoder
 from .files import atomic_path
 from .generator_config import PortraitGANConfig, config_from_init_kwargs, infer_config, tiny_config
@@ -187,12 +188,21 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
         if not os.path.isfile(cfg_path):
             raise CheckpointError.at(path, f"folder has no {MODEL_CONFIG}; expected a folder written by PortraitGAN.save")
         try:
-            meta = json.load(open(cfg_path))
-        except json.JSONDecodeError as e:
-            raise CheckpointError.at(cfg_path, f"invalid JSON ({e})") from None
+            with open(cfg_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, absurd nesting
+            raise CheckpointError.at(cfg_path, f"invalid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError.at(cfg_path, f"holds a {type(meta).__name__}, expected an object "
+                                     "{'kind': 'portrait-gan', 'config': {...}}")
         if meta.get("kind") != "portrait-gan":
-            raise CheckpointError.at(cfg_path, f"kind is {meta.get('kind')!r}, expected 'portrait-gan'")
-        cfg = PortraitGANConfig.from_dict(meta.get("config", {}), cfg_path)
+            raise CheckpointError.at(cfg_path, f"kind is {meta.get('kind')!r:.60}, expected 'portrait-gan'")
+        try:
+            check_generator_config(meta.get("config", {}), cfg_path)
+            cfg = PortraitGANConfig.from_dict(meta.get("config", {}), cfg_path)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(str(e) if str(e).startswith(cfg_path) else f"{cfg_path}: {e}") from None
+        check_generator_size(cfg, cfg_path)
         state = read_safetensors(os.path.join(path, MODEL_WEIGHTS))
     else:
         obj = read_checkpoint(path)
@@ -212,6 +222,8 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
         else:
             raise CheckpointError.at(path, "not a generator checkpoint; expected model_512.pkl, an official-key "
                               "state dict, or a PortraitGAN.save folder")
+    check_generator_config(cfg.to_dict(), path)  # also a config inferred from a file's shapes or kwargs
+    check_generator_size(cfg, path)  # before anything is allocated
     g = PortraitGAN(cfg)
     load_state_into(g, state, path)
     return g.to(map_location).eval().requires_grad_(False)
@@ -236,13 +248,21 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str) ->
     if bad:
         k = bad[0]
         raise CheckpointError.at(path, f"shape mismatch for {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+    try:
+        for k, v in state.items():
+            require_own_storage(v, f"weight {k}")
+            require_finite(v, f"weight {k}")
+    except ValueError as e:
+        raise CheckpointError.at(path, str(e)) from None
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 
 def save_generator(model: PortraitGAN, folder: str) -> None:
     """Our format: ``config.json`` (architecture) + ``model.safetensors`` (official key names)."""
-    os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    for k, v in state.items():
+        require_finite(v, f"{folder}: weight {k}", SAVE_FIX)
+    os.makedirs(folder, exist_ok=True)
     with atomic_path(os.path.join(folder, MODEL_WEIGHTS), ".safetensors") as tmp:
         save_file(state, tmp)
     with atomic_path(os.path.join(folder, MODEL_CONFIG), ".json") as tmp:

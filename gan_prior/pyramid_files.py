@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import FORMAT_VERSION, CheckpointError, looks_like_safetensors, read_checkpoint, read_safetensors
+from .checks import SAVE_FIX, require_finite, require_own_storage
 from .files import atomic_path
 from .pyramid_trigrid import level_key
 
@@ -50,14 +51,21 @@ def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Ten
         raise CheckpointError.at(path, "no 'trigrids_<R>' tensors found; expected a pyramid tri-grid file "
                           "(ours, inversion_trigrid.pkl, df.pth, epoch_*.pth or NNN_pyramid_trigrid.pth)")
     out = {}
-    for r, t in sorted(levels.items()):
-        t = t.detach().float().cpu()
-        if t.ndim == 4:  # [B·3, C·D, R, R]
-            t = t.reshape(-1, 3, *t.shape[1:])
-        if t.ndim != 5 or t.shape[1] != 3 or t.shape[-1] != r or t.shape[-2] != r:
-            raise CheckpointError.at(path, f"level trigrids_{r} has shape {tuple(t.shape)}, expected [B, 3, C, {r}, {r}]")
-        out[r] = t
-    return out, (ws.detach().float().cpu() if ws is not None else None)
+    try:
+        for name, t in [(f"level trigrids_{r}", t) for r, t in levels.items()] + ([("ws", ws)] if ws is not None else []):
+            require_own_storage(t, name)
+        for r, t in sorted(levels.items()):
+            # a copy: safetensors maps the file, which a later writer may replace or cut
+            t = t.detach().float().cpu().clone()
+            if t.ndim == 4:  # [B·3, C·D, R, R]
+                t = t.reshape(-1, 3, *t.shape[1:])
+            if r < 1 or t.ndim != 5 or t.shape[1] != 3 or t.shape[-1] != r or t.shape[-2] != r:
+                raise ValueError(f"level trigrids_{r} has shape {tuple(t.shape)}, expected [B, 3, C, {r}, {r}]")
+            out[r] = require_finite(t, f"level trigrids_{r}")
+        ws = require_finite(ws.detach().float().cpu().clone(), "ws") if ws is not None else None
+    except ValueError as e:
+        raise CheckpointError.at(path, str(e)) from None
+    return out, ws
 
 
 def save_pyramid(path: str, levels: Mapping[int, torch.Tensor], ws: Optional[torch.Tensor] = None,
@@ -67,6 +75,8 @@ def save_pyramid(path: str, levels: Mapping[int, torch.Tensor], ws: Optional[tor
     state = {level_key(r): t.detach().float().contiguous().cpu() for r, t in sorted(levels.items())}
     if ws is not None:
         state["ws"] = ws.detach().float().contiguous().cpu()
+    for name, t in state.items():  # a diverged run must not leave a NaN pyramid behind
+        require_finite(t, f"{path}: {name}", SAVE_FIX)
     if fmt == "ours":
         meta = {"kind": "pyramid-trigrid", "format_version": str(FORMAT_VERSION)}
         if metadata:
