@@ -151,8 +151,9 @@ def build_corpus(d: str) -> None:
                os.path.join(d, "expanded_state.pth"))
 
     # --- pyramids that do not fit the generator or hold non-finite values ---------------------------------
-    def pyramid(name: str, lv, w) -> None:
-        save_pyramid(os.path.join(d, name), lv, w)
+    def pyramid(name: str, lv, w) -> None:  # written directly: save_pyramid refuses NaN, as it should
+        state = {f"trigrids_{r}": t.contiguous() for r, t in lv.items()}
+        save_file({**state, **({"ws": w.contiguous()} if w is not None else {})}, os.path.join(d, name))
 
     nan_levels = {r: t.clone() for r, t in levels.items()}
     nan_levels[16][0, 1, 2, 3, 4] = float("nan")

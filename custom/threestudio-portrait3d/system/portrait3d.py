@@ -26,7 +26,9 @@ from threestudio.utils.typing import *
 from gan_prior.pyramid_trigrid import level_key
 from gan_prior.refinement import RefineFitConfig
 
+from ..prior import load_prior
 from .refinement_stage import RefineConfig, RefinementStage
+from .safeguards import NonFiniteGuard, NonFiniteStepError, check_level_sizes, check_optimizer_levels, check_positive
 from .test_outputs import EvaluationConfig, TestOutputs, VideoConfig
 
 
@@ -42,7 +44,7 @@ def _plain(obj: Any) -> Any:
 
 
 @threestudio.register("portrait3d-system")
-class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
+class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DSystem):
     @dataclass
     class Config(BaseLift3DSystem.Config):
         prior_checkpoint: str = ""  # the GAN prior; components refer to it as ${system.prior_checkpoint}
@@ -55,6 +57,7 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
         refine: RefineConfig = field(default_factory=RefineConfig)
         videos: VideoConfig = field(default_factory=VideoConfig)
         evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+        max_nonfinite_steps: int = 10  # skipped steps (NaN/Inf loss or gradient) in a row before the run stops
 
     cfg: Config
 
@@ -65,6 +68,7 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
         for name, kind in (("refine", RefineConfig), ("videos", VideoConfig), ("evaluation", EvaluationConfig)):
             setattr(self.cfg, name, parse_structured(kind, getattr(self.cfg, name)))
         self.check_registered_names()
+        self.check_run_config()
         self.check_refine_config()
         c = self.cfg.refine
         self.fit_cfg = RefineFitConfig(resolution=c.resolution, patch_resolution=c.patch_resolution,
@@ -94,6 +98,25 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
                 hint = f"; did you mean {', '.join(close)}?" if close else "; is its extension in custom/?"
                 raise ValueError(f"system.{option}: {name!r} is not a registered threestudio component{hint}")
 
+    def check_run_config(self) -> None:
+        """Settings that would fail late (after the initialisation, at the end of the test stage) or
+        silently (a level never optimised): checked before anything expensive runs."""
+        c = self.cfg
+        check_positive({"system.ema_every_n_steps": c.ema_every_n_steps, "system.refine.chunk": c.refine.chunk,
+                        "system.videos.chunk": c.videos.chunk, "system.videos.sheet_views": c.videos.sheet_views,
+                        "system.videos.fps": c.videos.fps, "system.videos.resolution": c.videos.resolution,
+                        "system.max_nonfinite_steps": c.max_nonfinite_steps})
+        if not 0.0 < c.ema_decay <= 1.0:
+            raise ValueError(f"system.ema_decay={c.ema_decay} must be in (0, 1]; the official value is 0.95")
+        if c.sds_steps < 0 or c.refine.steps < 0:
+            raise ValueError(f"system.sds_steps={c.sds_steps} and system.refine.steps={c.refine.steps} must be ≥ 0")
+        self.max_nonfinite_steps = c.max_nonfinite_steps
+        level_sizes = list(c.geometry.get("level_sizes") or [])
+        if level_sizes:
+            prior = load_prior(c.geometry.get("checkpoint") or c.prior_checkpoint, "system.geometry.checkpoint")
+            check_level_sizes(level_sizes, prior.cfg.level_sizes, str(c.initializer.get("source", "seed")))
+            check_optimizer_levels(c.optimizer.get("params"), level_sizes)
+
     @torch.no_grad()
     def initialize_from_prior(self) -> None:
         """Fresh runs only (on_fit_start, once the trial's save folder is known)."""
@@ -122,6 +145,11 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
         # a frozen guidance is rebuilt in on_fit_start: keeping it out of the checkpoint keeps files
         # small and lets resume=/--export load strictly (a trained guidance, e.g. VSD's LoRA, stays)
         state = checkpoint["state_dict"]
+        for key, value in state.items():  # the guard keeps these finite: a checkpoint never stores NaN
+            if key.startswith(("geometry.trigrids_", "ema_", "material.")) and torch.is_tensor(value) and \
+                    value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise NonFiniteStepError(f"{key} holds NaN/Inf at step {self.true_global_step}; not saving a "
+                                         "checkpoint of it (resume from an earlier one with a lower learning rate)")
         dropped = ("prompt_processor.",) if self.guidance_is_trained else ("guidance.", "prompt_processor.")
         for key in [k for k in state if k.startswith(dropped)]:
             del state[key]
@@ -145,9 +173,8 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
         return self.cfg.refine.steps > 0 and self.true_global_step >= self.cfg.sds_steps
 
     def training_step(self, batch, batch_idx):
-        if self.refining:
-            return self.refine_step()
-        return self.sds_step(batch)
+        # a non-finite loss returns None: Lightning skips the update (see safeguards.NonFiniteGuard)
+        return self.guard_loss(self.refine_step() if self.refining else self.sds_step(batch))
 
     # ------------------------------------------------------------------ stage 1: SDS
     def sds_step(self, batch):
