@@ -8,7 +8,7 @@ setup(
     packages=find_packages(include=["gan_prior", "gan_prior.*", "portrait3d", "portrait3d.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.0", "numpy", "safetensors", "tqdm", "imageio", "imageio-ffmpeg", "scipy",
-                      "opencv-python-headless"],
+                      "opencv-python-headless", "PyYAML"],
     # text-to-image, SDEdit, CLIP score, FID (requirements.txt pins the tested versions)
     extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"]},
     entry_points={"console_scripts": ["gan-prior=gan_prior.cli:main", "portrait3d=portrait3d.cli:main"]},

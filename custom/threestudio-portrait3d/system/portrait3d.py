@@ -38,6 +38,7 @@ from gan_prior.pyramid_trigrid import level_key
 from gan_prior.refinement import RefineFitConfig, fit_schedule, patch_loss, refinement_labels
 
 from ..prior import load_prior
+from ..utils.report_hook import write_run_report
 
 
 @dataclass
@@ -412,9 +413,17 @@ class Portrait3DSystem(BaseLift3DSystem):
         if c.small_frames > 0:
             save_video(self.get_save_path(f"{prefix}-small_pose.mp4"), frames("small", c.small_frames), fps=c.fps)
 
+    def on_test_end(self) -> None:
+        super().on_test_end()
+        write_run_report(self.get_save_dir())  # save/index.html (portrait3d.report)
+
     def on_predict_start(self) -> None:
         self.use_ema()
         super().on_predict_start()
+
+    def on_predict_end(self) -> None:
+        super().on_predict_end()
+        write_run_report(self.get_save_dir())  # now with the exported mesh's 3D view
 
     # ------------------------------------------------------------------ export save functions
     def save_trimesh(self, filename: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> str:
