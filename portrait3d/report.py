@@ -553,7 +553,8 @@ def _card(folder: str, entry: dict, trial: Optional[Trial], page_dir: str) -> st
     media = '<div class="ph">no image yet</div>'
     if trial and trial.poster:
         video = trial.turntable
-        media = (f'<a href="{_u(rel("index.html"))}"><img src="{_u(rel(trial.poster))}" alt="{_e(prompt)}"></a>'
+        sheet = ' class="sheet"' if trial.poster == trial.views else ""
+        media = (f'<a href="{_u(rel("index.html"))}"><img{sheet} src="{_u(rel(trial.poster))}" alt="{_e(prompt)}"></a>'
                  + (f'<video src="{_u(rel(video))}" muted loop playsinline preload="metadata"></video>'
                     if video else ""))
     facts = [f'<span class="tag {_e(status)}">{_e(status)}</span>']
@@ -577,8 +578,10 @@ def _card(folder: str, entry: dict, trial: Optional[Trial], page_dir: str) -> st
 GALLERY_CSS = """
 .cards{display:grid;gap:14px;grid-template-columns:repeat(auto-fill,minmax(260px,1fr))}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;overflow:hidden;display:flex;flex-direction:column}
-.card .media{position:relative;background:#e9ecef;aspect-ratio:4/3;display:flex;align-items:center;justify-content:center}
+.card .media{position:relative;background:#e9ecef;aspect-ratio:1;display:flex;align-items:center;justify-content:center}
 .card .media img,.card .media video{position:absolute;inset:0;width:100%;height:100%;object-fit:contain}
+/* the poster is the turntable's contact sheet (views side by side): show its first, front view */
+.card .media img.sheet{object-fit:cover;object-position:0 50%}
 .card .media video{opacity:0;transition:opacity .2s;pointer-events:none}.card.playing .media video{opacity:1}
 .card .ph{color:var(--muted);font-size:.9rem}
 .card .body{padding:8px 10px}.card p{margin:.2em 0}.prompt{font-weight:600;overflow-wrap:anywhere}

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -224,24 +225,25 @@ def test_report_page_in_a_browser(run):
             links = page.evaluate("Array.from(document.querySelectorAll('#files a')).map(a => a.getAttribute('href'))")
             assert "it8-export/portrait.glb" in links and "../configs/parsed.yaml" in links
             for link in links:  # every link points at a file of the trial
-                assert os.path.isfile(os.path.normpath(os.path.join(save, link))), link
+                assert os.path.isfile(os.path.normpath(os.path.join(save, unquote(link)))), link
             # the 3D view: draws the mesh, and turns when dragged
             page.wait_for_function("document.getElementById('mesh').dataset.loaded === '1'", timeout=90000)
             viewer = page.locator("#mesh")
             viewer.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
-            before = _png(viewer.screenshot())
+            before = _png(viewer.screenshot(path=os.path.join(SHOTS, "3d-before-" + name)))
             background = before[2, 2]
             drawn = (abs(before - background).sum(-1) > 30).mean()
             assert drawn > 0.02, f"the 3D view is blank ({drawn:.4f} of its pixels differ from the background)"
             box = viewer.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            # off the centre, where model-viewer keeps its (invisible) pan-target marker
+            x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6
             page.mouse.move(x, y)
             page.mouse.down()
             page.mouse.move(x + box["width"] / 3, y + 10, steps=12)
             page.mouse.up()
             page.wait_for_timeout(1000)
-            after = _png(viewer.screenshot())
+            after = _png(viewer.screenshot(path=os.path.join(SHOTS, "3d-" + name)))
             changed = (abs(after - before).sum(-1) > 30).mean()
             assert changed > 0.01, f"dragging did not turn the 3D view ({changed:.4f} of its pixels changed)"
             page.screenshot(path=os.path.join(SHOTS, name), full_page=True)
