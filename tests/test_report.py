@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from conftest import ROOT, requires_threestudio
+from helpers import ROOT, requires_threestudio
 
 CHROMIUM = os.environ.get("PORTRAIT3D_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("PORTRAIT3D_SCREENSHOTS", os.path.join(ROOT, "tests", "screenshots"))
@@ -41,7 +41,12 @@ def browser_missing() -> str:
     return ""
 
 
-requires_browser = pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "-")
+def in_a_browser(test):
+    """A test on a real run in Chromium: marked as a threestudio test (so CI=true never skips it),
+    skipped with the reason where threestudio or the browser is missing."""
+    for mark in [*requires_threestudio, pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "-")]:
+        test = mark(test)
+    return test
 
 
 def portrait3d(*args, env=None):
@@ -195,8 +200,7 @@ def _check_media(page, ready=1):
     return images, videos
 
 
-@requires_threestudio
-@requires_browser
+@in_a_browser
 def test_report_page_in_a_browser(run):
     from playwright.sync_api import sync_playwright
 
@@ -253,8 +257,7 @@ def test_report_page_in_a_browser(run):
     print(f"screenshots: {SHOTS}")
 
 
-@requires_threestudio
-@requires_browser
+@in_a_browser
 def test_gallery_in_a_browser(run, tmp_path):
     """Three portraits (the run and two copies with other metrics and times) and a failed prompt."""
     from playwright.sync_api import sync_playwright
