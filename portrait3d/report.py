@@ -529,18 +529,32 @@ def _seconds(entry: dict) -> Optional[float]:
 
 
 def _trial_seconds(folder: str) -> Optional[float]:
-    """A finished trial's wall time without a manifest: from the config's write to the last file in save/."""
-    try:
-        start = os.path.getmtime(os.path.join(folder, "configs", "parsed.yaml"))
-    except OSError:
-        return None
-    end = start
-    for root, dirs, files in os.walk(os.path.join(folder, "save")):
+    """A trial's wall time without a manifest: from its oldest file to the newest one in save/
+    (a resumed or re-exported run rewrites its config, so the config's time is no start)."""
+    start = end = None
+    for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if d != ASSETS]
+        in_save = os.path.relpath(root, folder).split(os.sep)[0] == "save"
         for name in files:
-            if name != "index.html" and not name.startswith("."):
-                end = max(end, os.path.getmtime(os.path.join(root, name)))
-    return end - start
+            if name == "index.html" or name.startswith("."):
+                continue
+            mtime = os.path.getmtime(os.path.join(root, name))
+            start = mtime if start is None else min(start, mtime)
+            if in_save:
+                end = mtime if end is None else max(end, mtime)
+    return None if start is None or end is None else end - start
+
+
+def _resolve_trial(folder: str, path: Optional[str]) -> Optional[str]:
+    """A manifest's trial folder (relative to the manifest's folder): the trial itself, or the one
+    trial found below it (threestudio nests ``<exp>/<tag>``); None when there is none."""
+    if not path:
+        return None
+    path = path if os.path.isabs(path) else os.path.join(folder, path)
+    if is_trial(path):
+        return path
+    found = find_trials(path) if os.path.isdir(path) else []
+    return found[-1] if found else None
 
 
 def _card(folder: str, entry: dict, trial: Optional[Trial], page_dir: str) -> str:
@@ -627,9 +641,8 @@ def write_gallery(folder: str, reports: bool = True) -> str:
     cards = []
     counts: Dict[str, int] = {}
     for order, entry in enumerate(entries):
-        trial_dir = entry.get("trial")
-        trial_dir = os.path.join(folder, trial_dir) if trial_dir and not os.path.isabs(trial_dir) else trial_dir
-        trial = collect(trial_dir) if trial_dir and is_trial(trial_dir) else None
+        trial_dir = _resolve_trial(folder, entry.get("trial"))
+        trial = collect(trial_dir) if trial_dir else None
         if trial is not None and reports:
             write_report(trial.folder, require_viewer=False)
         seconds = _seconds(entry)

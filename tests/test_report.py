@@ -125,15 +125,17 @@ def test_gallery_reads_the_manifest_or_finds_the_trials(tmp_path):
     manifest = [{"prompt": "first", "name": "first", "seed": 0, "trial": "a/t", "status": "running"},
                 {"prompt": "first", "name": "first", "seed": 0, "trial": "a/t", "status": "done",
                  "times": {"train": 50.0, "export": 10.0}},  # a later line for the same name wins
+                {"prompt": "second", "name": "second", "trial": "b", "status": "done"},  # the trial is below b/
                 {"prompt": "broken", "name": "broken", "seed": 3, "trial": "x", "status": "failed",
                  "error": "system.bad_key: no such option"}]
     (runs / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
     r = portrait3d("gallery", str(runs), "--no-reports")
     assert r.returncode == 0, r.stderr
     page = open(runs / "index.html").read()
-    assert page.count('<article class="card"') == 2  # the manifest's prompts, not the folders found
+    assert page.count('<article class="card"') == 3  # the manifest's prompts, not the folders found
     assert 'data-time="60.0"' in page and "system.bad_key: no such option" in page
-    assert "1 done, 1 failed" in page
+    assert 'href="b/c/t/save/index.html"' in page
+    assert "2 done, 1 failed" in page
 
 
 # ------------------------------------------------------------------------------- the real run
