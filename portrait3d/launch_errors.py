@@ -101,9 +101,9 @@ def one_line(exc: BaseException) -> Optional[str]:
 def remove_empty_trial(exc: BaseException) -> None:
     """Remove the trial folder launch.py made for this run if the error left no file in it."""
     tb, trial = exc.__traceback__, None
-    while tb is not None:
-        cfg = tb.tb_frame.f_locals.get("cfg")
-        trial = getattr(cfg, "trial_dir", None) if cfg is not None else trial
+    while tb is not None:  # launch.py's main() holds the ExperimentConfig as `cfg`
+        found = getattr(tb.tb_frame.f_locals.get("cfg"), "trial_dir", None)
+        trial = found if isinstance(found, str) and found else trial
         tb = tb.tb_next
     if isinstance(trial, str) and os.path.isdir(trial):
         if not any(files for _, _, files in os.walk(trial)):

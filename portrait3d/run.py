@@ -76,7 +76,7 @@ def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: 
         raise UsageError(f"the Portrait3D extension is not installed in {root}: run "
                          f"`python install_extension.py {root}` (or `make demo`)")
     stamp = time.strftime("@%Y%m%d-%H%M%S")
-    args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", f"timestamp={stamp}",
+    args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", f"timestamp='{stamp}'",
             *overrides]
     code = launch(root, args, log)
     found = glob.glob(os.path.join(os.path.abspath(outputs), "*", f"*{stamp}"))
@@ -98,7 +98,7 @@ def describe(trial: Trial, root: str) -> str:
         lines.append(f"  report  {page}  (open it in a browser)")
     for kind, paths in trial.files().items():
         for path in paths:
-            lines.append(f"  {kind[:-1]:<7} {path}")
+            lines.append(f"  {kind:<8} {os.path.relpath(path, trial.folder)}")
     resume = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args()])
     export = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args("--export")])
     lines += [f"resume (from {root}):", f"  {resume}", "export again:", f"  {export}"]
