@@ -95,7 +95,7 @@ def describe(trial: Trial, root: str) -> str:
     lines = [f"trial folder: {trial.folder}"]
     page = os.path.join(trial.folder, "save", "index.html")  # portrait3d.report, written by the run
     if os.path.isfile(page):
-        lines.append(f"  report  {page}  (open it in a browser)")
+        lines.append(f"  {'report':<8} {os.path.relpath(page, trial.folder)}  (open it in a browser)")
     for kind, paths in trial.files().items():
         for path in paths:
             lines.append(f"  {kind:<8} {os.path.relpath(path, trial.folder)}")
