@@ -93,6 +93,9 @@ def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: 
 def describe(trial: Trial, root: str) -> str:
     """What a user needs next: where the results are, and the resume / export commands."""
     lines = [f"trial folder: {trial.folder}"]
+    page = os.path.join(trial.folder, "save", "index.html")  # portrait3d.report, written by the run
+    if os.path.isfile(page):
+        lines.append(f"  {'report':<8} {os.path.relpath(page, trial.folder)}  (open it in a browser)")
     for kind, paths in trial.files().items():
         for path in paths:
             lines.append(f"  {kind:<8} {os.path.relpath(path, trial.folder)}")
