@@ -153,20 +153,6 @@ def check_generator_config(config, source: str = "config") -> None:
             raise ValueError(f"{source}: render.box_warp must be positive")
 
 
-def check_generator_size(cfg, source: str = "config") -> int:
-    """Count the values of the generator ``cfg`` describes without allocating them (meta device);
-    refuse more than :data:`MAX_GENERATOR_ELEMENTS`. Returns the count."""
-    from .generator import PortraitGAN
-
-    with torch.device("meta"):
-        model = PortraitGAN(cfg)
-    count = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
-    if count > MAX_GENERATOR_ELEMENTS:
-        raise ValueError(f"{source}: this config describes a generator of {count / 1e9:.1f} G values (over the "
-                         f"{MAX_GENERATOR_ELEMENTS / 1e9:g} G limit); check its resolutions and channel counts")
-    return count
-
-
 def require_own_storage(tensor: Tensor, what: str) -> Tensor:
     """Refuse a tensor whose view is larger than the data behind it: an expanded (stride-0) or
     overlapping tensor, which a file can use to turn a few MB into many GB once materialised."""

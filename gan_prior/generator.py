@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .checkpoint import (FORMAT_VERSION, CheckpointError, Record, Stub, flatten_module, read_checkpoint,
                          read_safetensors)
-from .checks import SAVE_FIX, check_generator_config, check_generator_size, require_finite, require_own_storage
+from .checks import MAX_GENERATOR_ELEMENTS, SAVE_FIX, check_generator_config, require_finite, require_own_storage
 from .decoder import TriGridDecoder
 from .files import atomic_path
 from .generator_config import PortraitGANConfig, config_from_init_kwargs, infer_config, tiny_config
@@ -179,6 +179,18 @@ def _official_generator_state(obj: Any, path: str) -> tuple[dict[str, Tensor], d
         raise CheckpointError.at(path, "'G_ema' is not a network record")
     kwargs = g.init_kwargs if isinstance(g, Record) else {}
     return flatten_module(g), kwargs
+
+
+def check_generator_size(cfg, source: str = "config") -> int:
+    """Count the values of the generator ``cfg`` describes without allocating them (meta device);
+    refuse more than :data:`MAX_GENERATOR_ELEMENTS`. Returns the count."""
+    with torch.device("meta"):
+        model = PortraitGAN(cfg)
+    count = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    if count > MAX_GENERATOR_ELEMENTS:
+        raise ValueError(f"{source}: this config describes a generator of {count / 1e9:.1f} G values (over the "
+                         f"{MAX_GENERATOR_ELEMENTS / 1e9:g} G limit); check its resolutions and channel counts")
+    return count
 
 
 def load_generator(path: str, map_location="cpu") -> PortraitGAN:

@@ -127,7 +127,7 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
     assert proc.returncode != 0, _tail(proc)
     assert "system.optimizer.params has no entry for ['geometry.trigrids_32']" in proc.stderr, _tail(proc)
     # every SDS loss NaN: steps skipped with warnings, then one clear stop; what was saved is finite
-    proc = launch(tree, cache, *base_args, "tag=nan", "system.loss.lambda_sds=nan", "system.max_nonfinite_steps=3",
+    proc = launch(tree, cache, *base_args, "tag=nan", "system.loss.lambda_sds=.nan", "system.max_nonfinite_steps=3",
                   "checkpoint.every_n_train_steps=1", timeout=600)
     assert proc.returncode != 0, _tail(proc)
     assert "3 steps in a row had a non-finite loss or gradient" in proc.stderr, _tail(proc)

@@ -8,7 +8,8 @@ import torch
 
 from gan_prior import CheckpointError, PortraitGAN, load_pyramid, save_pyramid, tiny_config
 from gan_prior.checkpoint import Record, read_checkpoint
-from gan_prior.checks import check_generator_config, check_generator_size
+from gan_prior.checks import check_generator_config
+from gan_prior.generator import check_generator_size
 
 
 def test_a_pickle_cannot_change_the_allow_listed_classes_for_later_files(tmp_path):
