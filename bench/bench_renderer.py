@@ -23,7 +23,7 @@ When the official 3DPortraitGAN_pyramid code is available (``--official-root``, 
 ``PORTRAIT3D_OFFICIAL_ROOT``, or /work/official/3DPortraitGAN_pyramid), its render-only
 ``training.neural_renderer.TriPlaneGenerator.render_planes`` is timed on the same inputs (same
 weights, same pyramid, same camera, same rendering kwargs), imported and patched at runtime by
-``tests/parity/make_official_fixture.py`` (nothing official lives in this repository). Before
+``bench/official.py`` (nothing official lives in this repository). Before
 timing, a jitter-off render of both is compared (max abs difference printed).
 
 Memory:
@@ -65,7 +65,7 @@ from dataclasses import asdict, dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-PARITY_DIR = os.path.join(ROOT, "tests", "parity")
+BENCH_DIR = os.path.join(ROOT, "bench")
 
 import torch  # noqa: E402
 
@@ -196,9 +196,9 @@ _ORIGINAL_SAMPLERS = {}
 
 def import_official(root: str):
     """The official modules, imported and runtime-patched by the parity harness."""
-    if PARITY_DIR not in sys.path:
-        sys.path.insert(0, PARITY_DIR)
-    import make_official_fixture as harness
+    if BENCH_DIR not in sys.path:
+        sys.path.insert(0, BENCH_DIR)
+    import official as harness
 
     mods = harness.import_official(root)
     ir = mods.rend.ImportanceRenderer

@@ -35,6 +35,43 @@ def level_key(size: int) -> str:
     return f"trigrids_{size}"
 
 
+class _TrilinearSample(torch.autograd.Function):
+    """``F.grid_sample(volume, grid)`` (trilinear, zeros padding, ``align_corners=False``) whose
+    backward computes only the volume gradient.
+
+    PyTorch's ``grid_sampler_3d_backward`` always computes the grid gradient too, reading the 8
+    corner values of every channel for every point (a second, cache-missing gather as costly as
+    the forward) even when the grid needs no gradient. The volume gradient does not depend on the
+    volume's values, so the backward is called with an all-zero, stride-0 stand-in for the volume:
+    the scatter into the volume gradient is the same code, in the same order (bit-identical), and
+    the unused grid-gradient reads all hit one cached value.
+    """
+
+    @staticmethod
+    def forward(ctx, volume: Tensor, grid: Tensor) -> Tensor:
+        ctx.save_for_backward(grid)
+        ctx.volume_shape = volume.shape
+        return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (grid,) = ctx.saved_tensors
+        stand_in = grad_out.new_zeros(()).expand(ctx.volume_shape)
+        grad_volume, _ = torch.ops.aten.grid_sampler_3d_backward(
+            grad_out, stand_in, grid, 0, 0, False, [True, False])  # bilinear, zeros, align_corners=False
+        return grad_volume, None
+
+
+def trilinear_sample(volume: Tensor, grid: Tensor) -> Tensor:
+    """``volume [N, C, D, H, W]`` at ``grid [N, 1, 1, M, 3]`` (W, H, D order, in [-1, 1]) →
+    ``[N, C, 1, 1, M]``: trilinear, zeros padding, ``align_corners=False`` (the official
+    ``sample_from_planes`` call); the cheaper backward when only the volume needs a gradient."""
+    if volume.requires_grad and not grid.requires_grad and torch.is_grad_enabled():
+        return _TrilinearSample.apply(volume, grid)
+    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def sample_pyramid(levels: Mapping[int, Tensor], points: Tensor, box_warp: float = BOX_WARP,
                    depth: int = TRIGRID_DEPTH) -> Tensor:
     """Sample every level at ``points`` ``[B, M, 3]`` (GAN world) → ``[B, 3, M, C]``, level-averaged."""
@@ -50,8 +87,7 @@ def sample_pyramid(levels: Mapping[int, Tensor], points: Tensor, box_warp: float
         if lb != b and lb == 1:
             level = level.expand(b, -1, -1, -1, -1)
         volume = level.reshape(b * n_planes, cd // depth, depth, h, w)
-        out = F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # [B·3, C, 1, 1, M]
+        out = trilinear_sample(volume, grid.to(volume.dtype))  # [B·3, C, 1, 1, M]
         # accumulate in place in grid_sample's layout: no fresh [B, 3, C, M] buffer per level
         total = out if total is None else total.add_(out)
     if len(levels) > 1:

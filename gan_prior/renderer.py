@@ -147,6 +147,45 @@ def importance_depths(depths: Tensor, weights: Tensor, n: int, deterministic: bo
     return sample_pdf(z_mid, w[:, 1:-1], n, deterministic).reshape(b, m, n, 1)
 
 
+# Raw σ below which an interval touching a cropped point (σ = crop_density = −1e3) composites to a
+# weight of exactly 0 in float32: softplus((σ − 1e3)/2 − 1) underflows to 0 for σ < ~795.
+_CROP_SKIP_MAX_SIGMA = 700.0
+
+
+def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_density: float
+                        ) -> tuple[Tensor, Tensor]:
+    """``field(points)``, evaluated only at the points the tri-grid crop keeps.
+
+    A cropped point gets σ = ``crop_density`` (−1e3), so every interval that touches it has
+    α = 1 − exp(−softplus((σ_a + σ_b)/2 − 1)·δ) = 0 exactly in float32 (as long as the other end's
+    raw σ is below ~795): its features are multiplied by weight 0 and receive gradient 0. Their
+    value cannot change the image, the depth, the weights or any gradient, so they are returned as
+    0 without sampling the pyramid (a quarter of the coarse samples for a frontal camera). If a
+    kept point has σ ≥ 700, every point is evaluated, as the official renderer does.
+    """
+    b, n, _ = points.shape
+    if points.device.type == "meta" or not cropped.any():
+        return field(points)
+    keep = ~cropped[..., 0]  # [B, N]
+    counts = keep.sum(1)
+    k = int(counts.max())
+    if k == 0:
+        sigma, feats = field(points[:, :1])
+        return (sigma.new_full((b, n, 1), crop_density),
+                feats.new_zeros((b, n, feats.shape[-1])))
+    # kept points first, in their order (stable), padded per batch element with cropped points
+    order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
+    sigma_k, feats_k = field(torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 3)))
+    valid = (torch.arange(k, device=points.device) < counts[:, None]).unsqueeze(-1)  # [B, K, 1]
+    if bool((sigma_k.detach().masked_fill(~valid, float("-inf")) >= _CROP_SKIP_MAX_SIGMA).any()):
+        return field(points)
+    sigma = sigma_k.new_full((b, n, 1), crop_density).scatter(
+        1, order.unsqueeze(-1), torch.where(valid, sigma_k, torch.full_like(sigma_k, crop_density)))
+    feats = feats_k.new_zeros((b, n, feats_k.shape[-1])).scatter(
+        1, order.unsqueeze(-1).expand(-1, -1, feats_k.shape[-1]), feats_k * valid)
+    return sigma, feats
+
+
 def render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig = RenderConfig(),
                 deterministic: bool = False, chunk: Optional[int] = None) -> dict[str, Tensor]:
     """Volume-render rays ``[B, M, 3]`` through ``field``, at most ``chunk`` rays per pass.
@@ -169,8 +208,9 @@ def _render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig,
     def evaluate(depths: Tensor) -> tuple[Tensor, Tensor]:
         s = depths.shape[2]
         points = (origins.unsqueeze(-2) + depths * dirs.unsqueeze(-2)).reshape(b, m * s, 3)
-        sigma, feats = field(points)
-        sigma = torch.where(crop_mask(points, cfg), torch.full_like(sigma, cfg.crop_density), sigma)
+        cropped = crop_mask(points, cfg)
+        sigma, feats = _evaluate_uncropped(field, points, cropped, cfg.crop_density)
+        sigma = torch.where(cropped, torch.full_like(sigma, cfg.crop_density), sigma)
         return sigma.reshape(b, m, s, 1), feats.reshape(b, m, s, -1)
 
     depths = stratified_depths(b, m, cfg, deterministic, origins.device).to(origins.dtype)
