@@ -47,11 +47,12 @@ class RenderConfig:
         return RenderConfig(**{**asdict(self), **changes})
 
 
-def ray_grid_uv(resolution: int, top: int = 0, left: int = 0, size: Optional[int] = None) -> Tensor:
+def ray_grid_uv(resolution: int, top: int = 0, left: int = 0, size: Optional[int] = None,
+                device=None) -> Tensor:
     """Normalised pixel centres ``[size², 2]`` (u = column, v = row, row-major order) of a
     ``size × size`` window at (top, left) of a ``resolution²`` image."""
     size = resolution if size is None else size
-    idx = torch.arange(resolution, dtype=torch.float32) / resolution + 0.5 / resolution
+    idx = torch.arange(resolution, dtype=torch.float32, device=device) / resolution + 0.5 / resolution
     rows, cols = idx[top: top + size], idx[left: left + size]
     v, u = torch.meshgrid(rows, cols, indexing="ij")
     return torch.stack([u, v], -1).reshape(-1, 2)
@@ -66,7 +67,7 @@ def rays_from_label(c: Tensor, resolution: int, patch: Optional[tuple[int, int, 
     """
     c2w = c[:, :16].reshape(-1, 4, 4)
     k = c[:, 16:25].reshape(-1, 3, 3)
-    uv = ray_grid_uv(resolution, *(patch or (0, 0, None))).to(c)
+    uv = ray_grid_uv(resolution, *(patch or (0, 0, None)), device=c.device).to(c.dtype)
     fx, fy, cx, cy, sk = (k[:, 0, 0, None], k[:, 1, 1, None], k[:, 0, 2, None], k[:, 1, 2, None],
                           k[:, 0, 1, None])
     u, v = uv[None, :, 0], uv[None, :, 1]
