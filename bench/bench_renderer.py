@@ -451,6 +451,7 @@ def main(argv=None) -> int:
                     help=f"on CPU, warm up at the case resolution (default: one {CPU_WARMUP_RESOLUTION}² "
                          f"fwd+bwd, same code path; on CUDA the warm-up is always full size)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--cases", default=None, help="comma-separated case names to run (e.g. '128 no-bg')")
     ap.add_argument("--json", default=None, metavar="OUT", help="write all numbers to this JSON file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -468,6 +469,12 @@ def main(argv=None) -> int:
         raise SystemExit("--device cuda but CUDA is not available")
     repeats = args.repeats or (1 if args.quick else 3)
     cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.cases:
+        wanted = [x.strip() for x in args.cases.split(",")]
+        unknown = sorted(set(wanted) - {cs.name for cs in cases})
+        if unknown:
+            raise SystemExit(f"--cases: unknown case(s) {unknown}; valid: {[cs.name for cs in cases]}")
+        cases = tuple(cs for cs in cases if cs.name in wanted)
     official_root = resolve_official(args)
     info = machine_info(device)
     t_start = time.time()

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .decoder import TriGridDecoder
 from .layers import ToRGBLayer
 from .mapping import MappingNetwork
-from .pyramid_trigrid import TRIGRID_CHANNELS, TRIGRID_DEPTH, sample_pyramid
+from .pyramid_trigrid import TRIGRID_CHANNELS, TRIGRID_DEPTH, pyramid_volumes, sample_volumes
 from .renderer import RenderConfig, rays_from_label, render_rays
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
 
@@ -149,8 +149,15 @@ class PortraitGAN(nn.Module):
     def field(self, pyramid: Mapping[int, Tensor]):
         """The renderer's field for a pyramid: points ``[B, N, 3]`` → (σ_raw, 32-ch features)."""
 
+        if not pyramid:
+            raise ValueError("sample_pyramid needs at least one tri-grid level")
+        volumes: dict[int, list[Tensor]] = {}  # per batch size: laid out once, sampled by every pass
+
         def evaluate(points: Tensor) -> tuple[Tensor, Tensor]:
-            return self.decoder(sample_pyramid(pyramid, points, self.cfg.render.box_warp, self.cfg.trigrid_depth))
+            b = points.shape[0]
+            if b not in volumes:
+                volumes[b] = pyramid_volumes(pyramid, b, self.cfg.trigrid_depth)
+            return self.decoder(sample_volumes(volumes[b], points, self.cfg.render.box_warp))
 
         return evaluate
 
