@@ -33,8 +33,8 @@ status=0
 
 if (( DRY )); then
   PY="${PYTHON:-python}"
-  # the CPU path of the suite: tests/cpu_stubs (torchvision shim, import-only CUDA packages)
-  export PYTHONPATH="$ROOT/tests/cpu_stubs:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  # this checkout first (the setup's start-up file arms the CPU stand-ins)
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   "$PY" bench/gpu_check.py --dry-run --out "$OUT" ${PORTRAIT3D_OFFICIAL_ROOT:+--official-root "$PORTRAIT3D_OFFICIAL_ROOT"} \
     2>&1 | tee "$OUT/gpu_check.log" || status=1
   echo "gpu_check.sh --dry-run: $(( $(date +%s) - start )) s, status $status; table: $OUT/gpu_check.md"

@@ -85,9 +85,16 @@ for item in training torch_utils dnnlib camera_utils.py legacy.py; do
   [[ -e "$OFFICIAL/$item" ]] && cp -r "$OFFICIAL/$item" ".device/official/$item"
 done
 find .device -name "__pycache__" -prune -exec rm -rf {} +
-# import-only stand-ins for what threestudio imports at module level but this pipeline never calls
-# (git-only CUDA packages, the wandb logger, libigl, envlight): same idea as tests/cpu_stubs.
-cp -r tests/cpu_stubs/tinycudann tests/cpu_stubs/nvdiffrast tests/cpu_stubs/controlnet_aux .device/stubs/
+# import-only stand-ins for what threestudio imports at module level but this pipeline never calls:
+# the git-only CUDA packages (portrait3d/cpu_stubs, which the setup's start-up file serves where
+# they are missing; the device has no such file, so they go on PYTHONPATH), the wandb logger,
+# libigl, envlight, and IPython (which tests/helpers.py looks for among threestudio's requirements).
+cp -r portrait3d/cpu_stubs/tinycudann portrait3d/cpu_stubs/nvdiffrast portrait3d/cpu_stubs/controlnet_aux \
+  .device/stubs/
+mkdir -p .device/stubs/IPython
+cat > .device/stubs/IPython/__init__.py <<'EOF'
+"""Import-only stand-in (threestudio's notebooks use IPython; launch.py does not)."""
+EOF
 cat > .device/stubs/wandb.py <<'EOF'
 """Import-only stand-in (the GPU check never logs to wandb)."""
 EOF

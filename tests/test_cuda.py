@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.inversion import InversionConfig, inversion_step
 from gan_prior.refinement import RefineFitConfig, patch_loss, refinement_labels
@@ -116,14 +116,14 @@ def test_sdedit_on_cuda_matches_cpu(tmp_path):
     close(outs[1], outs[0], rtol=1e-2, atol=1e-3)
 
 
-@requires_threestudio
-def test_tiny_launch_train_on_cuda(tmp_path):
+@pytest.mark.parametrize("config", [pytest.param("configs/portrait3d-tiny.yaml", marks=requires_threestudio)])
+def test_tiny_launch_train_on_cuda(tmp_path, config):
     """threestudio's launch.py --train with the tiny config, on the GPU: the whole pipeline runs and
     writes the refinement views and the videos."""
     from threestudio_env import launch, make_worktree
 
     tree = make_worktree(str(tmp_path / "ts"))
-    proc = launch(tree, str(tmp_path / "cache"), "--config", "configs/portrait3d-tiny.yaml", "--train",
+    proc = launch(tree, str(tmp_path / "cache"), "--config", config, "--train",
                   "--gpu", "0", "use_timestamp=false", "tag=cuda", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     save = os.path.join(tree, "outputs", "portrait3d-tiny")

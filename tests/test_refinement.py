@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.camera import SDS_FOCAL, gan_to_threestudio_points
 from gan_prior.refinement import (NUM_VIEWS, RefineFitConfig, fit_schedule, patch_loss, refinement_angles,

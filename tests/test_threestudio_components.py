@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 from gan_prior import PortraitGAN, save_pyramid, threestudio_c2w_to_label, tiny_config
 
 pytestmark = requires_threestudio

@@ -12,6 +12,10 @@ from packaging.version import Version
 if not hasattr(threestudio, "__version__") or Version(threestudio.__version__) < Version("0.2.0"):
     raise ValueError("threestudio-portrait3d needs threestudio >= 0.2.0; please update threestudio")
 
+from portrait3d import launch_errors  # noqa: E402
+
+launch_errors.install()  # one-line errors in launch.py (also armed at start-up by the setup's .pth)
+
 from . import prior  # noqa: E402,F401  (registers the ${p3d_tiny:...} resolver)
 from .background import gan_background  # noqa: E402,F401
 from .data import portrait3d_camera  # noqa: E402,F401
