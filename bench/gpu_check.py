@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -116,6 +117,14 @@ class Adan(torch.optim.Optimizer):
 
 
 # ---------------------------------------------------------------------------------- timing
+def _write_partial(out: str, rows: list) -> None:
+    """The rows so far, in case the call is cut short (the device run's time limit)."""
+    tmp = os.path.join(out, "gpu_check.partial.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=1, default=str)
+    os.replace(tmp, os.path.join(out, "gpu_check.partial.json"))
+
+
 def measure(name, step, device, n_steps, count, unit, notes="", warmup=True):
     """Warm-up once (unless ``warmup`` is False), then time ``n_steps`` calls of ``step``; peak
     memory over all of them."""
@@ -174,8 +183,19 @@ def run(args) -> dict:
     lat_side = sd_res // 8
     rows = []
 
-    def m(*a, **k):  # the dry run skips warm-ups: it checks the code, not the numbers
-        return measure(*a, warmup=not dry, **k)
+    def m(name, step, device, n_steps, count, unit, **k):
+        """measure(), the dry run without warm-ups (it checks the code, not the numbers); a stage
+        that fails (say, out of memory) is recorded with its error and the others still run."""
+        try:
+            row = measure(name, step, device, n_steps, count, unit, warmup=not dry, **k)
+        except Exception as err:  # noqa: BLE001  (reported in the table and the JSON)
+            traceback.print_exc()
+            row = {"stage": name, "unit": unit, "count": count, "per_step_s": None, "projected_s": None,
+                   "peak_bytes": None, "error": f"{type(err).__name__}: {err}"[:300]}
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        _write_partial(args.out, rows + [row])
+        return row
 
     print(f"pipeline at {'tiny (dry run)' if dry else 'paper'} settings on {dev}", flush=True)
 
@@ -344,6 +364,9 @@ def table(result: dict) -> str:
              f"- peak memory: {result['memory_method']}", "",
              "| stage | per step | count | projected | peak memory |", "|---|---:|---:|---:|---:|"]
     for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['stage']} | failed: {r['error']} | {r['count']} | – | – |")
+            continue
         lines.append(f"| {r['stage']} | {r['per_step_s'] * 1e3:.1f} ms/{r['unit']} | {r['count']} | "
                      f"{r['projected_s'] / 60:.2f} min | {r['peak_bytes'] / gib:.2f} GiB |")
     total, peak = result["projected_total_s"], result["peak_bytes"]
@@ -352,12 +375,15 @@ def table(result: dict) -> str:
               f"{PAPER_4090_MIN['sds']:.0f} min, refinement ≈ {PAPER_4090_MIN['fit']:.0f} min, whole ≈ "
               f"{PAPER_4090_MIN['total']:.0f} min. Target: ≤ {TARGET_MIN:.0f} min, ≤ {TARGET_GIB:.0f} GiB."]
     gaps = []
+    ok = [r for r in rows if not r.get("error")]
+    if len(ok) < len(rows):
+        gaps.append("failed stages: " + ", ".join(r["stage"] for r in rows if r.get("error")))
     if total / 60 > TARGET_MIN:
-        big = sorted(rows, key=lambda r: -r["projected_s"])[:3]
+        big = sorted(ok, key=lambda r: -r["projected_s"])[:3]
         gaps.append(f"time: {total / 60:.1f} min > {TARGET_MIN:.0f}; largest stages: " +
                     ", ".join(f"{r['stage']} {r['projected_s'] / 60:.1f} min" for r in big))
     if peak / gib > TARGET_GIB:
-        top = max(rows, key=lambda r: r["peak_bytes"])
+        top = max(ok, key=lambda r: r["peak_bytes"])
         gaps.append(f"memory: {peak / gib:.1f} GiB > {TARGET_GIB:.0f}; largest: {top['stage']}")
     lines += ["", "Between this and the target: " + ("; ".join(gaps) if gaps else "nothing (both met).")]
     rv = result["renderer"]
@@ -390,12 +416,18 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     pipeline = run(args)
-    renderer = renderer_vs_official(args)
+    try:
+        renderer = renderer_vs_official(args)
+    except Exception as err:  # noqa: BLE001  (the pipeline's results are written regardless)
+        traceback.print_exc()
+        renderer = {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
     rows = pipeline["rows"]
-    total = sum(r["projected_s"] for r in rows if "fp16" not in r["stage"])
+    ok = [r for r in rows if not r.get("error")]
+    total = sum(r["projected_s"] for r in ok if "fp16" not in r["stage"])
     result = {"dry_run": args.dry_run, "machine": machine_info(args.device), "pipeline": pipeline,
               "renderer": renderer, "projected_total_s": total,
-              "peak_bytes": max(r["peak_bytes"] for r in rows),
+              "peak_bytes": max((r["peak_bytes"] for r in ok), default=0),
+              "failed_stages": [r["stage"] for r in rows if r.get("error")],
               "memory_method": ("torch.cuda.max_memory_allocated − memory_allocated before, per stage"
                                 if args.device.startswith("cuda") else
                                 "resident-set growth per stage (VmHWM − VmRSS before)"),
@@ -407,7 +439,7 @@ def main(argv=None) -> int:
         os.replace(tmp, os.path.join(args.out, name))
     print(table(result))
     print(f"(wall {result['wall_s']:.0f} s; written {args.out}/gpu_check.md and .json)")
-    return 0
+    return 1 if result["failed_stages"] else 0
 
 
 if __name__ == "__main__":

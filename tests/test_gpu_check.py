@@ -22,7 +22,7 @@ def test_gpu_check_dry_run_writes_the_table_and_json(tmp_path):
     table = (tmp_path / "gpu_check.md").read_text()
     assert "DRY RUN" in table and "| **projected total** (fp32 guidance) |" in table
     data = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert data["dry_run"] is True and data["machine"]["device"] == "cpu"
+    assert data["dry_run"] is True and data["machine"]["device"] == "cpu" and data["failed_stages"] == []
     rows = {r["stage"]: r for r in data["pipeline"]["rows"]}
     assert tuple(rows) == STAGES
     counts = {"inversion": 500, "sds (fp32 guidance)": 2000, "refinement fit": 399, "videos (frame)": 360,
