@@ -148,9 +148,10 @@ def importance_depths(depths: Tensor, weights: Tensor, n: int, deterministic: bo
     return sample_pdf(z_mid, w[:, 1:-1], n, deterministic).reshape(b, m, n, 1)
 
 
-# Raw σ below which an interval touching a cropped point (σ = crop_density = −1e3) composites to a
-# weight of exactly 0 in float32: softplus((σ − 1e3)/2 − 1) underflows to 0 for σ < ~795.
-_CROP_SKIP_MAX_SIGMA = 700.0
+# float32 softplus(x) is exactly 0 for x below ~−104; an interval between a cropped point (raw σ =
+# crop_density, −1e3) and a kept one of raw σ below −crop_density − 300 (700) has (σ_a + σ_b)/2 − 1
+# below −151, so its weight is exactly 0.
+_CROP_SKIP_MARGIN = 300.0
 
 
 def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_density: float
@@ -162,10 +163,12 @@ def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_dens
     raw σ is below ~795): its features are multiplied by weight 0 and receive gradient 0. Their
     value cannot change the image, the depth, the weights or any gradient, so they are returned as
     0 without sampling the pyramid (a quarter of the coarse samples for a frontal camera). If a
-    kept point has σ ≥ 700, every point is evaluated, as the official renderer does.
+    kept point has σ ≥ 700 (or the crop density is not strongly negative), every point is
+    evaluated, as the official renderer does.
     """
     b, n, _ = points.shape
-    if points.device.type == "meta" or not cropped.any():
+    limit = -crop_density - _CROP_SKIP_MARGIN
+    if limit <= 0 or points.device.type == "meta" or not cropped.any():
         return field(points)
     keep = ~cropped[..., 0]  # [B, N]
     counts = keep.sum(1)
@@ -178,7 +181,7 @@ def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_dens
     order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
     sigma_k, feats_k = field(torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 3)))
     valid = (torch.arange(k, device=points.device) < counts[:, None]).unsqueeze(-1)  # [B, K, 1]
-    if bool((sigma_k.detach().masked_fill(~valid, float("-inf")) >= _CROP_SKIP_MAX_SIGMA).any()):
+    if bool((sigma_k.detach().masked_fill(~valid, float("-inf")) >= limit).any()):
         return field(points)
     sigma = sigma_k.new_full((b, n, 1), crop_density).scatter(
         1, order.unsqueeze(-1), torch.where(valid, sigma_k, torch.full_like(sigma_k, crop_density)))
