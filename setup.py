@@ -10,6 +10,7 @@ setup(
     install_requires=["torch>=2.0", "numpy", "safetensors", "tqdm", "imageio", "imageio-ffmpeg", "scipy",
                       "opencv-python-headless"],
     # text-to-image, SDEdit, CLIP score, FID (requirements.txt pins the tested versions)
-    extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"]},
+    extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"],
+                    "batch": ["ray[default]"]},  # portrait3d batch
     entry_points={"console_scripts": ["gan-prior=gan_prior.cli:main", "portrait3d=portrait3d.cli:main"]},
 )
