@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 from gan_prior.files import atomic_path, read_json
 
 from .cli import UsageError
-from .run import LaunchKilled, Trial, find_trial, resolve_config, train_and_export
+from .run import LaunchKilled, Trial, find_trial, resolve_config, train_and_export, yaml_quote
 from .threestudio_env import REPO_ROOT, ThreestudioError, extension_installed, find_threestudio
 
 MANIFEST = "manifest.jsonl"
@@ -52,7 +52,7 @@ class Job:
 
     def launch_overrides(self, common: Sequence[str]) -> List[str]:
         """threestudio overrides: the batch's, then this prompt's (which win)."""
-        return [f"{PROMPT_KEY}={self.prompt}", f"seed={self.seed}", *common, *self.overrides]
+        return [f"{PROMPT_KEY}={yaml_quote(self.prompt)}", f"seed={self.seed}", *common, *self.overrides]
 
     def inputs(self, config: str, common: Sequence[str]) -> dict:
         """What makes a trial: a finished or failed entry with other inputs is run again."""

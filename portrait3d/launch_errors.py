@@ -55,7 +55,7 @@ def _unexpected_keyword(exc: TypeError) -> Optional[str]:
     """threestudio's ``parse_structured`` builds ``Config(**cfg)``: an unknown key is a TypeError."""
     import dataclasses
 
-    m = re.search(r"(\w+(?:\.\w+)*)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
+    m = re.search(r"([\w.<>]+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
     if not m:
         return None
     qualname, key = m.groups()
@@ -77,7 +77,8 @@ def one_line(exc: BaseException) -> Optional[str]:
     """The one-line message for ``exc``, or None to keep the traceback."""
     name, text = type(exc).__name__, str(exc)
     first = text.strip().splitlines()[0] if text.strip() else name
-    if name == "MissingMandatoryValue" and getattr(exc, "full_key", None) in ("tag", PROMPT):
+    missing = name in ("MissingMandatoryValue", "InterpolationToMissingValueError")
+    if missing and (getattr(exc, "full_key", None) in ("tag", PROMPT) or PROMPT in text):
         return f"{PROMPT} is not set: add {PROMPT}=\"upper body photo, portrait of ...\" to the command"
     if name == "InterpolationResolutionError" and "'NoneType' object has no attribute 'replace'" in text:
         return f"{PROMPT} is empty: give the text of the portrait, {PROMPT}=\"upper body photo, ...\""
@@ -100,9 +101,9 @@ def one_line(exc: BaseException) -> Optional[str]:
 def remove_empty_trial(exc: BaseException) -> None:
     """Remove the trial folder launch.py made for this run if the error left no file in it."""
     tb, trial = exc.__traceback__, None
-    while tb is not None:
-        cfg = tb.tb_frame.f_locals.get("cfg")
-        trial = getattr(cfg, "trial_dir", None) if cfg is not None else trial
+    while tb is not None:  # launch.py's main() holds the ExperimentConfig as `cfg`
+        found = getattr(tb.tb_frame.f_locals.get("cfg"), "trial_dir", None)
+        trial = found if isinstance(found, str) and found else trial
         tb = tb.tb_next
     if isinstance(trial, str) and os.path.isdir(trial):
         if not any(files for _, _, files in os.walk(trial)):

@@ -123,6 +123,12 @@ def last_error(log: Optional[str]) -> str:
     return ""
 
 
+def yaml_quote(value: str) -> str:
+    """``value`` as a YAML single-quoted string, for a ``key=value`` override (threestudio's CLI
+    parses values as YAML: ``a: b`` would become a mapping, ``007`` a number)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def find_trial(outputs: str, tag: str) -> Optional[Trial]:
     """The trial folder ``<outputs>/<config name>/<tag>`` a fixed-tag run made, if any."""
     found = [d for d in glob.glob(os.path.join(os.path.abspath(outputs), "*", tag))
@@ -171,13 +177,15 @@ def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: 
         else:
             # a fixed tag: a trial killed before its first checkpoint starts again in the same folder
             # (its initialisation, if finished, is reused)
-            stamp = ["use_timestamp=false", f"tag={tag}"] if tag else [f"timestamp={time.strftime('@%Y%m%d-%H%M%S')}"]
-            args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", *stamp, *overrides]
+            stamp = time.strftime("@%Y%m%d-%H%M%S")
+            # quoted: YAML would read '@...' as reserved and a tag such as 007 as a number
+            fixed = ["use_timestamp=false", f"tag={yaml_quote(tag)}"] if tag else [f"timestamp={yaml_quote(stamp)}"]
+            args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", *fixed, *overrides]
             code = launch(root, args, log, stats)
             if tag:
                 trial = find_trial(outputs, tag)
             else:
-                found = glob.glob(os.path.join(os.path.abspath(outputs), "*", f"*{stamp[0].split('=')[1]}"))
+                found = glob.glob(os.path.join(os.path.abspath(outputs), "*", f"*{stamp}"))
                 trial = Trial(found[0]) if len(found) == 1 else None
         if code != 0 or trial is None:
             raise _failed("training", code if code != 0 else 1, log, trial)

@@ -87,6 +87,19 @@ def extension_installed(root: str) -> bool:
     return False
 
 
+def _plain_members(tar: tarfile.TarFile, archive: str) -> List[tarfile.TarInfo]:
+    """PEP 706's "data" filter where Python lacks it: files, folders and links inside the archive only."""
+    members = []
+    for m in tar.getmembers():
+        parts = m.name.replace("\\", "/").split("/")
+        target = m.linkname.replace("\\", "/").split("/") if (m.issym() or m.islnk()) else []
+        if m.name.startswith("/") or ".." in parts or (m.issym() and (m.linkname.startswith("/") or ".." in target)):
+            raise ThreestudioError(f"{archive}: unsafe path {m.name!r} in the archive; refusing to extract it")
+        if m.isfile() or m.isdir() or m.issym() or m.islnk():
+            members.append(m)
+    return members
+
+
 def _extract_archive(archive: str, dest: str) -> None:
     """Extract a ``threestudio/``-rooted tarball into ``dest`` (atomically: a temp folder renamed)."""
     parent = os.path.dirname(dest)
@@ -94,7 +107,10 @@ def _extract_archive(archive: str, dest: str) -> None:
     tmp = tempfile.mkdtemp(prefix=".threestudio.", dir=parent)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (PEP 706)
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp, members=_plain_members(tar, archive))
         entries = os.listdir(tmp)
         src = os.path.join(tmp, entries[0]) if len(entries) == 1 else tmp
         if not is_checkout(src):

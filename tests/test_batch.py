@@ -64,8 +64,15 @@ def test_prompt_files_text_and_jsonl(tmp_path):
     assert [(j.name, j.seed, j.line) for j in jobs] == [("upper_body_photo_a_man", 7, 3), ("w", 3, 5),
                                                          ("a_child", 7, 6)]
     assert jobs[1].launch_overrides(["data.width=32"]) == [
-        "system.prompt_processor.prompt=a woman", "seed=3", "data.width=32", "system.refine.steps=5"]
+        "system.prompt_processor.prompt='a woman'", "seed=3", "data.width=32", "system.refine.steps=5"]
     assert jobs[2].overrides == ["system.sds_steps=1"]
+    # a prompt reaches threestudio's YAML command line as it is written (no mapping, number or quote lost)
+    from omegaconf import OmegaConf
+
+    for prompt in ("portrait: a man's face, [old]", "007", "yes"):
+        (tmp_path / "q.txt").write_text(prompt + "\n")
+        override = read_prompts(str(tmp_path / "q.txt"))[0].launch_overrides([])[0]
+        assert OmegaConf.from_cli([override]).system.prompt_processor.prompt == prompt
 
 
 @pytest.mark.parametrize("text, message", [
@@ -117,7 +124,7 @@ def _killer(out, found):
     time.sleep(0.5)  # let the write finish
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if any(a.endswith("launch.py") for a in cmd) and "tag=man" in cmd:
+        if any(a.endswith("launch.py") for a in cmd) and "tag='man'" in cmd:
             worker = proc.parent()
             found.update(child=proc.pid, worker=worker.pid, worker_cmd=" ".join(worker.cmdline())[:300],
                          step4_mtime=os.path.getmtime(step4))
