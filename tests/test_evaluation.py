@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from helpers import random_inception_weights
 
 from gan_prior import evaluation as E
