@@ -24,7 +24,7 @@ _EXPORTS = {
     "CANONICAL_RADIUS": "camera", "GAN_FOCAL": "camera", "LOOKAT_PIVOT": "camera", "SDS_FOCAL": "camera",
     "camera_label": "camera", "canonical_label": "camera", "label_to_threestudio": "camera",
     "lookat_pose": "camera", "threestudio_c2w_to_label": "camera",
-    "CheckpointError": "checkpoint", "load_pyramid": "checkpoint", "save_pyramid": "checkpoint",
+    "CheckpointError": "checkpoint", "load_pyramid": "pyramid_files", "save_pyramid": "pyramid_files",
     "PortraitGAN": "generator", "PortraitGANConfig": "generator", "tiny_config": "generator",
     "RenderConfig": "renderer", "render_rays": "renderer",
 }

@@ -47,13 +47,29 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
+class _TorchvisionFinder(importlib.abc.MetaPathFinder):
+    """On the first ``import torchvision``, applies :mod:`gan_prior.torchvision_compat` (imported only
+    then, so that start-up imports no ``gan_prior`` and the one on the path at that time is used)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "torchvision":
+            sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionFinder)]
+            from gan_prior import torchvision_compat
+
+            torchvision_compat.uninstall_hook()  # (armed by gan_prior's import) done here, now
+            try:
+                torchvision_compat.define_missing_op_schemas()
+            except Exception:  # never break an import: torchvision then reports its own error
+                pass
+        return None
+
+
 def install() -> None:
     """Arm the stand-in finder, the torchvision hook and the warning filters (idempotent)."""
     if not any(isinstance(f, _StandInFinder) for f in sys.meta_path):
         sys.meta_path.append(_StandInFinder())
-    from gan_prior import torchvision_compat
-
-    torchvision_compat.install_hook()
+    if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionFinder())
     quiet_known_warnings()
 
 

@@ -214,9 +214,12 @@ def checkpoint_step(path: str) -> Optional[int]:
 def describe(trial: Trial, root: str) -> str:
     """What a user needs next: where the results are, and the resume / export commands."""
     lines = [f"trial folder: {trial.folder}"]
+    page = os.path.join(trial.folder, "save", "index.html")  # portrait3d.report, written by the run
+    if os.path.isfile(page):
+        lines.append(f"  {'report':<8} {os.path.relpath(page, trial.folder)}  (open it in a browser)")
     for kind, paths in trial.files().items():
         for path in paths:
-            lines.append(f"  {kind[:-1]:<7} {path}")
+            lines.append(f"  {kind:<8} {os.path.relpath(path, trial.folder)}")
     resume = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args()])
     export = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args("--export")])
     lines += [f"resume (from {root}):", f"  {resume}", "export again:", f"  {export}"]

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from weights import fill_state_dict
 
 from gan_prior import PortraitGAN, PortraitGANConfig, RenderConfig, sample_pyramid
-from gan_prior.checkpoint import load_state_into
+from gan_prior.generator import load_state_into
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "official_parity.safetensors")
 ATOL = 1e-4  # float32; the helper measured importance-sampling mistakes at >= 3e-3

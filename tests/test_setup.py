@@ -96,6 +96,7 @@ def run_python(code, path_entries=(), site=None):
 def test_start_up_file_serves_stand_ins_only_where_the_real_package_is_missing(tmp_path):
     # the .pth line as site.py runs it
     code = (threestudio_env.STARTUP_LINE.strip() + "\n"
+            "import sys; assert 'gan_prior' not in sys.modules and 'torch' not in sys.modules  # cheap\n"
             "import tinycudann, nvdiffrast.torch, controlnet_aux, sys\n"
             "print(tinycudann.__file__); print(nvdiffrast.torch.__file__)\n"
             "print(sys.excepthook._portrait3d)\n")

@@ -21,9 +21,10 @@ from .background import gan_background  # noqa: E402,F401
 from .data import portrait3d_camera  # noqa: E402,F401
 from .exporter import portrait3d_exporter  # noqa: E402,F401
 from .geometry import pyramid_trigrid  # noqa: E402,F401
+from .initializer import gan_prior_initializer  # noqa: E402,F401
 from .material import gan_material  # noqa: E402,F401
 from .renderer import portrait3d_renderer  # noqa: E402,F401
-from .system import gan_prior_initializer, portrait3d  # noqa: E402,F401
+from .system import portrait3d  # noqa: E402,F401
 from .utils.cpu_compat import apply_cpu_compat  # noqa: E402
 from .utils.diffusers_compat import apply_vsd_lora_compat  # noqa: E402
 
