@@ -233,7 +233,7 @@ def run(args) -> dict:
     rows.append(m("inversion", inversion, dev, n["inversion"], 500, "step"))
     for b in noise:
         b.requires_grad_(False)
-    del opt, w_opt
+    opt = w_opt = None  # free them before the SDS stage
 
     # ---- SDS (fp32 guidance, the official setting; then fp16 guidance)
     alphas = torch.linspace(0.9991, 0.0047, 1000, device=dev)  # SD's alphas_cumprod range
