@@ -416,7 +416,10 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
     ]
     for r in rows:
         o, f = r["ours"], r.get("official")
-        g = (lambda k: f[k] if f else None)
+
+        def g(k, f=f):
+            return f[k] if f else None
+
         lines.append(
             f"| {r['case']} | {fmt_s(o['forward_median_s'])} | {fmt_s(o['fwd_bwd_median_s'])} | "
             f"{fmt_s(g('forward_median_s'))} | {fmt_s(g('fwd_bwd_median_s'))} | "
