@@ -12,6 +12,7 @@ setup(
                       "imageio-ffmpeg>=0.4.9", "scipy>=1.10", "opencv-python-headless>=4.8,<5",
                       "PyYAML>=6.0"],
     # text-to-image, SDEdit, CLIP score, FID (requirements.txt pins the tested versions)
-    extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"]},
+    extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"],
+                    "batch": ["ray[default]"]},  # portrait3d batch
     entry_points={"console_scripts": ["gan-prior=gan_prior.cli:main", "portrait3d=portrait3d.cli:main"]},
 )
