@@ -26,6 +26,7 @@ from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
 from .pyramid_files import load_pyramid, save_pyramid
+from .tiny_models import tiny_model_path
 
 DEBUG_ENV = "GAN_PRIOR_DEBUG"  # set to 1 to see the traceback of an unexpected error
 
@@ -34,7 +35,23 @@ class UsageError(ValueError):
     """A bad argument: printed as one ``error:`` line."""
 
 
+TINY_CHECKPOINT = "tiny"
+CHECKPOINT_HELP = ("model_512.pkl, an official-key state dict, or a saved folder; 'tiny' = a tiny random GAN "
+                   "built on first use (smoke runs: its images are coloured noise)")
+
+
+def checkpoint_path(value: str) -> str:
+    """``--checkpoint``: a path as given, or the tiny random GAN's folder for ``tiny``."""
+    if value == TINY_CHECKPOINT:
+        return tiny_model_path("portrait-gan")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)  # --help shows defaults
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one line instead of argparse's usage block
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
@@ -135,15 +152,13 @@ def cmd_render(args) -> None:
 
 def cmd_invert(args) -> None:
     from .alignment import make_detector
-    from .inversion import InversionConfig
-    from .portrait_init import PortraitInitConfig, initialize_portrait
+    from .portrait_init import RANDOM_VGG16, PortraitInitConfig, initialize_portrait
 
-    cfg = PortraitInitConfig(
+    cfg = PortraitInitConfig.from_dict(dict(
         prompt=args.prompt, image=args.image, text_to_image_model=args.sd_model, num_candidates=args.candidates,
         candidate_seed=args.seed, candidate_steps=args.sd_steps, candidate_resolution=args.sd_resolution,
-        detector=args.detector, aligned_resolution=args.aligned_resolution, vgg16=args.vgg16,
-        allow_random_vgg16=args.vgg16 is None,
-        inversion=InversionConfig(steps=args.steps, resolution=args.resolution))
+        detector=args.detector, aligned_resolution=args.aligned_resolution, vgg16=args.vgg16 or RANDOM_VGG16,
+        inversion=dict(steps=args.steps, resolution=args.resolution)))
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("--prompt: empty; describe the portrait, e.g. \"portrait of a 25 y.o. woman\"")
     if args.seed + args.candidates - 1 > MAX_SEED:
@@ -158,8 +173,8 @@ def cmd_invert(args) -> None:
     except ValueError as e:
         raise UsageError(f"--detector: {e}") from None
     G = PortraitGAN.from_checkpoint(args.checkpoint)
-    if args.vgg16 is None:
-        print("warning: no --vgg16 given: using a randomly initialised VGG16 (only for smoke tests)", file=sys.stderr)
+    if cfg.allow_random_vgg16:
+        print("warning: no --vgg16 file: using a randomly initialised VGG16 (only for smoke tests)", file=sys.stderr)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     initialize_portrait(G, args.checkpoint, cfg, args.out, device, overwrite=args.overwrite or False)
     print(f"wrote {args.out}: aligned.png, w_plus.safetensors, pyramid.safetensors, comparison.png (target | inversion)")
@@ -171,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolution = bounded_int(1, MAX_RESOLUTION)
 
     def common(sp):
-        sp.add_argument("--checkpoint", required=True, help="model_512.pkl, an official-key state dict, or a saved folder")
+        sp.add_argument("--checkpoint", required=True, type=checkpoint_path, help=CHECKPOINT_HELP)
         sp.add_argument("--out", required=True, help="output folder")
         sp.add_argument("--resolution", type=resolution, default=256, help="render size in pixels (neural rendering, no SR)")
         sp.add_argument("--frames", type=bounded_int(0, MAX_FRAMES), default=120, help="turntable frames (0 = no video)")
@@ -180,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front image + turntable video")
     common(s)
-    s.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0)
+    s.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="seed of the latent z")
     s.add_argument("--truncation", type=finite_float(-10.0, 10.0), default=0.7,
                    help="ψ: 0 = the average face, 1 = no truncation")
     s.set_defaults(func=cmd_sample, outputs=sample_outputs)
@@ -194,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_render, outputs=render_outputs)
 
     v = sub.add_parser("invert", help="a photo (or a prompt) → aligned crop → w+ → pyramid tri-grid (GAN inversion)")
-    v.add_argument("--checkpoint", required=True, help="model_512.pkl, an official-key state dict, or a saved folder")
+    v.add_argument("--checkpoint", required=True, type=checkpoint_path, help=CHECKPOINT_HELP)
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", help="a portrait photo (any size; the face is found and framed as the GAN's renders)")
     src.add_argument("--prompt", help="generate candidate portraits with Stable Diffusion first")
@@ -202,18 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (finished steps made from the same inputs are reused)")
     v.add_argument("--overwrite", action="store_true",
                    help="redo every step, replacing a result in --out (also one made from other inputs)")
-    v.add_argument("--vgg16", default=None, help="torchvision VGG16 state dict (torch.save) for the perceptual loss")
+    v.add_argument("--vgg16", default=None, help="the official vgg16.pt or a torchvision VGG16 state dict for the "
+                   "perceptual loss; 'random' (or none) = a random network, for smoke runs only")
     v.add_argument("--detector", default="haar",
                    help="'haar' (OpenCV, default), an OpenCV cascade .xml, 'module:callable', or 'none' (already aligned)")
     v.add_argument("--steps", type=bounded_int(0, 100_000), default=500, help="inversion steps")
     v.add_argument("--resolution", type=bounded_int(16, MAX_RESOLUTION), default=256,
                    help="neural render size compared with the image")
-    v.add_argument("--aligned-resolution", type=bounded_int(16, MAX_RESOLUTION), default=512)
+    v.add_argument("--aligned-resolution", type=bounded_int(16, MAX_RESOLUTION), default=512,
+                   help="size of the aligned square crop")
     v.add_argument("--sd-model", default=DEFAULT_TEXT_TO_IMAGE_MODEL, help="diffusers folder or hub id")
-    v.add_argument("--candidates", type=bounded_int(1, 64), default=6)
+    v.add_argument("--candidates", type=bounded_int(1, 64), default=6, help="candidate images from the prompt")
     v.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0,
                    help="seed of the first candidate (candidate i: seed + i)")
-    v.add_argument("--sd-steps", type=bounded_int(1, 1000), default=50)
+    v.add_argument("--sd-steps", type=bounded_int(1, 1000), default=50, help="PLMS steps per candidate")
     v.add_argument("--sd-resolution", type=bounded_int(64, 2048), default=512, help="a multiple of 8")
     v.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
     v.set_defaults(func=cmd_invert, outputs=lambda args: [])

@@ -52,6 +52,9 @@ from .pyramid_files import load_pyramid, save_pyramid
 ProgressFn = Callable[[str], None]
 
 
+RANDOM_VGG16 = "random"  # vgg16 option value: a randomly initialised perceptual network (smoke runs only)
+
+
 @dataclass
 class PortraitInitConfig:
     """Everything that decides the initialisation (and therefore :func:`init_key`)."""
@@ -75,13 +78,16 @@ class PortraitInitConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping, option: str = "portrait") -> "PortraitInitConfig":
-        """From plain options (``inversion`` a dict of :class:`InversionConfig` fields); an unknown
-        key is a one-line error naming ``option`` and the valid keys."""
+        """From plain options (``inversion`` a dict of :class:`InversionConfig` fields; ``vgg16:
+        random`` = a random perceptual network, for smoke runs); an unknown key is a one-line error
+        naming ``option`` and the valid keys."""
         for name, kind, given in ((option, cls, d), (f"{option}.inversion", InversionConfig, d.get("inversion") or {})):
             unknown = set(given) - {f.name for f in fields(kind)}
             if unknown:
                 raise ValueError(f"{name}: unknown key(s) {sorted(unknown)}; valid: {sorted(f.name for f in fields(kind))}")
         d = dict(d)
+        if d.get("vgg16") == RANDOM_VGG16:
+            d.update(vgg16=None, allow_random_vgg16=True)
         if not isinstance(d.get("inversion", InversionConfig()), InversionConfig):
             d["inversion"] = InversionConfig(**dict(d["inversion"]))
         return cls(**d)

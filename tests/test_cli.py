@@ -122,3 +122,23 @@ def test_invert_from_a_prompt(model_dir, tmp_path):
     assert aligned.shape == (32, 32, 3)
     assert abs(aligned.astype(int) - cv2.resize(first, (32, 32), interpolation=cv2.INTER_AREA).astype(int)).max() <= 1
     assert sorted(load_pyramid(str(out / "pyramid.safetensors"))[0]) == [8, 16, 32]
+
+
+def test_tiny_checkpoint_random_vgg16_and_defaults_in_help(tmp_path, monkeypatch):
+    """What the README offers a newcomer without weights: `--checkpoint tiny` (built on first use into
+    PORTRAIT3D_CACHE), `--vgg16 random`, and --help that shows each default."""
+    monkeypatch.setenv("PORTRAIT3D_CACHE", str(tmp_path / "cache"))
+    r = run("sample", "--checkpoint", "tiny", "--out", str(tmp_path / "s"), "--resolution", "16", "--frames", "0")
+    assert r.returncode == 0, r.stderr
+    levels, ws = load_pyramid(str(tmp_path / "s" / "pyramid.safetensors"))
+    assert sorted(levels) == [8, 16, 32] and torch.isfinite(ws).all()
+    assert os.listdir(tmp_path / "cache")  # the tiny GAN was built there
+    assert not (tmp_path / "s" / "turntable.mp4").exists()  # --frames 0: no video asked for, none written
+    imageio.imwrite(tmp_path / "face.png", (torch.rand(32, 32, 3) * 255).byte().numpy())
+    r = run("invert", "--checkpoint", "tiny", "--image", str(tmp_path / "face.png"), "--out", str(tmp_path / "inv"),
+            "--steps", "1", "--resolution", "16", "--detector", "none", "--aligned-resolution", "32",
+            "--vgg16", "random")
+    assert r.returncode == 0, r.stderr
+    assert "randomly initialised VGG16" in r.stderr
+    help_text = " ".join(run("sample", "--help").stdout.split())  # argparse wraps lines
+    assert "(default: 120)" in help_text and "(default: 0.7)" in help_text

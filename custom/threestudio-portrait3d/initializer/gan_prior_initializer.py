@@ -61,8 +61,6 @@ class GANPriorInitializer(BaseObject):
             d["image"] = None
         else:
             d["prompt"] = None
-        if d.get("vgg16") == "random":
-            d.update(vgg16=None, allow_random_vgg16=True)
         return PortraitInitConfig.from_dict(d, "system.initializer.portrait")
 
     def __call__(self, save_dir: Optional[str] = None, device: str = "cpu") -> Tuple[Dict[int, Tensor], Tensor]:
