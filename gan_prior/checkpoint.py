@@ -315,6 +315,13 @@ def infer_config(state: Mapping[str, torch.Tensor], path: str, base=None):
         ch = {r: state[f"bcg_synthesis.b{r}.conv1.weight"].shape[0] for r in (2 ** i for i in range(2, res.bit_length()))}
         changes.update(background_resolution=res, background_channel_max=max(ch.values()),
                        background_channel_base=max(c * r for r, c in ch.items()))
+    sr = "superresolution.block0.conv0.weight"
+    changes["superresolution"] = sr in state
+    if sr in state:
+        changes["superresolution_channels"] = (int(state[sr].shape[0]),
+                                               int(state["superresolution.block1.conv0.weight"].shape[0]))
+        # SR input side = background side (official: the bcg is built at the SR input resolution)
+        changes["background_resolution"] = int(state["superresolution.block0.conv0.noise_const"].shape[0]) // 2
     return type(cfg)(**{**cfg.to_dict(), "render": cfg.render, **changes})
 
 
@@ -341,7 +348,10 @@ def _config_from_init_kwargs(kwargs: dict, state: dict, path: str):
         depth_resolution=int(rk.get("depth_resolution", RenderConfig.depth_resolution)),
         depth_resolution_importance=int(rk.get("depth_resolution_importance", RenderConfig.depth_resolution_importance)),
     )
-    base = PortraitGANConfig(trigrid_depth=int(rk.get("triplane_depth", 3)), render=render)
+    # official SuperresolutionHybrid8XDC: conv_clamp = 256 if sr_num_fp16_res > 0 else None
+    sr_clamp = 256.0 if int(kwargs.get("sr_num_fp16_res", 4)) > 0 else None
+    base = PortraitGANConfig(trigrid_depth=int(rk.get("triplane_depth", 3)), render=render,
+                             superresolution_conv_clamp=sr_clamp)
     return infer_config(state, path, base)
 
 
@@ -384,9 +394,9 @@ def load_generator(path: str, map_location="cpu"):
     return g.to(map_location).eval().requires_grad_(False)
 
 
-# Official entries that this port does not build (super-resolution, body-pose branch, SMPL
-# buffers, the dataset label statistics).
-_UNUSED_PREFIXES = ("superresolution.", "pose_branch.", "renderer.", "dataset_label_std")
+# Official entries that this port does not build (body-pose branch, SMPL buffers, the dataset
+# label statistics).
+_UNUSED_PREFIXES = ("pose_branch.", "renderer.", "dataset_label_std")
 
 
 def load_state_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:

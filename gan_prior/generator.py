@@ -2,14 +2,15 @@
 
 Module names mirror the official ``TriPlaneGenerator`` so official state dicts load as they
 are: ``backbone.mapping``, ``backbone.synthesis`` (2D blocks ``b{r}`` and 3D-aware blocks
-``b3d{r}``), ``decoder``, ``torgb`` and ``bcg_synthesis``. The super-resolution module, the
-body-pose branch and the SMPL buffers of the official file are not needed after inversion and
-are not built (every stage after inversion renders the canonical, undeformed pyramid).
+``b3d{r}``), ``decoder``, ``torgb``, ``bcg_synthesis`` and ``superresolution``. The body-pose
+branch and the SMPL buffers of the official file are not built (every stage renders the
+canonical, undeformed pyramid).
 
     G = PortraitGAN.from_checkpoint(path)
     ws = G.mapping(z, c)                      # [B, 14, 512]
     pyramid = G.synthesize_pyramid(ws)        # {8: [B,3,36,8,8], …, 512: [B,3,36,512,512]}
     out = G.render(pyramid, ws, c, resolution=64)   # image / depth / mask
+    out = G.synthesize(ws, c)                 # official synthesis: image (SR, 512²) + image_raw (128²)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .layers import ToRGBLayer
 from .mapping import MappingNetwork
 from .pyramid_trigrid import TRIGRID_CHANNELS, TRIGRID_DEPTH, sample_pyramid
 from .renderer import RenderConfig, rays_from_label, render_rays
+from .superresolution import SR_CONV_CLAMP, Superresolution
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
 
 MASK_EPS = 0.001  # official image_mask = opacity·(1 + 2·0.001) − 0.001
@@ -48,6 +50,11 @@ class PortraitGANConfig:
     background_resolution: int = 128
     background_channel_base: int = 32768
     background_channel_max: int = 512
+    # Official SuperresolutionHybrid8XDC: input = the background resolution (the official
+    # bcg_synthesis is built at superresolution.input_resolution), output 4× that.
+    superresolution: bool = True
+    superresolution_channels: tuple[int, int] = (256, 128)
+    superresolution_conv_clamp: Optional[float] = SR_CONV_CLAMP  # None when sr_num_fp16_res = 0
     render: RenderConfig = field(default_factory=RenderConfig)
 
     @classmethod
@@ -57,6 +64,10 @@ class PortraitGANConfig:
         if unknown:
             raise ValueError(f"{source}: unknown generator option(s) {sorted(unknown)}; valid: {sorted(names)}")
         d = dict(d)
+        # Folders saved before the superresolution port hold no SR weights.
+        d.setdefault("superresolution", False)
+        if "superresolution_channels" in d:
+            d["superresolution_channels"] = tuple(d["superresolution_channels"])
         if "render" in d and not isinstance(d["render"], RenderConfig):
             d["render"] = RenderConfig().replace(**d["render"])
         return cls(**d)
@@ -72,12 +83,23 @@ class PortraitGANConfig:
     def level_sizes(self) -> list[int]:
         return [2 ** i for i in range(3, int(math.log2(self.synthesis_resolution)) + 2)]
 
+    @property
+    def neural_rendering_resolution(self) -> int:
+        """The official ``neural_rendering_resolution`` of ``synthesize`` (128 for model_512)."""
+        return self.background_resolution
+
+    @property
+    def image_resolution(self) -> int:
+        """Side of the superresolved ``image`` (512 for model_512)."""
+        return 4 * self.background_resolution
+
 
 def tiny_config(**overrides) -> PortraitGANConfig:
     """A small configuration of the same architecture (levels 8…32, narrow background),
     for tests and the tiny pipeline."""
     base = dict(z_dim=64, w_dim=64, synthesis_resolution=16, background_resolution=32,
                 background_channel_base=512, background_channel_max=32,
+                superresolution_channels=(16, 8),
                 render=RenderConfig(depth_resolution=12, depth_resolution_importance=12))
     base.update(overrides)
     return PortraitGANConfig(**base)
@@ -103,6 +125,9 @@ class PortraitGAN(nn.Module):
         self.bcg_synthesis = (BackgroundSynthesis(cfg.w_dim, cfg.background_resolution, cfg.feature_channels,
                                                   cfg.background_channel_base, cfg.background_channel_max)
                               if cfg.background else None)
+        self.superresolution = (Superresolution(cfg.feature_channels, cfg.w_dim, cfg.background_resolution,
+                                                cfg.superresolution_channels, cfg.superresolution_conv_clamp)
+                                if cfg.superresolution else None)
 
     # ---------------------------------------------------------------- construction / files
     @classmethod
@@ -196,3 +221,28 @@ class PortraitGAN(nn.Module):
             features = features + (1 - opacity) * bcg
         return {"image": self.to_rgb(features, ws), "depth": depth,
                 "mask": opacity * (1 + 2 * MASK_EPS) - MASK_EPS, "opacity": opacity, "features": features}
+
+    # ---------------------------------------------------------------- the official synthesis
+    # ``G.superresolution(rgb [B,3,H,W], features [B,32,H,W], ws)`` → ``[B, 3, 512, 512]`` is the
+    # module itself (gan_prior.superresolution); ``synthesize`` chains render and SR.
+    def synthesize(self, ws: Tensor, c: Tensor, pyramid: Optional[Mapping[int, Tensor]] = None,
+                   resolution: Optional[int] = None, deterministic: bool = False,
+                   noise_mode: str = "const", **render_kwargs) -> dict[str, Tensor]:
+        """The official ``TriPlaneGenerator.synthesis`` (``training/smpl_triplane.py``), canonical pose.
+
+        Renders the pyramid (synthesised from ``ws`` unless given) at the neural rendering
+        resolution (default 128) with the GAN background, then superresolves. Returns ``image``
+        ``[B, 3, 512, 512]`` (the GAN's output image), ``image_raw`` ``[B, 3, R, R]`` and the
+        render's ``depth``, ``mask``, ``opacity``, ``features``.
+        """
+        if self.superresolution is None:
+            raise ValueError("this generator has no superresolution module (its checkpoint holds no "
+                             "'superresolution.*' weights); render image_raw with G.render instead")
+        if pyramid is None:
+            pyramid = self.synthesize_pyramid(ws, noise_mode)
+        out = self.render(pyramid, ws, c, resolution=resolution or self.cfg.neural_rendering_resolution,
+                          deterministic=deterministic, noise_mode=noise_mode, **render_kwargs)
+        out["image_raw"] = out["image"]
+        # G.superresolution(rgb, features, ws): the official module (any input size, no noise)
+        out["image"] = self.superresolution(out["image_raw"], out["features"], ws)
+        return out
