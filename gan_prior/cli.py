@@ -52,8 +52,14 @@ def cmd_sample(args) -> None:
         front = G.render(pyramid, ws, canonical_label(1), resolution=args.resolution, deterministic=True,
                          chunk=args.chunk)
     save_image(os.path.join(args.out, "front.png"), front["image"][0])
+    written = ["pyramid.safetensors", "front.png"]
+    if G.superresolution is not None:  # the GAN's own output: 128² render → superresolution → 512²
+        with torch.no_grad():
+            image = G.synthesize(ws, canonical_label(1), pyramid=pyramid, deterministic=True, chunk=args.chunk)
+        save_image(os.path.join(args.out, "image.png"), image["image"][0])
+        written.append("image.png")
     video = write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
-    print(f"wrote {args.out}/pyramid.safetensors, front.png, {os.path.basename(video)}")
+    print(f"wrote {args.out}/{', '.join(written)}, {os.path.basename(video)}")
 
 
 def cmd_render(args) -> None:
@@ -106,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--frames", type=int, default=120, help="turntable frames (0 = no video)")
         sp.add_argument("--chunk", type=int, default=16384, help="rays per renderer call (memory cap)")
 
-    s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front image + turntable video")
+    s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front render + the GAN's superresolved "
+                                      "image.png (512²) + turntable video")
     common(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--truncation", type=float, default=0.7)
