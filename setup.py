@@ -7,8 +7,9 @@ setup(
                 "and a threestudio extension for text-to-3D portraits",
     packages=find_packages(include=["gan_prior", "gan_prior.*", "portrait3d", "portrait3d.*"]),
     python_requires=">=3.9",
-    install_requires=["torch>=2.0", "numpy", "safetensors", "tqdm", "imageio", "imageio-ffmpeg", "scipy",
-                      "opencv-python-headless"],
+    # the ranges requirements.txt pins within (OpenCV < 5: 5.x wheels ship no Haar cascades)
+    install_requires=["torch>=2.0", "numpy>=1.26,<3", "safetensors>=0.4", "tqdm>=4.66", "imageio>=2.30",
+                      "imageio-ffmpeg>=0.4.9", "scipy>=1.10", "opencv-python-headless>=4.8,<5"],
     # text-to-image, SDEdit, CLIP score, FID (requirements.txt pins the tested versions)
     extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"]},
     entry_points={"console_scripts": ["gan-prior=gan_prior.cli:main", "portrait3d=portrait3d.cli:main"]},

@@ -20,7 +20,7 @@ SDS steps, 21 views, 210 SDEdit UNet calls, 399 fit steps) and prints the projec
 the process's peak memory (RSS; CUDA peak allocated on a GPU). Projections from scaled-down timings
 are marked ``~``.
 
-    PYTHONPATH=tests/cpu_stubs:. python bench/bench_pipeline.py              # CPU: ~5 min
+    PYTHONPATH=. python bench/bench_pipeline.py                              # CPU: ~5 min
     PYTHONPATH=. python bench/bench_pipeline.py --device cuda --view-resolution 512 --patch-resolution 256
 """
 from __future__ import annotations

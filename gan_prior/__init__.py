@@ -7,17 +7,37 @@ Public entry points::
     ws = G.mapping(z, c)                  # [B, 14, 512]
     pyramid = G.synthesize_pyramid(ws)    # {8: [B,3,36,8,8], …, 512: […]}
     out = G.render(pyramid, ws, c, resolution=64, deterministic=True)
-"""
-from .camera import (CANONICAL_RADIUS, GAN_FOCAL, LOOKAT_PIVOT, SDS_FOCAL, camera_label, canonical_label,
-                     label_to_threestudio, lookat_pose, threestudio_c2w_to_label)
-from .checkpoint import CheckpointError, load_pyramid, save_pyramid
-from .generator import PortraitGAN, PortraitGANConfig, tiny_config
-from .pyramid_trigrid import BOX_WARP, LEVEL_SIZES, PyramidTriGrid, sample_pyramid
-from .renderer import RenderConfig, render_rays
 
-__all__ = [
-    "BOX_WARP", "CANONICAL_RADIUS", "CheckpointError", "GAN_FOCAL", "LEVEL_SIZES", "LOOKAT_PIVOT",
-    "PortraitGAN", "PortraitGANConfig", "PyramidTriGrid", "RenderConfig", "SDS_FOCAL", "camera_label",
-    "canonical_label", "label_to_threestudio", "load_pyramid", "lookat_pose", "render_rays",
-    "sample_pyramid", "save_pyramid", "threestudio_c2w_to_label", "tiny_config",
-]
+Names are imported on first use (PEP 562), so ``import gan_prior`` itself does not load torch; it
+arms the CPU torchvision import hook (:mod:`gan_prior.torchvision_compat`).
+"""
+import importlib
+
+from . import torchvision_compat
+
+torchvision_compat.install_hook()
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "BOX_WARP": "pyramid_trigrid", "LEVEL_SIZES": "pyramid_trigrid", "PyramidTriGrid": "pyramid_trigrid",
+    "sample_pyramid": "pyramid_trigrid",
+    "CANONICAL_RADIUS": "camera", "GAN_FOCAL": "camera", "LOOKAT_PIVOT": "camera", "SDS_FOCAL": "camera",
+    "camera_label": "camera", "canonical_label": "camera", "label_to_threestudio": "camera",
+    "lookat_pose": "camera", "threestudio_c2w_to_label": "camera",
+    "CheckpointError": "checkpoint", "load_pyramid": "pyramid_files", "save_pyramid": "pyramid_files",
+    "PortraitGAN": "generator", "PortraitGANConfig": "generator", "tiny_config": "generator",
+    "RenderConfig": "renderer", "render_rays": "renderer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gan_prior' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,6 +1,6 @@
 """Automatic alignment: any portrait photo → a square crop framed like the GAN's own frontal renders.
 
-The official pipeline (spec §4.2) frames a photo with keypoints, head boxes, an SMPL fit and
+The official pipeline (``data_processing/preprocess_img_for_inversion.py``) frames a photo with keypoints, head boxes, an SMPL fit and
 DensePose, and a person deletes the bad crops by hand. This port replaces all of it with one face
 detector and one measurement:
 
@@ -41,8 +41,8 @@ import torch
 from tqdm import tqdm
 
 from .camera import canonical_label
-from .files import read_json, write_json
-from .media import to_uint8
+from .files import cache_root, read_json, write_json
+from .media import as_rgb, to_uint8
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"  # ships in opencv-python(-headless) 4.x wheels
 HAAR_WINDOW = 24  # the frontal-face cascades' training window: no smaller face can be found
@@ -277,19 +277,18 @@ def _fingerprint(path: str) -> dict:
 
 def framing_paths(checkpoint: str) -> tuple[str, str]:
     """(beside the checkpoint, the fallback in the cache) for the framing record of ``checkpoint``."""
-    from .tiny_models import tiny_cache_root
-
     path = os.path.abspath(checkpoint).rstrip(os.sep)
     fp = _fingerprint(path)
     key = hashlib.sha1(f"{path}\n{fp['size']}\n{fp['mtime_ns']}".encode()).hexdigest()
-    return path + FRAMING_SUFFIX, str(tiny_cache_root() / "framing" / f"{key}.json")
+    # the fallback stays where earlier versions kept it
+    return path + FRAMING_SUFFIX, str(cache_root() / "tiny" / "framing" / f"{key}.json")
 
 
 def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kwargs) -> Framing:
     """The framing of ``checkpoint``'s GAN for ``detector``, measured once and stored with the model.
 
     The record is ``<checkpoint>.framing.json`` beside the checkpoint (written atomically), or, when
-    that folder is not writable, ``tiny_cache_root()/framing/<sha1 of path, size, mtime>.json``. It
+    that folder is not writable, ``<cache_root()>/tiny/framing/<sha1 of path, size, mtime>.json``. It
     holds the checkpoint's size and mtime and one entry per detector name with the measurement
     settings; an entry is reused when the checkpoint is unchanged and the settings are the same,
     otherwise the framing is measured (:func:`measure_framing` with ``measure_kwargs``) and stored.
@@ -332,22 +331,6 @@ class AlignedImage:
     face: Optional[FaceBox]  # in source pixels (None for detector "none")
     crop: tuple[float, float, float]  # (x0, y0, side) of the square crop in source pixels
     padding: float  # fraction of the crop's area outside the source image (filled by edge replication)
-
-
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 (or uint16) gray ``[H, W]``/``[H, W, 1]``, RGB or RGBA (alpha dropped) → uint8 ``[H, W, 3]``."""
-    image = np.asarray(image)
-    if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
 
 
 def crop_padding(x0: float, y0: float, side: float, width: int, height: int) -> float:

@@ -27,6 +27,7 @@ GAN_FOCAL = 5000.0 / 768.0  # 6.5104166: 5000 px focal on a 1024 crop rescaled b
 # Focal of official FOV_to_intrinsics(12.447863), used by the SDS stage and the 21 refinement
 # views: 1 / (tan(12.447863 · 3.14159 / 360) · 1.414) = 6.484789 (a true fovy of 8.818°).
 SDS_FOCAL = 1.0 / (math.tan(12.447863 * 3.14159 / 360.0) * 1.414)
+SDS_FOVY_DEG = math.degrees(2 * math.atan(0.5 / SDS_FOCAL))  # 8.81796°, the threestudio fovy of SDS_FOCAL
 # threestudio (t) → GAN (e) point rotation: x_e = P @ x_t.
 T2E = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 # OpenGL ↔ OpenCV camera axes (flip y and z).
@@ -62,11 +63,6 @@ def lookat_pose(h: Number, v: Number, radius: float = CANONICAL_RADIUS,
                            radius * torch.cos(phi),
                            radius * torch.sin(phi) * torch.sin(math.pi - h)], -1)
     return look_at(origins, torch.tensor(pivot, dtype=torch.float32).expand_as(origins))
-
-
-def intrinsics(focal: float = GAN_FOCAL) -> Tensor:
-    """Normalised intrinsics ``[3, 3]``."""
-    return torch.tensor([[focal, 0.0, 0.5], [0.0, focal, 0.5], [0.0, 0.0, 1.0]])
 
 
 def camera_label(c2w: Tensor, focal: Union[float, Tensor] = GAN_FOCAL) -> Tensor:
@@ -134,4 +130,4 @@ def label_to_threestudio(label: Tensor) -> tuple[Tensor, Tensor]:
 
 def threestudio_pivot() -> tuple[float, float, float]:
     """The look-at point in threestudio coordinates: (0, 0, 0.0649)."""
-    return tuple(float(v) for v in gan_to_threestudio_points(torch.tensor(LOOKAT_PIVOT)))
+    return tuple(float(v) for v in gan_to_threestudio_points(torch.tensor(LOOKAT_PIVOT, dtype=torch.float64)))

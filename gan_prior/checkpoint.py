@@ -8,15 +8,16 @@ Nothing from a checkpoint is ever executed:
   storage payloads to ``torch.load(weights_only=True)``, and refuses any other global;
 - ``torch.save`` files (``decoder_512.ckpt``, ``df.pth``, ``epoch_*.pth``, the gallery's
   ``NNN_pyramid_trigrid.pth``, plain state dicts) are read with ``torch.load(weights_only=True)``;
-- our own files are safetensors plus a JSON config.
+- our own files are safetensors (:func:`read_safetensors`).
 
 Every failure raises :class:`CheckpointError` with one line naming the file and what was expected.
+The readers know no model: the generator is assembled in :mod:`gan_prior.generator`, pyramid files
+in :mod:`gan_prior.pyramid_files`.
 """
 from __future__ import annotations
 
 import collections
 import io
-import json
 import os
 import pickle
 import zipfile
@@ -25,23 +26,18 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .files import atomic_path
-from .pyramid_trigrid import level_key
-
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_CONFIG = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of our own files (generator folders, pyramids)
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a non-zip torch.save file
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, of the wrong kind, or unsafe."""
 
-
-def _fail(path: str, message: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {message}")
+    @classmethod
+    def at(cls, path: str, message: str) -> "CheckpointError":
+        """The one-line error ``"<path>: <message>"``."""
+        return cls(f"{path}: {message}")
 
 
 def _one_line(e: BaseException) -> str:
@@ -143,16 +139,16 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         if module.startswith(_STUB_MODULE_PREFIXES) and name[:1].isupper():
             return _stub_class(module, name)
-        raise _fail(self.path, f"refused to load '{module}.{name}': the file asks to call code outside "
+        raise CheckpointError.at(self.path, f"refused to load '{module}.{name}': the file asks to call code outside "
                                "the allow-list of an official Portrait3D checkpoint (not loading it)")
 
     def persistent_load(self, pid):
-        raise _fail(self.path, "unexpected persistent id in a plain pickle; is this a torch.save file?")
+        raise CheckpointError.at(self.path, "unexpected persistent id in a plain pickle; is this a torch.save file?")
 
 
 def _open(path: str):
     if not os.path.isfile(path):
-        raise _fail(path, "file not found")
+        raise CheckpointError.at(path, "file not found")
     return open(path, "rb")
 
 
@@ -160,10 +156,10 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise _fail(path, f"refused by the weights-only loader ({_one_line(e)}); "
+        raise CheckpointError.at(path, f"refused by the weights-only loader ({_one_line(e)}); "
                           "this file holds objects other than tensors and plain containers") from None
     except Exception as e:  # truncated zip, bad magic, ...
-        raise _fail(path, f"not a readable torch.save file ({type(e).__name__}: {_one_line(e)})") from None
+        raise CheckpointError.at(path, f"not a readable torch.save file ({type(e).__name__}: {_one_line(e)})") from None
 
 
 def read_checkpoint(path: str) -> Any:
@@ -173,19 +169,19 @@ def read_checkpoint(path: str) -> Any:
         head = f.read(4)
     if head[:2] == b"PK":
         if not zipfile.is_zipfile(path):
-            raise _fail(path, "truncated or corrupt torch.save (zip) file")
+            raise CheckpointError.at(path, "truncated or corrupt torch.save (zip) file")
         return _torch_load(path)
     if not head or head[0] != 0x80:
-        raise _fail(path, "not a pickle or torch.save file (expected an official .pkl/.pth/.ckpt)")
+        raise CheckpointError.at(path, "not a pickle or torch.save file (expected an official .pkl/.pth/.ckpt)")
     with _open(path) as f:
         try:
             obj = RestrictedUnpickler(f, path).load()
         except CheckpointError:
             raise
         except _UnsafePayload as e:
-            raise _fail(path, str(e)) from None
+            raise CheckpointError.at(path, str(e)) from None
         except Exception as e:
-            raise _fail(path, f"corrupt or truncated pickle ({type(e).__name__}: {_one_line(e)})") from None
+            raise CheckpointError.at(path, f"corrupt or truncated pickle ({type(e).__name__}: {_one_line(e)})") from None
     if isinstance(obj, int) and obj == LEGACY_TORCH_MAGIC:
         return _torch_load(path)
     return obj
@@ -215,7 +211,7 @@ class _ScriptUnpickler(RestrictedUnpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise _fail(self.path, f"unexpected persistent id {pid!r:.60} in a TorchScript archive")
+            raise CheckpointError.at(self.path, f"unexpected persistent id {pid!r:.60} in a TorchScript archive")
         _, dtype, key, _location, _numel = pid
         raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
         untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
@@ -246,7 +242,7 @@ def read_torchscript_tensors(path: str) -> dict[str, torch.Tensor]:
     _open(path).close()  # one-line error for a missing file
     data_pkl = _torchscript_data_pkl(path)
     if data_pkl is None:
-        raise _fail(path, "not a TorchScript archive (no data.pkl beside a code/ folder)")
+        raise CheckpointError.at(path, "not a TorchScript archive (no data.pkl beside a code/ folder)")
     with zipfile.ZipFile(path) as archive:
         prefix = data_pkl[:-len("data.pkl")]
         try:
@@ -254,7 +250,7 @@ def read_torchscript_tensors(path: str) -> dict[str, torch.Tensor]:
         except CheckpointError:
             raise
         except Exception as e:
-            raise _fail(path, f"corrupt TorchScript archive ({type(e).__name__}: {_one_line(e)})") from None
+            raise CheckpointError.at(path, f"corrupt TorchScript archive ({type(e).__name__}: {_one_line(e)})") from None
 
     out: dict[str, torch.Tensor] = {}
 
@@ -269,7 +265,7 @@ def read_torchscript_tensors(path: str) -> dict[str, torch.Tensor]:
     return out
 
 
-# ---------------------------------------------------------------------------- generator weights
+# ---------------------------------------------------------------------------- module trees, safetensors
 def flatten_module(node: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """Flatten a Record/Stub module tree into a ``prefix.name -> tensor`` state dict."""
     state = getattr(node, "state", None)
@@ -286,233 +282,20 @@ def flatten_module(node: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-def _max_block(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    """Largest r among ``{prefix}b{r}.*`` keys (2D blocks only, not ``b3d{r}``)."""
-    sizes = [int(k[len(prefix) + 1:].split(".")[0]) for k in state
-             if k.startswith(prefix + "b") and k[len(prefix) + 1:].split(".")[0].isdigit()]
-    return max(sizes) if sizes else 0
-
-
-def infer_config(state: Mapping[str, torch.Tensor], path: str, base=None):
-    """Architecture from tensor shapes of an official-key state dict (defaults from ``base``)."""
-    from .generator import PortraitGANConfig
-
-    cfg = base or PortraitGANConfig()
-    try:
-        w_dim, zw = state["backbone.mapping.fc0.weight"].shape
-        c_dim = state["backbone.mapping.embed.weight"].shape[1] - cfg.pose_dim
-        layers = len({k.split(".")[2] for k in state if k.startswith("backbone.mapping.fc")})
-        synth = _max_block(state, "backbone.synthesis.")
-    except KeyError as e:
-        raise _fail(path, f"missing generator weight {e}; expected a 3DPortraitGAN generator "
-                          "(official model_512.pkl or its state dict)") from None
-    changes = dict(w_dim=int(w_dim), z_dim=int(zw - w_dim), c_dim=int(c_dim), mapping_layers=layers,
-                   synthesis_resolution=synth)
-    bcg = "bcg_synthesis.b4.const"
-    changes["background"] = bcg in state
-    if bcg in state:
-        res = _max_block(state, "bcg_synthesis.")
-        ch = {r: state[f"bcg_synthesis.b{r}.conv1.weight"].shape[0] for r in (2 ** i for i in range(2, res.bit_length()))}
-        changes.update(background_resolution=res, background_channel_max=max(ch.values()),
-                       background_channel_base=max(c * r for r, c in ch.items()))
-    sr = "superresolution.block0.conv0.weight"
-    changes["superresolution"] = sr in state
-    if sr in state:
-        changes["superresolution_channels"] = (int(state[sr].shape[0]),
-                                               int(state["superresolution.block1.conv0.weight"].shape[0]))
-        # SR input side = background side (official: the bcg is built at the SR input resolution)
-        changes["background_resolution"] = int(state["superresolution.block0.conv0.noise_const"].shape[0]) // 2
-    return type(cfg)(**{**cfg.to_dict(), "render": cfg.render, **changes})
-
-
-def _official_generator_state(obj: Any, path: str) -> tuple[dict, dict]:
-    """``(state_dict, init_kwargs)`` of ``G_ema`` from an official pickle's top-level dict."""
-    if not isinstance(obj, dict) or "G_ema" not in obj:
-        raise _fail(path, "no 'G_ema' entry; expected the official model_512.pkl network snapshot")
-    g = obj["G_ema"]
-    if not isinstance(g, (Record, Stub)):
-        raise _fail(path, "'G_ema' is not a network record")
-    kwargs = g.init_kwargs if isinstance(g, Record) else {}
-    return flatten_module(g), kwargs
-
-
-def _config_from_init_kwargs(kwargs: dict, state: dict, path: str):
-    from .generator import PortraitGANConfig
-    from .renderer import RenderConfig
-
-    rk = dict(kwargs.get("rendering_kwargs") or {})
-    render = RenderConfig(
-        # ray_start: every official stage after training overrides the training value (2.385) with 2.35
-        ray_end=float(rk.get("ray_end", RenderConfig.ray_end)),
-        box_warp=float(rk.get("box_warp", RenderConfig.box_warp)),
-        depth_resolution=int(rk.get("depth_resolution", RenderConfig.depth_resolution)),
-        depth_resolution_importance=int(rk.get("depth_resolution_importance", RenderConfig.depth_resolution_importance)),
-    )
-    # official SuperresolutionHybrid8XDC: conv_clamp = 256 if sr_num_fp16_res > 0 else None
-    sr_clamp = 256.0 if int(kwargs.get("sr_num_fp16_res", 4)) > 0 else None
-    base = PortraitGANConfig(trigrid_depth=int(rk.get("triplane_depth", 3)), render=render,
-                             superresolution_conv_clamp=sr_clamp)
-    return infer_config(state, path, base)
-
-
-def load_generator(path: str, map_location="cpu"):
-    """Build a :class:`~gan_prior.generator.PortraitGAN` from any supported generator file."""
-    from .generator import PortraitGAN, PortraitGANConfig
-
-    if os.path.isdir(path):
-        cfg_path = os.path.join(path, MODEL_CONFIG)
-        if not os.path.isfile(cfg_path):
-            raise _fail(path, f"folder has no {MODEL_CONFIG}; expected a folder written by PortraitGAN.save")
-        try:
-            meta = json.load(open(cfg_path))
-        except json.JSONDecodeError as e:
-            raise _fail(cfg_path, f"invalid JSON ({e})") from None
-        if meta.get("kind") != "portrait-gan":
-            raise _fail(cfg_path, f"kind is {meta.get('kind')!r}, expected 'portrait-gan'")
-        cfg = PortraitGANConfig.from_dict(meta.get("config", {}), cfg_path)
-        state = read_safetensors(os.path.join(path, MODEL_WEIGHTS))
-    else:
-        obj = read_checkpoint(path)
-        if isinstance(obj, dict) and "G_ema" in obj:
-            state, kwargs = _official_generator_state(obj, path)
-            cfg = _config_from_init_kwargs(kwargs, state, path)
-        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            state = obj
-            if not any(k.startswith("backbone.") for k in state):
-                kind = "a decoder checkpoint" if "decoder.net.0.weight" in state else "a state dict"
-                raise _fail(path, f"this is {kind} without the generator backbone; expected model_512.pkl, "
-                                  "a full official-key state dict, or a PortraitGAN.save folder")
-            cfg = infer_config(state, path)
-        elif isinstance(obj, dict) and "state_dict" in obj:
-            raise _fail(path, "this is a decoder checkpoint (decoder_512.ckpt): it has no generator; "
-                              "use gan_prior.checkpoint.load_decoder_checkpoint")
-        else:
-            raise _fail(path, "not a generator checkpoint; expected model_512.pkl, an official-key "
-                              "state dict, or a PortraitGAN.save folder")
-    g = PortraitGAN(cfg)
-    load_state_into(g, state, path)
-    return g.to(map_location).eval().requires_grad_(False)
-
-
-# Official entries that this port does not build (body-pose branch, SMPL buffers, the dataset
-# label statistics).
-_UNUSED_PREFIXES = ("pose_branch.", "renderer.", "dataset_label_std")
-
-
-def load_state_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
-    """Strictly load ``state`` (ignoring the official modules we do not build)."""
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise _fail(path, f"weights do not match the architecture: missing {missing[:4]}"
-                          f"{'…' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
-                          f"{'…' if len(unexpected) > 4 else ''}")
-    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise _fail(path, f"shape mismatch for {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-
-
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (which holds nothing but tensors and string metadata)."""
     if not os.path.isfile(path):
-        raise _fail(path, "file not found")
+        raise CheckpointError.at(path, "file not found")
     try:
         with safe_open(path, framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise _fail(path, f"corrupt or truncated safetensors file ({e})") from None
+        raise CheckpointError.at(path, f"corrupt or truncated safetensors file ({e})") from None
 
 
-def _looks_like_safetensors(path: str) -> bool:
+def looks_like_safetensors(path: str) -> bool:
     """safetensors files start with an 8-byte header length, then the JSON header's '{'."""
     with _open(path) as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and head[:2] != b"PK" and head[0] != 0x80
 
-
-def save_generator(model, folder: str) -> None:
-    """Our format: ``config.json`` (architecture) + ``model.safetensors`` (official key names)."""
-    os.makedirs(folder, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(os.path.join(folder, MODEL_WEIGHTS), ".safetensors") as tmp:
-        save_file(state, tmp)
-    with atomic_path(os.path.join(folder, MODEL_CONFIG), ".json") as tmp:
-        json.dump({"kind": "portrait-gan", "format_version": FORMAT_VERSION, "config": model.cfg.to_dict()},
-                  open(tmp, "w"), indent=2)
-
-
-def load_decoder_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """The official ``decoder_512.ckpt``: ``decoder.*`` and ``torgb.*`` weights (pose branch dropped)."""
-    obj = read_checkpoint(path)
-    state = obj.get("state_dict") if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or "decoder.net.0.weight" not in state:
-        raise _fail(path, "expected the official decoder checkpoint {'params', 'state_dict'} with decoder.* keys")
-    return {k: v for k, v in state.items() if k.startswith(("decoder.", "torgb."))}
-
-
-# ---------------------------------------------------------------------------- pyramid files
-def _find_levels(d: Mapping) -> tuple[dict[int, torch.Tensor], Optional[torch.Tensor]]:
-    levels, ws = {}, None
-    for k, v in d.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        leaf = k.split(".")[-1]
-        if leaf.startswith("trigrids_") and leaf[9:].isdigit():
-            levels[int(leaf[9:])] = v
-        elif leaf == "ws":
-            ws = v
-    return levels, ws
-
-
-def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Tensor]]:
-    """Read any pyramid tri-grid file → ``({R: [B, 3, C·D, R, R]}, ws [B, num_ws, w_dim] or None)``.
-
-    Supported: ours (``.safetensors``), the official ``inversion_trigrid.pkl`` (a plain pickle of
-    a dict), ``df.pth`` / ``df_ep*.pth`` (``{'model': state}``), ``log/ckpt/epoch_*.pth`` and the
-    gallery's ``NNN_pyramid_trigrid.pth`` (``{'model': {'trigrids_*', 'ws'}}``).
-    """
-    if path.endswith(".safetensors") or _looks_like_safetensors(path):
-        state = read_safetensors(path)
-    else:
-        obj = read_checkpoint(path)
-        if not isinstance(obj, dict):
-            raise _fail(path, "expected a dict of tri-grid levels (trigrids_8 … trigrids_512)")
-        state = obj.get("model", obj)
-        if not isinstance(state, dict):
-            raise _fail(path, "'model' entry is not a state dict")
-    levels, ws = _find_levels(state)
-    if not levels:
-        raise _fail(path, "no 'trigrids_<R>' tensors found; expected a pyramid tri-grid file "
-                          "(ours, inversion_trigrid.pkl, df.pth, epoch_*.pth or NNN_pyramid_trigrid.pth)")
-    out = {}
-    for r, t in sorted(levels.items()):
-        t = t.detach().float().cpu()
-        if t.ndim == 4:  # [B·3, C·D, R, R]
-            t = t.reshape(-1, 3, *t.shape[1:])
-        if t.ndim != 5 or t.shape[1] != 3 or t.shape[-1] != r or t.shape[-2] != r:
-            raise _fail(path, f"level trigrids_{r} has shape {tuple(t.shape)}, expected [B, 3, C, {r}, {r}]")
-        out[r] = t
-    return out, (ws.detach().float().cpu() if ws is not None else None)
-
-
-def save_pyramid(path: str, levels: Mapping[int, torch.Tensor], ws: Optional[torch.Tensor] = None,
-                 fmt: str = "ours", metadata: Optional[dict] = None) -> None:
-    """Write a pyramid atomically. ``fmt='ours'``: safetensors (+ JSON metadata);
-    ``fmt='official'``: the gallery/``epoch_*.pth`` layout ``torch.save({'model': {...}})``."""
-    state = {level_key(r): t.detach().float().contiguous().cpu() for r, t in sorted(levels.items())}
-    if ws is not None:
-        state["ws"] = ws.detach().float().contiguous().cpu()
-    if fmt == "ours":
-        meta = {"kind": "pyramid-trigrid", "format_version": str(FORMAT_VERSION)}
-        if metadata:
-            meta["info"] = json.dumps(metadata)
-        with atomic_path(path, ".safetensors") as tmp:
-            save_file(state, tmp, metadata=meta)
-    elif fmt == "official":
-        with atomic_path(path, ".pth") as tmp:
-            torch.save({"model": state}, tmp)
-    else:
-        raise ValueError(f"unknown pyramid format {fmt!r}; use 'ours' or 'official'")

@@ -10,21 +10,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
-from .checkpoint import CheckpointError, load_pyramid, save_pyramid
+from .checkpoint import CheckpointError
+from .diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
+from .pyramid_files import load_pyramid, save_pyramid
 
 
 def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,
                     **options) -> str:
     path = os.path.join(out_dir, "turntable.mp4")
-    save_video(path, render_frames(G, pyramid, ws, turntable_labels(frames), resolution, chunk, "turntable",
+    save_video(path, render_frames(partial(G.render, pyramid, ws), turntable_labels(frames), resolution, chunk, "turntable",
                                    **options), fps=fps)
     return path
 
@@ -71,7 +74,7 @@ def cmd_render(args) -> None:
         h, v = elevation_azimuth_to_hv(torch.full((len(args.angles),), float(args.elevation)),
                                        torch.tensor(args.angles, dtype=torch.float32))
         labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
-        frames = list(render_frames(G, pyramid, ws, labels, args.resolution, args.chunk, "views"))
+        frames = list(render_frames(partial(G.render, pyramid, ws), labels, args.resolution, args.chunk, "views"))
         for angle, frame in zip(args.angles, frames):
             save_image(os.path.join(args.out, f"azimuth_{angle:+06.1f}.png"), frame)
         save_image(os.path.join(args.out, "views.png"), contact_sheet(frames, len(frames)))
@@ -138,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=500)
     v.add_argument("--resolution", type=int, default=256, help="neural render size compared with the image")
     v.add_argument("--aligned-resolution", type=int, default=512)
-    v.add_argument("--sd-model", default="SG161222/Realistic_Vision_V5.1_noVAE", help="diffusers folder or hub id")
+    v.add_argument("--sd-model", default=DEFAULT_TEXT_TO_IMAGE_MODEL, help="diffusers folder or hub id")
     v.add_argument("--candidates", type=int, default=6)
     v.add_argument("--seed", type=int, default=0, help="seed of the first candidate (candidate i: seed + i)")
     v.add_argument("--sd-steps", type=int, default=50)

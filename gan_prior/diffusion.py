@@ -1,4 +1,6 @@
-"""Stable Diffusion helpers: text → candidate portraits (spec §4.1) and SDEdit of rendered views (§4.6(b)).
+"""Stable Diffusion helpers: text → candidate portraits (official
+``stable-diffusion/scripts/txt2realistic_human.py``) and SDEdit of rendered views (official
+``stable-dreamfusion-3DPortrait/guidance/sdedit.py``).
 
 Follows the official code:
 
@@ -51,9 +53,9 @@ __all__ = [
     "sdedit",
 ]
 
-#: The SD-1.5 fine-tune the official pipeline samples and refines with (spec §4.1, §4.6(b)).
+#: The SD-1.5 fine-tune the official pipeline samples and refines with (``txt2realistic_human.py``, ``guidance/sdedit.py``).
 DEFAULT_TEXT_TO_IMAGE_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
-#: The official pipeline expects every prompt to start with this (spec §4.1).
+#: The official pipeline expects every prompt to start with this (``stable-diffusion/get_test_data_df.py``).
 PORTRAIT_PROMPT_PREFIX = "upper body photo"
 #: Unconditional text of the official SDEdit (``guidance/sdedit.py``).
 REFINE_NEGATIVE_PROMPT = "worst quality, low quality, jpeg artifacts, blurry"

@@ -25,9 +25,8 @@ import torch
 from scipy import linalg
 from tqdm import tqdm
 
-from .alignment import as_rgb
 from .files import write_json
-from .media import contact_sheet, save_image
+from .media import as_rgb, contact_sheet, save_image
 
 Images = Union[str, Sequence[str], Sequence[np.ndarray]]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

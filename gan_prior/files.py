@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Iterator, Optional
 
 
@@ -42,3 +43,12 @@ def read_json(path: str) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+#: Environment variable that overrides the cache root (default ``~/.cache/portrait3d``).
+CACHE_ENV_VAR = "PORTRAIT3D_CACHE"
+
+
+def cache_root() -> Path:
+    """Folder for everything this project caches: ``$PORTRAIT3D_CACHE`` or ``~/.cache/portrait3d``."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or os.path.join("~", ".cache", "portrait3d")).expanduser().resolve()

@@ -14,95 +14,51 @@ canonical, undeformed pyramid).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Mapping, Optional
+import json
+import os
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from .checkpoint import (FORMAT_VERSION, CheckpointError, Record, Stub, flatten_module, read_checkpoint,
+                         read_safetensors)
 from .decoder import TriGridDecoder
+from .files import atomic_path
+from .generator_config import PortraitGANConfig, config_from_init_kwargs, infer_config, tiny_config
 from .layers import ToRGBLayer
 from .mapping import MappingNetwork
-from .pyramid_trigrid import TRIGRID_CHANNELS, TRIGRID_DEPTH, sample_pyramid
-from .renderer import RenderConfig, rays_from_label, render_rays
-from .superresolution import SR_CONV_CLAMP, Superresolution
+from .pyramid_trigrid import sample_pyramid
+from .renderer import rays_from_label, render_rays
+from .superresolution import Superresolution
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
 
+__all__ = ["PortraitGAN", "PortraitGANConfig", "tiny_config", "load_generator", "save_generator",
+           "load_state_into", "load_decoder_checkpoint"]
+
 MASK_EPS = 0.001  # official image_mask = opacity·(1 + 2·0.001) − 0.001
+MODEL_WEIGHTS = "model.safetensors"  # our generator folder: weights (official key names) …
+MODEL_CONFIG = "config.json"  # … and the architecture
 
 
-@dataclass
-class PortraitGANConfig:
-    """Architecture of the generator. Defaults are the released ``model_512`` configuration."""
-
-    z_dim: int = 512
-    w_dim: int = 512
-    c_dim: int = 25  # camera label (16 cam2world + 9 intrinsics)
-    pose_dim: int = 6  # neck + head axis-angle, appended to the label (0 = canonical)
-    mapping_layers: int = 2
-    synthesis_resolution: int = 256  # 2D branch; pyramid levels are 8 … 2·resolution
-    trigrid_channels: int = TRIGRID_CHANNELS
-    trigrid_depth: int = TRIGRID_DEPTH
-    feature_channels: int = 32  # decoder output / ToRGB input
-    background: bool = True
-    background_resolution: int = 128
-    background_channel_base: int = 32768
-    background_channel_max: int = 512
-    # Official SuperresolutionHybrid8XDC: input = the background resolution (the official
-    # bcg_synthesis is built at superresolution.input_resolution), output 4× that.
-    superresolution: bool = True
-    superresolution_channels: tuple[int, int] = (256, 128)
-    superresolution_conv_clamp: Optional[float] = SR_CONV_CLAMP  # None when sr_num_fp16_res = 0
-    render: RenderConfig = field(default_factory=RenderConfig)
-
-    @classmethod
-    def from_dict(cls, d: Mapping, source: str = "config") -> "PortraitGANConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"{source}: unknown generator option(s) {sorted(unknown)}; valid: {sorted(names)}")
-        d = dict(d)
-        # Folders saved before the superresolution port hold no SR weights.
-        d.setdefault("superresolution", False)
-        if "superresolution_channels" in d:
-            d["superresolution_channels"] = tuple(d["superresolution_channels"])
-        if "render" in d and not isinstance(d["render"], RenderConfig):
-            d["render"] = RenderConfig().replace(**d["render"])
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def plane_channels(self) -> int:
-        return self.trigrid_channels * self.trigrid_depth
-
-    @property
-    def level_sizes(self) -> list[int]:
-        return [2 ** i for i in range(3, int(math.log2(self.synthesis_resolution)) + 2)]
-
-    @property
-    def neural_rendering_resolution(self) -> int:
-        """The official ``neural_rendering_resolution`` of ``synthesize`` (128 for model_512)."""
-        return self.background_resolution
-
-    @property
-    def image_resolution(self) -> int:
-        """Side of the superresolved ``image`` (512 for model_512)."""
-        return 4 * self.background_resolution
+def background_features(bcg_synthesis: BackgroundSynthesis, ws: Tensor, size: int, noise_mode: str = "const"
+                        ) -> Tensor:
+    """``bcg_synthesis``'s feature image for ws ``[B, num_ws, w_dim]`` resized to ``[B, 32, size, size]``
+    (bilinear, antialiased, as the official ``sr_antialias``)."""
+    bcg = bcg_synthesis(ws, noise_mode)
+    return F.interpolate(bcg, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def tiny_config(**overrides) -> PortraitGANConfig:
-    """A small configuration of the same architecture (levels 8…32, narrow background),
-    for tests and the tiny pipeline."""
-    base = dict(z_dim=64, w_dim=64, synthesis_resolution=16, background_resolution=32,
-                background_channel_base=512, background_channel_max=32,
-                superresolution_channels=(16, 8),
-                render=RenderConfig(depth_resolution=12, depth_resolution_importance=12))
-    base.update(overrides)
-    return PortraitGANConfig(**base)
+def to_rgb(torgb: ToRGBLayer, features: Tensor, ws: Tensor) -> Tensor:
+    """The w-modulated ToRGB (with ``ws[:, -1]``) on a ``[B, 32, H, W]`` feature image."""
+    return torgb(features, ws[:, -1])
+
+
+def opacity_to_mask(opacity: Tensor) -> Tensor:
+    """The official ``image_mask``: ``opacity·(1 + 2·MASK_EPS) − MASK_EPS``."""
+    return opacity * (1 + 2 * MASK_EPS) - MASK_EPS
 
 
 class _Backbone(nn.Module):
@@ -146,13 +102,9 @@ class PortraitGAN(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str, map_location="cpu") -> "PortraitGAN":
         """Official ``model_512.pkl``, a ``torch.save``'d official-key state dict, or our folder."""
-        from .checkpoint import load_generator
-
         return load_generator(path, map_location=map_location)
 
     def save(self, folder: str) -> None:
-        from .checkpoint import save_generator
-
         save_generator(self, folder)
 
     # ---------------------------------------------------------------- the three stages
@@ -180,14 +132,12 @@ class PortraitGAN(nn.Module):
         return evaluate
 
     def background_features(self, ws: Tensor, size: int, noise_mode: str = "const") -> Tensor:
-        """The background generator's feature image resized to ``size²``: ``[B, 32, size, size]``
-        (bilinear, antialiased, as the official ``sr_antialias``)."""
-        bcg = self.bcg_synthesis(ws, noise_mode)
-        return F.interpolate(bcg, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        """The background generator's feature image resized to ``size²``: ``[B, 32, size, size]``."""
+        return background_features(self.bcg_synthesis, ws, size, noise_mode)
 
     def to_rgb(self, features: Tensor, ws: Tensor) -> Tensor:
         """The w-modulated ToRGB (with ``ws[:, -1]``) on a ``[B, 32, H, W]`` feature image."""
-        return self.torgb(features, ws[:, -1])
+        return to_rgb(self.torgb, features, ws)
 
     def render(self, pyramid: Mapping[int, Tensor], ws: Tensor, c: Tensor, resolution: int = 64,
                deterministic: bool = False, background: bool = True,
@@ -220,7 +170,7 @@ class PortraitGAN(nn.Module):
                 bcg = bcg[:, :, top:top + size, left:left + size]
             features = features + (1 - opacity) * bcg
         return {"image": self.to_rgb(features, ws), "depth": depth,
-                "mask": opacity * (1 + 2 * MASK_EPS) - MASK_EPS, "opacity": opacity, "features": features}
+                "mask": opacity_to_mask(opacity), "opacity": opacity, "features": features}
 
     # ---------------------------------------------------------------- the official synthesis
     # ``G.superresolution(rgb [B,3,H,W], features [B,32,H,W], ws)`` → ``[B, 3, 512, 512]`` is the
@@ -243,6 +193,96 @@ class PortraitGAN(nn.Module):
         out = self.render(pyramid, ws, c, resolution=resolution or self.cfg.neural_rendering_resolution,
                           deterministic=deterministic, noise_mode=noise_mode, **render_kwargs)
         out["image_raw"] = out["image"]
-        # G.superresolution(rgb, features, ws): the official module (any input size, no noise)
         out["image"] = self.superresolution(out["image_raw"], out["features"], ws)
         return out
+
+
+# ---------------------------------------------------------------- files
+def _official_generator_state(obj: Any, path: str) -> tuple[dict[str, Tensor], dict]:
+    """``(state_dict, init_kwargs)`` of ``G_ema`` from an official pickle's top-level dict."""
+    if not isinstance(obj, dict) or "G_ema" not in obj:
+        raise CheckpointError.at(path, "no 'G_ema' entry; expected the official model_512.pkl network snapshot")
+    g = obj["G_ema"]
+    if not isinstance(g, (Record, Stub)):
+        raise CheckpointError.at(path, "'G_ema' is not a network record")
+    kwargs = g.init_kwargs if isinstance(g, Record) else {}
+    return flatten_module(g), kwargs
+
+
+def load_generator(path: str, map_location="cpu") -> PortraitGAN:
+    """Build a :class:`PortraitGAN` from any supported generator file."""
+    if os.path.isdir(path):
+        cfg_path = os.path.join(path, MODEL_CONFIG)
+        if not os.path.isfile(cfg_path):
+            raise CheckpointError.at(path, f"folder has no {MODEL_CONFIG}; expected a folder written by PortraitGAN.save")
+        try:
+            meta = json.load(open(cfg_path))
+        except json.JSONDecodeError as e:
+            raise CheckpointError.at(cfg_path, f"invalid JSON ({e})") from None
+        if meta.get("kind") != "portrait-gan":
+            raise CheckpointError.at(cfg_path, f"kind is {meta.get('kind')!r}, expected 'portrait-gan'")
+        cfg = PortraitGANConfig.from_dict(meta.get("config", {}), cfg_path)
+        state = read_safetensors(os.path.join(path, MODEL_WEIGHTS))
+    else:
+        obj = read_checkpoint(path)
+        if isinstance(obj, dict) and "G_ema" in obj:
+            state, kwargs = _official_generator_state(obj, path)
+            cfg = config_from_init_kwargs(kwargs, state, path)
+        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            state = obj
+            if not any(k.startswith("backbone.") for k in state):
+                kind = "a decoder checkpoint" if "decoder.net.0.weight" in state else "a state dict"
+                raise CheckpointError.at(path, f"this is {kind} without the generator backbone; expected model_512.pkl, "
+                                  "a full official-key state dict, or a PortraitGAN.save folder")
+            cfg = infer_config(state, path)
+        elif isinstance(obj, dict) and "state_dict" in obj:
+            raise CheckpointError.at(path, "this is a decoder checkpoint (decoder_512.ckpt): it has no generator; "
+                              "use gan_prior.generator.load_decoder_checkpoint")
+        else:
+            raise CheckpointError.at(path, "not a generator checkpoint; expected model_512.pkl, an official-key "
+                              "state dict, or a PortraitGAN.save folder")
+    g = PortraitGAN(cfg)
+    load_state_into(g, state, path)
+    return g.to(map_location).eval().requires_grad_(False)
+
+
+# Official entries that this port does not build (super-resolution, body-pose branch, SMPL
+# buffers, the dataset label statistics).
+_UNUSED_PREFIXES = ("pose_branch.", "renderer.", "dataset_label_std")
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
+    """Strictly load ``state`` (ignoring the official modules we do not build)."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError.at(path, f"weights do not match the architecture: missing {missing[:4]}"
+                          f"{'…' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+                          f"{'…' if len(unexpected) > 4 else ''}")
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise CheckpointError.at(path, f"shape mismatch for {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+
+
+def save_generator(model: PortraitGAN, folder: str) -> None:
+    """Our format: ``config.json`` (architecture) + ``model.safetensors`` (official key names)."""
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(os.path.join(folder, MODEL_WEIGHTS), ".safetensors") as tmp:
+        save_file(state, tmp)
+    with atomic_path(os.path.join(folder, MODEL_CONFIG), ".json") as tmp:
+        json.dump({"kind": "portrait-gan", "format_version": FORMAT_VERSION, "config": model.cfg.to_dict()},
+                  open(tmp, "w"), indent=2)
+
+
+def load_decoder_checkpoint(path: str) -> dict[str, Tensor]:
+    """The official ``decoder_512.ckpt``: ``decoder.*`` and ``torgb.*`` weights (pose branch dropped)."""
+    obj = read_checkpoint(path)
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or "decoder.net.0.weight" not in state:
+        raise CheckpointError.at(path, "expected the official decoder checkpoint {'params', 'state_dict'} with decoder.* keys")
+    return {k: v for k, v in state.items() if k.startswith(("decoder.", "torgb."))}

@@ -1,6 +1,6 @@
 """GAN inversion: optimise a w+ latent so that the generator renders a target portrait.
 
-Follows the official projector (``proj/projector/w_projector_with_pose_optim.py``, spec §4.3):
+Follows the official projector (``proj/projector/w_projector_with_pose_optim.py``, paper §3.4):
 w statistics from 600 z (``RandomState(123)``) mapped at the frontal camera; w+ starts at
 ``w_avg`` for every layer; Adam (0.9, 0.999); one learning rate 0.01 for everything (the code's
 per-group rates are overwritten each step) with a linear ramp-up over the first 5 % and a cosine
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .camera import canonical_label
+from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
 from .generator import PortraitGAN
 
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -166,12 +166,10 @@ def estimate_camera(G: PortraitGAN, target: Tensor, distance: Distance, yaws_deg
     """Pick the camera, among look-at cameras at ``yaws × elevations`` (threestudio degrees, yaw 0 =
     front), from which the average portrait (``w_avg``) looks most like ``target`` ``[1, 3, H, W]``.
 
-    This replaces the official SMPL-fit camera (spec §4.2) by a coarse search: the aligned crop fixes
+    This replaces the official SMPL-fit camera (``data_processing/preprocess_img_for_inversion.py``) by a coarse search: the aligned crop fixes
     the head's place and size; the head's turn and tilt remain. Returns ``{"label": [1, 25],
     "yaw", "elevation", "distances": {"yaw,elevation": d}}``.
     """
-    from .camera import GAN_FOCAL, camera_label, elevation_azimuth_to_hv, lookat_pose
-
     w_avg, _ = w_statistics(G)
     ws = w_avg.repeat(1, G.num_ws, 1)
     pyramid = G.synthesize_pyramid(ws)

@@ -1,12 +1,13 @@
 """Images and videos of renders, written atomically.
 
 Renders are ``[B, 3, H, W]`` in the ToRGB range (≈[−1, 1]); they are saved as
-``clamp(x·127.5 + 128, 0, 255)`` like the official scripts.
+``clamp(x·127.5 + 128, 0, 255)`` like the official scripts, and pixels come back as ``x / 127.5 − 1``
+(:func:`from_uint8`). :func:`as_rgb` brings any image file's array to uint8 RGB.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import imageio.v2 as imageio
 import numpy as np
@@ -16,6 +17,27 @@ from tqdm import tqdm
 
 from .camera import CANONICAL_RADIUS, GAN_FOCAL, camera_label, lookat_pose
 from .files import atomic_path
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 (or uint16) gray ``[H, W]``/``[H, W, 1]``, RGB or RGBA (alpha dropped) → uint8 ``[H, W, 3]``."""
+    image = np.asarray(image)
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def from_uint8(pixels: Tensor) -> Tensor:
+    """uint8 pixels ``[..., 3, H, W]`` → the ToRGB range, ``x / 127.5 − 1`` (the official image loaders)."""
+    return pixels.float() / 127.5 - 1
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -54,14 +76,14 @@ def turntable_labels(n_frames: int, kind: str = "large", focal: float = GAN_FOCA
     return camera_label(lookat_pose(h, v, radius), focal)
 
 
-def render_frames(G, pyramid: Mapping[int, Tensor], ws: Tensor, labels: Tensor, resolution: int,
+def render_frames(render: Callable[..., Mapping[str, Tensor]], labels: Tensor, resolution: int,
                   chunk: Optional[int], desc: str, **options) -> Iterator[np.ndarray]:
-    """Yield uint8 frames of ``G.render`` (deterministic), one per camera label ``[N, 25]``, with a
-    progress bar; ``options`` go to ``render`` (e.g. ``background``, ``depth_resolution``)."""
+    """Yield uint8 frames of ``render(label [1, 25], resolution=, deterministic=True, chunk=, **options)``
+    (``PortraitGAN.render`` with its pyramid and ws bound, or ``portrait3d-renderer``'s
+    ``render_labels``), one per camera label ``[N, 25]``, with a progress bar."""
     for label in tqdm(labels, desc=desc, unit="frame"):
         with torch.no_grad():
-            out = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True, chunk=chunk,
-                           **options)
+            out = render(label[None], resolution=resolution, deterministic=True, chunk=chunk, **options)
         yield to_uint8(out["image"][0])
 
 

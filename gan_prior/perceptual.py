@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import CheckpointError, is_torchscript_archive, read_checkpoint, read_torchscript_tensors
+
 # torchvision VGG16 "D" layout: channels per conv, "M" = max-pool
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 TAP_AFTER_CONV = (2, 4, 7, 10, 13)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (1-based conv index)
@@ -54,8 +56,6 @@ class VGG16Distance(nn.Module):
     @classmethod
     def load(cls, path: Optional[str] = None, seed: int = 0) -> "VGG16Distance":
         """From a torchvision VGG16 state dict file; ``None`` = random weights (tests only)."""
-        from .checkpoint import CheckpointError
-
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             net = cls()
@@ -101,8 +101,6 @@ def _conv_shapes() -> list[tuple[int, int]]:
 
 def _read_weights(path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]:
     """``(features state dict, LPIPS channel weights or None)`` from either supported file."""
-    from .checkpoint import CheckpointError, is_torchscript_archive, read_checkpoint, read_torchscript_tensors
-
     if is_torchscript_archive(path):
         return _match_script_tensors(read_torchscript_tensors(path), path)
     state = read_checkpoint(path)
@@ -113,8 +111,6 @@ def _read_weights(path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]
 
 def _match_script_tensors(tensors: dict[str, Tensor], path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]:
     """Map a TorchScript VGG16's tensors to torchvision's ``features`` keys by shape, in order."""
-    from .checkpoint import CheckpointError
-
     items = list(tensors.values())
     feats, pos, index = {}, 0, 0
     for out_c, in_c in _conv_shapes():

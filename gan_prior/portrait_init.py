@@ -1,4 +1,4 @@
-"""From a prompt or a photo to the GAN prior's pyramid tri-grid (paper §3.4, spec §4.1–4.4), in one
+"""From a prompt or a photo to the GAN prior's pyramid tri-grid (paper §3.4; official ``portrait3d_main.py`` steps 1–4), in one
 call, resumable step by step.
 
 Steps, each writing its files into ``out_dir`` (atomically; the step's JSON is written last and
@@ -9,7 +9,7 @@ marks it done, so a rerun or an interrupted run skips finished steps):
 2. ``alignment`` — framing measured from the GAN's renders (:mod:`gan_prior.alignment`), the best
    candidate picked with reasons, the square crop, and a camera estimate
    (:func:`gan_prior.inversion.estimate_camera`): ``aligned.png`` + ``alignment.json``;
-3. ``inversion`` — w+ (:func:`gan_prior.inversion.invert`), then the pyramid from it (spec §4.4):
+3. ``inversion`` — w+ (:func:`gan_prior.inversion.invert`), then the pyramid from it (official ``3DPortraitGAN_pyramid/run_trigrid_gen.py``):
    ``w_plus.safetensors``, ``pyramid.safetensors``, ``comparison.png`` (target | inversion) +
    ``inversion.json``.
 
@@ -24,22 +24,25 @@ import json
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Mapping, Optional
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .alignment import (align_image, as_rgb, detector_name, load_or_measure_framing, make_detector,
-                        require_faces, select_candidate)
-from .checkpoint import load_pyramid, save_pyramid
+from .alignment import (align_image, detector_name, load_or_measure_framing, make_detector, require_faces,
+                        select_candidate)
+from .camera import canonical_label
+from .diffusion import (DEFAULT_TEXT_TO_IMAGE_MODEL, TextToImageConfig, clear_pipeline_cache, generate_candidates,
+                        load_pipeline, portrait_prompt)
 from .files import atomic_path, read_json, write_json
 from .generator import PortraitGAN
 from .inversion import InversionConfig, estimate_camera, invert
-from .media import save_image
+from .media import as_rgb, from_uint8, save_image
 from .perceptual import VGG16Distance
+from .pyramid_files import load_pyramid, save_pyramid
 
 ProgressFn = Callable[[str], None]
 
@@ -50,7 +53,7 @@ class PortraitInitConfig:
 
     prompt: Optional[str] = None  # text → candidates (step 1) …
     image: Optional[str] = None  # … or a user's photo (step 1 skipped)
-    text_to_image_model: str = "SG161222/Realistic_Vision_V5.1_noVAE"
+    text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
     num_candidates: int = 6
     candidate_seed: int = 0
     candidate_steps: int = 50
@@ -64,6 +67,19 @@ class PortraitInitConfig:
     vgg16: Optional[str] = None  # official vgg16.pt or a torchvision VGG16 state dict; None only with allow_random_vgg16
     allow_random_vgg16: bool = False  # smoke tests: a random perceptual network
     inversion: InversionConfig = field(default_factory=InversionConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, option: str = "portrait") -> "PortraitInitConfig":
+        """From plain options (``inversion`` a dict of :class:`InversionConfig` fields); an unknown
+        key is a one-line error naming ``option`` and the valid keys."""
+        for name, kind, given in ((option, cls, d), (f"{option}.inversion", InversionConfig, d.get("inversion") or {})):
+            unknown = set(given) - {f.name for f in fields(kind)}
+            if unknown:
+                raise ValueError(f"{name}: unknown key(s) {sorted(unknown)}; valid: {sorted(f.name for f in fields(kind))}")
+        d = dict(d)
+        if not isinstance(d.get("inversion", InversionConfig()), InversionConfig):
+            d["inversion"] = InversionConfig(**dict(d["inversion"]))
+        return cls(**d)
 
     def validate(self) -> None:
         if bool(self.prompt) == bool(self.image):
@@ -147,7 +163,7 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
     if alignment is None:
         alignment = timer("alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, distance, log))
     target = torch.from_numpy(read_rgb(os.path.join(out_dir, "aligned.png"))).permute(2, 0, 1)[None]
-    target = target.float().to(device) / 127.5 - 1
+    target = from_uint8(target.to(device))
     label = torch.tensor(alignment["camera"]["label"], dtype=torch.float32, device=device)
 
     # 3. inversion and pyramid ------------------------------------------------------------------
@@ -174,7 +190,6 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
 
 
 def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn) -> dict:
-    from .diffusion import TextToImageConfig, clear_pipeline_cache, generate_candidates, load_pipeline, portrait_prompt
 
     prompt = portrait_prompt(cfg.prompt)
     log(f"Generating {cfg.num_candidates} candidate portraits with {cfg.text_to_image_model}: {prompt!r}")
@@ -216,12 +231,10 @@ def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: li
     best = aligned[chosen]
     save_image(os.path.join(out_dir, "aligned.png"), best.image)
     if cfg.estimate_camera:
-        target = torch.from_numpy(best.image).permute(2, 0, 1)[None].float() / 127.5 - 1
+        target = from_uint8(torch.from_numpy(best.image).permute(2, 0, 1)[None])
         camera = estimate_camera(G, target, distance, resolution=cfg.camera_resolution)
         log(f"Camera estimate: yaw {camera['yaw']:+g}°, elevation {camera['elevation']:+g}°")
     else:
-        from .camera import canonical_label
-
         camera = {"label": canonical_label(1), "yaw": 0.0, "elevation": 0.0, "distances": {}}
     record = {"chosen": chosen, "report": report, "framing": framing.to_dict(),
               "crop": list(best.crop), "padding": best.padding,

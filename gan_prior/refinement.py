@@ -1,4 +1,4 @@
-"""The refinement stage (paper §3.5, spec §4.6): 21 views of the optimised pyramid, and the
+"""The refinement stage (paper §3.5; official ``gen_quality_improve_data_from_triplane.py`` and ``optimize_trigrid.py``): 21 views of the optimised pyramid, and the
 masked patch-L2 fit that pulls the renders toward their SDEdit-refined versions.
 
 Views (official ``gen_quality_improve_data_from_triplane.py``): for each azimuth parameter
@@ -79,5 +79,13 @@ def patch_loss(G, levels: Mapping[int, Tensor], ws: Tensor, label: Tensor, targe
     out = G.render(levels, ws, label, resolution=cfg.resolution, deterministic=deterministic, background=False,
                    patch=(top, left, p), depth_resolution=cfg.depth_resolution,
                    depth_resolution_importance=cfg.depth_resolution_importance)
-    gt = target[:, :, top:top + p, left:left + p].to(out["image"])
-    return ((out["image"] - gt) ** 2 * out["mask"]).mean() * cfg.loss_weight
+    return masked_patch_l2(out["image"], out["mask"], target, top, left, cfg)
+
+
+def masked_patch_l2(image: Tensor, mask: Tensor, target: Tensor, top: int, left: int,
+                    cfg: RefineFitConfig = RefineFitConfig()) -> Tensor:
+    """The official fit's loss: ``image`` / ``mask`` of the patch at (top, left) ``[1, 3|1, p, p]``
+    against that window of ``target`` ``[1, 3, R, R]``, times ``loss_weight``."""
+    p = cfg.patch_resolution
+    gt = target[:, :, top:top + p, left:left + p].to(image)
+    return ((image - gt) ** 2 * mask).mean() * cfg.loss_weight

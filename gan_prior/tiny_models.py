@@ -34,6 +34,9 @@ from typing import Callable, Dict, Iterator
 
 import torch
 
+from .files import CACHE_ENV_VAR, cache_root
+from .generator import PortraitGAN, tiny_config
+
 __all__ = [
     "TinyModel",
     "TINY_MODELS",
@@ -45,8 +48,6 @@ __all__ = [
     "MARKER_FILE",
 ]
 
-#: Environment variable that overrides the cache root (default ``~/.cache/portrait3d``).
-CACHE_ENV_VAR = "PORTRAIT3D_CACHE"
 #: Written last inside every finished model folder; records name and recipe version.
 MARKER_FILE = ".portrait3d_tiny.json"
 
@@ -234,8 +235,7 @@ register_tiny_model("stable-diffusion", build_tiny_stable_diffusion, TINY_SD_VER
 
 def tiny_cache_root() -> Path:
     """Folder that holds the tiny models: ``$PORTRAIT3D_CACHE/tiny`` or ``~/.cache/portrait3d/tiny``."""
-    base = os.environ.get(CACHE_ENV_VAR) or os.path.join("~", ".cache", "portrait3d")
-    return Path(base).expanduser().resolve() / "tiny"
+    return cache_root() / "tiny"
 
 
 def _marker_ok(folder: Path, name: str, version: str) -> bool:
@@ -346,8 +346,6 @@ def tiny_model_path(name: str) -> str:
 # --------------------------------------------------------------------------- #
 def build_tiny_portrait_gan(path: str, seed: int = 0) -> None:
     """A randomly initialised :class:`~gan_prior.generator.PortraitGAN` saved with ``save``."""
-    from .generator import PortraitGAN, tiny_config
-
     PortraitGAN.random(tiny_config(), seed=seed).save(path)
 
 

@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 # modules of this package that each add one or more subcommands
-COMMAND_MODULES: tuple = ()
+COMMAND_MODULES: tuple = ("run",)
 
 
 class UsageError(Exception):

@@ -29,7 +29,8 @@ import pytest
 import torch
 
 from gan_prior import PortraitGAN, RenderConfig, canonical_label, load_pyramid, save_pyramid, tiny_config
-from gan_prior.checkpoint import CheckpointError, load_decoder_checkpoint, read_checkpoint
+from gan_prior.checkpoint import CheckpointError, read_checkpoint
+from gan_prior.generator import load_decoder_checkpoint
 from gan_prior.decoder import TriGridDecoder
 from gan_prior.superresolution import Superresolution
 from gan_prior.generator import _Backbone

@@ -16,11 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args):
-    import torch
-
-    # on a CPU-only torch, PyPI's torchvision (imported by diffusers/transformers) needs the shim
-    stubs = [] if torch.cuda.is_available() else [os.path.join(ROOT, "tests", "cpu_stubs")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(stubs + [ROOT])}
+    # nothing but this checkout on the path: gan_prior itself makes PyPI's torchvision importable on a
+    # CPU-only torch (gan_prior.torchvision_compat)
+    env = {**os.environ, "PYTHONPATH": ROOT}
     return subprocess.run([sys.executable, "-m", "gan_prior", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 

@@ -18,7 +18,7 @@ from weights import fill_state_dict, sr_inputs
 
 from gan_prior import PortraitGAN, PortraitGANConfig, RenderConfig, sample_pyramid
 from gan_prior.camera import SDS_FOCAL, camera_label, intrinsics, lookat_pose
-from gan_prior.checkpoint import load_state_into
+from gan_prior.generator import load_state_into
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "official_parity.safetensors")
 # Relative to the largest official value of each tensor. Measured float32 differences: ≤ 1.7e-6

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.camera import SDS_FOCAL, gan_to_threestudio_points
 from gan_prior.refinement import (NUM_VIEWS, RefineFitConfig, fit_schedule, patch_loss, refinement_angles,
@@ -21,7 +21,7 @@ def test_21_views_at_the_official_angles():
         for j, band in enumerate((60.0, 90.0, 120.0)):
             assert abs(math.degrees(v[3 * k + j]) - band) <= 5.0
     elev, azim = refinement_angles(seed=3)
-    # spec §5: true elevations +16.1…+22.9, −3.2…+3.2, −22.9…−16.1; azimuths −90 + 51.43 k
+    # the official 21 views: true elevations +16.1…+22.9, −3.2…+3.2, −22.9…−16.1; azimuths −90 + 51.43 k
     bands = [(16.1, 22.9), (-3.2, 3.2), (-22.9, -16.1)]
     for i in range(21):
         lo, hi = bands[i % 3]

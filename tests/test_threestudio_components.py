@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 from gan_prior import PortraitGAN, save_pyramid, threestudio_c2w_to_label, tiny_config
 
 pytestmark = requires_threestudio
@@ -38,8 +38,7 @@ def build(ts, prior_path, mode="torgb-bias", **init):
                                       geometry=g, material=m, background=bg)
     levels, ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "seed": 5, **init})()
     g.set_levels(levels)
-    m.set_ws(ws)
-    bg.set_ws(ws)
+    m.set_ws(ws)  # the one copy of ws: the renderer hands it to the background
     return g, m, bg, r.eval(), levels, ws
 
 
@@ -63,6 +62,29 @@ def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
         assert (out["comp_rgb"] - expected).abs().max() < 2e-5
         assert (out["opacity"] - ref["opacity"].permute(0, 2, 3, 1)).abs().max() < 1e-5
         assert (out["depth"] - ref["depth"].permute(0, 2, 3, 1)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_stage2_renders_through_the_components_equal_the_gan_prior(ts, prior_path, background):
+    """render_labels (refinement views, fit patches, official videos) = PortraitGAN.render on the
+    same pyramid and ws: image in the ToRGB range, the official mask, any patch window."""
+    from gan_prior.refinement import refinement_labels
+
+    _, _, _, renderer, levels, ws = build(ts, prior_path, "torgb-bias")  # stage 2 needs no "gan" mode
+    prior = PortraitGAN.from_checkpoint(prior_path)
+    labels = refinement_labels(0)[::10]
+    for label, patch in zip(labels, (None, (3, 5, 8), (8, 0, 8))):
+        with torch.no_grad():
+            out = renderer.render_labels(label[None], 16, background=background, patch=patch, chunk=100,
+                                         depth_resolution=10, depth_resolution_importance=6)
+            ref = prior.render(levels, ws, label[None], resolution=16, deterministic=True, background=background,
+                               patch=patch, chunk=100, depth_resolution=10, depth_resolution_importance=6)
+        assert out["image"].shape == ref["image"].shape == (1, 3, 8 if patch else 16, 8 if patch else 16)
+        assert (out["image"] - ref["image"]).abs().max() < 4e-5
+        assert (out["mask"] - ref["mask"]).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="system.background_type must be portrait3d-gan-background"):
+        ts.find("portrait3d-renderer")({}, geometry=renderer.geometry, material=renderer.material,
+                                      background=ts.find("solid-color-background")({})).render_labels(labels, 8)
 
 
 def test_cameras_orbit_the_origin_and_look_at_the_pivot(ts):
@@ -113,8 +135,9 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
         ws = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(2)), canonical_label(1))
         photo = G.render(G.synthesize_pyramid(ws), ws, canonical_label(1), resolution=32, deterministic=True)["image"]
     imageio.imwrite(tmp_path / "me.png", ((photo[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255)).byte().numpy())
-    cfg = {"checkpoint": prior_path, "source": "image", "image": str(tmp_path / "me.png"), "detector": "none",
-           "aligned_resolution": 32, "vgg16": "random", "inversion": {"steps": 2, "w_avg_samples": 8, "resolution": 32}}
+    portrait = {"image": str(tmp_path / "me.png"), "detector": "none", "aligned_resolution": 32, "vgg16": "random",
+                "inversion": {"steps": 2, "w_avg_samples": 8, "resolution": 32}}
+    cfg = {"checkpoint": prior_path, "source": "image", "portrait": portrait}
     init = ts.find("gan-prior-initializer")(cfg)
     levels, got_ws = init(save_dir=str(tmp_path / "save"))
     folders = os.listdir(tmp_path / "save" / "init")
@@ -130,12 +153,16 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
     again, _ = ts.find("gan-prior-initializer")(cfg)(save_dir=str(tmp_path / "save"))
     assert os.path.getmtime(out / "pyramid.safetensors") == stamp and all(torch.equal(again[r], levels[r])
                                                                              for r in levels)
-    with pytest.raises(ValueError, match="system.initializer.image: .*gone.png not found"):
-        ts.find("gan-prior-initializer")({**cfg, "image": str(tmp_path / "gone.png")})(save_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="system.initializer.vgg16: the inversion needs a perceptual network"):
-        ts.find("gan-prior-initializer")({**cfg, "vgg16": None})(save_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="system.initializer.prompt is empty"):
-        ts.find("gan-prior-initializer")({**cfg, "source": "prompt", "prompt": " "})(save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.portrait.image: .*gone.png not found"):
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "image": str(tmp_path / "gone.png")}})(
+            save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.portrait.vgg16: the inversion needs a perceptual network"):
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "vgg16": None}})(save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="system.initializer.portrait.prompt is empty"):
+        ts.find("gan-prior-initializer")({**cfg, "source": "prompt", "portrait": {**portrait, "prompt": " "}})(
+            save_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"system.initializer.portrait: unknown key\(s\) \['detektor'\]"):
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "detektor": "none"}})(save_dir=str(tmp_path))
 
 
 def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 
 pytestmark = requires_threestudio
 
@@ -302,6 +302,55 @@ def test_a_misspelt_component_name_gets_one_clear_line(run):
     assert proc.returncode != 0
     assert ("system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; "
             "did you mean pyramid-trigrid") in proc.stderr
+
+
+def _stderr_error_line(proc) -> str:
+    """The run's last stderr line, which must be its one [ERROR] line (no traceback before it)."""
+    assert proc.returncode != 0, _tail(proc)
+    assert "Traceback" not in proc.stderr, _tail(proc)
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_newcomer_mistakes_end_in_one_line(run):
+    """A missing or empty prompt and a misspelt key: one [ERROR] line naming the option (and the closest
+    valid names), no traceback, and no empty trial folder left behind."""
+    tree, cache, trial, launch = run
+    cases = (
+        (["--config", "configs/portrait3d.yaml", "--train"],
+         '[ERROR] system.prompt_processor.prompt is not set: add system.prompt_processor.prompt="'),
+        (["--config", "configs/portrait3d.yaml", "--train", "system.prompt_processor.prompt="],
+         "[ERROR] system.prompt_processor.prompt is empty"),
+        (["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo2", "use_timestamp=false",
+          "system.initialiser.source=seed"],
+         "[ERROR] unknown config key 'initialiser' in Portrait3DSystem.Config; did you mean initializer"),
+    )
+    for args, message in cases:
+        assert _stderr_error_line(launch(tree, cache, *args)).startswith(message)
+    assert not os.path.exists(os.path.join(tree, "outputs", "portrait3d-tiny", "typo2"))
+
+
+def test_without_the_extension_then_cloned_into_custom(tmp_path):
+    """Our config in a threestudio tree without the extension says how to install it; a clone of this
+    repository in custom/ (threestudio's usual way) is loaded as the extension."""
+    from helpers import ROOT, THREESTUDIO_ROOT
+    from threestudio_env import launch
+
+    tree = tmp_path / "bare"
+    tree.mkdir()
+    for name in os.listdir(THREESTUDIO_ROOT):
+        if name not in ("custom", "outputs", ".threestudio_cache"):
+            os.symlink(os.path.join(THREESTUDIO_ROOT, name), tree / name)
+    (tree / "custom").mkdir()
+    cache = str(tmp_path / "cache")
+    line = _stderr_error_line(launch(str(tree), cache, "--config", os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"),
+                                     "--train"))
+    assert line.startswith("[ERROR] the Portrait3D extension is not installed in this threestudio checkout: run `python")
+    assert "install_extension.py" in line
+    os.symlink(ROOT, tree / "custom" / "Portrait3D-threestudio")
+    line = _stderr_error_line(launch(str(tree), cache, "--config",
+                                     "custom/Portrait3D-threestudio/configs/portrait3d-tiny.yaml", "--train",
+                                     "system.initialiser.source=seed"))
+    assert line.startswith("[ERROR] unknown config key 'initialiser' in Portrait3DSystem.Config")
 
 
 def test_refinement_settings_are_checked_before_training(run):

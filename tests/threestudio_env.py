@@ -1,20 +1,18 @@
-"""Helpers for tests that run threestudio: an isolated work tree with this extension installed,
-and the environment a CPU-only machine needs (tests/cpu_stubs on PYTHONPATH)."""
+"""Helpers for tests that run threestudio: an isolated work tree with this extension installed, the
+launch environment, and the extension imported in the test process as launch.py imports it."""
 import os
 import subprocess
 import sys
 
-from conftest import ROOT, THREESTUDIO_ROOT
+from helpers import ROOT, THREESTUDIO_ROOT
 
-STUBS = os.path.join(ROOT, "tests", "cpu_stubs")
+from portrait3d import cpu_compat
+from portrait3d.threestudio_env import install_extension
 
 
 def make_worktree(dest: str) -> str:
     """A threestudio tree at ``dest``: links to THREESTUDIO_ROOT's entries, its own custom/ and
-    configs/ (so the user's checkout is never modified), then our installer run on it."""
-    sys.path.insert(0, ROOT)
-    from install_extension import install
-
+    configs/ (so the checkout is never modified), then our installer run on it."""
     os.makedirs(dest, exist_ok=True)
     for name in os.listdir(THREESTUDIO_ROOT):
         if name in ("custom", "configs", "outputs", ".threestudio_cache"):
@@ -22,19 +20,15 @@ def make_worktree(dest: str) -> str:
         os.symlink(os.path.join(THREESTUDIO_ROOT, name), os.path.join(dest, name))
     os.makedirs(os.path.join(dest, "custom"))
     os.makedirs(os.path.join(dest, "configs"))
-    install(dest)
+    install_extension(dest)
     return dest
 
 
 def launch_env(cache: str) -> dict:
+    """The environment of a user's launch: this checkout first on the path (no stand-ins on it: the
+    installer's start-up file supplies them where CUDA-only packages are missing)."""
     env = dict(os.environ)
-    cuda = False
-    try:
-        import torch
-        cuda = torch.cuda.is_available()
-    except ImportError:
-        pass
-    paths = ([] if cuda else [STUBS]) + [ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    paths = [ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env.update(PYTHONPATH=os.pathsep.join(paths), PORTRAIT3D_CACHE=cache, WANDB_MODE="disabled",
                PYTHONWARNINGS="ignore")
     return env
@@ -50,12 +44,7 @@ def import_extension():
     """Import threestudio and this extension in the test process, as launch.py does (once)."""
     import importlib.util
 
-    import torch
-
-    if not torch.cuda.is_available() and STUBS not in sys.path:
-        sys.path.insert(0, STUBS)
-        spec = importlib.util.spec_from_file_location("_p3d_cpu_shim", os.path.join(STUBS, "sitecustomize.py"))
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    cpu_compat.install()
     if THREESTUDIO_ROOT not in sys.path:
         sys.path.insert(0, THREESTUDIO_ROOT)
     import threestudio

@@ -13,15 +13,20 @@ from packaging.version import Version
 if not hasattr(threestudio, "__version__") or Version(threestudio.__version__) < Version("0.2.0"):
     raise ValueError("threestudio-portrait3d needs threestudio >= 0.2.0; please update threestudio")
 
+from portrait3d import launch_errors  # noqa: E402
+
+launch_errors.install()  # one-line errors in launch.py (also armed at start-up by the setup's .pth)
+
 from . import prior  # noqa: E402,F401  (registers the ${p3d_tiny:...} resolver)
 from .background import gan_background  # noqa: E402,F401
 from .data import portrait3d_camera  # noqa: E402,F401
 from .exporter import portrait3d_exporter  # noqa: E402,F401
 from .geometry import pyramid_trigrid  # noqa: E402,F401
+from .initializer import gan_prior_initializer  # noqa: E402,F401
 from .material import gan_material  # noqa: E402,F401
 from .prompt_processor import portrait3d_prompt_processor  # noqa: E402,F401
 from .renderer import portrait3d_renderer  # noqa: E402,F401
-from .system import gan_prior_initializer, portrait3d  # noqa: E402,F401
+from .system import portrait3d  # noqa: E402,F401
 from .utils.cpu_compat import apply_cpu_compat  # noqa: E402
 from .utils.diffusers_compat import apply_vsd_lora_compat  # noqa: E402
 

@@ -3,18 +3,23 @@
 - ``mode: torgb-bias`` (the official SDS stage, which renders without the GAN background): a
   feature of 0 through ToRGB, i.e. the ToRGB bias colour;
 - ``mode: gan`` (the refinement targets and the official videos): the GAN's background generator
-  (fed ``ws[:, :12]``), resized to the image and passed through the same ToRGB — compositing it
-  after ToRGB equals the official feature-space compositing because ToRGB is affine.
+  (:func:`gan_prior.generator.background_features`, fed ``ws[:, :12]``) through the same ToRGB —
+  compositing it after ToRGB equals the official feature-space compositing because ToRGB is affine.
+
+The latent ``ws`` is the material's (``portrait3d-gan-material``): ``portrait3d-renderer`` passes it.
 """
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import threestudio
 from threestudio.models.background.base import BaseBackground
 from threestudio.utils.typing import *
 
+from gan_prior.generator import background_features, to_rgb
+
 from ..prior import frozen_copy, load_prior
+
+MODES = ("torgb-bias", "gan")
 
 
 @threestudio.register("portrait3d-gan-background")
@@ -27,33 +32,37 @@ class GANBackground(BaseBackground):
     cfg: Config
 
     def configure(self) -> None:
-        if self.cfg.mode not in ("torgb-bias", "gan"):
+        if self.cfg.mode not in MODES:
             raise ValueError(f"system.background.mode must be 'torgb-bias' or 'gan', got {self.cfg.mode!r}")
         prior = load_prior(self.cfg.checkpoint, "system.background.checkpoint")
         if self.cfg.mode == "gan" and prior.bcg_synthesis is None:
             raise ValueError(f"system.background.mode=gan but {self.cfg.checkpoint} has no background generator")
         self.torgb = frozen_copy(prior.torgb)
-        self.bcg_synthesis = frozen_copy(prior.bcg_synthesis) if self.cfg.mode == "gan" else None
-        self.register_buffer("ws", torch.zeros(1, prior.num_ws, prior.cfg.w_dim))
-        self._cache: Dict[int, Tensor] = {}
+        # the refinement views and the official videos use the GAN background whatever the mode
+        self.bcg_synthesis = frozen_copy(prior.bcg_synthesis) if prior.bcg_synthesis is not None else None
+        self._cache: Dict[tuple, Tensor] = {}
 
-    @torch.no_grad()
-    def set_ws(self, ws: Float[Tensor, "1 N D"]) -> None:
-        self.ws.copy_(ws[:1].to(self.ws))
-        self._cache.clear()
+    def image(self, ws: Float[Tensor, "1 N D"], size: int, gan: bool) -> Float[Tensor, "1 size size 3"]:
+        """The background colour in [0, 1] (ToRGB·0.5 + 0.5, not clamped) of a ``size²`` image:
+        the GAN's background (``gan``) or the ToRGB bias."""
+        if not gan:
+            return (self.torgb.bias * 0.5 + 0.5).to(ws).expand(1, size, size, 3)
+        if self.bcg_synthesis is None:
+            raise ValueError(f"{self.cfg.checkpoint} has no background generator; the GAN background is unavailable")
+        key = (size, ws.data_ptr(), ws._version, ws.device)  # ws changes in place on set_ws / resume
+        if key not in self._cache:
+            with torch.no_grad():
+                feats = background_features(self.bcg_synthesis, ws, size)
+                self._cache = {key: (to_rgb(self.torgb, feats, ws) * 0.5 + 0.5).permute(0, 2, 3, 1)}
+        return self._cache[key]
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._cache.clear()  # ws may change on resume
-        return super()._load_from_state_dict(*args, **kwargs)
-
-    def forward(self, dirs: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B H W 3"]:
+    def forward(self, dirs: Float[Tensor, "B H W 3"], ws: Optional[Float[Tensor, "1 N D"]] = None
+                ) -> Float[Tensor, "B H W 3"]:
         b, h, w, _ = dirs.shape
         if self.cfg.mode == "torgb-bias":
-            colour = self.torgb.bias * 0.5 + 0.5
-            return colour.to(dirs).expand(b, h, w, 3)
-        if h not in self._cache:
-            with torch.no_grad():
-                feats = self.bcg_synthesis(self.ws)
-                feats = F.interpolate(feats, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-                self._cache[h] = (self.torgb(feats, self.ws[:, -1]) * 0.5 + 0.5).permute(0, 2, 3, 1)
-        return self._cache[h].to(dirs).expand(b, -1, -1, -1)
+            return (self.torgb.bias * 0.5 + 0.5).to(dirs).expand(b, h, w, 3)
+        if ws is None:
+            raise ValueError("portrait3d-gan-background (mode gan) needs the latent ws: use it with portrait3d-renderer")
+        if h != w:
+            raise ValueError(f"portrait3d-gan-background (mode gan) renders square images, got {h}x{w}")
+        return self.image(ws, h, gan=True).to(dirs).expand(b, -1, -1, -1)

@@ -15,21 +15,23 @@ from threestudio.utils.config import parse_structured
 from threestudio.utils.ops import get_mvp_matrix
 from threestudio.utils.typing import *
 
+from gan_prior.camera import CANONICAL_RADIUS, SDS_FOVY_DEG, threestudio_pivot
+
 
 @dataclass
 class Portrait3DCameraConfig(RandomCameraDataModuleConfig):
-    look_at: Tuple[float, float, float] = (0.0, 0.0, 0.0649)
-    # the official SDS camera ranges (spec §4.5, camera-check.md §4)
+    look_at: Tuple[float, float, float] = threestudio_pivot()  # (0, 0, 0.0649)
+    # the official SDS camera ranges (official ``nerf/provider_3DPortraitGAN.py`` ``rand_poses``)
     elevation_range: Tuple[float, float] = (-15.0, 30.0)
     azimuth_range: Tuple[float, float] = (-180.0, 180.0)
-    camera_distance_range: Tuple[float, float] = (2.7, 2.7)
-    fovy_range: Tuple[float, float] = (8.818, 8.818)
+    camera_distance_range: Tuple[float, float] = (CANONICAL_RADIUS, CANONICAL_RADIUS)
+    fovy_range: Tuple[float, float] = (SDS_FOVY_DEG, SDS_FOVY_DEG)
     camera_perturb: float = 0.0
     center_perturb: float = 0.0
     up_perturb: float = 0.0
     eval_elevation_deg: float = 0.0
-    eval_camera_distance: float = 2.7
-    eval_fovy_deg: float = 8.818
+    eval_camera_distance: float = CANONICAL_RADIUS
+    eval_fovy_deg: float = SDS_FOVY_DEG
 
 
 def aim_cameras(batch: Dict[str, Any], look_at: Tensor) -> Dict[str, Any]:

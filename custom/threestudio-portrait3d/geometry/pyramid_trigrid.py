@@ -3,7 +3,9 @@
 Parameters: one tensor per level, ``trigrids_{R}`` ``[1, 3, 36, R, R]`` (learning rates per level
 are plain optimizer config: ``system.optimizer.params.geometry.trigrids_256.lr``). The frozen GAN
 decoder maps the level- and plane-averaged features to a raw density σ and a 32-channel feature.
-Points arrive in threestudio's world (z up) and are rotated into the GAN world (y up, face +z).
+``gan_field`` takes GAN-world points (y up, face +z), as ``portrait3d-renderer`` samples them;
+threestudio's own calls (``forward``, the isosurface) pass threestudio-world points (z up), rotated
+once into the GAN world.
 ``density`` is the *raw* σ (the renderer applies ``softplus(σ − 1)``); the isosurface is taken on
 raw σ, as the official shape export (level 15 there), with the official x/z crop applied.
 """
@@ -27,7 +29,7 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
     class Config(BaseImplicitGeometry.Config):
         checkpoint: str = ""  # the GAN prior whose frozen decoder reads the grid
         level_sizes: List[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512])
-        radius: float = 0.35  # the tri-grid cube (box_warp / 2)
+        radius: float = RenderConfig.box_warp / 2  # the tri-grid cube
         isosurface_method: str = "mc-cpu"
         isosurface_resolution: int = 256
         isosurface_threshold: Any = 15.0  # raw σ, official marching-cubes level
@@ -58,11 +60,14 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
         for r, t in levels.items():
             getattr(self, level_key(r)).copy_(t[:1].to(self.decoder.net[0].weight))
 
-    def _field(self, points: Float[Tensor, "*N 3"]) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
-        shape = points.shape[:-1]
-        pts = threestudio_to_gan_points(points.reshape(1, -1, 3))
-        sigma, feats = self.decoder(sample_pyramid(self.levels, pts, self.box_warp, self.depth))
+    def gan_field(self, points_e: Float[Tensor, "*N 3"]) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
+        """GAN-world points → (raw σ, 32-channel features): the decoder on the sampled pyramid."""
+        shape = points_e.shape[:-1]
+        sigma, feats = self.decoder(sample_pyramid(self.levels, points_e.reshape(1, -1, 3), self.box_warp, self.depth))
         return sigma.reshape(*shape, 1), feats.reshape(*shape, -1)
+
+    def _field(self, points: Float[Tensor, "*N 3"]) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
+        return self.gan_field(threestudio_to_gan_points(points))
 
     def forward(self, points: Float[Tensor, "*N Di"], output_normal: bool = False) -> Dict[str, Float[Tensor, "..."]]:
         if output_normal:

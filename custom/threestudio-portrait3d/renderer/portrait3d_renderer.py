@@ -1,10 +1,13 @@
 """``portrait3d-renderer``: the official importance-sampling renderer in threestudio's contract.
 
-Rays (threestudio world, unit directions) are rotated into the GAN world and rendered by
-:func:`gan_prior.renderer.render_rays` with the geometry + material as the field: stratified +
+Rays (threestudio world, unit directions) are rotated once into the GAN world and rendered by
+:func:`gan_prior.renderer.render_rays` with the geometry (its GAN-world ``gan_field``) + material as
+the field: stratified +
 importance samples on ``[ray_start, ray_end]`` along unit rays from the same camera centre (exact
 for threestudio cameras on the radius-2.7 sphere, see camera-check.md), the x/z crop, midpoint
 quadrature. Training jitters (as the official renderer always does); evaluation is deterministic.
+``render_labels`` renders official camera labels through the same components: stage 2 of
+``portrait3d-system`` (refinement views, fit, official videos) has no other render path.
 """
 from dataclasses import dataclass
 
@@ -13,21 +16,25 @@ import threestudio
 from threestudio.models.renderers.base import VolumeRenderer
 from threestudio.utils.typing import *
 
-from gan_prior.camera import gan_to_threestudio_points, threestudio_to_gan_points
-from gan_prior.renderer import RenderConfig, render_rays
+from gan_prior.camera import threestudio_to_gan_points
+from gan_prior.generator import opacity_to_mask
+from gan_prior.renderer import RenderConfig, rays_from_label, render_rays
+
+from ..background.gan_background import GANBackground
 
 
 @threestudio.register("portrait3d-renderer")
 class Portrait3DRenderer(VolumeRenderer):
     @dataclass
     class Config(VolumeRenderer.Config):
-        radius: float = 0.35
-        ray_start: float = 2.35
-        ray_end: float = 3.12
-        depth_resolution: int = 48
-        depth_resolution_importance: int = 48
-        box_warp: float = 0.7
-        triplane_crop: float = 0.1
+        # defaults: gan_prior.renderer.RenderConfig, the official rendering_kwargs
+        radius: float = RenderConfig.box_warp / 2
+        ray_start: float = RenderConfig.ray_start
+        ray_end: float = RenderConfig.ray_end
+        depth_resolution: int = RenderConfig.depth_resolution
+        depth_resolution_importance: int = RenderConfig.depth_resolution_importance
+        box_warp: float = RenderConfig.box_warp
+        triplane_crop: float = RenderConfig.triplane_crop
         randomized: bool = True  # stratified jitter + random importance samples while training
         eval_chunk_size: int = 16384  # rays per call at evaluation
 
@@ -35,14 +42,13 @@ class Portrait3DRenderer(VolumeRenderer):
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
-        self.render_cfg = RenderConfig(ray_start=self.cfg.ray_start, ray_end=self.cfg.ray_end,
-                                       depth_resolution=self.cfg.depth_resolution,
-                                       depth_resolution_importance=self.cfg.depth_resolution_importance,
-                                       box_warp=self.cfg.box_warp, triplane_crop=self.cfg.triplane_crop)
+        self.render_cfg = RenderConfig().replace(
+            **{f: getattr(self.cfg, f) for f in ("ray_start", "ray_end", "depth_resolution",
+                                                 "depth_resolution_importance", "box_warp", "triplane_crop")})
 
-    def _field(self, points_e: Tensor) -> Tuple[Tensor, Tensor]:
-        geo = self.geometry(gan_to_threestudio_points(points_e))
-        return geo["density"], self.material(**geo)
+    def _field(self, points_e: Float[Tensor, "B N 3"]) -> Tuple[Float[Tensor, "B N 1"], Float[Tensor, "B N 3"]]:
+        sigma, feats = self.geometry.gan_field(points_e)  # samples stay in the GAN world
+        return sigma, self.material(features=feats)
 
     def forward(self, rays_o: Float[Tensor, "B H W 3"], rays_d: Float[Tensor, "B H W 3"],
                 light_positions: Optional[Float[Tensor, "B 3"]] = None, bg_color: Optional[Tensor] = None,
@@ -57,7 +63,8 @@ class Portrait3DRenderer(VolumeRenderer):
         opacity = rendered["opacity"].reshape(b, h, w, 1)
         depth = rendered["depth"].reshape(b, h, w, 1)
         if bg_color is None:
-            bg = self.background(dirs=rays_d)
+            gan_bg = isinstance(self.background, GANBackground)  # reads the material's ws
+            bg = self.background(dirs=rays_d, ws=self.material.ws) if gan_bg else self.background(dirs=rays_d)
         else:
             bg = bg_color.reshape(b, 1, 1, -1).expand(b, h, w, -1) if bg_color.ndim == 2 else bg_color
         comp = fg + (1.0 - opacity) * bg
@@ -66,3 +73,35 @@ class Portrait3DRenderer(VolumeRenderer):
         if self.training:
             out["weights"] = rendered["weights"]  # [B, HW, S-1, 1], for the entropy loss
         return out
+
+    def render_labels(self, labels: Float[Tensor, "B 25"], resolution: int, deterministic: bool = True,
+                      background: bool = True, patch: Optional[Tuple[int, int, int]] = None,
+                      chunk: Optional[int] = None, **render_options) -> Dict[str, Float[Tensor, "..."]]:
+        """The official cameras' view (``PortraitGAN.render``'s contract) through this renderer's
+        geometry, material and background: the refinement views, the fit and the official videos.
+
+        ``image`` ``[B, 3, H, W]`` in the ToRGB range (not clamped) and ``mask`` ``[B, 1, H, W]``
+        (the official ``image_mask``); ``background`` = the GAN background, else the ToRGB bias (a
+        zero feature, as ``PortraitGAN.render(background=False)``); ``patch = (top, left, size)``
+        renders that window of the ``resolution²`` image; ``render_options`` override
+        :class:`~gan_prior.renderer.RenderConfig` fields (e.g. ``depth_resolution``).
+        """
+        if not isinstance(self.background, GANBackground):
+            raise ValueError("system.background_type must be portrait3d-gan-background for the refinement and the "
+                             "official videos (they composite the GAN background or the ToRGB bias)")
+        cfg = self.render_cfg.replace(**render_options) if render_options else self.render_cfg
+        origins, dirs = rays_from_label(labels.float(), resolution, patch)
+        rendered = render_rays(self._field, origins, dirs, cfg, deterministic, chunk)
+        b, side = labels.shape[0], patch[2] if patch else resolution
+
+        def image(x: Tensor) -> Tensor:
+            return x.transpose(1, 2).reshape(b, x.shape[-1], side, side)
+
+        fg, opacity = image(rendered["features"]), image(rendered["opacity"])
+        bg = self.background.image(self.material.ws, resolution, gan=background).permute(0, 3, 1, 2)
+        if patch:
+            top, left, size = patch
+            bg = bg[:, :, top:top + size, left:left + size]
+        comp = fg + (1 - opacity) * bg.to(fg)  # = (ToRGB(features + (1 − opacity)·background) + 1) / 2
+        return {"image": comp * 2 - 1, "mask": opacity_to_mask(opacity), "opacity": opacity,
+                "depth": image(rendered["depth"])}

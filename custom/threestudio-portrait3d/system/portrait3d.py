@@ -6,20 +6,16 @@ threestudio guidance and prompt processor while the GAN decoder, ToRGB and backg
 frozen; a binary-entropy regulariser on the per-sample weights; an EMA of the pyramid (torch_ema
 semantics, every ``ema_every_n_steps``), the official ``df.pth``.
 
-Stage 2, refinement (steps ``sds_steps …``; paper §3.5, spec §4.6; ``refine.steps = 0`` turns it
-off): the EMA pyramid renders the 21 official views with the GAN background, SDEdit (any diffusers
-model) refines them — both written to ``save/refine/`` — and a masked patch-L2 fit with a fresh
-Adan at ``refine.lr`` for every level pulls the pyramid toward them (:mod:`gan_prior.refinement`).
+Stage 2, refinement (steps ``sds_steps …``; ``refine.steps = 0`` turns it off): the 21 official
+views, SDEdit and the patch fit, in :mod:`.refinement_stage`. The test-stage outputs (official
+videos, metrics) and the exporter's files are in :mod:`.test_outputs`.
 The refined targets and their cameras travel in the checkpoints, so a run resumes on either side
 of the boundary. Tests and exports use the refined pyramid (the official export reads the last
 fit epoch, not an EMA); an SDS-only run uses the EMA.
 """
 import difflib
-import glob
-import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import threestudio
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -27,58 +23,11 @@ from threestudio.systems.base import BaseLift3DSystem
 from threestudio.utils.config import parse_structured
 from threestudio.utils.typing import *
 
-from gan_prior.checkpoint import save_pyramid
-from gan_prior.diffusion import (REFINE_NEGATIVE_PROMPT, SDEditConfig, check_pipeline_source, clear_pipeline_cache,
-                                 load_pipeline, sdedit)
-from gan_prior.evaluation import evaluate
-from gan_prior.files import atomic_path, write_json
-from gan_prior.media import contact_sheet, render_frames, save_video, to_uint8, turntable_labels
-from gan_prior.media import save_image as write_image
 from gan_prior.pyramid_trigrid import level_key
-from gan_prior.refinement import RefineFitConfig, fit_schedule, patch_loss, refinement_labels
+from gan_prior.refinement import RefineFitConfig
 
-from ..prior import load_prior
-
-
-@dataclass
-class RefineConfig:
-    steps: int = 399  # 19 epochs x 21 views; 0 = no refinement (trainer.max_steps = sds_steps + steps)
-    model: Optional[str] = None  # diffusers model for SDEdit; default: the prompt processor's
-    prompt: Optional[str] = None  # default: the prompt processor's prompt, raw (no view prefix)
-    negative_prompt: str = REFINE_NEGATIVE_PROMPT
-    noise_step: int = 200  # SDEdit: noise to t = 200, then the 50-step DDIM schedule below it
-    sdedit_steps: int = 50
-    guidance_scale: float = 7.5
-    sdedit_seed: int = 42
-    view_seed: int = 0  # the official v-jitter is unseeded; seeded here so resumes see the same views
-    resolution: int = 512
-    patch_resolution: int = 256
-    view_samples: Tuple[int, int] = (96, 96)  # stratified + importance samples of the 21 views
-    fit_samples: Tuple[int, int] = (48, 48)
-    lr: float = 1.0  # Adan, every level (official optimize_trigrid.py)
-    loss_weight: float = 1e3
-    chunk: int = 16384  # rays per renderer call for the views
-
-
-@dataclass
-class EvaluationConfig:
-    """Paper §5.2 after the test stage (gan_prior.evaluation), on the large-pose video's frames."""
-    clip_model: Optional[str] = None  # CLIP folder or hub id -> CLIP score against the prompt
-    inception: Optional[str] = None  # pt_inception-2015-12-05-6726825d.pth -> FID/KID against `reference`
-    reference: Optional[str] = None  # images of the diffusion model; default: the initialisation's candidates
-
-
-@dataclass
-class VideoConfig:
-    """The official export videos (spec §4.7), written by the test stage next to threestudio's."""
-    large_frames: int = 240  # 360° at the horizon; 0 = skip
-    small_frames: int = 120  # the small-pose wobble; 0 = skip
-    resolution: int = 512
-    samples: Tuple[int, int] = (96, 96)
-    background: bool = True  # the GAN background, as the official videos
-    sheet_views: int = 8  # frames of the large turntable in views.png
-    fps: int = 30
-    chunk: int = 16384
+from .refinement_stage import RefineConfig, RefinementStage
+from .test_outputs import EvaluationConfig, TestOutputs, VideoConfig
 
 
 def _plain(obj: Any) -> Any:
@@ -93,7 +42,7 @@ def _plain(obj: Any) -> Any:
 
 
 @threestudio.register("portrait3d-system")
-class Portrait3DSystem(BaseLift3DSystem):
+class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
     @dataclass
     class Config(BaseLift3DSystem.Config):
         prior_checkpoint: str = ""  # the GAN prior; components refer to it as ${system.prior_checkpoint}
@@ -103,20 +52,21 @@ class Portrait3DSystem(BaseLift3DSystem):
         ema_every_n_steps: int = 100
         eval_with_ema: bool = True
         sds_steps: int = 2000
-        refine: dict = field(default_factory=dict)  # RefineConfig
-        videos: dict = field(default_factory=dict)  # VideoConfig
-        evaluation: dict = field(default_factory=dict)  # EvaluationConfig
+        refine: RefineConfig = field(default_factory=RefineConfig)
+        videos: VideoConfig = field(default_factory=VideoConfig)
+        evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     cfg: Config
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
+        # threestudio's parse_structured builds Config(**cfg), which leaves nested sections as plain
+        # dicts: type them here (defaults filled, unknown keys refused)
+        for name, kind in (("refine", RefineConfig), ("videos", VideoConfig), ("evaluation", EvaluationConfig)):
+            setattr(self.cfg, name, parse_structured(kind, getattr(self.cfg, name)))
         self.check_registered_names()
-        self.refine_cfg = parse_structured(RefineConfig, self.cfg.refine)
-        self.video_cfg = parse_structured(VideoConfig, self.cfg.videos)
-        self.eval_cfg = parse_structured(EvaluationConfig, self.cfg.evaluation)
         self.check_refine_config()
-        c = self.refine_cfg
+        c = self.cfg.refine
         self.fit_cfg = RefineFitConfig(resolution=c.resolution, patch_resolution=c.patch_resolution,
                                        depth_resolution=c.fit_samples[0], depth_resolution_importance=c.fit_samples[1],
                                        loss_weight=c.loss_weight)
@@ -129,34 +79,6 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if self.guidance_is_trained:  # e.g. VSD's LoRA: its parameters must exist for the optimizer
             self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
-
-    def check_refine_config(self) -> None:
-        """Fail at start-up, not after the SDS stage, on settings the refinement cannot use."""
-        c = self.refine_cfg
-        if c.steps <= 0:
-            return
-        if c.resolution % 8:
-            raise ValueError(f"system.refine.resolution={c.resolution}: SDEdit needs a multiple of 8 (the VAE's "
-                             "downsampling); the official value is 512")
-        if not 0 < c.patch_resolution <= c.resolution:
-            raise ValueError(f"system.refine.patch_resolution={c.patch_resolution} must be in 1..system.refine."
-                             f"resolution ({c.resolution}); the official value is 256")
-        if not 0 <= c.noise_step < 1000:
-            raise ValueError(f"system.refine.noise_step={c.noise_step} must be a diffusion timestep in 0..999; "
-                             "the official value is 200")
-        model = c.model or self.cfg.prompt_processor.get("pretrained_model_name_or_path")
-        check_pipeline_source(model, "system.refine.model" if c.model else
-                              "system.prompt_processor.pretrained_model_name_or_path")
-
-    def check_evaluation_config(self) -> None:
-        c = self.eval_cfg
-        if c.inception is not None and not os.path.isfile(c.inception):
-            raise ValueError(f"system.evaluation.inception: {c.inception} not found; give "
-                             "pt_inception-2015-12-05-6726825d.pth (the FID Inception weights) or null")
-        if c.clip_model and c.clip_model.startswith(("/", ".", "~")) and not os.path.isdir(
-                os.path.expanduser(c.clip_model)):
-            raise ValueError(f"system.evaluation.clip_model: folder {c.clip_model} not found; give a CLIP folder, "
-                             "a hub id or null")
 
     @property
     def guidance_is_trained(self) -> bool:
@@ -179,9 +101,7 @@ class Portrait3DSystem(BaseLift3DSystem):
         with torch.enable_grad():  # the inversion optimises a latent
             levels, ws = initializer(save_dir=self._save_dir, device=self.device)
         self.geometry.set_levels(levels)
-        for part in (self.material, self.background):
-            if hasattr(part, "set_ws"):
-                part.set_ws(ws)
+        self.material.set_ws(ws)  # the one copy of ws (the background and the stage-2 renders read it)
         for r, t in self.geometry.levels.items():
             getattr(self, f"ema_{level_key(r)}").copy_(t)
 
@@ -194,7 +114,7 @@ class Portrait3DSystem(BaseLift3DSystem):
             if not self.guidance_is_trained:
                 self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
         max_steps = self.trainer.max_steps
-        if self.refine_cfg.steps > 0 and 0 <= max_steps <= self.cfg.sds_steps:
+        if self.cfg.refine.steps > 0 and 0 <= max_steps <= self.cfg.sds_steps:
             threestudio.warn(f"trainer.max_steps={max_steps} <= system.sds_steps={self.cfg.sds_steps}: "
                              "the refinement stage will not run")
 
@@ -222,7 +142,7 @@ class Portrait3DSystem(BaseLift3DSystem):
 
     @property
     def refining(self) -> bool:
-        return self.refine_cfg.steps > 0 and self.true_global_step >= self.cfg.sds_steps
+        return self.cfg.refine.steps > 0 and self.true_global_step >= self.cfg.sds_steps
 
     def training_step(self, batch, batch_idx):
         if self.refining:
@@ -277,72 +197,6 @@ class Portrait3DSystem(BaseLift3DSystem):
         if not self.refining:
             self.load_ema()
 
-    # ------------------------------------------------------------------ stage 2: refinement
-    def prior(self):  # a method, not a property: threestudio's do_update_step getattr()s every attribute
-        """The frozen GAN (for the views, the fit and the videos), on this system's device."""
-        gan = load_prior(self.cfg.prior_checkpoint, "system.prior_checkpoint")
-        return gan if next(gan.parameters()).device == self.device else gan.to(self.device)
-
-    @torch.no_grad()
-    def prepare_refinement(self) -> None:
-        """Start of stage 2: EMA → pyramid, 21 views, SDEdit, fresh optimizer state at ``refine.lr``."""
-        c = self.refine_cfg
-        self.load_ema()  # the official fit starts from df.pth, the EMA of the SDS stage
-        if not self.guidance_is_trained:
-            self.guidance = None  # free the SDS model before SDEdit loads its own
-        labels = refinement_labels(c.view_seed).to(self.device)
-        views = torch.cat([self.prior().render(self.geometry.levels, self.material.ws, label[None],
-                                             resolution=c.resolution, deterministic=True, chunk=c.chunk,
-                                             depth_resolution=c.view_samples[0],
-                                             depth_resolution_importance=c.view_samples[1])["image"]
-                           for label in labels])
-        pp = self.cfg.prompt_processor
-        model = c.model or pp.get("pretrained_model_name_or_path")
-        prompt = c.prompt or pp.get("prompt")
-        threestudio.info(f"Refinement: SDEdit of the 21 views with {model} (t = {c.noise_step})")
-        pipe = load_pipeline(model, device=self.device, option="system.refine.model")
-        refined = sdedit(pipe, views, prompt, SDEditConfig(strength_t=c.noise_step, steps=c.sdedit_steps,
-                                                           guidance_scale=c.guidance_scale,
-                                                           negative_prompt=c.negative_prompt, seed=c.sdedit_seed))
-        del pipe
-        clear_pipeline_cache()  # the fit needs only the GAN
-        # targets go through uint8 exactly as the official PNG round trip (x·127.5 + 128, then /127.5 − 1)
-        self.refine_targets = torch.stack([torch.from_numpy(to_uint8(x)).permute(2, 0, 1) for x in refined])
-        self.refine_labels = labels.cpu()
-        self.save_refinement_views(views, c.model or model, prompt)
-        for opt in self.trainer.optimizers:  # the official fit builds a new Adan: fresh state, one lr
-            for group in opt.param_groups:  # the pyramid's groups (a trained guidance's LoRA keeps its own)
-                if str(group.get("name", "geometry")).startswith("geometry"):
-                    group["lr"] = c.lr
-                    group.pop("step", None)
-                    for p in group["params"]:
-                        opt.state.pop(p, None)
-
-    def save_refinement_views(self, views: Tensor, model: str, prompt: str) -> None:
-        rendered = [to_uint8(v) for v in views]
-        refined = [t.permute(1, 2, 0).numpy() for t in self.refine_targets]
-        for i, (a, b) in enumerate(zip(rendered, refined)):
-            write_image(self.get_save_path(f"refine/view_{i:02d}.png"), a)
-            write_image(self.get_save_path(f"refine/refined_{i:02d}.png"), b)
-        write_image(self.get_save_path("refine/comparison.png"),  # rows: render over refined, 7 per row
-                    np.concatenate([contact_sheet(rendered[k:k + 7] + refined[k:k + 7], 7)
-                                    for k in range(0, len(rendered), 7)], 0))
-        write_json(self.get_save_path("refine/cameras.json"), {
-            "model": model, "prompt": prompt,
-            "labels": {f"view_{i:02d}.png": c.tolist() for i, c in enumerate(self.refine_labels)}})
-
-    def refine_step(self):
-        if self.refine_targets is None:
-            self.prepare_refinement()
-        step = self.true_global_step - self.cfg.sds_steps
-        view, top, left = fit_schedule(step, self.refine_cfg.view_seed, len(self.refine_targets), self.fit_cfg)
-        target = self.refine_targets[view:view + 1].to(self.device).float() / 127.5 - 1
-        label = self.refine_labels[view:view + 1].to(self.device)
-        loss = patch_loss(self.prior(), self.geometry.levels, self.material.ws, label, target, top, left, self.fit_cfg)
-        self.log("train/loss_refine", loss)
-        self.log("train/loss", loss, prog_bar=True)
-        return {"loss": loss}
-
     # ------------------------------------------------------------------ evaluation
     def _save_views(self, out: Dict[str, Any], filename: str, name: str) -> None:
         self.save_image_grid(
@@ -370,65 +224,7 @@ class Portrait3DSystem(BaseLift3DSystem):
         self.save_official_videos()
         self.save_metrics()
 
-    def save_metrics(self) -> None:
-        """``it{N}-eval/metrics.json`` + contact sheet, when ``system.evaluation`` asks for metrics."""
-        c = self.eval_cfg
-        video = self.get_save_path(f"it{self.true_global_step}-large_pose.mp4")
-        if c.clip_model is None and c.inception is None:
-            return
-        if not os.path.isfile(video):
-            threestudio.warn("system.evaluation needs the large-pose video (system.videos.large_frames > 0); skipped")
-            return
-        reference = c.reference
-        if c.inception is not None and reference is None:
-            found = sorted(glob.glob(os.path.join(self.get_save_dir(), "init", "*", "candidates")))
-            if not found:
-                raise ValueError("system.evaluation.inception is set but there are no diffusion images to compare "
-                                 "with: set system.evaluation.reference to a folder of them")
-            reference = found[-1]
-        result = evaluate(video, self.cfg.prompt_processor.get("prompt", ""), self.get_save_path(
-            f"it{self.true_global_step}-eval"), clip_model=c.clip_model, reference=reference,
-            inception_weights=c.inception)
-        threestudio.info(f"Evaluation: CLIP score {result['clip_score']}, FID {result['fid']}, KID {result['kid_mean']}")
-
-    @torch.no_grad()
-    def save_official_videos(self) -> None:
-        """``large_pose.mp4`` (360°), ``small_pose.mp4`` (wobble) and ``views.png``, as the official export."""
-        c = self.video_cfg
-        prefix = f"it{self.true_global_step}"
-
-        def frames(kind: str, n: int):
-            return render_frames(self.prior(), self.geometry.levels, self.material.ws,
-                                 turntable_labels(n, kind).to(self.device), c.resolution, c.chunk, f"{kind} pose",
-                                 background=c.background, depth_resolution=c.samples[0],
-                                 depth_resolution_importance=c.samples[1])
-
-        if c.large_frames > 0:
-            large = list(frames("large", c.large_frames))
-            save_video(self.get_save_path(f"{prefix}-large_pose.mp4"), large, fps=c.fps)
-            step = max(1, len(large) // max(1, c.sheet_views))
-            write_image(self.get_save_path(f"{prefix}-views.png"), contact_sheet(large[::step][:c.sheet_views],
-                                                                                 min(c.sheet_views, len(large))))
-        if c.small_frames > 0:
-            save_video(self.get_save_path(f"{prefix}-small_pose.mp4"), frames("small", c.small_frames), fps=c.fps)
-
     def on_predict_start(self) -> None:
         self.use_ema()
         super().on_predict_start()
 
-    # ------------------------------------------------------------------ export save functions
-    def save_trimesh(self, filename: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> str:
-        """A vertex-coloured mesh; the format (.obj, .glb, .ply) comes from the file name."""
-        import trimesh
-
-        path = self.get_save_path(filename)
-        mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
-        suffix = os.path.splitext(path)[1]
-        with atomic_path(path, suffix) as tmp:
-            mesh.export(tmp, file_type=suffix[1:])
-        return path
-
-    def save_pyramid(self, filename: str, levels: Dict[int, Tensor], ws: Tensor, fmt: str, metadata: dict) -> str:
-        path = self.get_save_path(filename)
-        save_pyramid(path, levels, ws, fmt=fmt, metadata=metadata if fmt == "ours" else None)
-        return path

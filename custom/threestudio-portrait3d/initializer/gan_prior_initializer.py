@@ -2,10 +2,11 @@
 
 Sources:
 
-- ``prompt`` (the paper's pipeline, spec §4.1–4.4): text → candidate portraits (any diffusers SD
-  model) → automatic alignment and choice → w+ inversion → pyramid, via
+- ``prompt`` (paper §3.4; official ``portrait3d_main.py`` steps 1–4): text → candidate portraits
+  (any diffusers SD model) → automatic alignment and choice → w+ inversion → pyramid, via
   :func:`gan_prior.portrait_init.initialize_portrait`; ``image``: the same from a user's photo,
-  without the text-to-image step. Everything is written to ``<trial>/save/init/<key>/`` (``key``
+  without the text-to-image step; both read their settings from ``portrait`` (the fields of
+  :class:`gan_prior.portrait_init.PortraitInitConfig`). Everything is written to ``<trial>/save/init/<key>/`` (``key``
   hashes the inputs; ``cache_dir`` overrides the parent folder) and reused when present, so a
   resumed or repeated run does not recompute it.
 - ``seed``: z from a seed through the mapping at the frontal camera, truncation ψ;
@@ -21,8 +22,6 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.typing import *
 
 from gan_prior import CheckpointError, canonical_label, load_pyramid
-from gan_prior.diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
-from gan_prior.inversion import InversionConfig
 from gan_prior.portrait_init import PortraitInitConfig, init_key, initialize_portrait
 
 from ..prior import load_prior
@@ -41,20 +40,9 @@ class GANPriorInitializer(BaseObject):
         truncation_psi: float = 0.7
         # pyramid
         pyramid_path: Optional[str] = None
-        # prompt / image
-        prompt: Optional[str] = None  # default: the system's prompt processor prompt (set in the config)
-        image: Optional[str] = None
-        text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
-        num_candidates: int = 6
-        candidate_seed: int = 0
-        candidate_steps: int = 50
-        candidate_guidance_scale: float = 5.0
-        candidate_resolution: int = 512
-        detector: str = "haar"  # "haar", an OpenCV cascade .xml, "module:callable", or "none" (already aligned)
-        aligned_resolution: int = 512
-        estimate_camera: bool = True
-        vgg16: Optional[str] = None  # torchvision VGG16 state dict for the perceptual loss; "random" = smoke tests
-        inversion: dict = field(default_factory=dict)  # gan_prior.inversion.InversionConfig fields
+        # prompt / image: gan_prior.portrait_init.PortraitInitConfig fields (inversion: InversionConfig
+        # fields); vgg16: "random" = a random perceptual network, for smoke tests only
+        portrait: dict = field(default_factory=dict)
         cache_dir: Optional[str] = None  # parent of the init/<key>/ folders (default: <trial>/save/init)
 
     cfg: Config
@@ -64,23 +52,18 @@ class GANPriorInitializer(BaseObject):
             raise ValueError(f"system.initializer.source must be one of {list(SOURCES)}, got {self.cfg.source!r}")
 
     def portrait_config(self) -> PortraitInitConfig:
-        c = self.cfg
-        unknown = set(c.inversion) - set(InversionConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"system.initializer.inversion: unknown key(s) {sorted(unknown)}; "
-                             f"valid: {sorted(InversionConfig.__dataclass_fields__)}")
-        if c.source == "prompt" and not (c.prompt or "").strip():
-            raise ValueError("system.initializer.prompt is empty; set system.prompt_processor.prompt=\"upper body "
-                             "photo, ...\" (the initializer uses it) or system.initializer.prompt")
-        random_vgg = c.vgg16 == "random"
-        return PortraitInitConfig(
-            prompt=c.prompt if c.source == "prompt" else None, image=c.image if c.source == "image" else None,
-            text_to_image_model=c.text_to_image_model, num_candidates=c.num_candidates,
-            candidate_seed=c.candidate_seed, candidate_steps=c.candidate_steps,
-            candidate_guidance_scale=c.candidate_guidance_scale, candidate_resolution=c.candidate_resolution,
-            detector=c.detector, aligned_resolution=c.aligned_resolution, estimate_camera=c.estimate_camera,
-            vgg16=None if random_vgg else c.vgg16, allow_random_vgg16=random_vgg,
-            inversion=InversionConfig(**dict(c.inversion)))
+        """``portrait`` as a :class:`PortraitInitConfig`, for this ``source`` (prompt or image)."""
+        d = dict(self.cfg.portrait)
+        if self.cfg.source == "prompt":
+            if not (d.get("prompt") or "").strip():
+                raise ValueError("system.initializer.portrait.prompt is empty; set system.prompt_processor.prompt=\""
+                                 "upper body photo, ...\" (the initializer uses it) or system.initializer.portrait.prompt")
+            d["image"] = None
+        else:
+            d["prompt"] = None
+        if d.get("vgg16") == "random":
+            d.update(vgg16=None, allow_random_vgg16=True)
+        return PortraitInitConfig.from_dict(d, "system.initializer.portrait")
 
     def __call__(self, save_dir: Optional[str] = None, device: str = "cpu") -> Tuple[Dict[int, Tensor], Tensor]:
         """→ (levels ``{R: [1, 3, 36, R, R]}``, ws ``[1, num_ws, w_dim]``)."""
@@ -105,8 +88,8 @@ class GANPriorInitializer(BaseObject):
             levels, ws = initialize_portrait(prior, self.cfg.checkpoint, cfg, out_dir, device, log=threestudio.info)
         except (ValueError, CheckpointError) as e:
             message = str(e)
-            if message.split(":")[0] in self.Config.__dataclass_fields__:
-                message = f"system.initializer.{message}"
+            if message.split(":")[0] in PortraitInitConfig.__dataclass_fields__:
+                message = f"system.initializer.portrait.{message}"
             elif not message.startswith("system."):
                 message = f"system.initializer ({self.cfg.source}): {message}"
             raise ValueError(message) from None

@@ -1,0 +1,49 @@
+# Portrait3D for threestudio. `make help` lists the targets.
+#   make demo    the whole pipeline on tiny random models (no weights), then prints where the results are
+#   make test    the test suite (threestudio's own launch.py included)
+# Both set up, once: a virtualenv in .venv/, this repository installed in it, threestudio at the pinned
+# commit in .deps/threestudio (or $THREESTUDIO_ROOT) with the extension linked into it.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# the threestudio commit this extension is tested with
+THREESTUDIO_COMMIT := 28d9d80
+# a local source archive of that commit, if any (this project's machines keep one beside the checkout);
+# without one, threestudio is cloned from GitHub
+THREESTUDIO_ARCHIVE ?= $(wildcard ../shared/vendor/threestudio-$(THREESTUDIO_COMMIT).tar.gz)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+CONFIG ?= configs/portrait3d.yaml
+PROMPT ?=
+
+.PHONY: help setup demo test portrait clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 20
+
+$(INSTALLED): requirements.txt requirements-threestudio.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-threestudio.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+setup: $(INSTALLED)  ## the virtualenv and threestudio (done once; later runs take seconds)
+	@THREESTUDIO_ARCHIVE="$(THREESTUDIO_ARCHIVE)" $(PY) -m portrait3d.threestudio_env --commit $(THREESTUDIO_COMMIT) >/dev/null
+
+demo: setup  ## the whole pipeline on tiny random models: prompt ... videos, .obj/.glb
+	$(PY) -m portrait3d run --config configs/portrait3d-tiny.yaml
+
+portrait: setup  ## one real portrait: make portrait PROMPT="..." (weights: see README)
+	@test -n "$(PROMPT)" || { echo 'error: give the prompt: make portrait PROMPT="upper body photo, portrait of ..."' >&2; exit 2; }
+	$(PY) -m portrait3d run --config $(CONFIG) system.prompt_processor.prompt="$(PROMPT)"
+
+test: setup  ## the README's test command (CI runs this)
+	$(PY) -m pytest -q -rs tests
+
+clean:  ## remove .venv/ and .deps/ (results in outputs/ are kept)
+	rm -rf $(VENV) .deps

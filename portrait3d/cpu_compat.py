@@ -1,0 +1,80 @@
+"""Let ``import threestudio`` work where its CUDA-only or git-only imports are missing.
+
+threestudio imports ``tinycudann`` and ``nvdiffrast`` (git-only CUDA builds) and ``controlnet_aux``
+(heavy) at import time, before any extension can run, and torchvision (whose PyPI build needs a CUDA
+torch). :func:`install` puts a finder at the **end** of ``sys.meta_path`` that serves the import-only
+stand-ins in ``portrait3d/cpu_stubs`` for those three names, so a real package, where one is
+installed, is always found first; and it arms :mod:`gan_prior.torchvision_compat`. Nothing here makes
+CUDA-only code work: the stand-ins raise with the install hint when their functions are used (the
+Portrait3D components never use them).
+
+It runs at interpreter start (:mod:`portrait3d.startup`, from the ``.pth`` file the setup writes
+into the environment's site-packages): users need no ``PYTHONPATH``. Importing this module is cheap
+(no torch).
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import warnings
+
+STUBS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_stubs")
+STUBBED = ("tinycudann", "nvdiffrast", "controlnet_aux")
+# threestudio 0.2.3 on torch >= 2.4 / diffusers >= 0.30: deprecation notices at every launch that a
+# user can do nothing about (each printed once per call site, ~110 lines)
+QUIET_WARNINGS = (
+    (FutureWarning, r"`torch\.cuda\.amp\.(autocast|custom_fwd|custom_bwd)\(args\.\.\.\)` is deprecated"),
+    (FutureWarning, r"You are using `torch\.load` with `weights_only=False`"),
+    (FutureWarning, r".*is deprecated and will be removed in version 0\.\d+\.\d+ of diffusers"),
+    (UserWarning, r"TypedStorage is deprecated"),
+    (UserWarning, r"Using torch\.cross without specifying the dim arg is deprecated"),
+)
+
+
+class _StandInFinder(importlib.abc.MetaPathFinder):
+    """Finds the stand-in for a missing ``tinycudann`` / ``nvdiffrast`` / ``controlnet_aux``."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in STUBBED:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [STUBS_DIR])
+
+
+def quiet_known_warnings() -> None:
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+class _TorchvisionFinder(importlib.abc.MetaPathFinder):
+    """On the first ``import torchvision``, applies :mod:`gan_prior.torchvision_compat` (imported only
+    then, so that start-up imports no ``gan_prior`` and the one on the path at that time is used)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "torchvision":
+            sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionFinder)]
+            from gan_prior import torchvision_compat
+
+            torchvision_compat.uninstall_hook()  # (armed by gan_prior's import) done here, now
+            try:
+                torchvision_compat.define_missing_op_schemas()
+            except Exception:  # never break an import: torchvision then reports its own error
+                pass
+        return None
+
+
+def install() -> None:
+    """Arm the stand-in finder, the torchvision hook and the warning filters (idempotent)."""
+    if not any(isinstance(f, _StandInFinder) for f in sys.meta_path):
+        sys.meta_path.append(_StandInFinder())
+    if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionFinder())
+    quiet_known_warnings()
+
+
+def is_stand_in(module) -> bool:
+    """True if ``module`` was served from ``portrait3d/cpu_stubs`` (not a real installed package)."""
+    origin = getattr(getattr(module, "__spec__", None), "origin", None) or ""
+    return os.path.abspath(origin).startswith(STUBS_DIR + os.sep)
+

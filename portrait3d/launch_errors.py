@@ -1,0 +1,133 @@
+"""One line instead of a traceback for the mistakes people make with ``launch.py`` and our configs.
+
+threestudio's ``launch.py`` lets every exception end in a traceback. :func:`install` wraps
+``sys.excepthook`` so that, in ``launch.py`` only, these end in one ``[ERROR]`` line (exit code 1):
+
+- a user-facing error raised by this project's own code (``ValueError``/``KeyError``/``FileNotFoundError``
+  or ``gan_prior``'s errors whose innermost frame is in ``gan_prior`` or the extension): its message;
+- the prompt not given or empty (OmegaConf: ``Missing mandatory value: tag`` / ``NoneType ... replace``);
+- a misspelt config key: the key, with the closest valid names;
+- our configs used where the extension is not installed (``p3d_tiny`` resolver / component names missing).
+Anything else keeps its full traceback (a bug to report). A trial folder the failed run left empty
+is removed. Installed at interpreter start by the setup's
+``.pth`` (see :mod:`portrait3d.cpu_compat`) and by the extension itself.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shutil
+import sys
+import traceback
+from typing import Optional
+
+OUR_DIRS = ("gan_prior", os.path.join("custom", "threestudio-portrait3d"), "portrait3d")
+OUR_COMPONENTS = ("portrait3d-", "pyramid-trigrid", "gan-prior-initializer")
+PROMPT = "system.prompt_processor.prompt"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOT_INSTALLED = ("the Portrait3D extension is not installed in this threestudio checkout: run "
+                 f"`python {os.path.join(REPO_ROOT, 'install_extension.py')} .` here")
+
+
+def _raised_by_us(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    path = os.path.abspath(frames[-1].filename)
+    return any(f"{os.sep}{d}{os.sep}" in path for d in OUR_DIRS)
+
+
+def _closest_keys(exc) -> str:
+    """', did you mean a, b?' for an OmegaConf unknown-key error, from the structured config's fields."""
+    import dataclasses
+
+    key = str(getattr(exc, "key", "") or "")
+    obj = getattr(exc, "object_type", None)
+    if not key or obj is None or not dataclasses.is_dataclass(obj):
+        return ""
+    names = [f.name for f in dataclasses.fields(obj)]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(names)}"
+
+
+def _unexpected_keyword(exc: TypeError) -> Optional[str]:
+    """threestudio's ``parse_structured`` builds ``Config(**cfg)``: an unknown key is a TypeError."""
+    import dataclasses
+
+    m = re.search(r"([\w.<>]+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
+    if not m:
+        return None
+    qualname, key = m.groups()
+    tb, config = exc.__traceback__, None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__qualname__ == qualname:
+                config = value
+        tb = tb.tb_next
+    if config is None:
+        return None
+    names = [f.name for f in dataclasses.fields(config)]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(names)}"
+    return f"unknown config key {key!r} in {qualname}{hint}"
+
+
+def one_line(exc: BaseException) -> Optional[str]:
+    """The one-line message for ``exc``, or None to keep the traceback."""
+    name, text = type(exc).__name__, str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else name
+    missing = name in ("MissingMandatoryValue", "InterpolationToMissingValueError")
+    if missing and (getattr(exc, "full_key", None) in ("tag", PROMPT) or PROMPT in text):
+        return f"{PROMPT} is not set: add {PROMPT}=\"upper body photo, portrait of ...\" to the command"
+    if name == "InterpolationResolutionError" and "'NoneType' object has no attribute 'replace'" in text:
+        return f"{PROMPT} is empty: give the text of the portrait, {PROMPT}=\"upper body photo, ...\""
+    if name == "UnsupportedInterpolationType" and "p3d_tiny" in text:
+        return NOT_INSTALLED
+    if isinstance(exc, KeyError) and str(exc.args[0] if exc.args else "").startswith(OUR_COMPONENTS):
+        if not _raised_by_us(exc):
+            return f"{exc.args[0]!r} is not a registered component: {NOT_INSTALLED}"
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in text:
+        return _unexpected_keyword(exc)
+    if name == "ConfigKeyError" and "not in" in first:
+        where = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
+        return f"unknown config key {where!r}{_closest_keys(exc)}"
+    from_us = _raised_by_us(exc) or type(exc).__module__.startswith(("gan_prior", "threestudio-portrait3d"))
+    if from_us and isinstance(exc, (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError)):
+        return first.strip("'\"")
+    return None
+
+
+def remove_empty_trial(exc: BaseException) -> None:
+    """Remove the trial folder launch.py made for this run if the error left no file in it."""
+    tb, trial = exc.__traceback__, None
+    while tb is not None:  # launch.py's main() holds the ExperimentConfig as `cfg`
+        found = getattr(tb.tb_frame.f_locals.get("cfg"), "trial_dir", None)
+        trial = found if isinstance(found, str) and found else trial
+        tb = tb.tb_next
+    if isinstance(trial, str) and os.path.isdir(trial):
+        if not any(files for _, _, files in os.walk(trial)):
+            shutil.rmtree(trial, ignore_errors=True)
+
+
+def install() -> None:
+    """Wrap ``sys.excepthook`` (idempotent); it acts only when the program is ``launch.py``."""
+    if getattr(sys.excepthook, "_portrait3d", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        line = None
+        if os.path.basename(sys.argv[0] if sys.argv else "") == "launch.py" and exc is not None:
+            try:
+                line = one_line(exc)
+            except Exception:  # never hide the original error
+                line = None
+        if line is None:
+            previous(exc_type, exc, tb)
+        else:
+            print(f"[ERROR] {line}", file=sys.stderr)
+            remove_empty_trial(exc)
+
+    hook._portrait3d = True
+    sys.excepthook = hook
