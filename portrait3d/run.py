@@ -95,7 +95,7 @@ def describe(trial: Trial, root: str) -> str:
     lines = [f"trial folder: {trial.folder}"]
     for kind, paths in trial.files().items():
         for path in paths:
-            lines.append(f"  {kind[:-1]:<7} {path}")
+            lines.append(f"  {kind:<8} {os.path.relpath(path, trial.folder)}")
     resume = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args()])
     export = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args("--export")])
     lines += [f"resume (from {root}):", f"  {resume}", "export again:", f"  {export}"]
