@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import requires_threestudio
+from helpers import requires_threestudio
 
 pytestmark = requires_threestudio
 

@@ -78,7 +78,7 @@ OPAQUE = 6.0
     # The official Adan (lr 1.0 on every level) on the transparent tiny model lowers the masked
     # loss 50× by turning the pyramid transparent (opacity 0.25 → 0.015) while the plain error does
     # not fall: the masked loss permits it. Kept as a strict xfail so a change is noticed.
-    pytest.param("adan-official", 0.0, marks=[requires_threestudio, pytest.mark.xfail(
+    pytest.param("adan-official", 0.0, marks=[*requires_threestudio, pytest.mark.xfail(
         strict=True, reason="official Adan lr 1.0 collapses the tiny transparent model's opacity")]),
 ])
 def test_patch_fit_pulls_renders_to_targets_with_the_renderer_frozen(optimizer, density_offset):
