@@ -2,7 +2,8 @@
 #   make demo    the whole pipeline on tiny random models (no weights), then prints where the results are
 #   make test    the test suite (threestudio's own launch.py included)
 # Both set up, once: a virtualenv in .venv/, this repository installed in it, threestudio at the pinned
-# commit in .deps/threestudio (or $THREESTUDIO_ROOT) with the extension linked into it.
+# commit in .deps/threestudio (or $THREESTUDIO_ROOT) with the extension linked into it, and the report
+# pages' 3D viewer in node_modules/ (npm).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,10 +18,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+VIEWER := node_modules/.installed
 CONFIG ?= configs/portrait3d.yaml
 PROMPT ?=
 
-.PHONY: help setup demo test portrait clean
+.PHONY: help setup demo test lint portrait clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 20
@@ -32,7 +34,13 @@ $(INSTALLED): requirements.txt requirements-threestudio.txt setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
 
-setup: $(INSTALLED)  ## the virtualenv and threestudio (done once; later runs take seconds)
+# the report pages' 3D viewer (@google/model-viewer from npm; copied next to each page)
+$(VIEWER): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js 18+ (it brings npm) for the report pages' 3D viewer" >&2; exit 2; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(INSTALLED) $(VIEWER)  ## the virtualenv, threestudio and the viewer (done once; later runs take seconds)
 	@THREESTUDIO_ARCHIVE="$(THREESTUDIO_ARCHIVE)" $(PY) -m portrait3d.threestudio_env --commit $(THREESTUDIO_COMMIT) >/dev/null
 
 demo: setup  ## the whole pipeline on tiny random models: prompt ... videos, .obj/.glb
@@ -45,5 +53,9 @@ portrait: setup  ## one real portrait: make portrait PROMPT="..." (weights: see 
 test: setup  ## the README's test command (CI runs this)
 	$(PY) -m pytest -q -rs tests
 
-clean:  ## remove .venv/ and .deps/ (results in outputs/ are kept)
-	rm -rf $(VENV) .deps
+lint: $(INSTALLED)  ## ruff check + ruff format --check (pyproject.toml); CI runs it
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:  ## remove .venv/, .deps/ and node_modules/ (results in outputs/ are kept)
+	rm -rf $(VENV) .deps node_modules

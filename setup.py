@@ -9,8 +9,10 @@ setup(
     python_requires=">=3.9",
     # the ranges requirements.txt pins within (OpenCV < 5: 5.x wheels ship no Haar cascades)
     install_requires=["torch>=2.0", "numpy>=1.26,<3", "safetensors>=0.4", "tqdm>=4.66", "imageio>=2.30",
-                      "imageio-ffmpeg>=0.4.9", "scipy>=1.10", "opencv-python-headless>=4.8,<5"],
+                      "imageio-ffmpeg>=0.4.9", "scipy>=1.10", "opencv-python-headless>=4.8,<5",
+                      "PyYAML>=6.0"],
     # text-to-image, SDEdit, CLIP score, FID (requirements.txt pins the tested versions)
-    extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"]},
+    extras_require={"pipeline": ["diffusers", "transformers", "accelerate", "pytorch-fid"],
+                    "batch": ["ray[default]"]},  # portrait3d batch
     entry_points={"console_scripts": ["gan-prior=gan_prior.cli:main", "portrait3d=portrait3d.cli:main"]},
 )

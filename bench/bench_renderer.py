@@ -23,7 +23,7 @@ When the official 3DPortraitGAN_pyramid code is available (``--official-root``, 
 ``PORTRAIT3D_OFFICIAL_ROOT``, or /work/official/3DPortraitGAN_pyramid), its render-only
 ``training.neural_renderer.TriPlaneGenerator.render_planes`` is timed on the same inputs (same
 weights, same pyramid, same camera, same rendering kwargs), imported and patched at runtime by
-``tests/parity/make_official_fixture.py`` (nothing official lives in this repository). Before
+``bench/official.py`` (nothing official lives in this repository). Before
 timing, a jitter-off render of both is compared (max abs difference printed).
 
 Memory:
@@ -65,7 +65,7 @@ from dataclasses import asdict, dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-PARITY_DIR = os.path.join(ROOT, "tests", "parity")
+BENCH_DIR = os.path.join(ROOT, "bench")
 
 import torch  # noqa: E402
 
@@ -196,9 +196,9 @@ _ORIGINAL_SAMPLERS = {}
 
 def import_official(root: str):
     """The official modules, imported and runtime-patched by the parity harness."""
-    if PARITY_DIR not in sys.path:
-        sys.path.insert(0, PARITY_DIR)
-    import make_official_fixture as harness
+    if BENCH_DIR not in sys.path:
+        sys.path.insert(0, BENCH_DIR)
+    import official as harness
 
     mods = harness.import_official(root)
     ir = mods.rend.ImportanceRenderer
@@ -416,7 +416,10 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
     ]
     for r in rows:
         o, f = r["ours"], r.get("official")
-        g = (lambda k: f[k] if f else None)
+
+        def g(k, f=f):
+            return f[k] if f else None
+
         lines.append(
             f"| {r['case']} | {fmt_s(o['forward_median_s'])} | {fmt_s(o['fwd_bwd_median_s'])} | "
             f"{fmt_s(g('forward_median_s'))} | {fmt_s(g('fwd_bwd_median_s'))} | "
@@ -451,6 +454,7 @@ def main(argv=None) -> int:
                     help=f"on CPU, warm up at the case resolution (default: one {CPU_WARMUP_RESOLUTION}² "
                          f"fwd+bwd, same code path; on CUDA the warm-up is always full size)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--cases", default=None, help="comma-separated case names to run (e.g. '128 no-bg')")
     ap.add_argument("--json", default=None, metavar="OUT", help="write all numbers to this JSON file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -468,6 +472,12 @@ def main(argv=None) -> int:
         raise SystemExit("--device cuda but CUDA is not available")
     repeats = args.repeats or (1 if args.quick else 3)
     cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.cases:
+        wanted = [x.strip() for x in args.cases.split(",")]
+        unknown = sorted(set(wanted) - {cs.name for cs in cases})
+        if unknown:
+            raise SystemExit(f"--cases: unknown case(s) {unknown}; valid: {[cs.name for cs in cases]}")
+        cases = tuple(cs for cs in cases if cs.name in wanted)
     official_root = resolve_official(args)
     info = machine_info(device)
     t_start = time.time()

@@ -16,7 +16,7 @@ These are exact (checked to ~3e-7 against the official code, see camera-check.md
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -36,18 +36,20 @@ GL_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 Number = Union[float, Tensor]
 
 
-def _as_batch(x: Number) -> Tensor:
-    return torch.as_tensor(x, dtype=torch.float32).reshape(-1)
+def _as_batch(x: Number, like: Optional[Tensor] = None) -> Tensor:
+    """A 1-D float32 tensor, on ``like``'s device if ``x`` is not a tensor already."""
+    device = x.device if isinstance(x, Tensor) else (like.device if like is not None else None)
+    return torch.as_tensor(x, dtype=torch.float32, device=device).reshape(-1)
 
 
 def look_at(origins: Tensor, target: Tensor) -> Tensor:
     """OpenCV cam2world ``[B, 4, 4]`` for cameras at ``origins`` ``[B, 3]`` looking at ``target``,
     world up +y, no roll (official ``create_cam2world_matrix``)."""
     forward = torch.nn.functional.normalize(target - origins, dim=-1)
-    up = torch.tensor([0.0, 1.0, 0.0]).expand_as(forward)
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=forward.dtype, device=forward.device).expand_as(forward)
     right = -torch.nn.functional.normalize(torch.cross(up, forward, dim=-1), dim=-1)
     down = torch.nn.functional.normalize(torch.cross(forward, right, dim=-1), dim=-1)
-    c2w = torch.eye(4).repeat(origins.shape[0], 1, 1)
+    c2w = torch.eye(4, dtype=origins.dtype, device=origins.device).repeat(origins.shape[0], 1, 1)
     c2w[:, :3, :3] = torch.stack([right, down, forward], -1)
     c2w[:, :3, 3] = origins
     return c2w
@@ -56,20 +58,21 @@ def look_at(origins: Tensor, target: Tensor) -> Tensor:
 def lookat_pose(h: Number, v: Number, radius: float = CANONICAL_RADIUS,
                 pivot=LOOKAT_PIVOT) -> Tensor:
     """The official ``LookAtPoseSampler.sample(h, v, pivot, radius)`` (radians) → ``[B, 4, 4]``."""
-    h, v = torch.broadcast_tensors(_as_batch(h), _as_batch(v))
+    like = h if isinstance(h, Tensor) else v if isinstance(v, Tensor) else None
+    h, v = torch.broadcast_tensors(_as_batch(h, like), _as_batch(v, like))
     v = v.clamp(1e-5, math.pi - 1e-5)
     phi = torch.arccos(1 - 2 * v / math.pi)
     origins = torch.stack([radius * torch.sin(phi) * torch.cos(math.pi - h),
                            radius * torch.cos(phi),
                            radius * torch.sin(phi) * torch.sin(math.pi - h)], -1)
-    return look_at(origins, torch.tensor(pivot, dtype=torch.float32).expand_as(origins))
+    return look_at(origins, torch.tensor(pivot, dtype=origins.dtype, device=origins.device).expand_as(origins))
 
 
 def camera_label(c2w: Tensor, focal: Union[float, Tensor] = GAN_FOCAL) -> Tensor:
     """``[B, 4, 4]`` OpenCV cam2world (+ focal, scalar or ``[B]``) → label ``[B, 25]``."""
     b = c2w.shape[0]
-    f = torch.as_tensor(focal, dtype=c2w.dtype).reshape(-1).expand(b)
-    k = torch.zeros(b, 9, dtype=c2w.dtype)
+    f = torch.as_tensor(focal, dtype=c2w.dtype, device=c2w.device).reshape(-1).expand(b)
+    k = torch.zeros(b, 9, dtype=c2w.dtype, device=c2w.device)
     k[:, 0], k[:, 2], k[:, 4], k[:, 5], k[:, 8] = f, 0.5, f, 0.5, 1.0
     return torch.cat([c2w.reshape(b, 16), k], 1)
 
@@ -84,14 +87,17 @@ def canonical_label(batch: int = 1, focal: float = GAN_FOCAL) -> Tensor:
 
 def hv_to_elevation_azimuth(h: Number, v: Number) -> tuple[Tensor, Tensor]:
     """Official (h, v) radians → threestudio (elevation, azimuth) degrees."""
-    e = torch.rad2deg(torch.asin(1 - 2 * _as_batch(v) / math.pi))
-    return e, torch.rad2deg(_as_batch(h)) - 90.0
+    like = h if isinstance(h, Tensor) else v if isinstance(v, Tensor) else None
+    e = torch.rad2deg(torch.asin(1 - 2 * _as_batch(v, like) / math.pi))
+    return e, torch.rad2deg(_as_batch(h, like)) - 90.0
 
 
 def elevation_azimuth_to_hv(elevation_deg: Number, azimuth_deg: Number) -> tuple[Tensor, Tensor]:
     """threestudio (elevation, azimuth) degrees → official (h, v) radians."""
-    e = torch.deg2rad(_as_batch(elevation_deg))
-    return torch.deg2rad(_as_batch(azimuth_deg) + 90.0), math.pi * (1 - torch.sin(e)) / 2
+    like = elevation_deg if isinstance(elevation_deg, Tensor) else azimuth_deg
+    like = like if isinstance(like, Tensor) else None
+    e = torch.deg2rad(_as_batch(elevation_deg, like))
+    return torch.deg2rad(_as_batch(azimuth_deg, like) + 90.0), math.pi * (1 - torch.sin(e)) / 2
 
 
 def focal_to_fovy(focal: Union[float, Tensor]) -> Tensor:
@@ -114,7 +120,7 @@ def gan_to_threestudio_points(points_e: Tensor) -> Tensor:
 
 def threestudio_c2w_to_label(c2w_t: Tensor, fovy_deg: Union[float, Tensor]) -> Tensor:
     """threestudio OpenGL c2w ``[B, 4, 4]`` (+ fovy in degrees) → official label ``[B, 25]``."""
-    m = torch.eye(4, dtype=c2w_t.dtype)
+    m = torch.eye(4, dtype=c2w_t.dtype, device=c2w_t.device)
     m[:3, :3] = T2E.to(c2w_t)
     c2w_e = m @ c2w_t @ GL_CV.to(c2w_t)
     return camera_label(c2w_e, fovy_to_focal(fovy_deg).to(c2w_t))
@@ -122,7 +128,7 @@ def threestudio_c2w_to_label(c2w_t: Tensor, fovy_deg: Union[float, Tensor]) -> T
 
 def label_to_threestudio(label: Tensor) -> tuple[Tensor, Tensor]:
     """Official label ``[B, 25]`` → (threestudio OpenGL c2w ``[B, 4, 4]``, fovy degrees ``[B]``)."""
-    m = torch.eye(4, dtype=label.dtype)
+    m = torch.eye(4, dtype=label.dtype, device=label.device)
     m[:3, :3] = T2E.to(label)
     c2w_t = m.T @ label[:, :16].reshape(-1, 4, 4) @ GL_CV.to(label)
     return c2w_t, focal_to_fovy(label[:, 16])

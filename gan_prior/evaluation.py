@@ -14,6 +14,7 @@ between runs of this code, not to the paper's table.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -67,7 +68,9 @@ def load_images(source: Images, option: str = "--renders") -> list[np.ndarray]:
         raise EvaluationError(f"{option}: {e}") from None
 
 
+@functools.lru_cache(maxsize=1)
 def _load_clip(model: str):
+    """The CLIP model and processor (the last one kept: a set of portraits loads it once)."""
     from transformers import CLIPModel, CLIPProcessor
 
     try:

@@ -30,7 +30,7 @@ from .files import atomic_path
 from .generator_config import PortraitGANConfig, config_from_init_kwargs, infer_config, tiny_config
 from .layers import ToRGBLayer
 from .mapping import MappingNetwork
-from .pyramid_trigrid import sample_pyramid
+from .pyramid_trigrid import pyramid_volumes, sample_volumes
 from .renderer import rays_from_label, render_rays
 from .superresolution import Superresolution
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
@@ -125,9 +125,15 @@ class PortraitGAN(nn.Module):
 
     def field(self, pyramid: Mapping[int, Tensor]):
         """The renderer's field for a pyramid: points ``[B, N, 3]`` → (σ_raw, 32-ch features)."""
+        if not pyramid:
+            raise ValueError("sample_pyramid needs at least one tri-grid level")
+        volumes: dict[int, list[Tensor]] = {}  # per batch size: laid out once, sampled by every pass
 
         def evaluate(points: Tensor) -> tuple[Tensor, Tensor]:
-            return self.decoder(sample_pyramid(pyramid, points, self.cfg.render.box_warp, self.cfg.trigrid_depth))
+            b = points.shape[0]
+            if b not in volumes:
+                volumes[b] = pyramid_volumes(pyramid, b, self.cfg.trigrid_depth)
+            return self.decoder(sample_volumes(volumes[b], points, self.cfg.render.box_warp))
 
         return evaluate
 

@@ -110,6 +110,20 @@ def noise_regularization(buffers: list[Tensor]) -> Tensor:
     return reg
 
 
+def inversion_step(G: PortraitGAN, w_opt: Tensor, noise: list[Tensor], target: Tensor, c: Tensor,
+                   distance: Distance, cfg: InversionConfig, t: float, w_std: float) -> tuple[Tensor, Tensor]:
+    """The forward pass of one inversion step at progress ``t`` ∈ [0, 1): the w noise, the
+    synthesis, the render at ``cfg.resolution`` and the distance to ``target`` (already at that
+    size), plus the noise penalty when ``noise`` (the optimised ``noise_const`` maps) is given.
+    Returns ``(distance, loss)``, scalar tensors on the generator's device."""
+    w_noise = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
+    ws = w_opt + torch.randn_like(w_opt) * w_noise
+    image = synthesize_for_distance(G, ws, c, cfg)
+    dist = distance(image, target).sum()
+    loss = dist + cfg.regularize_noise_weight * noise_regularization(noise) if noise else dist
+    return dist, loss
+
+
 def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: InversionConfig = InversionConfig(),
            progress: bool = True) -> dict:
     """Invert ``target`` ``[1, 3, H, W]`` (in [−1, 1], seen from camera ``c`` ``[1, 25]``).
@@ -140,11 +154,8 @@ def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: I
         t = step / cfg.steps
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, cfg)
-        w_noise = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
-        ws = w_opt + torch.randn_like(w_opt) * w_noise
-        image = synthesize_for_distance(G, ws, c, cfg)
-        dist = distance(image, target).sum()
-        loss = dist + cfg.regularize_noise_weight * noise_regularization(noise) if cfg.optimize_noise else dist
+        dist, loss = inversion_step(G, w_opt, noise if cfg.optimize_noise else [], target, c, distance, cfg,
+                                    t, w_std)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

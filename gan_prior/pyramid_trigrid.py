@@ -35,28 +35,88 @@ def level_key(size: int) -> str:
     return f"trigrids_{size}"
 
 
-def sample_pyramid(levels: Mapping[int, Tensor], points: Tensor, box_warp: float = BOX_WARP,
-                   depth: int = TRIGRID_DEPTH) -> Tensor:
-    """Sample every level at ``points`` ``[B, M, 3]`` (GAN world) → ``[B, 3, M, C]``, level-averaged."""
-    if not levels:
+class _TrilinearSample(torch.autograd.Function):
+    """``F.grid_sample(volume, grid)`` (trilinear, zeros padding, ``align_corners=False``) whose
+    backward computes only the volume gradient.
+
+    PyTorch's ``grid_sampler_3d_backward`` always computes the grid gradient too, reading the 8
+    corner values of every channel for every point (a second, cache-missing gather as costly as
+    the forward) even when the grid needs no gradient. The volume gradient does not depend on the
+    volume's values, so the backward is called with an all-zero, stride-0 stand-in for the volume:
+    the scatter into the volume gradient is the same code, in the same order (bit-identical), and
+    the unused grid-gradient reads all hit one cached value.
+    """
+
+    @staticmethod
+    def forward(ctx, volume: Tensor, grid: Tensor) -> Tensor:
+        ctx.save_for_backward(grid)
+        ctx.volume_shape = volume.shape
+        return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (grid,) = ctx.saved_tensors
+        stand_in = grad_out.new_zeros(()).expand(ctx.volume_shape)
+        grad_volume, _ = torch.ops.aten.grid_sampler_3d_backward(
+            grad_out, stand_in, grid, 0, 0, False, [True, False])  # bilinear, zeros, align_corners=False
+        return grad_volume, None
+
+
+def trilinear_sample(volume: Tensor, grid: Tensor) -> Tensor:
+    """``volume [N, C, D, H, W]`` at ``grid [N, 1, 1, M, 3]`` (W, H, D order, in [-1, 1]) →
+    ``[N, C, 1, 1, M]``: trilinear, zeros padding, ``align_corners=False`` (the official
+    ``sample_from_planes`` call); the cheaper backward when only the volume needs a gradient."""
+    if volume.requires_grad and not grid.requires_grad and torch.is_grad_enabled():
+        return _TrilinearSample.apply(volume, grid)
+    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def pyramid_volumes(levels: Mapping[int, Tensor], batch: int, depth: int = TRIGRID_DEPTH) -> list[Tensor]:
+    """The levels ``{R: [B, 3, C·D, R, R]}`` as ``grid_sample`` volumes ``[batch·3, C, D, R, R]``.
+
+    On the CPU they are laid out channels-last (``[N, D, R, R, C]`` in memory): a trilinear lookup
+    then reads each corner's 12 channels from one cache line instead of 12 planes apart (the
+    512² level samples ~1.7× faster; identical values). The copy is differentiable; make the
+    volumes once per render and sample them for both passes (:func:`sample_volumes`).
+    """
+    volumes = []
+    for level in levels.values():
+        lb, n_planes, cd, h, w = level.shape
+        if lb != batch and lb == 1:
+            level = level.expand(batch, -1, -1, -1, -1)
+        volume = level.reshape(batch * n_planes, cd // depth, depth, h, w)
+        if volume.device.type == "cpu":
+            volume = volume.contiguous(memory_format=torch.channels_last_3d)
+        volumes.append(volume)
+    return volumes
+
+
+def sample_volumes(volumes: list[Tensor], points: Tensor, box_warp: float = BOX_WARP) -> Tensor:
+    """Sample :func:`pyramid_volumes` at ``points`` ``[B, M, 3]`` (GAN world) → ``[B, 3, M, C]``,
+    level-averaged."""
+    if not volumes:
         raise ValueError("sample_pyramid needs at least one tri-grid level")
     b, m, _ = points.shape
     scaled = points * (2.0 / box_warp)
     grid = torch.stack([scaled[..., list(order)] for order in PLANE_COORDINATES], 1)  # [B, 3, M, 3]
     grid = grid.reshape(b * 3, 1, 1, m, 3)
     total = None
-    for level in levels.values():
-        lb, n_planes, cd, h, w = level.shape
-        if lb != b and lb == 1:
-            level = level.expand(b, -1, -1, -1, -1)
-        volume = level.reshape(b * n_planes, cd // depth, depth, h, w)
-        out = F.grid_sample(volume, grid.to(volume.dtype), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # [B·3, C, 1, 1, M]
+    for volume in volumes:
+        out = trilinear_sample(volume, grid.to(volume.dtype))  # [B·3, C, 1, 1, M]
         # accumulate in place in grid_sample's layout: no fresh [B, 3, C, M] buffer per level
         total = out if total is None else total.add_(out)
-    if len(levels) > 1:
-        total = total.div_(len(levels))
+    if len(volumes) > 1:
+        total = total.div_(len(volumes))
     return total.reshape(b, 3, -1, m).transpose(-1, -2)
+
+
+def sample_pyramid(levels: Mapping[int, Tensor], points: Tensor, box_warp: float = BOX_WARP,
+                   depth: int = TRIGRID_DEPTH) -> Tensor:
+    """Sample every level at ``points`` ``[B, M, 3]`` (GAN world) → ``[B, 3, M, C]``, level-averaged."""
+    if not levels:
+        raise ValueError("sample_pyramid needs at least one tri-grid level")
+    return sample_volumes(pyramid_volumes(levels, points.shape[0], depth), points, box_warp)
 
 
 class PyramidTriGrid(nn.Module):

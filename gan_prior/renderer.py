@@ -47,11 +47,12 @@ class RenderConfig:
         return RenderConfig(**{**asdict(self), **changes})
 
 
-def ray_grid_uv(resolution: int, top: int = 0, left: int = 0, size: Optional[int] = None) -> Tensor:
+def ray_grid_uv(resolution: int, top: int = 0, left: int = 0, size: Optional[int] = None,
+                device=None) -> Tensor:
     """Normalised pixel centres ``[size², 2]`` (u = column, v = row, row-major order) of a
     ``size × size`` window at (top, left) of a ``resolution²`` image."""
     size = resolution if size is None else size
-    idx = torch.arange(resolution, dtype=torch.float32) / resolution + 0.5 / resolution
+    idx = torch.arange(resolution, dtype=torch.float32, device=device) / resolution + 0.5 / resolution
     rows, cols = idx[top: top + size], idx[left: left + size]
     v, u = torch.meshgrid(rows, cols, indexing="ij")
     return torch.stack([u, v], -1).reshape(-1, 2)
@@ -66,7 +67,7 @@ def rays_from_label(c: Tensor, resolution: int, patch: Optional[tuple[int, int, 
     """
     c2w = c[:, :16].reshape(-1, 4, 4)
     k = c[:, 16:25].reshape(-1, 3, 3)
-    uv = ray_grid_uv(resolution, *(patch or (0, 0, None))).to(c)
+    uv = ray_grid_uv(resolution, *(patch or (0, 0, None)), device=c.device).to(c.dtype)
     fx, fy, cx, cy, sk = (k[:, 0, 0, None], k[:, 1, 1, None], k[:, 0, 2, None], k[:, 1, 2, None],
                           k[:, 0, 1, None])
     u, v = uv[None, :, 0], uv[None, :, 1]
@@ -147,6 +148,48 @@ def importance_depths(depths: Tensor, weights: Tensor, n: int, deterministic: bo
     return sample_pdf(z_mid, w[:, 1:-1], n, deterministic).reshape(b, m, n, 1)
 
 
+# float32 softplus(x) is exactly 0 for x below ~−104; an interval between a cropped point (raw σ =
+# crop_density, −1e3) and a kept one of raw σ below −crop_density − 300 (700) has (σ_a + σ_b)/2 − 1
+# below −151, so its weight is exactly 0.
+_CROP_SKIP_MARGIN = 300.0
+
+
+def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_density: float
+                        ) -> tuple[Tensor, Tensor]:
+    """``field(points)``, evaluated only at the points the tri-grid crop keeps.
+
+    A cropped point gets σ = ``crop_density`` (−1e3), so every interval that touches it has
+    α = 1 − exp(−softplus((σ_a + σ_b)/2 − 1)·δ) = 0 exactly in float32 (as long as the other end's
+    raw σ is below ~795): its features are multiplied by weight 0 and receive gradient 0. Their
+    value cannot change the image, the depth, the weights or any gradient, so they are returned as
+    0 without sampling the pyramid (a quarter of the coarse samples for a frontal camera). If a
+    kept point has σ ≥ 700 (or the crop density is not strongly negative), every point is
+    evaluated, as the official renderer does.
+    """
+    b, n, _ = points.shape
+    limit = -crop_density - _CROP_SKIP_MARGIN
+    if limit <= 0 or points.device.type == "meta" or not cropped.any():
+        return field(points)
+    keep = ~cropped[..., 0]  # [B, N]
+    counts = keep.sum(1)
+    k = int(counts.max())
+    if k == 0:
+        sigma, feats = field(points[:, :1])
+        return (sigma.new_full((b, n, 1), crop_density),
+                feats.new_zeros((b, n, feats.shape[-1])))
+    # kept points first, in their order (stable), padded per batch element with cropped points
+    order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
+    sigma_k, feats_k = field(torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 3)))
+    valid = (torch.arange(k, device=points.device) < counts[:, None]).unsqueeze(-1)  # [B, K, 1]
+    if bool((sigma_k.detach().masked_fill(~valid, float("-inf")) >= limit).any()):
+        return field(points)
+    sigma = sigma_k.new_full((b, n, 1), crop_density).scatter(
+        1, order.unsqueeze(-1), torch.where(valid, sigma_k, torch.full_like(sigma_k, crop_density)))
+    feats = feats_k.new_zeros((b, n, feats_k.shape[-1])).scatter(
+        1, order.unsqueeze(-1).expand(-1, -1, feats_k.shape[-1]), feats_k * valid)
+    return sigma, feats
+
+
 def render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig = RenderConfig(),
                 deterministic: bool = False, chunk: Optional[int] = None) -> dict[str, Tensor]:
     """Volume-render rays ``[B, M, 3]`` through ``field``, at most ``chunk`` rays per pass.
@@ -169,8 +212,9 @@ def _render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig,
     def evaluate(depths: Tensor) -> tuple[Tensor, Tensor]:
         s = depths.shape[2]
         points = (origins.unsqueeze(-2) + depths * dirs.unsqueeze(-2)).reshape(b, m * s, 3)
-        sigma, feats = field(points)
-        sigma = torch.where(crop_mask(points, cfg), torch.full_like(sigma, cfg.crop_density), sigma)
+        cropped = crop_mask(points, cfg)
+        sigma, feats = _evaluate_uncropped(field, points, cropped, cfg.crop_density)
+        sigma = torch.where(cropped, torch.full_like(sigma, cfg.crop_density), sigma)
         return sigma.reshape(b, m, s, 1), feats.reshape(b, m, s, -1)
 
     depths = stratified_depths(b, m, cfg, deterministic, origins.device).to(origins.dtype)

@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 # modules of this package that each add one or more subcommands
-COMMAND_MODULES: tuple = ("run",)
+COMMAND_MODULES: tuple = ("run", "batch", "evaluate", "report")
 
 
 class UsageError(Exception):
@@ -25,7 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come after options (argparse takes consecutive positionals only once)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except UsageError as e:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
+
+from gan_prior.files import read_json, write_json
 
 from .cli import UsageError
 from .threestudio_env import ThreestudioError, extension_installed, find_threestudio, launch_command
@@ -26,11 +30,13 @@ class Trial:
     folder: str
     config: str = field(init=False)
     last_ckpt: str = field(init=False)
+    stages: str = field(init=False)
 
     def __post_init__(self):
         self.folder = os.path.abspath(self.folder)
         self.config = os.path.join(self.folder, "configs", "parsed.yaml")
         self.last_ckpt = os.path.join(self.folder, "ckpts", "last.ckpt")
+        self.stages = os.path.join(self.folder, "stages.json")  # seconds of each finished stage
 
     def files(self) -> Dict[str, List[str]]:
         """Products by kind (newest step last): videos, meshes, views sheets, metrics."""
@@ -57,17 +63,100 @@ def resolve_config(path: str) -> str:
     raise UsageError(f"--config {path}: no such file (e.g. configs/portrait3d-tiny.yaml in this repository)")
 
 
-def launch(root: str, args: Sequence[str], log: Optional[str] = None) -> int:
-    """Run ``launch.py ARGS`` in ``root``; output to the terminal, or appended to ``log``."""
-    if log is None:
-        return subprocess.run(launch_command(*args), cwd=root).returncode
-    with open(log, "a", encoding="utf-8") as f:
-        return subprocess.run(launch_command(*args), cwd=root, stdout=f, stderr=subprocess.STDOUT).returncode
+class LaunchKilled(UsageError):
+    """``launch.py`` was killed by a signal (out of memory, a preempted node, a user's kill): running
+    it again resumes the trial from its last checkpoint (``portrait3d batch`` retries it)."""
+
+
+# ``python -c DIE_WITH_PARENT PID CMD...``: SIGKILL this process when its parent dies (Linux
+# PR_SET_PDEATHSIG, kept across exec), then exec CMD: a killed worker never leaves a launch.py
+# writing into the trial its retry resumes. (An exec shim, not preexec_fn: Ray workers have threads.)
+DIE_WITH_PARENT = ("import ctypes, os, sys\n"
+                   "ctypes.CDLL(None).prctl(1, 9)\n"
+                   "if os.getppid() != int(sys.argv[1]):\n    sys.exit(137)\n"
+                   "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def _command(args: Sequence[str]) -> List[str]:
+    cmd = launch_command(*args)
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *cmd]
+    return cmd
+
+
+def launch(root: str, args: Sequence[str], log: Optional[str] = None, stats: Optional[dict] = None) -> int:
+    """Run ``launch.py ARGS`` in ``root``; output to the terminal, or appended to ``log``. Returns its
+    exit code (negative: killed by that signal); ``stats["peak_memory_mb"]`` gets the larger of its
+    value and the run's peak resident memory."""
+    out = open(log, "a", encoding="utf-8") if log else None
+    try:
+        proc = subprocess.Popen(_command(args), cwd=root, stdout=out, stderr=subprocess.STDOUT if out else None)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if out:
+            out.close()
+    if stats is not None:  # ru_maxrss: KiB on Linux, bytes on macOS
+        mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        stats["peak_memory_mb"] = round(max(stats.get("peak_memory_mb") or 0.0, mb), 1)
+    return proc.returncode
+
+
+def last_error(log: Optional[str]) -> str:
+    """The one-line reason a ``launch.py`` run gave in ``log``: its ``[ERROR]`` line, else the last
+    line of its traceback; '' when there is none."""
+    if not log or not os.path.isfile(log):
+        return ""
+    with open(log, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f.readlines()[-400:] if line.strip()]
+    for line in reversed(lines):
+        if "[ERROR]" in line:
+            return line.split("[ERROR]", 1)[1].strip()
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", line):
+            return line
+    return ""
+
+
+def yaml_quote(value: str) -> str:
+    """``value`` as a YAML single-quoted string, for a ``key=value`` override (threestudio's CLI
+    parses values as YAML: ``a: b`` would become a mapping, ``007`` a number)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def find_trial(outputs: str, tag: str) -> Optional[Trial]:
+    """The trial folder ``<outputs>/<config name>/<tag>`` a fixed-tag run made, if any."""
+    found = [d for d in glob.glob(os.path.join(os.path.abspath(outputs), "*", tag))
+             if os.path.isfile(os.path.join(d, "configs", "parsed.yaml"))]
+    return Trial(found[0]) if len(found) == 1 else None
+
+
+def _failed(step: str, code: int, log: Optional[str], trial: Optional[Trial] = None) -> UsageError:
+    if code < 0:
+        return LaunchKilled(f"{step}: launch.py was killed by signal {-code}"
+                            + (f"; its trial {trial.folder} resumes from its last checkpoint" if trial else ""))
+    reason = last_error(log)
+    where = f"see {log}" if log else "see the messages above"
+    return UsageError(f"{step} failed (launch.py exit code {code}): {reason}; {where}" if reason
+                      else f"{step} failed (launch.py exit code {code}); {where}")
 
 
 def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: Optional[str] = None,
-                     log: Optional[str] = None) -> Trial:
-    """Train then export one portrait; returns its trial. Raises UsageError when a step fails."""
+                     log: Optional[str] = None, tag: Optional[str] = None, stats: Optional[dict] = None) -> Trial:
+    """Train then export one portrait; returns its trial. Raises UsageError when a step fails
+    (:class:`LaunchKilled` when launch.py was killed).
+
+    Without ``tag`` every call is a new trial (a unique timestamp). With ``tag`` the trial folder is
+    fixed (``<outputs>/<config name>/<tag>``) and a call continues what an earlier one left: training
+    resumes from ``ckpts/last.ckpt`` (threestudio ``resume=``), a finished training is not repeated
+    (``stages.json``), and the initialisation is reused from ``save/init/<key>``. ``stats`` receives
+    ``times`` (seconds per stage of this call), ``peak_memory_mb`` and ``resumed_from_step``.
+    """
     try:
         root = root or find_threestudio()
     except ThreestudioError as e:
@@ -75,24 +164,59 @@ def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: 
     if not extension_installed(root):
         raise UsageError(f"the Portrait3D extension is not installed in {root}: run "
                          f"`python install_extension.py {root}` (or `make demo`)")
-    stamp = time.strftime("@%Y%m%d-%H%M%S")
-    args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", f"timestamp='{stamp}'",
-            *overrides]
-    code = launch(root, args, log)
-    found = glob.glob(os.path.join(os.path.abspath(outputs), "*", f"*{stamp}"))
-    if code != 0 or len(found) != 1:
-        raise UsageError(f"training failed (launch.py exit code {code}); see the messages above"
-                         + (f" and {log}" if log else ""))
-    trial = Trial(found[0])
-    code = launch(root, trial.resume_args("--export"), log)
+    stats = {} if stats is None else stats
+    stats.setdefault("times", {})
+    stats.setdefault("resumed_from_step", None)
+    trial = find_trial(outputs, tag) if tag else None
+    stages = (read_json(trial.stages) or {}) if trial else {}
+    if "train" not in stages:
+        start = time.time()
+        if trial is not None and os.path.isfile(trial.last_ckpt):
+            stats["resumed_from_step"] = checkpoint_step(trial.last_ckpt)
+            code = launch(root, trial.resume_args(), log, stats)
+        else:
+            # a fixed tag: a trial killed before its first checkpoint starts again in the same folder
+            # (its initialisation, if finished, is reused)
+            stamp = time.strftime("@%Y%m%d-%H%M%S")
+            # quoted: YAML would read '@...' as reserved and a tag such as 007 as a number
+            fixed = ["use_timestamp=false", f"tag={yaml_quote(tag)}"] if tag else [f"timestamp={yaml_quote(stamp)}"]
+            args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", *fixed, *overrides]
+            code = launch(root, args, log, stats)
+            if tag:
+                trial = find_trial(outputs, tag)
+            else:
+                found = glob.glob(os.path.join(os.path.abspath(outputs), "*", f"*{stamp}"))
+                trial = Trial(found[0]) if len(found) == 1 else None
+        if code != 0 or trial is None:
+            raise _failed("training", code if code != 0 else 1, log, trial)
+        stages["train"] = stats["times"]["train"] = round(time.time() - start, 2)
+        write_json(trial.stages, stages)
+    start = time.time()
+    code = launch(root, trial.resume_args("--export"), log, stats)
     if code != 0:
-        raise UsageError(f"export failed (launch.py exit code {code}); the trained run is in {trial.folder}")
+        err = _failed("export", code, log, trial)
+        raise type(err)(f"{err}; the trained run is in {trial.folder}")
+    stages["export"] = stats["times"]["export"] = round(time.time() - start, 2)
+    write_json(trial.stages, stages)
     return trial
+
+
+def checkpoint_step(path: str) -> Optional[int]:
+    """The ``global_step`` a Lightning checkpoint holds (read without executing code), or None."""
+    try:
+        import torch
+
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:
+        return None
 
 
 def describe(trial: Trial, root: str) -> str:
     """What a user needs next: where the results are, and the resume / export commands."""
     lines = [f"trial folder: {trial.folder}"]
+    page = os.path.join(trial.folder, "save", "index.html")  # portrait3d.report, written by the run
+    if os.path.isfile(page):
+        lines.append(f"  {'report':<8} {os.path.relpath(page, trial.folder)}  (open it in a browser)")
     for kind, paths in trial.files().items():
         for path in paths:
             lines.append(f"  {kind:<8} {os.path.relpath(path, trial.folder)}")

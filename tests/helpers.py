@@ -38,3 +38,22 @@ def threestudio_missing() -> str:
 
 requires_threestudio = [pytest.mark.threestudio,
                         pytest.mark.skipif(bool(threestudio_missing()), reason=threestudio_missing() or "-")]
+
+
+def random_inception_weights(path: str) -> str:
+    """The FID Inception architecture with random weights, saved to ``path`` as a weights file (the
+    real loading path of gan_prior.evaluation.InceptionFeatures); returns ``path``."""
+    import pytorch_fid.inception as fi
+    import torch
+
+    original = torch.nn.Module.load_state_dict
+    torch.nn.Module.load_state_dict = lambda self, *a, **k: None  # build the structure without weights
+    fi_url = fi.load_state_dict_from_url
+    fi.load_state_dict_from_url = lambda *a, **k: {}
+    try:
+        torch.manual_seed(0)
+        net = fi.fid_inception_v3()
+    finally:
+        torch.nn.Module.load_state_dict, fi.load_state_dict_from_url = original, fi_url
+    torch.save(net.state_dict(), path)
+    return path

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import random_inception_weights
 
 from gan_prior import evaluation as E
 from gan_prior.media import save_image, save_video
@@ -19,20 +20,7 @@ def images(n, seed, size=32):
 @pytest.fixture(scope="module")
 def inception_path(tmp_path_factory):
     """The FID Inception architecture with random weights, saved as a weights file (the real loading path)."""
-    import pytorch_fid.inception as fi
-
-    original = torch.nn.Module.load_state_dict
-    torch.nn.Module.load_state_dict = lambda self, *a, **k: None  # build the structure without weights
-    fi_url = fi.load_state_dict_from_url
-    fi.load_state_dict_from_url = lambda *a, **k: {}
-    try:
-        torch.manual_seed(0)
-        net = fi.fid_inception_v3()
-    finally:
-        torch.nn.Module.load_state_dict, fi.load_state_dict_from_url = original, fi_url
-    path = str(tmp_path_factory.mktemp("inception") / "pt_inception-random.pth")
-    torch.save(net.state_dict(), path)
-    return path
+    return random_inception_weights(str(tmp_path_factory.mktemp("inception") / "pt_inception-random.pth"))
 
 
 def test_frechet_distance_matches_the_closed_form():

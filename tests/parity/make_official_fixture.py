@@ -19,19 +19,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import importlib.util
 import json
 import math
 import os
 import sys
 import time
-import types
 
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+_BENCH = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "bench")
+for _p in (_HERE, _BENCH):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 from weights import DENSITY_BIAS, fill_state_dict, sr_inputs  # noqa: E402
 
 OFFICIAL_COMMIT = "642aecf"
@@ -40,62 +40,13 @@ BATCH = 2
 NUM_POINTS = 500
 NRR = 16  # neural rendering resolution of the fixture renders
 
-# Keyword arguments the official training passes to the generator's synthesis networks
-# (train.py: fused_modconv_default='inference_only', g_num_fp16_res=0 -> conv_clamp=None,
-# --cbase 18432 --cmax 144, which the Hierarchy3DAware backbone ignores).
-SYNTHESIS_KWARGS = dict(
-    channel_base=18432,
-    channel_max=144,
-    fused_modconv_default="inference_only",
-    num_fp16_res=0,
-    conv_clamp=None,
+# The official import, its runtime patches and the model keyword arguments live in
+# bench/official.py (the renderer benchmark imports them at run time too).
+from official import (  # noqa: E402  (bench/official.py: shared with bench_renderer)
+    BACKBONE_KWARGS, PATCHES, RENDER_GEN_KWARGS, RENDERING_KWARGS, SYNTHESIS_KWARGS, build_models,
+    import_official,
 )
-BACKBONE_KWARGS = dict(
-    z_dim=512,
-    c_dim=31,
-    w_dim=512,
-    img_resolution=16,
-    img_channels=108,
-    mapping_kwargs={"num_layers": 2},
-    roll_out=None,
-)
-RENDERING_KWARGS = dict(
-    box_warp=0.7,
-    ray_start=2.35,
-    ray_end=3.12,
-    depth_resolution=48,
-    depth_resolution_importance=48,
-    clamp_mode="softplus",
-    disparity_space_sampling=False,
-    white_back=False,
-    density_noise=0.0,
-    triplane_depth=3,
-    decoder_activation="none",
-    use_torgb_raw=True,
-    use_background=True,
-    sr_antialias=True,
-    c_gen_conditioning_zero=False,
-    c_scale=1.0,
-    avg_camera_radius=2.7,
-    avg_camera_pivot=[0, 0.0649, 0],
-    # not read by the render-only generator, recorded for completeness (train.py values)
-    decoder_lr_mul=1,
-    superresolution_module="training.superresolution.SuperresolutionHybrid8XDC",
-    image_resolution=512,
-)
-RENDER_GEN_KWARGS = dict(
-    z_dim=512,
-    c_dim=25,
-    w_dim=512,
-    img_resolution=512,
-    img_channels=3,
-    sr_num_fp16_res=4,
-    mapping_kwargs={"num_layers": 2},
-    sr_kwargs={"channel_base": 18432, "channel_max": 144, "fused_modconv_default": "inference_only"},
-    batch_size=1,
-    explicitly_symmetry=True,
-    thickness=0.25,
-)
+
 FOCAL = 6.5104166
 PIVOT = (0.0, 0.0649, 0.0)
 CAMERAS_HV = [(math.pi / 2, math.pi / 2), (math.pi / 2 + 0.6, math.pi / 2 - 0.3)]
@@ -109,122 +60,6 @@ SDS_FOV_DEG = 12.447863  # official FOV_to_intrinsics argument (SDS stage, refin
 SR_KWARGS = dict(channels=32, img_resolution=512, sr_num_fp16_res=4, sr_antialias=True,
                  channel_base=18432, channel_max=144, fused_modconv_default="inference_only")
 SR_STRIDE = 5  # stored subsample of the 512² SR outputs (odd: covers every upsampling phase)
-
-PATCHES: list[str] = []
-
-
-# ----------------------------------------------------------------------------------------------
-# Importing the official code on a CPU-only machine
-
-
-def _stub_module(name: str, **attrs) -> types.ModuleType:
-    mod = types.ModuleType(name)
-    mod.__dict__.update(attrs)
-    mod.__file__ = f"<parity stub {name}>"
-    sys.modules[name] = mod
-    return mod
-
-
-def _unavailable(*_a, **_k):
-    raise RuntimeError("SMPL / kaolin functionality is stubbed out in the parity harness")
-
-
-def import_official(root: str):
-    """Import the official modules, stubbing only the SMPL / mesh dependencies."""
-    root = os.path.abspath(root)
-    if not os.path.isfile(os.path.join(root, "training", "neural_renderer.py")):
-        raise SystemExit(f"{root} does not look like 3DPortraitGAN_pyramid")
-    sys.path.insert(0, root)
-
-    # renderer.py imports these at module scope; they are only used by the SMPL deformation path
-    # (apply_def=True), which the fixture never takes.
-    for name in ("smplx", "trimesh"):
-        if importlib.util.find_spec(name) is None:
-            _stub_module(name, create=_unavailable)
-            PATCHES.append(f"stub module '{name}' (not installed; only used for SMPL)")
-    if importlib.util.find_spec("kaolin") is None:
-        _stub_module("kaolin")
-        _stub_module("kaolin.ops")
-        _stub_module("kaolin.ops.mesh", index_vertices_by_faces=_unavailable)
-        _stub_module("kaolin.metrics")
-        _stub_module("kaolin.metrics.trianglemesh", point_to_mesh_distance=_unavailable)
-        PATCHES.append("stub module 'kaolin' (+ops.mesh, metrics.trianglemesh; only SMPL deformation)")
-    importlib.import_module("training")
-    # training/aligned_smpl.py needs pyrender, the SMPL model files and CUDA.
-    _stub_module("training.aligned_smpl", AlignedSMPL=_unavailable)
-    PATCHES.append("stub module 'training.aligned_smpl' (pyrender + SMPL files + CUDA)")
-
-    mods = types.SimpleNamespace(
-        ns2=importlib.import_module("training.networks_stylegan2"),
-        nr=importlib.import_module("training.neural_renderer"),
-        rend=importlib.import_module("training.volumetric_rendering.renderer"),
-        cam=importlib.import_module("camera_utils"),
-        sr=importlib.import_module("training.superresolution"),
-    )
-    _patch_renderer(mods.rend)
-    return mods
-
-
-def _patch_renderer(rend) -> None:
-    IR = rend.ImportanceRenderer
-
-    # 1. Constructor without SMPL: keep every attribute the rendering path reads, drop the SMPL
-    #    model and its buffers (shaped_smpl, align_points, face_mask, head_face_mask).
-    def init_without_smpl(self, w_dim, num_ws, batch_size, thickness, box_warp):
-        torch.nn.Module.__init__(self)
-        self.ray_marcher = rend.MipRayMarcher2()
-        self.plane_axes = rend.generate_planes()
-        self.batch_size = batch_size
-        self.num_betas = 10
-        self.thickness = thickness
-        self.back_head_depth = None
-
-    IR.__init__ = init_without_smpl
-    PATCHES.append(
-        "ImportanceRenderer.__init__ replaced: builds ray_marcher (MipRayMarcher2) and plane_axes "
-        "(generate_planes) only; SMPL model + buffers shaped_smpl/align_points/face_mask/"
-        "head_face_mask are not created (only used with apply_def=True)"
-    )
-
-    # 2. No jitter on the stratified depths: run the official sample_stratified with
-    #    torch.rand_like temporarily returning zeros -> depths == linspace(ray_start, ray_end, N).
-    orig_stratified = IR.sample_stratified
-
-    def sample_stratified_nojitter(self, *args, **kwargs):
-        real_rand_like = torch.rand_like
-        torch.rand_like = torch.zeros_like
-        try:
-            return orig_stratified(self, *args, **kwargs)
-        finally:
-            torch.rand_like = real_rand_like
-
-    IR.sample_stratified = sample_stratified_nojitter
-    PATCHES.append(
-        "ImportanceRenderer.sample_stratified wrapped: torch.rand_like -> torch.zeros_like during "
-        "the call, so coarse depths are exactly linspace(ray_start, ray_end, depth_resolution)"
-    )
-
-    # 3. Deterministic inverse-CDF importance sampling: force the official det=True branch
-    #    (u = linspace(0, 1, N_importance)).
-    orig_pdf = IR.sample_pdf
-
-    def sample_pdf_det(self, bins, weights, N_importance, det=False, eps=1e-5):
-        return orig_pdf(self, bins, weights, N_importance, det=True, eps=eps)
-
-    IR.sample_pdf = sample_pdf_det
-    PATCHES.append("ImportanceRenderer.sample_pdf wrapped: det=True forced (u = linspace(0, 1, N))")
-
-
-@contextlib.contextmanager
-def cuda_is_identity():
-    """neural_renderer.TriPlaneGenerator.__init__ calls .cuda() on avg_c; keep it on CPU."""
-    real = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda = real
-
 
 @contextlib.contextmanager
 def capture_interpolate(store: list):
@@ -246,22 +81,11 @@ def capture_interpolate(store: list):
 # ----------------------------------------------------------------------------------------------
 
 
-def build_models(mods):
-    backbone = mods.ns2.Hierarchy3DAwareGenerator(**BACKBONE_KWARGS, **SYNTHESIS_KWARGS)
-    with cuda_is_identity():
-        render = mods.nr.TriPlaneGenerator(
-            **RENDER_GEN_KWARGS, rendering_kwargs=dict(RENDERING_KWARGS), **SYNTHESIS_KWARGS
-        )
-    PATCHES.append("torch.Tensor.cuda -> identity while constructing neural_renderer.TriPlaneGenerator (avg_c)")
-    backbone.eval().requires_grad_(False)
-    render.eval().requires_grad_(False)
-    return backbone, render
-
-
 def build_superresolution(mods):
     """The official SR module at full size, filled with ``fill_state_dict`` under the official
     ``superresolution.`` prefix (as it sits in ``G_ema``)."""
-    sr = mods.sr.SuperresolutionHybrid8XDC(**SR_KWARGS).eval().requires_grad_(False)
+    sr_module = importlib.import_module("training.superresolution")  # importable once import_official ran
+    sr = sr_module.SuperresolutionHybrid8XDC(**SR_KWARGS).eval().requires_grad_(False)
     sd = sr.state_dict()
     shapes = {f"superresolution.{k}": list(v.shape) for k, v in sd.items()}
     filled = fill_state_dict({f"superresolution.{k}": v for k, v in sd.items()}, seed=SEED)

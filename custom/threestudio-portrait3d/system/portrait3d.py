@@ -28,6 +28,7 @@ from gan_prior.refinement import RefineFitConfig
 
 from .refinement_stage import RefineConfig, RefinementStage
 from .test_outputs import EvaluationConfig, TestOutputs, VideoConfig
+from ..utils.report_hook import write_run_report
 
 
 def _plain(obj: Any) -> Any:
@@ -224,7 +225,15 @@ class Portrait3DSystem(RefinementStage, TestOutputs, BaseLift3DSystem):
         self.save_official_videos()
         self.save_metrics()
 
+    def on_test_end(self) -> None:
+        super().on_test_end()
+        write_run_report(self.get_save_dir())  # save/index.html (portrait3d.report)
+
     def on_predict_start(self) -> None:
         self.use_ema()
         super().on_predict_start()
+
+    def on_predict_end(self) -> None:
+        super().on_predict_end()
+        write_run_report(self.get_save_dir())  # now with the exported mesh's 3D view
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One GPU check, in one device call (≤ 8 min wall on an H100/H200-class GPU), results under $OUT:
+#
+#   1. installs the wheels prepared by bench/prepare_device.sh (.whl/) into /tmp/site;
+#   2. runs the test suite's CUDA subset (tests/test_cuda.py: generator, renderer, inversion step,
+#      refinement step, SDEdit on CUDA against the CPU; one tiny launch.py --train with threestudio
+#      on CUDA) and the meta-device tests → $OUT/cuda_tests.log;
+#   3. runs bench/gpu_check.py: every stage at the paper's settings with random weights of the
+#      real sizes, projected to the full pipeline, peak memory per stage, and our renderer against
+#      the official one → $OUT/gpu_check.md, $OUT/gpu_check.json, $OUT/gpu_check.log.
+#
+#   bash bench/gpu_check.sh            # on the device (see bench/README.md for the `run` call)
+#   bash bench/gpu_check.sh --dry-run  # here, on the CPU: tiny models, same script, same table
+#
+# $OUT defaults to ./gpu_check_out when unset (it is set on the device machine).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+DRY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown option $arg (use --dry-run or nothing)" >&2; exit 2 ;;
+  esac
+done
+OUT="${OUT:-$ROOT/gpu_check_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+start=$(date +%s)
+status=0
+
+if (( DRY )); then
+  PY="${PYTHON:-python}"
+  # this checkout first (the setup's start-up file arms the CPU stand-ins)
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" bench/gpu_check.py --dry-run --out "$OUT" ${PORTRAIT3D_OFFICIAL_ROOT:+--official-root "$PORTRAIT3D_OFFICIAL_ROOT"} \
+    2>&1 | tee "$OUT/gpu_check.log" || status=1
+  echo "gpu_check.sh --dry-run: $(( $(date +%s) - start )) s, status $status; table: $OUT/gpu_check.md"
+  exit $status
+fi
+
+PY=python3
+for need in .whl .device/threestudio .device/official .device/stubs; do
+  if [[ ! -e "$need" ]]; then
+    echo "gpu_check.sh: $need is missing: run bench/prepare_device.sh here first and name .whl and" \
+         ".device in the call's carry (bench/README.md)" >&2
+    exit 2
+  fi
+done
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  > "$OUT/pip.log" 2>&1 || { echo "gpu_check.sh: wheel install failed (see pip.log)"; cat "$OUT/pip.log"; exit 1; }
+# carried wheels first, then the repo, then the import-only stand-ins (last: real packages win)
+export PYTHONPATH="/tmp/site:$ROOT:$ROOT/.device/stubs"
+export THREESTUDIO_ROOT="$ROOT/.device/threestudio" PORTRAIT3D_OFFICIAL_ROOT="$ROOT/.device/official"
+export PORTRAIT3D_CACHE=/tmp/portrait3d-cache
+"$PY" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
+torch.cuda.get_device_name(0), '| diffusers', diffusers.__version__, '| transformers', transformers.__version__)" \
+  2>&1 | tee "$OUT/versions.txt"
+
+# 2. the CUDA subset (≤ 3 min) and the meta-device tests
+timeout 200 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_device_placement.py \
+  2>&1 | tee "$OUT/cuda_tests.log"
+(( ${PIPESTATUS[0]} == 0 )) || status=1
+
+# 3. the pipeline at paper settings + renderer vs official (≤ 4 min)
+timeout 270 "$PY" bench/gpu_check.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/gpu_check.log"
+(( ${PIPESTATUS[0]} == 0 )) || status=1
+
+echo "gpu_check.sh: $(( $(date +%s) - start )) s, status $status; results in $OUT (gpu_check.md, gpu_check.json, cuda_tests.log)"
+exit $status

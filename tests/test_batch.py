@@ -1,0 +1,361 @@
+"""`portrait3d batch` on a local Ray (2 CPU workers) with the tiny config: 4 portraits and a bad
+override, one worker SIGKILLed mid-run and resumed from its checkpoint, a re-run that does nothing,
+and `portrait3d evaluate` over the set. Ray starts once for the module."""
+
+import contextlib
+import csv
+import glob
+import io
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from helpers import ROOT, random_inception_weights, requires_threestudio
+
+from portrait3d.batch import MANIFEST, read_prompts, worker_runtime_env
+from portrait3d.cli import main
+from portrait3d.run import checkpoint_step
+
+CONFIG = os.path.join(ROOT, "configs", "portrait3d-tiny.yaml")
+SHORT = [
+    "system.sds_steps=1",
+    "system.refine.steps=0",
+    "data.n_test_views=2",
+    "system.videos.large_frames=4",
+    "system.videos.small_frames=2",
+    "trainer.val_check_interval=100",
+    "checkpoint.every_n_train_steps=2",
+]
+LONG = 12  # SDS steps of the prompt whose worker is killed (at its step-4 checkpoint)
+PROMPTS = [
+    {"prompt": "upper body photo, portrait of a woman", "name": "woman"},
+    {
+        "prompt": "upper body photo, portrait of a man",
+        "name": "man",
+        "overrides": {"system.sds_steps": LONG},
+    },
+    {"prompt": "upper body photo, portrait of an old man", "seed": 5},
+    {"prompt": "upper body photo, portrait of a girl with red hair", "name": "girl"},
+    {
+        "prompt": "upper body photo, portrait of a boy",
+        "name": "bad",
+        "overrides": {"system.geometry_type": "pyramid-trigrids"},
+    },  # misspelt: fails at start-up
+]
+
+
+def needs_threestudio(test):
+    for mark in requires_threestudio:
+        test = mark(test)
+    return test
+
+
+def cli(*args):
+    """``portrait3d ARGS`` in this process: (exit code, stdout, stderr, seconds)."""
+    out, err = io.StringIO(), io.StringIO()
+    start = time.time()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue(), time.time() - start
+
+
+def manifest(out):
+    with open(os.path.join(out, MANIFEST)) as f:
+        return [json.loads(line) for line in f]
+
+
+# ------------------------------------------------------------------------ prompt files (no Ray)
+def test_prompt_files_text_and_jsonl(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text(
+        "# a set\n\nupper body photo, a man\n  \n"
+        '{"prompt": "a woman", "name": "w", "seed": 3, "overrides": {"system.refine.steps": 5}}\n'
+        '{"prompt": "a child", "overrides": ["system.sds_steps=1"]}\n'
+    )
+    jobs = read_prompts(str(path), default_seed=7)
+    assert [(j.name, j.seed, j.line) for j in jobs] == [
+        ("upper_body_photo_a_man", 7, 3),
+        ("w", 3, 5),
+        ("a_child", 7, 6),
+    ]
+    assert jobs[1].launch_overrides(["data.width=32"]) == [
+        "system.prompt_processor.prompt='a woman'",
+        "seed=3",
+        "data.width=32",
+        "system.refine.steps=5",
+    ]
+    assert jobs[2].overrides == ["system.sds_steps=1"]
+    # a prompt reaches threestudio's YAML command line as it is written (no mapping, number or quote lost)
+    from omegaconf import OmegaConf
+
+    for prompt in ("portrait: a man's face, [old]", "007", "yes"):
+        (tmp_path / "q.txt").write_text(prompt + "\n")
+        override = read_prompts(str(tmp_path / "q.txt"))[0].launch_overrides([])[0]
+        assert OmegaConf.from_cli([override]).system.prompt_processor.prompt == prompt
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('a man\n{"prompt": "a man"}\n', "p.txt:2: name 'a_man' is also line 1's"),
+        ('{"prompt": "x", "nmae": "y"}\n', "p.txt:1: unknown key 'nmae'"),
+        ('{"prompt": "x"\n', "p.txt:1: not valid JSON"),
+        ('{"name": "x"}\n', 'p.txt:1: no "prompt"'),
+        ('{"prompt": "x", "seed": "1"}\n', 'p.txt:1: "seed" must be an integer'),
+        ('{"prompt": "x", "name": "../up"}\n', "p.txt:1: name '../up' is not a folder name"),
+        ('{"prompt": "x", "overrides": "a"}\n', 'p.txt:1: "overrides" must be'),
+        ("# only a comment\n\n", "p.txt: no prompts"),
+    ],
+)
+def test_bad_prompt_files_get_one_line(tmp_path, text, message):
+    path = tmp_path / "p.txt"
+    path.write_text(text)
+    code, out, err, _ = cli("batch", str(path), "--config", CONFIG, "--out", str(tmp_path / "runs"))
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()  # refused before anything was made
+
+
+def test_bad_options_get_one_line(tmp_path):
+    (tmp_path / "p.txt").write_text("a man\n")
+    code, _, err, _ = cli("batch", str(tmp_path / "missing.txt"), "--config", CONFIG)
+    assert code == 2 and "missing.txt: no such prompt file" in err
+    code, _, err, _ = cli("batch", str(tmp_path / "p.txt"), "--config", str(tmp_path / "none.yaml"))
+    assert code == 2 and "--config" in err and "none.yaml: no such file" in err
+    code, _, err, _ = cli(
+        "batch",
+        str(tmp_path / "p.txt"),
+        "--config",
+        CONFIG,
+        "--evaluate",
+        "--inception",
+        str(tmp_path / "fid.pth"),
+    )
+    assert code == 2 and "--inception" in err and "fid.pth: no such file" in err
+    code, _, err, _ = cli("evaluate", str(tmp_path))
+    assert code == 2 and f"no {MANIFEST}" in err
+
+
+# ------------------------------------------------------------------------ the batch on Ray
+def _killer(out, found):
+    """Wait for the 'man' trial's step-4 checkpoint, then SIGKILL the Ray worker running it."""
+    import psutil
+
+    ckpts = os.path.join(out, "portrait3d-tiny", "man", "ckpts")
+    step4, last = os.path.join(ckpts, "epoch=0-step=4.ckpt"), os.path.join(ckpts, "last.ckpt")
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        if (
+            os.path.isfile(step4)
+            and os.path.isfile(last)
+            and os.path.getmtime(last) >= os.path.getmtime(step4)
+        ):
+            break
+        time.sleep(0.05)
+    else:
+        found["error"] = "no step-4 checkpoint"
+        return
+    time.sleep(0.5)  # let the write finish
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if any(a.endswith("launch.py") for a in cmd) and "tag='man'" in cmd:
+            worker = proc.parent()
+            found.update(
+                child=proc.pid,
+                worker=worker.pid,
+                worker_cmd=" ".join(worker.cmdline())[:300],
+                step4_mtime=os.path.getmtime(step4),
+            )
+            worker.send_signal(signal.SIGKILL)
+            found["killed_step"] = checkpoint_step(last)
+            return
+    found["error"] = "no launch.py process for 'man'"
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    import ray
+    from threestudio_env import make_worktree
+
+    from gan_prior.tiny_models import tiny_model_path
+
+    base = tmp_path_factory.mktemp("batch")
+    tree = make_worktree(str(base / "threestudio"))
+    saved = {k: os.environ.get(k) for k in ("THREESTUDIO_ROOT", "PORTRAIT3D_CACHE", "WANDB_MODE")}
+    os.environ.update(
+        THREESTUDIO_ROOT=tree, PORTRAIT3D_CACHE=str(base / "cache"), WANDB_MODE="disabled"
+    )
+    for name in (
+        "portrait-gan",
+        "stable-diffusion",
+        "clip",
+    ):  # built once, not by two workers at once
+        tiny_model_path(name)
+    ray.init(
+        num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env(), log_to_driver=False
+    )
+    try:
+        prompts = base / "prompts.jsonl"
+        prompts.write_text("# the test set\n" + "\n".join(json.dumps(p) for p in PROMPTS) + "\n")
+        out = str(base / "runs")
+        killed: dict = {}
+        killer = threading.Thread(target=_killer, args=(out, killed), daemon=True)
+        killer.start()
+        result = cli(
+            "batch", str(prompts), "--config", CONFIG, "--out", out, "--workers", "2", *SHORT
+        )
+        killer.join(timeout=5)
+        yield {
+            "out": out,
+            "prompts": str(prompts),
+            "result": result,
+            "killed": killed,
+            "base": base,
+        }
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@needs_threestudio
+def test_four_prompts_make_four_trials_and_a_complete_manifest(batch):
+    code, stdout, stderr, _ = batch["result"]
+    out = batch["out"]
+    entries = manifest(out)
+    assert [e["name"] for e in entries] == [
+        "woman",
+        "man",
+        "upper_body_photo_portrait_of_an_old_man",
+        "girl",
+        "bad",
+    ]
+    assert code == 1 and "1 of 5 prompts failed (bad)" in stderr, stderr[-3000:]
+    assert "batch: " in stderr and "running" in stderr and "failed" in stderr  # the progress bar
+    for e, p in zip(entries[:4], PROMPTS):
+        assert e["status"] == "done" and e["error"] is None, e
+        assert e["prompt"] == p["prompt"] and e["seed"] == p.get("seed", 0)
+        assert e["trial"] == os.path.join("portrait3d-tiny", e["name"])
+        trial = os.path.join(out, e["trial"])
+        parsed = open(os.path.join(trial, "configs", "parsed.yaml")).read()
+        assert f"prompt: {p['prompt']}" in parsed and f"seed: {e['seed']}" in parsed
+        assert set(e["times"]) == {"train", "export"} and all(t > 0 for t in e["times"].values())
+        assert e["peak_memory_mb"] > 100 and e["node"] == socket.gethostname()
+        files = e["files"]
+        assert sorted(os.path.basename(f) for f in files["meshes"]) == [
+            "portrait.glb",
+            "portrait.obj",
+        ]
+        assert {os.path.basename(f).split("-", 1)[1] for f in files["videos"]} == {
+            "large_pose.mp4",
+            "small_pose.mp4",
+            "test.mp4",
+        }
+        assert all(os.path.isfile(os.path.join(out, f)) for kind in files.values() for f in kind)
+        assert os.path.isfile(os.path.join(out, e["log"]))
+    # no stray trial folders (the failed one left none: launch.py's one-line error removes it)
+    assert sorted(os.listdir(os.path.join(out, "portrait3d-tiny"))) == sorted(e["name"] for e in entries[:4])
+    assert entries[4]["trial"] is None
+
+
+@needs_threestudio
+def test_a_killed_worker_is_retried_and_resumes_its_checkpoint(batch):
+    import psutil
+    import torch
+
+    killed, out = batch["killed"], batch["out"]
+    assert "error" not in killed and "killed_step" in killed, killed
+    assert "ray" in killed["worker_cmd"].lower()  # the Ray worker process was killed, not launch.py
+    assert (
+        not psutil.pid_exists(killed["child"])
+        or psutil.Process(killed["child"]).status() == "zombie"
+    )
+    man = next(e for e in manifest(out) if e["name"] == "man")
+    assert man["status"] == "done" and man["attempts"] == 2, man
+    assert 4 <= man["resumed_from_step"] == killed["killed_step"] < LONG
+    trial = os.path.join(out, "portrait3d-tiny", "man")
+    assert glob.glob(os.path.join(out, "portrait3d-tiny", "man*")) == [
+        trial
+    ]  # the same trial, not a new one
+    step4 = os.path.join(trial, "ckpts", "epoch=0-step=4.ckpt")
+    assert (
+        os.path.getmtime(step4) == killed["step4_mtime"]
+    )  # its earlier checkpoints were kept, not redone
+    last = torch.load(
+        os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True
+    )
+    assert last["global_step"] == LONG
+    log = open(os.path.join(out, man["log"])).read()
+    assert (
+        log.count("attempt on") == 2
+        and f"resume={os.path.join(trial, 'ckpts', 'last.ckpt')}"
+        in open(os.path.join(trial, "cmd.txt")).read() + log
+    )
+
+
+@needs_threestudio
+def test_a_bad_override_fails_alone_with_its_error(batch):
+    code, stdout, stderr, _ = batch["result"]
+    bad = next(e for e in manifest(batch["out"]) if e["name"] == "bad")
+    assert bad["status"] == "failed" and bad["attempts"] == 1
+    assert (
+        "training failed (launch.py exit code 1): system.geometry_type: 'pyramid-trigrids' is not a registered "
+        "threestudio component; did you mean pyramid-trigrid"
+    ) in bad["error"]
+    assert "\n" not in bad["error"] and "failed  bad: " in stderr
+
+
+@needs_threestudio
+def test_running_again_does_nothing_then_evaluate_the_set(batch):
+    from gan_prior import evaluation as E
+    from gan_prior.tiny_models import tiny_model_path
+
+    out, prompts = batch["out"], batch["prompts"]
+    stamp = os.path.getmtime(os.path.join(out, MANIFEST))
+    code, _, err, seconds = cli(
+        "batch", prompts, "--config", CONFIG, "--out", out, "--workers", "2", *SHORT
+    )
+    assert code == 1 and "nothing to do: 4 of 5 prompts done" in err and "--retry-failed" in err, (
+        err
+    )
+    assert seconds < 10 and os.path.getmtime(os.path.join(out, MANIFEST)) == stamp
+    # the same name with another prompt is refused, naming the trial
+    other = batch["base"] / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "a portrait of a cat", "name": "woman"}) + "\n")
+    code, _, err, _ = cli("batch", str(other), "--config", CONFIG, "--out", out, *SHORT)
+    assert code == 2 and "name 'woman'" in err and "other inputs" in err
+
+    inception = random_inception_weights(str(batch["base"] / "inception.pth"))
+    code, stdout, err, _ = cli("evaluate", out, "--inception", inception)
+    assert code == 0, err
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    clip = tiny_model_path("clip")
+    assert metrics["clip_model"] == clip  # from the trials' config (system.evaluation.clip_model)
+    assert (
+        metrics["num_portraits"] == 4
+        and metrics["num_views"] == 4 * 4
+        and metrics["num_reference"] == 4 * 2
+    )
+    for p in metrics["portraits"]:
+        video = glob.glob(
+            os.path.join(out, "portrait3d-tiny", p["name"], "save", "it*-large_pose.mp4")
+        )[0]
+        expected = E.clip_score(E.load_images(video), p["prompt"], clip)["clip_score"]
+        assert p["clip_score"] == pytest.approx(expected, abs=1e-4) and p["num_views"] == 4
+    assert metrics["clip_score"] == pytest.approx(
+        sum(p["clip_score"] for p in metrics["portraits"]) / 4
+    )
+    assert metrics["fid"] > 0 and metrics["kid_std"] >= 0
+    rows = list(csv.reader(open(os.path.join(out, "metrics.csv"))))
+    assert (
+        rows[0][:3] == ["name", "prompt", "clip_score"] and len(rows) == 6 and rows[-1][0] == "mean"
+    )
+    table = open(os.path.join(out, "metrics.md")).read()
+    assert clip in table and "| 4 |" in table and "16 rendered views" in table
+    assert f"CLIP score {metrics['clip_score']:.2f} over 4 portraits" in stdout
