@@ -4,7 +4,9 @@
 Times one unit of every step with the real architectures and random weights (no weights needed):
 
 * ``pyramid``: mapping + pyramid synthesis (levels 8…512) of the released configuration;
-* ``inversion step``: synthesis + 256² render (48+48) + VGG16 distance, forward+backward;
+* ``inversion step``: synthesis + the official synthesis path (128² render with 48+48 samples and
+  the background, superresolution to 512², area resize to 256²) + VGG16 distance, forward+backward;
+  also ``inversion step (raw 256²)``, the former path (256² neural render, no SR), with the ratio;
 * ``sd unet``: one SD-1.5-size UNet call (64² latents, batch 2 = CFG) — candidates (6×50 steps),
   SDS (one per step) and SDEdit (21×10 steps) are made of these;
 * ``sds render``: 128² render (48+48) forward+backward into the pyramid (one SDS step's render);
@@ -31,7 +33,7 @@ import time
 import torch
 
 from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label
-from gan_prior.inversion import InversionConfig
+from gan_prior.inversion import InversionConfig, synthesize_for_distance
 from gan_prior.perceptual import VGG16Distance
 
 
@@ -84,14 +86,16 @@ def main() -> None:
     pyramid = {r: t.detach().requires_grad_(True) for r, t in G.synthesize_pyramid(ws).items()}
 
     vgg = VGG16Distance.load(None).to(dev)
-    target = torch.rand(1, 3, 128, 128, device=dev) * 2 - 1
+    target = torch.rand(1, 3, 256, 256, device=dev) * 2 - 1
     w_opt = ws.clone().requires_grad_(True)
 
-    def inversion_step():
-        img = G.render(G.synthesize_pyramid(w_opt), w_opt, c, resolution=InversionConfig().resolution)["image"]
+    def inversion_step(mode):
+        img = synthesize_for_distance(G, w_opt, c, InversionConfig(mode=mode))
         vgg(img, target).sum().backward()
 
-    rows["inversion step"] = (timed(inversion_step, dev, args.repeats), 500, "")
+    rows["inversion step"] = (timed(lambda: inversion_step("official"), dev, args.repeats), 500, "")
+    rows["inversion step (raw 256²)"] = (timed(lambda: inversion_step("raw"), dev, args.repeats), 500, "")
+    inversion_ratio = rows["inversion step"][0] / rows["inversion step (raw 256²)"][0]
 
     def sds_render():
         G.render(pyramid, ws, c, resolution=128, background=False)["image"].square().mean().backward()
@@ -122,12 +126,13 @@ def main() -> None:
         rows["sd unet (SDEdit)"] = (t, 21 * 10, "")
 
     print(f"device: {dev}   peak memory: {peak_mib(dev):.0f} MiB")
+    print(f"inversion step, official (128² + SR 512² → 256²) / raw 256²: {inversion_ratio:.2f}×")
     print(f"{'step':<22} {'one unit (s)':>13} {'count':>6} {'projected (min)':>16}")
     for name, (sec, count, mark) in rows.items():
         print(f"{name:<22} {mark + format(sec, '.3f'):>13} {count:>6} {mark + format(sec * count / 60, '.1f'):>16}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": dev, "peak_mib": peak_mib(dev),
+            json.dump({"device": dev, "peak_mib": peak_mib(dev), "inversion_official_over_raw": inversion_ratio,
                        "rows": {k: {"seconds": s_, "count": n, "scaled": bool(m)} for k, (s_, n, m) in rows.items()}},
                       f, indent=1)
 

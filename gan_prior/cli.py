@@ -103,7 +103,8 @@ def _load_pyramid_for(G: PortraitGAN, path: str):
 
 
 def sample_outputs(args) -> list[str]:
-    return ["pyramid.safetensors", "front.png"] + (["turntable.mp4"] if args.frames > 0 else [])
+    """What ``sample`` may write (``image.png`` where the generator has its superresolution module)."""
+    return ["pyramid.safetensors", "front.png", "image.png"] + (["turntable.mp4"] if args.frames > 0 else [])
 
 
 def cmd_sample(args) -> None:
@@ -120,9 +121,16 @@ def cmd_sample(args) -> None:
         front = G.render(pyramid, ws, canonical_label(1), resolution=args.resolution, deterministic=True,
                          chunk=args.chunk)
     save_image(os.path.join(args.out, "front.png"), front["image"][0])
+    written = ["pyramid.safetensors", "front.png"]
+    if G.superresolution is not None:  # the GAN's own output: 128² render → superresolution → 512²
+        with torch.no_grad():
+            image = G.synthesize(ws, canonical_label(1), pyramid=pyramid, deterministic=True, chunk=args.chunk)
+        save_image(os.path.join(args.out, "image.png"), image["image"][0])
+        written.append("image.png")
     if args.frames > 0:
         write_turntable(G, pyramid, ws, args.out, args.frames, args.resolution, args.chunk)
-    print(f"wrote {', '.join(os.path.join(args.out, f) for f in sample_outputs(args))}")
+        written.append("turntable.mp4")
+    print(f"wrote {', '.join(os.path.join(args.out, f) for f in written)}")
 
 
 def _azimuth_name(angle: float) -> str:
@@ -193,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--chunk", type=bounded_int(1), default=16384, help="rays per renderer call (memory cap)")
         sp.add_argument("--overwrite", action="store_true", help="replace files of the same name already in --out")
 
-    s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front image + turntable video")
+    s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front render + the GAN's superresolved "
+                                      "image.png (512²) + turntable video")
     common(s)
     s.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="seed of the latent z")
     s.add_argument("--truncation", type=finite_float(-10.0, 10.0), default=0.7,

@@ -2,14 +2,15 @@
 
 Module names mirror the official ``TriPlaneGenerator`` so official state dicts load as they
 are: ``backbone.mapping``, ``backbone.synthesis`` (2D blocks ``b{r}`` and 3D-aware blocks
-``b3d{r}``), ``decoder``, ``torgb`` and ``bcg_synthesis``. The super-resolution module, the
-body-pose branch and the SMPL buffers of the official file are not needed after inversion and
-are not built (every stage after inversion renders the canonical, undeformed pyramid).
+``b3d{r}``), ``decoder``, ``torgb``, ``bcg_synthesis`` and ``superresolution``. The body-pose
+branch and the SMPL buffers of the official file are not built (every stage renders the
+canonical, undeformed pyramid).
 
     G = PortraitGAN.from_checkpoint(path)
     ws = G.mapping(z, c)                      # [B, 14, 512]
     pyramid = G.synthesize_pyramid(ws)        # {8: [B,3,36,8,8], …, 512: [B,3,36,512,512]}
     out = G.render(pyramid, ws, c, resolution=64)   # image / depth / mask
+    out = G.synthesize(ws, c)                 # official synthesis: image (SR, 512²) + image_raw (128²)
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .layers import ToRGBLayer
 from .mapping import MappingNetwork
 from .pyramid_trigrid import pyramid_volumes, sample_volumes
 from .renderer import rays_from_label, render_rays
+from .superresolution import Superresolution
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
 
 __all__ = ["PortraitGAN", "PortraitGANConfig", "tiny_config", "load_generator", "save_generator",
@@ -80,6 +82,9 @@ class PortraitGAN(nn.Module):
         self.bcg_synthesis = (BackgroundSynthesis(cfg.w_dim, cfg.background_resolution, cfg.feature_channels,
                                                   cfg.background_channel_base, cfg.background_channel_max)
                               if cfg.background else None)
+        self.superresolution = (Superresolution(cfg.feature_channels, cfg.w_dim, cfg.background_resolution,
+                                                cfg.superresolution_channels, cfg.superresolution_conv_clamp)
+                                if cfg.superresolution else None)
 
     # ---------------------------------------------------------------- construction / files
     @classmethod
@@ -174,6 +179,30 @@ class PortraitGAN(nn.Module):
         return {"image": self.to_rgb(features, ws), "depth": depth,
                 "mask": opacity_to_mask(opacity), "opacity": opacity, "features": features}
 
+    # ---------------------------------------------------------------- the official synthesis
+    # ``G.superresolution(rgb [B,3,H,W], features [B,32,H,W], ws)`` → ``[B, 3, 512, 512]`` is the
+    # module itself (gan_prior.superresolution); ``synthesize`` chains render and SR.
+    def synthesize(self, ws: Tensor, c: Tensor, pyramid: Optional[Mapping[int, Tensor]] = None,
+                   resolution: Optional[int] = None, deterministic: bool = False,
+                   noise_mode: str = "const", **render_kwargs) -> dict[str, Tensor]:
+        """The official ``TriPlaneGenerator.synthesis`` (``training/smpl_triplane.py``), canonical pose.
+
+        Renders the pyramid (synthesised from ``ws`` unless given) at the neural rendering
+        resolution (default 128) with the GAN background, then superresolves. Returns ``image``
+        ``[B, 3, 512, 512]`` (the GAN's output image), ``image_raw`` ``[B, 3, R, R]`` and the
+        render's ``depth``, ``mask``, ``opacity``, ``features``.
+        """
+        if self.superresolution is None:
+            raise ValueError("this generator has no superresolution module (its checkpoint holds no "
+                             "'superresolution.*' weights); render image_raw with G.render instead")
+        if pyramid is None:
+            pyramid = self.synthesize_pyramid(ws, noise_mode)
+        out = self.render(pyramid, ws, c, resolution=resolution or self.cfg.neural_rendering_resolution,
+                          deterministic=deterministic, noise_mode=noise_mode, **render_kwargs)
+        out["image_raw"] = out["image"]
+        out["image"] = self.superresolution(out["image_raw"], out["features"], ws)
+        return out
+
 
 # ---------------------------------------------------------------- files
 def _official_generator_state(obj: Any, path: str) -> tuple[dict[str, Tensor], dict]:
@@ -249,7 +278,7 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
 
 # Official entries that this port does not build (super-resolution, body-pose branch, SMPL
 # buffers, the dataset label statistics).
-_UNUSED_PREFIXES = ("superresolution.", "pose_branch.", "renderer.", "dataset_label_std")
+_UNUSED_PREFIXES = ("pose_branch.", "renderer.", "dataset_label_std")
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:

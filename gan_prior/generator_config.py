@@ -15,6 +15,7 @@ from torch import Tensor
 from .checkpoint import CheckpointError
 from .pyramid_trigrid import TRIGRID_CHANNELS, TRIGRID_DEPTH
 from .renderer import RenderConfig
+from .superresolution import SR_CONV_CLAMP
 
 
 @dataclass
@@ -34,6 +35,11 @@ class PortraitGANConfig:
     background_resolution: int = 128
     background_channel_base: int = 32768
     background_channel_max: int = 512
+    # Official SuperresolutionHybrid8XDC: input = the background resolution (the official
+    # bcg_synthesis is built at superresolution.input_resolution), output 4× that.
+    superresolution: bool = True
+    superresolution_channels: tuple[int, int] = (256, 128)
+    superresolution_conv_clamp: Optional[float] = SR_CONV_CLAMP  # None when sr_num_fp16_res = 0
     render: RenderConfig = field(default_factory=RenderConfig)
 
     @classmethod
@@ -43,6 +49,10 @@ class PortraitGANConfig:
         if unknown:
             raise ValueError(f"{source}: unknown generator option(s) {sorted(unknown)}; valid: {sorted(names)}")
         d = dict(d)
+        # Folders saved before the superresolution port hold no SR weights.
+        d.setdefault("superresolution", False)
+        if "superresolution_channels" in d:
+            d["superresolution_channels"] = tuple(d["superresolution_channels"])
         if "render" in d and not isinstance(d["render"], RenderConfig):
             d["render"] = RenderConfig().replace(**d["render"])
         return cls(**d)
@@ -58,12 +68,23 @@ class PortraitGANConfig:
     def level_sizes(self) -> list[int]:
         return [2 ** i for i in range(3, int(math.log2(self.synthesis_resolution)) + 2)]
 
+    @property
+    def neural_rendering_resolution(self) -> int:
+        """The official ``neural_rendering_resolution`` of ``synthesize`` (128 for model_512)."""
+        return self.background_resolution
+
+    @property
+    def image_resolution(self) -> int:
+        """Side of the superresolved ``image`` (512 for model_512)."""
+        return 4 * self.background_resolution
+
 
 def tiny_config(**overrides) -> PortraitGANConfig:
     """A small configuration of the same architecture (levels 8…32, narrow background),
     for tests and the tiny pipeline."""
     base = dict(z_dim=64, w_dim=64, synthesis_resolution=16, background_resolution=32,
                 background_channel_base=512, background_channel_max=32,
+                superresolution_channels=(16, 8),
                 render=RenderConfig(depth_resolution=12, depth_resolution_importance=12))
     base.update(overrides)
     return PortraitGANConfig(**base)
@@ -97,6 +118,13 @@ def infer_config(state: Mapping[str, Tensor], path: str,
         ch = {r: state[f"bcg_synthesis.b{r}.conv1.weight"].shape[0] for r in (2 ** i for i in range(2, res.bit_length()))}
         changes.update(background_resolution=res, background_channel_max=max(ch.values()),
                        background_channel_base=max(c * r for r, c in ch.items()))
+    sr = "superresolution.block0.conv0.weight"
+    changes["superresolution"] = sr in state
+    if sr in state:
+        changes["superresolution_channels"] = (int(state[sr].shape[0]),
+                                               int(state["superresolution.block1.conv0.weight"].shape[0]))
+        # SR input side = background side (official: the bcg is built at the SR input resolution)
+        changes["background_resolution"] = int(state["superresolution.block0.conv0.noise_const"].shape[0]) // 2
     return type(cfg)(**{**cfg.to_dict(), "render": cfg.render, **changes})
 
 
@@ -110,5 +138,8 @@ def config_from_init_kwargs(kwargs: Mapping, state: Mapping[str, Tensor], path: 
         depth_resolution=int(rk.get("depth_resolution", RenderConfig.depth_resolution)),
         depth_resolution_importance=int(rk.get("depth_resolution_importance", RenderConfig.depth_resolution_importance)),
     )
-    base = PortraitGANConfig(trigrid_depth=int(rk.get("triplane_depth", 3)), render=render)
+    # official SuperresolutionHybrid8XDC: conv_clamp = 256 if sr_num_fp16_res > 0 else None
+    sr_clamp = SR_CONV_CLAMP if int(kwargs.get("sr_num_fp16_res", 4)) > 0 else None
+    base = PortraitGANConfig(trigrid_depth=int(rk.get("triplane_depth", 3)), render=render,
+                             superresolution_conv_clamp=sr_clamp)
     return infer_config(state, path, base)

@@ -9,9 +9,12 @@ ramp-down over the last 25 %; Gaussian w noise ``w_std·0.05·max(0, 1 − t/0.7
 auto-correlation penalty (×1e5) and re-normalised each step (then discarded, as the official
 code does: the returned w+ is used with the checkpoint's own noise); a perceptual distance.
 
-Differences, by necessity: the official loss compares the 512² super-resolution output, area-resized
-to 256²; this port has no SR module and compares the neural render (``image_raw``) rendered at
-``resolution`` (256² by default, the size the official distance sees). The
+The image compared is the official synthesis (``TriPlaneGenerator.synthesis``, the projector's
+``G.synthesis(...)['image']``): the neural render at ``neural_rendering_resolution`` (128²), the
+superresolution to 512², then an area resize to ``resolution`` (256²) — ``mode="official"``, the
+default. ``mode="raw"`` compares the neural render (``image_raw``) rendered directly at
+``resolution`` instead; its one use is a generator without superresolution weights (a state dict
+or folder saved without them). Difference, by necessity: the
 body pose is 0 and not optimised (the SMPL deformation is not part of this port): a posed photo
 is explained by the latent alone, which costs fidelity on strongly turned heads and shoulders.
 """
@@ -46,8 +49,34 @@ class InversionConfig:
     noise_ramp_length: float = 0.75
     regularize_noise_weight: float = 1e5
     optimize_noise: bool = True
-    resolution: int = 256  # neural render compared with the target (official: 512² SR output area-resized to 256²)
+    resolution: int = 256  # size at which the distance compares (official: the 512² SR image area-resized to 256²)
+    mode: str = "official"  # "official": render 128², SR 512², area → resolution; "raw": image_raw at resolution
     deterministic: bool = False  # renderer sampling; the official projector jitters
+
+
+def synthesize_for_distance(G: PortraitGAN, ws: Tensor, c: Tensor, cfg: InversionConfig,
+                            deterministic: Optional[bool] = None) -> Tensor:
+    """The image the distance sees, ``[B, 3, resolution, resolution]`` (see ``InversionConfig.mode``)."""
+    det = cfg.deterministic if deterministic is None else deterministic
+    if cfg.mode == "raw":
+        return G.render(G.synthesize_pyramid(ws), ws, c, resolution=cfg.resolution, deterministic=det)["image"]
+    image = G.synthesize(ws, c, deterministic=det)["image"]
+    if image.shape[-1] > cfg.resolution:  # official projector: area-downsample the 512² image to 256²
+        image = F.interpolate(image, size=(cfg.resolution, cfg.resolution), mode="area")
+    return image
+
+
+def distance_resolution(G: PortraitGAN, cfg: InversionConfig) -> int:
+    """Side of the compared images: ``resolution``, or the SR output if smaller (tiny models)."""
+    return cfg.resolution if cfg.mode == "raw" else min(cfg.resolution, G.cfg.image_resolution)
+
+
+def check_mode(G: PortraitGAN, cfg: InversionConfig) -> None:
+    if cfg.mode not in ("official", "raw"):
+        raise ValueError(f"inversion mode must be 'official' or 'raw', got {cfg.mode!r}")
+    if cfg.mode == "official" and G.superresolution is None:
+        raise ValueError("inversion mode 'official' needs the generator's superresolution weights "
+                         "('superresolution.*', in model_512.pkl); this generator has none: use mode='raw'")
 
 
 @torch.no_grad()
@@ -89,8 +118,7 @@ def inversion_step(G: PortraitGAN, w_opt: Tensor, noise: list[Tensor], target: T
     Returns ``(distance, loss)``, scalar tensors on the generator's device."""
     w_noise = w_std * cfg.initial_noise_factor * max(0.0, 1.0 - t / cfg.noise_ramp_length) ** 2
     ws = w_opt + torch.randn_like(w_opt) * w_noise
-    image = G.render(G.synthesize_pyramid(ws), ws, c, resolution=cfg.resolution,
-                     deterministic=cfg.deterministic)["image"]
+    image = synthesize_for_distance(G, ws, c, cfg)
     dist = distance(image, target).sum()
     loss = dist + cfg.regularize_noise_weight * noise_regularization(noise) if noise else dist
     return dist, loss
@@ -105,10 +133,12 @@ def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: I
     """
     if target.ndim != 4 or target.shape[:2] != (1, 3):
         raise ValueError(f"target must be [1, 3, H, W], got {tuple(target.shape)}")
+    check_mode(G, cfg)
     G = copy.deepcopy(G).eval().requires_grad_(False)
     device = next(G.parameters()).device
     c = c.to(device)
-    target = F.interpolate(target.float().to(device), size=(cfg.resolution, cfg.resolution), mode="area")
+    size = distance_resolution(G, cfg)
+    target = F.interpolate(target.float().to(device), size=(size, size), mode="area")
     w_avg, w_std = w_statistics(G, cfg.w_avg_samples, cfg.w_avg_seed)
     w_opt = w_avg.repeat(1, G.num_ws, 1).clone().requires_grad_(True)
     noise = [b for name, b in G.backbone.synthesis.named_buffers() if name.endswith("noise_const")]
@@ -137,7 +167,7 @@ def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: I
         bar.set_postfix(distance=f"{history[-1]:.4g}")
     with torch.no_grad():
         ws = w_opt.detach()
-        final = G.render(G.synthesize_pyramid(ws), ws, c, resolution=cfg.resolution, deterministic=True)["image"]
+        final = synthesize_for_distance(G, ws, c, cfg, deterministic=True)
     return {"ws": ws, "distance": history, "image": final}
 
 

@@ -32,11 +32,14 @@ def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-def lrelu_bias(x: Tensor, bias: Optional[Tensor], gain: float = LRELU_GAIN) -> Tensor:
-    """``lrelu(x + bias) * gain`` with the bias broadcast along dim 1."""
+def lrelu_bias(x: Tensor, bias: Optional[Tensor], gain: float = LRELU_GAIN,
+               clamp: Optional[float] = None) -> Tensor:
+    """``lrelu(x + bias) * gain``, then clamped to ``±clamp`` if given (official ``bias_act``),
+    with the bias broadcast along dim 1."""
     if bias is not None:
         x = x + bias.reshape([1, -1] + [1] * (x.ndim - 2))
-    return F.leaky_relu(x, LRELU_SLOPE) * gain
+    x = F.leaky_relu(x, LRELU_SLOPE) * gain
+    return x if clamp is None else x.clamp(-clamp, clamp)
 
 
 def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, pad: tuple[int, int, int, int] = (0, 0, 0, 0),
@@ -145,12 +148,14 @@ class SynthesisLayer(nn.Module):
 
     ``per_plane=True`` is the official ``roll_out='b'`` (3D-aware) variant: the input is
     ``[B·3, C, H, W]``, one style vector per plane (the affine emits ``9·C`` = 3 planes × 3C),
-    and ``aware3d`` widens each plane to 3C channels before the conv.
+    and ``aware3d`` widens each plane to 3C channels before the conv. ``conv_clamp`` clamps the
+    activated output to ``±conv_clamp`` (the official superresolution uses 256).
     """
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
-                 up: int = 1, per_plane: bool = False):
+                 up: int = 1, per_plane: bool = False, conv_clamp: Optional[float] = None):
         super().__init__()
+        self.conv_clamp = conv_clamp
         self.in_channels, self.out_channels = in_channels, out_channels
         self.resolution, self.up, self.per_plane = resolution, up, per_plane
         widen = 3 if per_plane else 1
@@ -175,15 +180,16 @@ class SynthesisLayer(nn.Module):
                                 device=x.device, dtype=x.dtype) * self.noise_strength
         elif noise_mode != "none":
             raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
-        return lrelu_bias(x, self.bias)
+        return lrelu_bias(x, self.bias, clamp=self.conv_clamp)
 
 
 class ToRGBLayer(nn.Module):
     """Modulated 1×1 conv without demodulation (+ bias): features → ``out_channels``."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, per_plane: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, per_plane: bool = False,
+                 conv_clamp: Optional[float] = None):
         super().__init__()
-        self.per_plane = per_plane
+        self.per_plane, self.conv_clamp = per_plane, conv_clamp
         widen = 3 if per_plane else 1
         self.affine = FullyConnectedLayer(w_dim, in_channels * widen * widen, bias_init=1)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels * widen, 1, 1))
@@ -199,7 +205,8 @@ class ToRGBLayer(nn.Module):
         if self.per_plane:
             x = aware3d(x)
         x = modulated_conv2d(x, self.weight, self.styles(w), demodulate=False)
-        return x + self.bias.reshape(1, -1, 1, 1)
+        x = x + self.bias.reshape(1, -1, 1, 1)
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
     def affine_map(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """The per-sample affine map this layer applies to a feature vector: ``(A [N, O, I], b [O])``.
@@ -220,7 +227,7 @@ class SynthesisBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
-                 img_channels: int, per_plane: bool = False):
+                 img_channels: int, per_plane: bool = False, conv_clamp: Optional[float] = None):
         super().__init__()
         self.in_channels, self.resolution = in_channels, resolution
         self.register_buffer("resample_filter", make_resample_filter())
@@ -228,9 +235,11 @@ class SynthesisBlock(nn.Module):
             self.const = nn.Parameter(torch.randn(1, out_channels, resolution, resolution))
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
-                                        per_plane=per_plane)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, per_plane=per_plane)
-        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, per_plane=per_plane)
+                                        per_plane=per_plane, conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, per_plane=per_plane,
+                                    conv_clamp=conv_clamp)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, per_plane=per_plane,
+                                conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
 
     def forward(self, x: Optional[Tensor], img: Optional[Tensor], ws: Tensor,

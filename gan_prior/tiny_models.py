@@ -349,7 +349,7 @@ def build_tiny_portrait_gan(path: str, seed: int = 0) -> None:
     PortraitGAN.random(tiny_config(), seed=seed).save(path)
 
 
-TINY_GAN_VERSION = "v1"
+TINY_GAN_VERSION = "v2"  # v2: with the superresolution module
 register_tiny_model("portrait-gan", build_tiny_portrait_gan, TINY_GAN_VERSION)
 
 

@@ -32,6 +32,7 @@ from gan_prior import PortraitGAN, RenderConfig, canonical_label, load_pyramid, 
 from gan_prior.checkpoint import CheckpointError, read_checkpoint
 from gan_prior.generator import load_decoder_checkpoint
 from gan_prior.decoder import TriGridDecoder
+from gan_prior.superresolution import Superresolution
 from gan_prior.generator import _Backbone
 from gan_prior.mapping import MappingNetwork
 from gan_prior.synthesis import BackgroundSynthesis, PyramidSynthesis
@@ -268,6 +269,8 @@ class OfficialWriter:
             return self.plain(type(m), st)  # torch.nn.modules.container.Sequential, ...activation.Softplus
         if isinstance(m, TriGridDecoder):
             return self.plain(self.fake.OSGDecoder, st)
+        if isinstance(m, Superresolution):
+            return self.record("SuperresolutionHybrid8XDC", "training/superresolution.py", st)
         name = {_Backbone: "Hierarchy3DAwareGenerator", PyramidSynthesis: "Hierarchy3DAwareSynthesisNetwork",
                 BackgroundSynthesis: "SynthesisNetwork", MappingNetwork: "MappingNetwork"}.get(type(m),
                                                                                               type(m).__name__)
@@ -278,14 +281,7 @@ class OfficialWriter:
         top = self.convert(g)  # a networks_stylegan2 record for now; rebuilt below as TriPlaneGenerator
         st = top.meta["state"]
         st["_buffers"]["dataset_label_std"] = self.rand(25).abs()
-        # official-only children, all ignored by the port
-        sr = self.record("SuperresolutionHybrid8XDC", "training/superresolution.py", self.state(
-            children={"block0": self.record("SynthesisBlock", "training/networks_stylegan2.py", self.state(
-                children={"conv0": self.record("SynthesisLayer", "training/networks_stylegan2.py", self.state(
-                    params={"weight": self.rand(8, 32, 3, 3), "bias": self.rand(8)},
-                    buffers={"noise_const": self.rand(64, 64)}, init=((), {})))},
-                buffers={"resample_filter": self.rand(4, 4)}, init=((), {})))},
-            attrs={"input_resolution": 128, "sr_antialias": True}, init=((), {"channels": 32})))
+        # official-only children, ignored by the port (the superresolution is converted above)
         pose_branch = self.plain(self.fake.GPoseBranch, self.state(children={"net": self.plain(
             torch.nn.Sequential, self.state(children={"0": self.leaf_fc(16, 71), "1": self.leaf_fc(6, 16)}))}))
         renderer_children = {"ray_marcher": self.plain(self.fake.MipRayMarcher2, self.state())}
@@ -310,7 +306,7 @@ class OfficialWriter:
                      "face_mask": torch.rand(36, generator=self.gen) > 0.5,
                      "head_face_mask": torch.rand(36, generator=self.gen) > 0.5},
             children=renderer_children, attrs={"plane_axes": self.rand(3, 3, 3), "thickness": 0.25}))
-        st["_modules"].update(superresolution=sr, pose_branch=pose_branch, renderer=renderer,
+        st["_modules"].update(pose_branch=pose_branch, renderer=renderer,
                               ray_sampler=self.plain(self.fake.RaySampler, self.state()))
         r = g.cfg.render
         rendering_kwargs = {

@@ -9,7 +9,8 @@ import imageio.v2 as imageio
 import pytest
 import torch
 
-from gan_prior import PortraitGAN, load_pyramid, save_pyramid, tiny_config
+from gan_prior import PortraitGAN, canonical_label, load_pyramid, save_pyramid, tiny_config
+from gan_prior.media import to_uint8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,13 @@ def test_sample_then_render(model_dir, tmp_path):
     levels, ws = load_pyramid(str(out / "pyramid.safetensors"))
     assert sorted(levels) == [8, 16, 32] and ws.shape == (1, 6, 64)
     assert imageio.imread(out / "front.png").shape == (16, 16, 3)
+    # the GAN's own output: neural render at 32² (tiny) → superresolution → 128² (512² for model_512)
+    G = PortraitGAN.from_checkpoint(model_dir)
+    with torch.no_grad():
+        expected = G.synthesize(ws, canonical_label(1), pyramid=levels, deterministic=True)["image"][0]
+    image = imageio.imread(out / "image.png")
+    assert image.shape == (128, 128, 3)
+    assert abs(image.astype(int) - to_uint8(expected).astype(int)).max() <= 1
     with imageio.get_reader(str(out / "turntable.mp4"), "ffmpeg") as video:
         assert video.count_frames() == 4
     # same seed, same pyramid

@@ -35,6 +35,22 @@ def test_frechet_distance_matches_the_closed_form():
     assert abs(E.frechet_distance(a, a)) < 1e-6
 
 
+def test_frechet_distance_equals_pytorch_fids_on_full_covariances():
+    """Against pytorch-fid's own ``calculate_frechet_distance``, on correlated (non-diagonal)
+    features and on a rank-deficient pair (fewer samples than dimensions, as with few renders)."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.RandomState(3)
+    for n, d in ((400, 16), (12, 32)):
+        mix_a, mix_b = rng.randn(d, d), rng.randn(d, d) * 0.5 + np.eye(d)
+        a = rng.randn(n, d) @ mix_a + rng.randn(d)
+        b = rng.randn(n, d) @ mix_b
+        stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (a, b)]
+        assert np.abs(stats[0][1] - np.diag(np.diag(stats[0][1]))).max() > 1  # really off-diagonal
+        expected = calculate_frechet_distance(*stats[0], *stats[1])
+        assert E.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6, abs=1e-6), (n, d)
+
+
 def test_kid_is_the_unbiased_polynomial_mmd():
     rng = np.random.RandomState(1)
     x, y = rng.randn(40, 8), rng.randn(50, 8) + 0.7
@@ -70,6 +86,28 @@ def test_clip_score_equals_the_definition_and_depends_on_the_prompt():
     assert E.clip_score(views, "a red car on a bridge", path)["per_image"] != pytest.approx(out["per_image"])
     with pytest.raises(E.EvaluationError, match="--clip: cannot load a CLIP model from .*nowhere"):
         E.clip_score(views, "x", "/nowhere/clip")
+
+
+def test_clip_score_equals_torchmetrics_clip_score():
+    """An independent implementation: torchmetrics' CLIPScore on the same tiny CLIP."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+    from transformers import CLIPModel, CLIPProcessor
+
+    path = tiny_model_path("clip")
+    views = images(4, 7, size=40)
+    prompt = "upper body photo, portrait of a man"
+    ours = E.clip_score(views, prompt, path, batch_size=3)  # two batches
+    metric = CLIPScore(model_name_or_path=lambda: (CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)))
+    per_image = []
+    for v in views:
+        metric.reset()
+        metric.update(torch.from_numpy(v).permute(2, 0, 1)[None], [prompt])
+        per_image.append(float(metric.compute()))
+    assert ours["per_image"] == pytest.approx(per_image, abs=1e-3)
+    metric.reset()
+    metric.update(torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2), [prompt] * len(views))
+    assert ours["clip_score"] == pytest.approx(float(metric.compute()), abs=1e-3)
+    assert np.std(per_image) > 1e-3  # the images really score differently
 
 
 def test_inception_features_load_safely_and_differ_per_image(inception_path, tmp_path):

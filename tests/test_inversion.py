@@ -6,7 +6,10 @@ import torch
 
 from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.checkpoint import CheckpointError
-from gan_prior.inversion import InversionConfig, invert, learning_rate, noise_regularization, w_statistics
+import torch.nn.functional as F
+
+from gan_prior.inversion import (InversionConfig, invert, learning_rate, noise_regularization,
+                                 synthesize_for_distance, w_statistics)
 from gan_prior.perceptual import VGG16Distance
 
 
@@ -25,16 +28,23 @@ def mse(a, b):
     return (a - b).square().mean((1, 2, 3))
 
 
-def test_inversion_recovers_a_known_latent(setup):
+@pytest.mark.parametrize("mode", ["official", "raw"])
+def test_inversion_recovers_a_known_latent(setup, mode):
     G, c, target = setup
+    if mode == "official":  # the GAN's own output: the superresolved image (128² for the tiny model)
+        with torch.no_grad():
+            ws = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(9)), c)
+            target = G.synthesize(ws, c, deterministic=True)["image"]
+        assert target.shape[-1] == 4 * G.cfg.neural_rendering_resolution == 128
     before = {k: v.clone() for k, v in G.state_dict().items()}
     vgg = VGG16Distance.load(None)  # random weights of the real architecture (tests only)
-    cfg = InversionConfig(steps=80, resolution=32, deterministic=True, learning_rate=0.05)
+    cfg = InversionConfig(steps=80, resolution=32, deterministic=True, learning_rate=0.05, mode=mode)
     out = invert(G, target, c, vgg, cfg, progress=False)
     w_avg, _ = w_statistics(G)
+    target = F.interpolate(target, size=(32, 32), mode="area")
     with torch.no_grad():
         ws0 = w_avg.repeat(1, G.num_ws, 1)
-        start = G.render(G.synthesize_pyramid(ws0), ws0, c, resolution=32, deterministic=True)["image"]
+        start = synthesize_for_distance(G, ws0, c, cfg, deterministic=True)
     e0, e1 = mse(start, target).item(), mse(out["image"], target).item()
     assert e1 < e0 / 8, (e0, e1)  # reconstruction error falls by a large factor from w_avg
     assert out["ws"].shape == (1, G.num_ws, G.cfg.w_dim)
@@ -134,3 +144,26 @@ def test_target_shape_is_checked(setup):
     G, c, _ = setup
     with pytest.raises(ValueError, match=r"target must be \[1, 3, H, W\]"):
         invert(G, torch.zeros(3, 32, 32), c, mse, InversionConfig(steps=1), progress=False)
+
+
+def test_official_mode_compares_the_area_resized_superresolved_image(setup):
+    G, c, _ = setup
+    ws = G.mapping(torch.randn(1, G.cfg.z_dim), c)
+    cfg = InversionConfig(resolution=64, deterministic=True)
+    with torch.no_grad():
+        full = G.synthesize(ws, c, deterministic=True)
+        seen = synthesize_for_distance(G, ws, c, cfg)
+        raw = synthesize_for_distance(G, ws, c, InversionConfig(resolution=64, deterministic=True, mode="raw"))
+    assert full["image_raw"].shape[-1] == 32 and full["image"].shape[-1] == 128
+    assert torch.allclose(seen, F.interpolate(full["image"], size=(64, 64), mode="area"))
+    assert raw.shape == seen.shape and not torch.allclose(raw, seen, atol=1e-2)
+
+
+def test_official_mode_needs_superresolution_weights(setup):
+    G, c, target = setup
+    no_sr = PortraitGAN.random(tiny_config(superresolution=False), seed=2)
+    with pytest.raises(ValueError, match="needs the generator's superresolution weights.*mode='raw'"):
+        invert(no_sr, target, c, lambda a, b: (a - b).square().mean(), InversionConfig(steps=1), progress=False)
+    with pytest.raises(ValueError, match="mode must be 'official' or 'raw'"):
+        invert(G, target, c, lambda a, b: (a - b).square().mean(), InversionConfig(steps=1, mode="sr"),
+               progress=False)

@@ -68,10 +68,23 @@ def _adan(params):
     return Adan(params, lr=1.0, eps=1e-8, weight_decay=2e-5, max_grad_norm=5.0, foreach=False)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", pytest.param("adan-official", marks=requires_threestudio)])
-def test_patch_fit_pulls_renders_to_targets_with_the_renderer_frozen(optimizer):
+# Density offset making the tiny model's renders mostly opaque (mean opacity 0.95), as a trained
+# model's heads are; the random tiny model alone renders at 0.25 opacity.
+OPAQUE = 6.0
+
+
+@pytest.mark.parametrize("optimizer,density_offset", [
+    ("adam", OPAQUE),
+    # The official Adan (lr 1.0 on every level) on the transparent tiny model lowers the masked
+    # loss 50× by turning the pyramid transparent (opacity 0.25 → 0.015) while the plain error does
+    # not fall: the masked loss permits it. Kept as a strict xfail so a change is noticed.
+    pytest.param("adan-official", 0.0, marks=[*requires_threestudio, pytest.mark.xfail(
+        strict=True, reason="official Adan lr 1.0 collapses the tiny transparent model's opacity")]),
+])
+def test_patch_fit_pulls_renders_to_targets_with_the_renderer_frozen(optimizer, density_offset):
     torch.manual_seed(0)
     G = PortraitGAN.random(tiny_config()).eval().requires_grad_(False)
+    G.decoder.net[2].bias.data[0] += density_offset  # raw density (official OSGDecoder output 0)
     frozen = {k: v.clone() for k, v in G.state_dict().items()}
     with torch.no_grad():
         def pyramid(seed):
@@ -94,6 +107,17 @@ def test_patch_fit_pulls_renders_to_targets_with_the_renderer_frozen(optimizer):
             return sum(patch_loss(G, levels, ws, labels[i:i + 1], targets[i:i + 1], 0, 0, whole, deterministic=True)
                        for i in range(21)).item() / 21
 
+    def unmasked_error_and_opacity(pyr):
+        """Plain L2 to the targets over all 21 views, and the mean rendered opacity."""
+        with torch.no_grad():
+            outs = [G.render(pyr, ws, c[None], resolution=32, deterministic=True, background=False, **samples)
+                    for c in labels]
+        images = torch.cat([o["image"] for o in outs])
+        return ((images - targets) ** 2).mean().item(), torch.cat([o["opacity"] for o in outs]).mean().item()
+
+    error_before, opacity_before = unmasked_error_and_opacity(levels)
+    _, opacity_goal = unmasked_error_and_opacity(goal)
+
     opt = torch.optim.Adam(list(levels.values()), lr=0.1) if optimizer == "adam" else _adan(list(levels.values()))
     before = mean_loss()
     for step in range(63):  # 3 epochs
@@ -103,7 +127,12 @@ def test_patch_fit_pulls_renders_to_targets_with_the_renderer_frozen(optimizer):
         loss.backward()
         opt.step()
     after = mean_loss()
+    error_after, opacity_after = unmasked_error_and_opacity(levels)
     assert after < before / 10, (before, after)
+    # the masked loss could also fall by turning the pyramid transparent: the plain error must fall
+    # too, and the opacity stay near the target's
+    assert error_after < error_before / 4, (error_before, error_after)
+    assert opacity_after > 0.8 * min(opacity_before, opacity_goal), (opacity_before, opacity_goal, opacity_after)
     assert all(not torch.equal(levels[r], start[r]) for r in levels)
     for k, v in G.state_dict().items():  # decoder, ToRGB, everything else of the GAN untouched
         assert torch.equal(v, frozen[k]), k

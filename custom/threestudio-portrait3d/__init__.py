@@ -3,7 +3,8 @@
 Loaded by threestudio's ``launch.py`` from ``custom/threestudio-portrait3d`` (module name
 ``threestudio-portrait3d``). Registers: ``portrait3d-system``, ``pyramid-trigrid``,
 ``gan-prior-initializer``, ``portrait3d-gan-material``, ``portrait3d-gan-background``,
-``portrait3d-renderer``, ``portrait3d-camera-datamodule`` and ``portrait3d-exporter``; and the config resolver
+``portrait3d-renderer``, ``portrait3d-camera-datamodule``, ``portrait3d-exporter`` and
+``portrait3d-prompt-processor``; and the config resolver
 ``${p3d_tiny:NAME}`` (a tiny random model built on first use, for smoke runs).
 """
 import threestudio
@@ -23,6 +24,7 @@ from .exporter import portrait3d_exporter  # noqa: E402,F401
 from .geometry import pyramid_trigrid  # noqa: E402,F401
 from .initializer import gan_prior_initializer  # noqa: E402,F401
 from .material import gan_material  # noqa: E402,F401
+from .prompt_processor import portrait3d_prompt_processor  # noqa: E402,F401
 from .renderer import portrait3d_renderer  # noqa: E402,F401
 from .system import portrait3d  # noqa: E402,F401
 from .utils.cpu_compat import apply_cpu_compat  # noqa: E402

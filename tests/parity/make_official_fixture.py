@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -31,7 +32,7 @@ _BENCH = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "bench")
 for _p in (_HERE, _BENCH):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-from weights import fill_state_dict  # noqa: E402
+from weights import DENSITY_BIAS, fill_state_dict, sr_inputs  # noqa: E402
 
 OFFICIAL_COMMIT = "642aecf"
 SEED = 0
@@ -49,6 +50,16 @@ from official import (  # noqa: E402  (bench/official.py: shared with bench_rend
 FOCAL = 6.5104166
 PIVOT = (0.0, 0.0649, 0.0)
 CAMERAS_HV = [(math.pi / 2, math.pi / 2), (math.pi / 2 + 0.6, math.pi / 2 - 0.3)]
+# Camera-label checks: front, sides, back, high / low, and the refinement / video extremes.
+CAMERA_GRID_HV = [
+    (math.pi / 2, math.pi / 2), (0.0, math.pi / 2), (math.pi, math.pi / 2), (-math.pi / 2, math.pi / 2),
+    (math.pi / 2, math.pi / 3), (math.pi / 2, 2 * math.pi / 3), (1.0, 0.4), (2.5, 2.7),
+    (2 * math.pi * 3 / 7, math.pi / 2 + 0.05), (math.pi / 2 + 0.6, math.pi / 2 - 0.3),
+]
+SDS_FOV_DEG = 12.447863  # official FOV_to_intrinsics argument (SDS stage, refinement views)
+SR_KWARGS = dict(channels=32, img_resolution=512, sr_num_fp16_res=4, sr_antialias=True,
+                 channel_base=18432, channel_max=144, fused_modconv_default="inference_only")
+SR_STRIDE = 5  # stored subsample of the 512² SR outputs (odd: covers every upsampling phase)
 
 @contextlib.contextmanager
 def capture_interpolate(store: list):
@@ -68,6 +79,18 @@ def capture_interpolate(store: list):
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def build_superresolution(mods):
+    """The official SR module at full size, filled with ``fill_state_dict`` under the official
+    ``superresolution.`` prefix (as it sits in ``G_ema``)."""
+    sr_module = importlib.import_module("training.superresolution")  # importable once import_official ran
+    sr = sr_module.SuperresolutionHybrid8XDC(**SR_KWARGS).eval().requires_grad_(False)
+    sd = sr.state_dict()
+    shapes = {f"superresolution.{k}": list(v.shape) for k, v in sd.items()}
+    filled = fill_state_dict({f"superresolution.{k}": v for k, v in sd.items()}, seed=SEED)
+    sr.load_state_dict({k: filled[f"superresolution.{k}"] for k in sd})
+    return sr, shapes
 
 
 def fill_models(backbone, render):
@@ -140,7 +163,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--official-root", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--max-bytes", type=int, default=3 * 1024 * 1024)
+    ap.add_argument("--max-bytes", type=int, default=3584 * 1024)
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -223,6 +246,28 @@ def main(argv=None):
     T["mix_feature_image_bg"] = ex_m["feature_image"]
     T["mix_bcg_resized"] = ex_m["bcg_resized"]
 
+    # --- camera labels (official LookAtPoseSampler / FOV_to_intrinsics) -------------------------
+    pivot = torch.tensor(PIVOT)
+    T["cameras_hv"] = torch.tensor(CAMERA_GRID_HV, dtype=torch.float32)
+    T["cameras_c2w"] = torch.cat([mods.cam.LookAtPoseSampler.sample(h, v, pivot, radius=2.7).reshape(1, 16)
+                                  for h, v in CAMERA_GRID_HV])
+    T["sds_intrinsics"] = mods.cam.FOV_to_intrinsics(SDS_FOV_DEG).reshape(9)
+
+    # --- superresolution (full size) ---------------------------------------------------------
+    t2 = time.time()
+    sr, sr_shapes = build_superresolution(mods)
+    sr_in = sr_inputs(SEED)
+    T["sr_ws"] = sr_in["ws"]
+    for r in (128, 256):
+        T[f"sr_rgb{r}_head"] = sr_in[f"rgb{r}"][:, :, 0, :8].contiguous()  # detects input drift
+        T[f"sr_features{r}_head"] = sr_in[f"features{r}"][:, :, 0, :8].contiguous()
+        out = sr(sr_in[f"rgb{r}"], sr_in[f"features{r}"], sr_in["ws"], noise_mode="none")
+        assert out.shape == (1, 3, 512, 512), out.shape
+        T[f"sr{r}_sub"] = out[:, :, ::SR_STRIDE, ::SR_STRIDE].contiguous()
+        T[f"sr{r}_crop"] = out[:, :, 229:293, 229:293].contiguous()
+        T[f"sr{r}_sum"] = out.double().sum(dim=(2, 3)).float()
+    t_sr = time.time() - t2
+
     t_total = time.time() - t0
 
     T = {k: v.detach().to(torch.float32).contiguous() for k, v in T.items()}
@@ -278,7 +323,23 @@ def main(argv=None):
             "renderer.head_face_mask (bool): not constructed (SMPL stubbed)"
         ],
         "official_state_dict_shapes": shapes,
-        "timing_s": {"build_and_fill": round(t_build, 2), "render_bg": round(t_bg, 2), "total": round(t_total, 2)},
+        "superresolution": {
+            "class": "training.superresolution.SuperresolutionHybrid8XDC",
+            "kwargs": SR_KWARGS,
+            "state_dict_shapes": sr_shapes,
+            "call": "sr(rgb, features, ws, noise_mode='none') (official superresolution_noise_mode), eval()",
+            "inputs": "tests/parity/weights.py sr_inputs(seed=0), regenerated by the test; *_head = [:, :, 0, :8]",
+            "outputs": f"sr{{R}}_sub = out[:, :, ::{SR_STRIDE}, ::{SR_STRIDE}], sr{{R}}_crop = out[:, :, 229:293, 229:293], "
+                       "sr{R}_sum = per-channel sums, for inputs at R = 128 and 256",
+        },
+        "cameras": {
+            "cameras_hv": "(h, v) radians",
+            "cameras_c2w": "LookAtPoseSampler.sample(h, v, (0, 0.0649, 0), radius=2.7).reshape(16)",
+            "sds_intrinsics": f"FOV_to_intrinsics({SDS_FOV_DEG}).reshape(9)",
+        },
+        "density_bias": DENSITY_BIAS,
+        "timing_s": {"build_and_fill": round(t_build, 2), "render_bg": round(t_bg, 2), "superresolution": round(t_sr, 2),
+                     "total": round(t_total, 2)},
     }
     from safetensors.torch import save_file
 
