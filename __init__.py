@@ -6,6 +6,7 @@ importable from the clone and loads the extension in ``custom/threestudio-portra
 then at ``custom/<name>/configs/portrait3d.yaml``. The other way (``install_extension.py``, used by
 ``make``) links the extension instead; don't do both in one checkout.
 """
+
 import importlib.util
 import os
 import sys

@@ -9,6 +9,7 @@ resolves; and writes ``portrait3d-cpu-compat.pth`` into this Python's site-packa
 stand-ins threestudio needs where CUDA-only packages are missing; a real package always wins).
 ``gan_prior`` itself must be importable there: ``pip install -e .`` in this repository.
 """
+
 import argparse
 import os
 import sys

@@ -86,9 +86,7 @@ def main(argv=None) -> int:
         default=30.0,
         help="one portrait's time on one GPU for the projection (the paper: about 30 min)",
     )
-    p.add_argument(
-        "--no-short", action="store_true", help="the config as it is (no shortening overrides)"
-    )
+    p.add_argument("--no-short", action="store_true", help="the config as it is (no shortening overrides)")
     p.add_argument("--keep", default=None, help="keep the outputs in this folder")
     p.add_argument("--json", default=None)
     p.add_argument("overrides", nargs="*")
@@ -115,9 +113,7 @@ def main(argv=None) -> int:
         for w in args.workers:
             print(f"{len(prompts)} prompts, {w} worker(s) ...", file=sys.stderr, flush=True)
             results.append(
-                run_once(
-                    w, prompts, os.path.abspath(args.config), overrides, os.path.join(base, f"w{w}")
-                )
+                run_once(w, prompts, os.path.abspath(args.config), overrides, os.path.join(base, f"w{w}"))
             )
     finally:
         if not args.keep:
@@ -147,9 +143,7 @@ def main(argv=None) -> int:
             f"({100 * overhead / (one['task_sum_s'] / n):.1f}% of a tiny prompt's {one['task_sum_s'] / n:.1f} s)"
         )
         t = args.gpu_minutes * 60 + overhead
-        print(
-            f"projection, {args.gpu_minutes:.0f} min per portrait per GPU + this overhead, 100 prompts:"
-        )
+        print(f"projection, {args.gpu_minutes:.0f} min per portrait per GPU + this overhead, 100 prompts:")
         for gpus in (1, 8, 32, 100):
             print(
                 f"  {gpus:>3} GPUs: {math.ceil(100 / gpus) * t / 3600:.1f} h "

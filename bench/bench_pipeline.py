@@ -23,6 +23,7 @@ are marked ``~``.
     PYTHONPATH=. python bench/bench_pipeline.py                              # CPU: ~5 min
     PYTHONPATH=. python bench/bench_pipeline.py --device cuda --view-resolution 512 --patch-resolution 256
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,13 @@ def timed(fn, device: str, repeats: int) -> float:
 def sd15_unet():
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2).eval()
+    return UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+    ).eval()
 
 
 def main() -> None:
@@ -69,8 +75,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--view-resolution", type=int, default=64, help="timed size of a 512² view (scaled up)")
-    p.add_argument("--patch-resolution", type=int, default=64, help="timed size of a 256² fit patch (scaled up)")
-    p.add_argument("--no-unet", action="store_true", help="skip the SD-1.5-size UNet (3.4 GB of random weights)")
+    p.add_argument(
+        "--patch-resolution", type=int, default=64, help="timed size of a 256² fit patch (scaled up)"
+    )
+    p.add_argument(
+        "--no-unet", action="store_true", help="skip the SD-1.5-size UNet (3.4 GB of random weights)"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     dev = args.device
@@ -104,14 +114,28 @@ def main() -> None:
 
     v = args.view_resolution
     with torch.no_grad():
-        t = timed(lambda: G.render(pyramid, ws, c, resolution=v, deterministic=True, chunk=16384,
-                                   depth_resolution=96, depth_resolution_importance=96), dev, 1)
+        t = timed(
+            lambda: G.render(
+                pyramid,
+                ws,
+                c,
+                resolution=v,
+                deterministic=True,
+                chunk=16384,
+                depth_resolution=96,
+                depth_resolution_importance=96,
+            ),
+            dev,
+            1,
+        )
     rows["view render"] = (t * (512 / v) ** 2, 21, "~" if v != 512 else "")
 
     s = args.patch_resolution
 
     def fit_step():
-        G.render(pyramid, ws, c, resolution=2 * s, background=False, patch=(0, 0, s))["image"].square().mean().backward()
+        G.render(pyramid, ws, c, resolution=2 * s, background=False, patch=(0, 0, s))[
+            "image"
+        ].square().mean().backward()
 
     rows["fit step"] = (timed(fit_step, dev, args.repeats) * (256 / s) ** 2, 399, "~" if s != 256 else "")
 
@@ -129,12 +153,23 @@ def main() -> None:
     print(f"inversion step, official (128² + SR 512² → 256²) / raw 256²: {inversion_ratio:.2f}×")
     print(f"{'step':<22} {'one unit (s)':>13} {'count':>6} {'projected (min)':>16}")
     for name, (sec, count, mark) in rows.items():
-        print(f"{name:<22} {mark + format(sec, '.3f'):>13} {count:>6} {mark + format(sec * count / 60, '.1f'):>16}")
+        print(
+            f"{name:<22} {mark + format(sec, '.3f'):>13} {count:>6} {mark + format(sec * count / 60, '.1f'):>16}"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": dev, "peak_mib": peak_mib(dev), "inversion_official_over_raw": inversion_ratio,
-                       "rows": {k: {"seconds": s_, "count": n, "scaled": bool(m)} for k, (s_, n, m) in rows.items()}},
-                      f, indent=1)
+            json.dump(
+                {
+                    "device": dev,
+                    "peak_mib": peak_mib(dev),
+                    "inversion_official_over_raw": inversion_ratio,
+                    "rows": {
+                        k: {"seconds": s_, "count": n, "scaled": bool(m)} for k, (s_, n, m) in rows.items()
+                    },
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ Usage::
     PYTHONPATH=. python bench/bench_renderer.py --quick --no-official   # smoke run
     PYTHONPATH=. python bench/bench_renderer.py --device cuda --repeats 10 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,9 +112,15 @@ def machine_info(device: str) -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "device": device}
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": device,
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -207,7 +214,8 @@ def import_official(root: str):
     _ORIGINAL_SAMPLERS["patched"] = (ir.sample_stratified, ir.sample_pdf)
     _ORIGINAL_SAMPLERS["official"] = (
         inspect.getclosurevars(ir.sample_stratified).nonlocals["orig_stratified"],
-        inspect.getclosurevars(ir.sample_pdf).nonlocals["orig_pdf"])
+        inspect.getclosurevars(ir.sample_pdf).nonlocals["orig_pdf"],
+    )
     return harness, mods
 
 
@@ -223,18 +231,25 @@ def build_official(harness, mods, ours, device: str):
     _, render_mod = harness.build_models(mods)  # (tiny backbone is discarded)
     rk = render_mod.rendering_kwargs
     rc = ours.cfg.render
-    mine = dict(ray_start=rc.ray_start, ray_end=rc.ray_end, depth_resolution=rc.depth_resolution,
-                depth_resolution_importance=rc.depth_resolution_importance, box_warp=rc.box_warp,
-                triplane_depth=ours.cfg.trigrid_depth)
+    mine = dict(
+        ray_start=rc.ray_start,
+        ray_end=rc.ray_end,
+        depth_resolution=rc.depth_resolution,
+        depth_resolution_importance=rc.depth_resolution_importance,
+        box_warp=rc.box_warp,
+        triplane_depth=ours.cfg.trigrid_depth,
+    )
     theirs = {k: rk[k] for k in mine}
     if mine != theirs:
         raise SystemExit(f"rendering kwargs differ: ours {mine} vs official harness {theirs}")
-    state = {k: v for k, v in ours.state_dict().items()
-             if k.split(".")[0] in ("decoder", "torgb", "bcg_synthesis")}
+    state = {
+        k: v for k, v in ours.state_dict().items() if k.split(".")[0] in ("decoder", "torgb", "bcg_synthesis")
+    }
     result = render_mod.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise SystemExit(f"official weight load: missing {result.missing_keys}, "
-                         f"unexpected {result.unexpected_keys}")
+        raise SystemExit(
+            f"official weight load: missing {result.missing_keys}, unexpected {result.unexpected_keys}"
+        )
     return render_mod.to(device).eval().requires_grad_(False)
 
 
@@ -252,8 +267,10 @@ def load_inputs(path: str, device: str):
 def make_renderers(impl: str, ours, ws, c, official_root, device):
     """impl → fn(pyramid, resolution, background, deterministic) → image."""
     if impl == "ours":
+
         def render(pyr, res, bg, det):
             return ours.render(pyr, ws, c, resolution=res, deterministic=det, background=bg)["image"]
+
         return render
     harness, mods = import_official(official_root)
     official = build_official(harness, mods, ours, device)
@@ -261,8 +278,10 @@ def make_renderers(impl: str, ours, ws, c, official_root, device):
     def render(pyr, res, bg, det):
         official_jitter(mods, on=not det)
         planes = {r // 2: t for r, t in pyr.items()}  # official keys: 2-D resolution R/2
-        return official.render_planes(ws=ws, planes=planes, c=c, neural_rendering_resolution=res,
-                                      render_bg=bg, noise_mode="const")["image_raw"]
+        return official.render_planes(
+            ws=ws, planes=planes, c=c, neural_rendering_resolution=res, render_bg=bg, noise_mode="const"
+        )["image_raw"]
+
     return render
 
 
@@ -308,18 +327,26 @@ def worker_time(spec: dict) -> dict:
     load = OtherLoad()
     runs = {impl: {"forward_s": [], "fwd_bwd_s": []} for impl in impls}
     for i in range(spec["repeats"]):
-        for impl in (impls if i % 2 == 0 else impls[::-1]):
+        for impl in impls if i % 2 == 0 else impls[::-1]:
             f, fb, loss, shape = steps[impl](res)
             r = runs[impl]
             r["forward_s"].append(f)
             r["fwd_bwd_s"].append(fb)
-            r.update(loss=loss, image_shape=shape, levels=len(levels),
-                     levels_with_grad=sum(t.grad is not None and bool(torch.isfinite(t.grad).all())
-                                          for t in levels.values()))
+            r.update(
+                loss=loss,
+                image_shape=shape,
+                levels=len(levels),
+                levels_with_grad=sum(
+                    t.grad is not None and bool(torch.isfinite(t.grad).all()) for t in levels.values()
+                ),
+            )
     other = load.cores()
     for r in runs.values():
-        r.update(forward_median_s=statistics.median(r["forward_s"]),
-                 fwd_bwd_median_s=statistics.median(r["fwd_bwd_s"]), other_load_cores=other)
+        r.update(
+            forward_median_s=statistics.median(r["forward_s"]),
+            fwd_bwd_median_s=statistics.median(r["fwd_bwd_s"]),
+            other_load_cores=other,
+        )
     return {"runs": runs, "torch_threads": torch.get_num_threads()}
 
 
@@ -343,8 +370,14 @@ def worker_parity(spec: dict) -> dict:
     with torch.no_grad():
         for res, bg in spec["pairs"]:
             a, b = r_ours(pyramid, res, bg, True), r_off(pyramid, res, bg, True)
-            out.append({"resolution": res, "background": bg,
-                        "max_abs_diff": (a - b).abs().max().item(), "max_abs": b.abs().max().item()})
+            out.append(
+                {
+                    "resolution": res,
+                    "background": bg,
+                    "max_abs_diff": (a - b).abs().max().item(),
+                    "max_abs": b.abs().max().item(),
+                }
+            )
     return {"parity": out}
 
 
@@ -358,9 +391,11 @@ def run_worker(spec: dict, threads, extra_env=None) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    raise RuntimeError(f"worker {spec.get('impl', 'parity')} failed (rc {proc.returncode}):\n"
-                       f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            return json.loads(line[len(RESULT_TAG) :])
+    raise RuntimeError(
+        f"worker {spec.get('impl', 'parity')} failed (rc {proc.returncode}):\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
 
 
 # ---------------------------------------------------------------------------------- main
@@ -382,7 +417,7 @@ def fmt_s(x) -> str:
 
 
 def fmt_mib(x) -> str:
-    return "–" if x is None else f"{x / 2 ** 20:.0f} MiB"
+    return "–" if x is None else f"{x / 2**20:.0f} MiB"
 
 
 def fmt_ratio(a, b) -> str:
@@ -395,7 +430,8 @@ def fmt_load(x) -> str:
 
 def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
     lines = [
-        "## gan_prior renderer benchmark", "",
+        "## gan_prior renderer benchmark",
+        "",
         f"- CPU: {info['cpu']} ({info['cpu_count']} logical CPUs, {info['usable_cores']} usable)",
         f"- device: {info['device']}" + (f" ({info['gpu']})" if "gpu" in info else ""),
         f"- torch {info['torch']}, torch threads {info['torch_threads']}, Python {info['python']}",
@@ -406,9 +442,14 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
         f"- median of {meta['repeats']} repeats after 1 warm-up ({meta['warmup']}); each case in a "
         f"fresh subprocess, ours and official interleaved (order alternating each round)",
         f"- peak memory of one forward+backward, each case and impl in its own fresh subprocess: "
-        f"{meta['mem_method']}" + ("" if info["device"].startswith("cuda") else
-                                    ", glibc mmap/trim threshold 128 KiB in that subprocess"),
-        f"- official: {meta['official'] or 'not run'}", "",
+        f"{meta['mem_method']}"
+        + (
+            ""
+            if info["device"].startswith("cuda")
+            else ", glibc mmap/trim threshold 128 KiB in that subprocess"
+        ),
+        f"- official: {meta['official'] or 'not run'}",
+        "",
         "| case | ours fwd | ours fwd+bwd | official fwd | official fwd+bwd | "
         "ratio fwd (official/ours) | ratio fwd+bwd (official/ours) | ours peak mem | official peak mem | "
         "other load (cores) |",
@@ -426,33 +467,55 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
             f"{fmt_ratio(g('forward_median_s'), o['forward_median_s'])} | "
             f"{fmt_ratio(g('fwd_bwd_median_s'), o['fwd_bwd_median_s'])} | "
             f"{fmt_mib(o['peak_mem_bytes'])} | {fmt_mib(g('peak_mem_bytes'))} | "
-            f"{fmt_load(o['other_load_cores'])} |")
-    loads = [r[i]["other_load_cores"] for r in rows for i in ("ours", "official")
-             if r.get(i) and r[i]["other_load_cores"] is not None]
+            f"{fmt_load(o['other_load_cores'])} |"
+        )
+    loads = [
+        r[i]["other_load_cores"]
+        for r in rows
+        for i in ("ours", "official")
+        if r.get(i) and r[i]["other_load_cores"] is not None
+    ]
     if loads and max(loads) > 0.2:
-        lines += ["", f"WARNING: other processes kept up to {max(loads):.2f} CPUs busy during timing; "
-                      "these numbers (and the ratios) are contaminated. Re-run on an idle machine."]
+        lines += [
+            "",
+            f"WARNING: other processes kept up to {max(loads):.2f} CPUs busy during timing; "
+            "these numbers (and the ratios) are contaminated. Re-run on an idle machine.",
+        ]
     if parity:
-        lines += ["", "Jitter-off agreement (ours deterministic=True vs official with the harness's "
-                      "deterministic patches), image max |ours − official|:", ""]
+        lines += [
+            "",
+            "Jitter-off agreement (ours deterministic=True vs official with the harness's "
+            "deterministic patches), image max |ours − official|:",
+            "",
+        ]
         for p in parity:
-            lines.append(f"- {p['resolution']}² background={p['background']}: {p['max_abs_diff']:.3g} "
-                         f"(max |image| {p['max_abs']:.3g})")
+            lines.append(
+                f"- {p['resolution']}² background={p['background']}: {p['max_abs_diff']:.3g} "
+                f"(max |image| {p['max_abs']:.3g})"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed iterations per case (default 3, --quick 1)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed iterations per case (default 3, --quick 1)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 32×32 (bg and no bg), 1 repeat")
-    ap.add_argument("--official-root", default=None,
-                    help=f"3DPortraitGAN_pyramid checkout (default: $PORTRAIT3D_OFFICIAL_ROOT, "
-                         f"else {DEFAULT_OFFICIAL_ROOT} if present)")
+    ap.add_argument(
+        "--official-root",
+        default=None,
+        help=f"3DPortraitGAN_pyramid checkout (default: $PORTRAIT3D_OFFICIAL_ROOT, "
+        f"else {DEFAULT_OFFICIAL_ROOT} if present)",
+    )
     ap.add_argument("--no-official", action="store_true", help="do not time the official renderer")
-    ap.add_argument("--full-warmup", action="store_true",
-                    help=f"on CPU, warm up at the case resolution (default: one {CPU_WARMUP_RESOLUTION}² "
-                         f"fwd+bwd, same code path; on CUDA the warm-up is always full size)")
+    ap.add_argument(
+        "--full-warmup",
+        action="store_true",
+        help=f"on CPU, warm up at the case resolution (default: one {CPU_WARMUP_RESOLUTION}² "
+        f"fwd+bwd, same code path; on CUDA the warm-up is always full size)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--cases", default=None, help="comma-separated case names to run (e.g. '128 no-bg')")
     ap.add_argument("--json", default=None, metavar="OUT", help="write all numbers to this JSON file")
@@ -499,46 +562,78 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench_renderer_") as tmp:
         inputs = os.path.join(tmp, "inputs.pt")
-        torch.save({"seed": SEED, "ws": ws.cpu(), "c": c.cpu(),
-                    "pyramid": {r: t.cpu() for r, t in pyramid.items()}}, inputs)
+        torch.save(
+            {"seed": SEED, "ws": ws.cpu(), "c": c.cpu(), "pyramid": {r: t.cpu() for r, t in pyramid.items()}},
+            inputs,
+        )
         levels = sorted(pyramid)
         del pyramid
         base = {"device": device, "inputs": inputs, "seed": SEED, "official_root": official_root}
 
         parity = None
         if official_root:
-            pairs = sorted({(cs.resolution, cs.background) for cs in cases if cs.resolution ==
-                            min(x.resolution for x in cases)})
+            pairs = sorted(
+                {
+                    (cs.resolution, cs.background)
+                    for cs in cases
+                    if cs.resolution == min(x.resolution for x in cases)
+                }
+            )
             print(f"checking jitter-off agreement with the official renderer at {pairs} ...", flush=True)
             parity = run_worker({**base, "mode": "parity", "pairs": pairs}, args.threads)["parity"]
 
         rows = []
         for cs in cases:
             row = {"case": cs.name, **asdict(cs)}
-            warm = cs.resolution if (device.startswith("cuda") or args.full_warmup) else \
-                min(cs.resolution, QUICK_WARMUP_RESOLUTION if args.quick else CPU_WARMUP_RESOLUTION)
+            warm = (
+                cs.resolution
+                if (device.startswith("cuda") or args.full_warmup)
+                else min(cs.resolution, QUICK_WARMUP_RESOLUTION if args.quick else CPU_WARMUP_RESOLUTION)
+            )
             impls = ["ours", "official"] if official_root else ["ours"]
-            case_spec = {**base, "resolution": cs.resolution, "background": cs.background,
-                         "repeats": repeats, "warmup_resolution": warm}
+            case_spec = {
+                **base,
+                "resolution": cs.resolution,
+                "background": cs.background,
+                "repeats": repeats,
+                "warmup_resolution": warm,
+            }
             print(f"timing {' + '.join(impls)}, {cs.name} (interleaved) ...", flush=True)
             timed = run_worker({**case_spec, "mode": "time", "impls": impls}, args.threads)
             threads = timed["torch_threads"]
             for impl in impls:
                 r = row[impl] = timed["runs"][impl]
                 if r["levels_with_grad"] != r["levels"] or not math.isfinite(r["loss"]):
-                    raise SystemExit(f"{impl} {cs.name}: backward did not reach every level "
-                                     f"({r['levels_with_grad']}/{r['levels']}) or loss not finite")
+                    raise SystemExit(
+                        f"{impl} {cs.name}: backward did not reach every level "
+                        f"({r['levels_with_grad']}/{r['levels']}) or loss not finite"
+                    )
                 print(f"peak memory {impl}, {cs.name} (fresh process) ...", flush=True)
-                r.update(run_worker({**case_spec, "mode": "memory", "impls": [impl]}, args.threads,
-                                    MEMORY_WORKER_ENV if not device.startswith("cuda") else None))
+                r.update(
+                    run_worker(
+                        {**case_spec, "mode": "memory", "impls": [impl]},
+                        args.threads,
+                        MEMORY_WORKER_ENV if not device.startswith("cuda") else None,
+                    )
+                )
             rows.append(row)
 
     info["torch_threads"] = threads
-    warm_desc = ("full-size fwd+bwd" if device.startswith("cuda") or args.full_warmup
-                 else f"fwd+bwd at min(R, {QUICK_WARMUP_RESOLUTION if args.quick else CPU_WARMUP_RESOLUTION})²")
-    meta = {"levels": levels, "seed": SEED, "synthesis_s": synthesis_s, "repeats": repeats,
-            "warmup": warm_desc, "mem_method": rows[0]["ours"]["peak_mem_method"],
-            "official": official_root, "total_s": time.time() - t_start}
+    warm_desc = (
+        "full-size fwd+bwd"
+        if device.startswith("cuda") or args.full_warmup
+        else f"fwd+bwd at min(R, {QUICK_WARMUP_RESOLUTION if args.quick else CPU_WARMUP_RESOLUTION})²"
+    )
+    meta = {
+        "levels": levels,
+        "seed": SEED,
+        "synthesis_s": synthesis_s,
+        "repeats": repeats,
+        "warmup": warm_desc,
+        "mem_method": rows[0]["ours"]["peak_mem_method"],
+        "official": official_root,
+        "total_s": time.time() - t_start,
+    }
     table = make_table(info, meta, rows, parity)
     print()
     print(table)

@@ -25,11 +25,11 @@ Stages and official counts (paper §3–3.5, official scripts):
     python bench/gpu_check.py --device cuda --out OUT          # on the GPU (gpu_check.sh)
     python bench/gpu_check.py --dry-run --out OUT              # on the CPU, tiny models
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -45,7 +45,6 @@ for _p in (ROOT, BENCH):
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from bench_renderer import PeakMemory, machine_info, make_renderers, sync  # noqa: E402
 
 # Paper Table / §4 (RTX 4090, minutes): inversion ≈ 4, SDS ≈ 22, refinement ≈ 5, whole ≈ 30.
@@ -68,24 +67,59 @@ def sd_pipeline(dry_run: bool, device: str):
     if dry_run:
         folder = tempfile.mkdtemp(prefix="gpu_check_sd_")
         build_tiny_stable_diffusion(folder)
-        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder, safety_checker=None, requires_safety_checker=False
+        )
     else:
         tok = _byte_level_tokenizer()
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=512,
-                            block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                            down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4)
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-        sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                       safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tok),
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=512,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+        )
+        sched = DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text,
+            tokenizer=tok,
+            unet=unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe = pipe.to(device)
     for m in (pipe.text_encoder, pipe.vae, pipe.unet):
         m.eval().requires_grad_(False)
@@ -142,10 +176,22 @@ def measure(name, step, device, n_steps, count, unit, notes="", warmup=True):
         sync(device)
         times.append(time.perf_counter() - t0)
     per = statistics.median(times)
-    row = {"stage": name, "unit": unit, "per_step_s": per, "count": count, "projected_s": per * count,
-           "warmup_s": warm, "steps_timed": n_steps, "peak_bytes": max(0, mem.peak_bytes()), "notes": notes}
-    print(f"  {name}: {per:.4f} s/{unit} × {count} = {per * count / 60:.2f} min, "
-          f"peak {row['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+    row = {
+        "stage": name,
+        "unit": unit,
+        "per_step_s": per,
+        "count": count,
+        "projected_s": per * count,
+        "warmup_s": warm,
+        "steps_timed": n_steps,
+        "peak_bytes": max(0, mem.peak_bytes()),
+        "notes": notes,
+    }
+    print(
+        f"  {name}: {per:.4f} s/{unit} × {count} = {per * count / 60:.2f} min, "
+        f"peak {row['peak_bytes'] / 2**30:.2f} GiB",
+        flush=True,
+    )
     return row
 
 
@@ -173,8 +219,11 @@ def run(args) -> dict:
     sds_res, view_res, sd_res = (32, 32, 64) if dry else (128, 512, 512)
     fit_cfg = RefineFitConfig(resolution=32, patch_resolution=16) if dry else RefineFitConfig()
     samples = (12, 12) if dry else (96, 96)
-    n = {"candidates": 1, "inversion": 1, "sds": 1, "views": 1, "fit": 1, "videos": 1} if dry else \
-        {"candidates": 3, "inversion": 3, "sds": 5, "views": 2, "fit": 3, "videos": 2}
+    n = (
+        {"candidates": 1, "inversion": 1, "sds": 1, "views": 1, "fit": 1, "videos": 1}
+        if dry
+        else {"candidates": 3, "inversion": 3, "sds": 5, "views": 2, "fit": 3, "videos": 2}
+    )
     chunk = 16384  # rays per renderer call of views and videos, as the system's default
     sdedit_steps = len(sdedit_timesteps(pipe.scheduler.config, SDEditConfig()))
     with torch.no_grad():
@@ -190,8 +239,15 @@ def run(args) -> dict:
             row = measure(name, step, device, n_steps, count, unit, warmup=not dry, **k)
         except Exception as err:  # noqa: BLE001  (reported in the table and the JSON)
             traceback.print_exc()
-            row = {"stage": name, "unit": unit, "count": count, "per_step_s": None, "projected_s": None,
-                   "peak_bytes": None, "error": f"{type(err).__name__}: {err}"[:300]}
+            row = {
+                "stage": name,
+                "unit": unit,
+                "count": count,
+                "per_step_s": None,
+                "projected_s": None,
+                "peak_bytes": None,
+                "error": f"{type(err).__name__}: {err}"[:300],
+            }
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         _write_partial(args.out, rows + [row])
@@ -225,7 +281,9 @@ def run(args) -> dict:
     target = torch.rand(1, 3, inv_res, inv_res, device=dev) * 2 - 1
 
     def inversion():
-        _, loss = inversion_step(G, w_opt, noise, target, c, lambda a, b: vgg(a, b), inv_cfg, t=0.3, w_std=1.0)
+        _, loss = inversion_step(
+            G, w_opt, noise, target, c, lambda a, b: vgg(a, b), inv_cfg, t=0.3, w_std=1.0
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -244,8 +302,9 @@ def run(args) -> dict:
 
         def sds():
             image = G.render(levels, ws, c, resolution=sds_res, background=False)["image"]
-            rgb = F.interpolate((image * 0.5 + 0.5).clamp(0, 1), (sd_res, sd_res), mode="bilinear",
-                                align_corners=False)
+            rgb = F.interpolate(
+                (image * 0.5 + 0.5).clamp(0, 1), (sd_res, sd_res), mode="bilinear", align_corners=False
+            )
             latents = vae_.encode((rgb * 2 - 1).to(dtype)).latent_dist.sample() * 0.18215
             t = torch.randint(20, 400, (1,), device=dev)
             noise_ = torch.randn_like(latents)
@@ -259,14 +318,25 @@ def run(args) -> dict:
                 p.grad = None
             loss.backward()
             adan.step()
+
         return sds
 
     rows.append(m("sds (fp32 guidance)", sds_factory(vae, unet, torch.float32), dev, n["sds"], 2000, "step"))
     if dev.startswith("cuda"):
-        vae16, unet16 = (m.__class__.from_config(m.config).half().to(dev).eval().requires_grad_(False)
-                         for m in (vae, unet))
-        rows.append(m("sds (fp16 guidance, option)", sds_factory(vae16, unet16, torch.float16), dev,
-                            n["sds"], 2000, "step", notes="system.guidance.half_precision_weights=true"))
+        vae16, unet16 = (
+            m.__class__.from_config(m.config).half().to(dev).eval().requires_grad_(False) for m in (vae, unet)
+        )
+        rows.append(
+            m(
+                "sds (fp16 guidance, option)",
+                sds_factory(vae16, unet16, torch.float16),
+                dev,
+                n["sds"],
+                2000,
+                "step",
+                notes="system.guidance.half_precision_weights=true",
+            )
+        )
         del vae16, unet16
 
     # ---- refinement: 21 views + SDEdit, then the fit
@@ -275,8 +345,16 @@ def run(args) -> dict:
 
     def view():
         with torch.no_grad():
-            G.render(frozen, ws, labels[:1], resolution=view_res, deterministic=True, chunk=chunk,
-                     depth_resolution=samples[0], depth_resolution_importance=samples[1])
+            G.render(
+                frozen,
+                ws,
+                labels[:1],
+                resolution=view_res,
+                deterministic=True,
+                chunk=chunk,
+                depth_resolution=samples[0],
+                depth_resolution_importance=samples[1],
+            )
 
     rows.append(m("refinement views (render)", view, dev, n["views"], 21, "view"))
     img = torch.rand(1, 3, sd_res, sd_res, device=dev) * 2 - 1
@@ -300,14 +378,32 @@ def run(args) -> dict:
     # ---- videos
     def frame():
         with torch.no_grad():
-            G.render(frozen, ws, labels[:1], resolution=view_res, deterministic=True, chunk=chunk,
-                     depth_resolution=samples[0], depth_resolution_importance=samples[1])["image"].cpu()
+            G.render(
+                frozen,
+                ws,
+                labels[:1],
+                resolution=view_res,
+                deterministic=True,
+                chunk=chunk,
+                depth_resolution=samples[0],
+                depth_resolution_importance=samples[1],
+            )["image"].cpu()
 
     rows.append(m("videos (frame)", frame, dev, n["videos"], 240 + 120, "frame"))
-    return {"rows": rows, "settings": {"inversion_resolution": inv_res, "sds_resolution": sds_res,
-                                       "view_resolution": view_res, "sd_resolution": sd_res,
-                                       "fit": vars(fit_cfg), "view_samples": samples,
-                                       "sdedit_steps": sdedit_steps, "steps_timed": n, "chunk": chunk}}
+    return {
+        "rows": rows,
+        "settings": {
+            "inversion_resolution": inv_res,
+            "sds_resolution": sds_res,
+            "view_resolution": view_res,
+            "sd_resolution": sd_res,
+            "fit": vars(fit_cfg),
+            "view_samples": samples,
+            "sdedit_steps": sdedit_steps,
+            "steps_timed": n,
+            "chunk": chunk,
+        },
+    }
 
 
 def renderer_vs_official(args) -> dict:
@@ -324,15 +420,17 @@ def renderer_vs_official(args) -> dict:
     gen = torch.Generator().manual_seed(0)
     ws = G.mapping(torch.randn(1, 512, generator=gen).to(dev), c)
     # a random pyramid with the released level sizes (synthesis is not what is compared here)
-    levels = {r: (torch.randn(1, 3, 36, r, r, generator=gen) * 0.5).to(dev).requires_grad_(True)
-              for r in G.cfg.level_sizes}
+    levels = {
+        r: (torch.randn(1, 3, 36, r, r, generator=gen) * 0.5).to(dev).requires_grad_(True)
+        for r in G.cfg.level_sizes
+    }
     renders = {impl: make_renderers(impl, G, ws, c, root, dev) for impl in ("ours", "official")}
     with torch.no_grad():
         a, b = renders["ours"](levels, res, False, True), renders["official"](levels, res, False, True)
         agreement = (a - b).abs().max().item()
     times = {impl: {"forward_s": [], "fwd_bwd_s": []} for impl in renders}
     for i in range(repeats + 1):
-        for impl in (("ours", "official") if i % 2 == 0 else ("official", "ours")):
+        for impl in ("ours", "official") if i % 2 == 0 else ("official", "ours"):
             for t in levels.values():
                 t.grad = None
             sync(dev)
@@ -347,41 +445,59 @@ def renderer_vs_official(args) -> dict:
                 times[impl]["forward_s"].append(t1 - t0)
                 times[impl]["fwd_bwd_s"].append(t2 - t0)
     med = {impl: {k: statistics.median(v) for k, v in d.items()} for impl, d in times.items()}
-    return {"resolution": res, "repeats": repeats, "agreement_max_abs": agreement, "median": med,
-            "ratio_forward": med["official"]["forward_s"] / med["ours"]["forward_s"],
-            "ratio_fwd_bwd": med["official"]["fwd_bwd_s"] / med["ours"]["fwd_bwd_s"]}
+    return {
+        "resolution": res,
+        "repeats": repeats,
+        "agreement_max_abs": agreement,
+        "median": med,
+        "ratio_forward": med["official"]["forward_s"] / med["ours"]["forward_s"],
+        "ratio_fwd_bwd": med["official"]["fwd_bwd_s"] / med["ours"]["fwd_bwd_s"],
+    }
 
 
 # ---------------------------------------------------------------------------------- report
 def table(result: dict) -> str:
     info, rows = result["machine"], result["pipeline"]["rows"]
-    gib = 2 ** 30
+    gib = 2**30
     dry = result["dry_run"]
-    lines = [f"## Portrait3D GPU check{' (DRY RUN: tiny models on CPU, numbers not meaningful)' if dry else ''}",
-             "", f"- device: {info['device']}" + (f" ({info['gpu']})" if "gpu" in info else "") +
-             f"; torch {info['torch']}, Python {info['python']}; CPU {info['cpu']}",
-             f"- settings: {json.dumps(result['pipeline']['settings'])}",
-             f"- peak memory: {result['memory_method']}", "",
-             "| stage | per step | count | projected | peak memory |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"## Portrait3D GPU check{' (DRY RUN: tiny models on CPU, numbers not meaningful)' if dry else ''}",
+        "",
+        f"- device: {info['device']}"
+        + (f" ({info['gpu']})" if "gpu" in info else "")
+        + f"; torch {info['torch']}, Python {info['python']}; CPU {info['cpu']}",
+        f"- settings: {json.dumps(result['pipeline']['settings'])}",
+        f"- peak memory: {result['memory_method']}",
+        "",
+        "| stage | per step | count | projected | peak memory |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['stage']} | failed: {r['error']} | {r['count']} | – | – |")
             continue
-        lines.append(f"| {r['stage']} | {r['per_step_s'] * 1e3:.1f} ms/{r['unit']} | {r['count']} | "
-                     f"{r['projected_s'] / 60:.2f} min | {r['peak_bytes'] / gib:.2f} GiB |")
+        lines.append(
+            f"| {r['stage']} | {r['per_step_s'] * 1e3:.1f} ms/{r['unit']} | {r['count']} | "
+            f"{r['projected_s'] / 60:.2f} min | {r['peak_bytes'] / gib:.2f} GiB |"
+        )
     total, peak = result["projected_total_s"], result["peak_bytes"]
-    lines += [f"| **projected total** (fp32 guidance) | | | **{total / 60:.2f} min** | **{peak / gib:.2f} GiB** |",
-              "", f"Paper (RTX 4090): inversion ≈ {PAPER_4090_MIN['inversion']:.0f} min, SDS ≈ "
-              f"{PAPER_4090_MIN['sds']:.0f} min, refinement ≈ {PAPER_4090_MIN['fit']:.0f} min, whole ≈ "
-              f"{PAPER_4090_MIN['total']:.0f} min. Target: ≤ {TARGET_MIN:.0f} min, ≤ {TARGET_GIB:.0f} GiB."]
+    lines += [
+        f"| **projected total** (fp32 guidance) | | | **{total / 60:.2f} min** | **{peak / gib:.2f} GiB** |",
+        "",
+        f"Paper (RTX 4090): inversion ≈ {PAPER_4090_MIN['inversion']:.0f} min, SDS ≈ "
+        f"{PAPER_4090_MIN['sds']:.0f} min, refinement ≈ {PAPER_4090_MIN['fit']:.0f} min, whole ≈ "
+        f"{PAPER_4090_MIN['total']:.0f} min. Target: ≤ {TARGET_MIN:.0f} min, ≤ {TARGET_GIB:.0f} GiB.",
+    ]
     gaps = []
     ok = [r for r in rows if not r.get("error")]
     if len(ok) < len(rows):
         gaps.append("failed stages: " + ", ".join(r["stage"] for r in rows if r.get("error")))
     if total / 60 > TARGET_MIN:
         big = sorted(ok, key=lambda r: -r["projected_s"])[:3]
-        gaps.append(f"time: {total / 60:.1f} min > {TARGET_MIN:.0f}; largest stages: " +
-                    ", ".join(f"{r['stage']} {r['projected_s'] / 60:.1f} min" for r in big))
+        gaps.append(
+            f"time: {total / 60:.1f} min > {TARGET_MIN:.0f}; largest stages: "
+            + ", ".join(f"{r['stage']} {r['projected_s'] / 60:.1f} min" for r in big)
+        )
     if peak / gib > TARGET_GIB:
         top = max(ok, key=lambda r: r["peak_bytes"])
         gaps.append(f"memory: {peak / gib:.1f} GiB > {TARGET_GIB:.0f}; largest: {top['stage']}")
@@ -392,12 +508,16 @@ def table(result: dict) -> str:
         lines.append(f"skipped: {rv['skipped']}")
     else:
         m = rv["median"]
-        lines += [f"{rv['resolution']}², 48+48 samples, jitter on, median of {rv['repeats']}; "
-                  f"jitter-off agreement max |ours − official| = {rv['agreement_max_abs']:.3g}", "",
-                  "| impl | forward | forward+backward |", "|---|---:|---:|",
-                  f"| ours | {m['ours']['forward_s'] * 1e3:.1f} ms | {m['ours']['fwd_bwd_s'] * 1e3:.1f} ms |",
-                  f"| official | {m['official']['forward_s'] * 1e3:.1f} ms | {m['official']['fwd_bwd_s'] * 1e3:.1f} ms |",
-                  f"| ratio (official / ours) | {rv['ratio_forward']:.2f}× | {rv['ratio_fwd_bwd']:.2f}× |"]
+        lines += [
+            f"{rv['resolution']}², 48+48 samples, jitter on, median of {rv['repeats']}; "
+            f"jitter-off agreement max |ours − official| = {rv['agreement_max_abs']:.3g}",
+            "",
+            "| impl | forward | forward+backward |",
+            "|---|---:|---:|",
+            f"| ours | {m['ours']['forward_s'] * 1e3:.1f} ms | {m['ours']['fwd_bwd_s'] * 1e3:.1f} ms |",
+            f"| official | {m['official']['forward_s'] * 1e3:.1f} ms | {m['official']['fwd_bwd_s'] * 1e3:.1f} ms |",
+            f"| ratio (official / ours) | {rv['ratio_forward']:.2f}× | {rv['ratio_fwd_bwd']:.2f}× |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -412,7 +532,9 @@ def main(argv=None) -> int:
         args.device = args.device or "cpu"
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("gpu_check.py: --device cuda but torch sees no GPU (torch.cuda.is_available() is False)")
+        raise SystemExit(
+            "gpu_check.py: --device cuda but torch sees no GPU (torch.cuda.is_available() is False)"
+        )
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     pipeline = run(args)
@@ -424,15 +546,25 @@ def main(argv=None) -> int:
     rows = pipeline["rows"]
     ok = [r for r in rows if not r.get("error")]
     total = sum(r["projected_s"] for r in ok if "fp16" not in r["stage"])
-    result = {"dry_run": args.dry_run, "machine": machine_info(args.device), "pipeline": pipeline,
-              "renderer": renderer, "projected_total_s": total,
-              "peak_bytes": max((r["peak_bytes"] for r in ok), default=0),
-              "failed_stages": [r["stage"] for r in rows if r.get("error")],
-              "memory_method": ("torch.cuda.max_memory_allocated − memory_allocated before, per stage"
-                                if args.device.startswith("cuda") else
-                                "resident-set growth per stage (VmHWM − VmRSS before)"),
-              "wall_s": time.time() - t0}
-    for name, text in (("gpu_check.json", json.dumps(result, indent=1, default=str)), ("gpu_check.md", table(result))):
+    result = {
+        "dry_run": args.dry_run,
+        "machine": machine_info(args.device),
+        "pipeline": pipeline,
+        "renderer": renderer,
+        "projected_total_s": total,
+        "peak_bytes": max((r["peak_bytes"] for r in ok), default=0),
+        "failed_stages": [r["stage"] for r in rows if r.get("error")],
+        "memory_method": (
+            "torch.cuda.max_memory_allocated − memory_allocated before, per stage"
+            if args.device.startswith("cuda")
+            else "resident-set growth per stage (VmHWM − VmRSS before)"
+        ),
+        "wall_s": time.time() - t0,
+    }
+    for name, text in (
+        ("gpu_check.json", json.dumps(result, indent=1, default=str)),
+        ("gpu_check.md", table(result)),
+    ):
         tmp = os.path.join(args.out, name + ".tmp")
         with open(tmp, "w") as f:
             f.write(text)

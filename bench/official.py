@@ -8,6 +8,7 @@ dependencies that the render path never calls, and patches the renderer so that 
 deterministic (``PATCHES`` lists every change). ``build_models`` builds the reduced backbone and the
 render-only ``TriPlaneGenerator`` with the official training keyword arguments.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -196,7 +197,9 @@ def build_models(mods):
         render = mods.nr.TriPlaneGenerator(
             **RENDER_GEN_KWARGS, rendering_kwargs=dict(RENDERING_KWARGS), **SYNTHESIS_KWARGS
         )
-    PATCHES.append("torch.Tensor.cuda -> identity while constructing neural_renderer.TriPlaneGenerator (avg_c)")
+    PATCHES.append(
+        "torch.Tensor.cuda -> identity while constructing neural_renderer.TriPlaneGenerator (avg_c)"
+    )
     backbone.eval().requires_grad_(False)
     render.eval().requires_grad_(False)
     return backbone, render

@@ -11,6 +11,7 @@ Public entry points::
 Names are imported on first use (PEP 562), so ``import gan_prior`` itself does not load torch; it
 arms the CPU torchvision import hook (:mod:`gan_prior.torchvision_compat`).
 """
+
 import importlib
 
 from . import torchvision_compat
@@ -19,14 +20,27 @@ torchvision_compat.install_hook()
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "BOX_WARP": "pyramid_trigrid", "LEVEL_SIZES": "pyramid_trigrid", "PyramidTriGrid": "pyramid_trigrid",
+    "BOX_WARP": "pyramid_trigrid",
+    "LEVEL_SIZES": "pyramid_trigrid",
+    "PyramidTriGrid": "pyramid_trigrid",
     "sample_pyramid": "pyramid_trigrid",
-    "CANONICAL_RADIUS": "camera", "GAN_FOCAL": "camera", "LOOKAT_PIVOT": "camera", "SDS_FOCAL": "camera",
-    "camera_label": "camera", "canonical_label": "camera", "label_to_threestudio": "camera",
-    "lookat_pose": "camera", "threestudio_c2w_to_label": "camera",
-    "CheckpointError": "checkpoint", "load_pyramid": "pyramid_files", "save_pyramid": "pyramid_files",
-    "PortraitGAN": "generator", "PortraitGANConfig": "generator", "tiny_config": "generator",
-    "RenderConfig": "renderer", "render_rays": "renderer",
+    "CANONICAL_RADIUS": "camera",
+    "GAN_FOCAL": "camera",
+    "LOOKAT_PIVOT": "camera",
+    "SDS_FOCAL": "camera",
+    "camera_label": "camera",
+    "canonical_label": "camera",
+    "label_to_threestudio": "camera",
+    "lookat_pose": "camera",
+    "threestudio_c2w_to_label": "camera",
+    "CheckpointError": "checkpoint",
+    "load_pyramid": "pyramid_files",
+    "save_pyramid": "pyramid_files",
+    "PortraitGAN": "generator",
+    "PortraitGANConfig": "generator",
+    "tiny_config": "generator",
+    "RenderConfig": "renderer",
+    "render_rays": "renderer",
 }
 __all__ = sorted(_EXPORTS)
 

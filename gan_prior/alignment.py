@@ -25,6 +25,7 @@ square and exact for the area of the box.
 A detector is any callable ``uint8 [H, W, 3] → list[FaceBox]`` with a ``name``;
 :func:`make_detector` builds one from a string ("haar", a cascade ``.xml``, ``module:attr``, "none").
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +84,10 @@ class NoFaceError(ValueError):
 
 
 def _no_face(source: str, min_px: int) -> NoFaceError:
-    return NoFaceError(f"{source}: no face found; use a photo with one clearly visible, roughly frontal face at "
-                       f"least {min_px} px wide, or pass an aligned square crop with detector 'none'")
+    return NoFaceError(
+        f"{source}: no face found; use a photo with one clearly visible, roughly frontal face at "
+        f"least {min_px} px wide, or pass an aligned square crop with detector 'none'"
+    )
 
 
 def _min_face_px(detector: Detector, height: int, width: int) -> int:
@@ -142,11 +145,17 @@ class HaarCascadeDetector:
         if m > min(gray.shape):
             return []
         rects, _, weights = self.cascade.detectMultiScale3(
-            gray, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=HAAR_MIN_NEIGHBORS, minSize=(m, m),
-            outputRejectLevels=True)
+            gray,
+            scaleFactor=HAAR_SCALE_FACTOR,
+            minNeighbors=HAAR_MIN_NEIGHBORS,
+            minSize=(m, m),
+            outputRejectLevels=True,
+        )
         weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        return [FaceBox(float(x), float(y), float(x + w), float(y + h), float(s))
-                for (x, y, w, h), s in zip(np.asarray(rects).reshape(-1, 4), weights)]
+        return [
+            FaceBox(float(x), float(y), float(x + w), float(y + h), float(s))
+            for (x, y, w, h), s in zip(np.asarray(rects).reshape(-1, 4), weights)
+        ]
 
 
 class NoDetector:
@@ -184,11 +193,18 @@ def detect(detector: Detector, image: np.ndarray) -> list[FaceBox]:
         boxes = detector(image)
     except Exception as e:  # the user's code: any failure is reported as a bad detector
         message = (str(e).splitlines() or [""])[0][:160]
-        raise ValueError(f"detector {name!r} failed on an image ({type(e).__name__}: {message}); {usage}") from None
-    if not isinstance(boxes, (list, tuple)) or not all(isinstance(b, FaceBox) for b in boxes) or not all(
-            math.isfinite(v) for b in boxes for v in (b.x0, b.y0, b.x1, b.y1, b.score)):
-        raise ValueError(f"detector {name!r} returned {type(boxes).__name__} {str(boxes)[:60]!r}, not a list of "
-                         f"FaceBox with finite coordinates; {usage}")
+        raise ValueError(
+            f"detector {name!r} failed on an image ({type(e).__name__}: {message}); {usage}"
+        ) from None
+    if (
+        not isinstance(boxes, (list, tuple))
+        or not all(isinstance(b, FaceBox) for b in boxes)
+        or not all(math.isfinite(v) for b in boxes for v in (b.x0, b.y0, b.x1, b.y1, b.score))
+    ):
+        raise ValueError(
+            f"detector {name!r} returned {type(boxes).__name__} {str(boxes)[:60]!r}, not a list of "
+            f"FaceBox with finite coordinates; {usage}"
+        )
     return list(boxes)
 
 
@@ -209,14 +225,18 @@ def make_detector(spec: str = "haar") -> Detector:
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except Exception as e:  # ImportError, AttributeError, or the module failing as it is imported
-            raise ValueError(f"detector {spec!r}: cannot import it ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:160]})") from None
+            raise ValueError(
+                f"detector {spec!r}: cannot import it ({type(e).__name__}: "
+                f"{(str(e).splitlines() or [''])[0][:160]})"
+            ) from None
         if isinstance(obj, type):
             try:
                 obj = obj()
             except Exception as e:
-                raise ValueError(f"detector {spec!r}: the class cannot be instantiated without arguments "
-                                 f"({type(e).__name__}); give a callable image → list of FaceBox") from None
+                raise ValueError(
+                    f"detector {spec!r}: the class cannot be instantiated without arguments "
+                    f"({type(e).__name__}); give a callable image → list of FaceBox"
+                ) from None
         if not callable(obj):
             raise ValueError(f"detector {spec!r} is not callable; give a function image → list of FaceBox")
         name = getattr(obj, "name", None)
@@ -247,11 +267,19 @@ class Framing:
         if missing:
             raise ValueError(f"framing record lacks {missing}")
         try:
-            framing = cls(float(d["center_x"]), float(d["center_y"]), float(d["size"]), str(d["detector"]),
-                          int(d["renders"]))
+            framing = cls(
+                float(d["center_x"]),
+                float(d["center_y"]),
+                float(d["size"]),
+                str(d["detector"]),
+                int(d["renders"]),
+            )
         except (TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"framing record has a bad value ({e})") from None
-        if not all(math.isfinite(v) for v in (framing.center_x, framing.center_y, framing.size)) or framing.size <= 0:
+        if (
+            not all(math.isfinite(v) for v in (framing.center_x, framing.center_y, framing.size))
+            or framing.size <= 0
+        ):
             raise ValueError(f"framing record has non-finite or non-positive values {framing}")
         return framing
 
@@ -262,8 +290,15 @@ def none_framing() -> Framing:
 
 
 @torch.no_grad()
-def measure_framing(G, detector: Detector, n: int = 16, seed: int = 0, resolution: int = 256,
-                    truncation_psi: float = 0.7, progress: bool = True) -> Framing:
+def measure_framing(
+    G,
+    detector: Detector,
+    n: int = 16,
+    seed: int = 0,
+    resolution: int = 256,
+    truncation_psi: float = 0.7,
+    progress: bool = True,
+) -> Framing:
     """Render ``n`` random latents (``torch.Generator`` seeded with ``seed``) from the frontal camera,
     deterministically, run ``detector`` on each uint8 render, keep the largest box per render and
     return the median centre and size. Raises ``ValueError`` if fewer than half the renders have a face."""
@@ -283,8 +318,10 @@ def measure_framing(G, detector: Detector, n: int = 16, seed: int = 0, resolutio
             cx, cy = box.center
             found.append((cx / resolution, cy / resolution, box.size / resolution))
     if 2 * len(found) < n:
-        raise ValueError(f"detector {name!r} found a face in only {len(found)} of {n} frontal renders of the GAN: "
-                         f"it does not find faces in the GAN's renders; use another detector ({DETECTOR_CHOICES})")
+        raise ValueError(
+            f"detector {name!r} found a face in only {len(found)} of {n} frontal renders of the GAN: "
+            f"it does not find faces in the GAN's renders; use another detector ({DETECTOR_CHOICES})"
+        )
     cx, cy, size = np.median(np.asarray(found), axis=0)
     return Framing(float(cx), float(cy), float(size), name, len(found))
 
@@ -327,8 +364,11 @@ def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kw
     if _is_none_detector(detector):
         return none_framing()
     name = detector_name(detector)
-    defaults = {k: p.default for k, p in inspect.signature(measure_framing).parameters.items()
-                if k in _FRAMING_SETTINGS}
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(measure_framing).parameters.items()
+        if k in _FRAMING_SETTINGS
+    }
     settings = {k: measure_kwargs.get(k, v) for k, v in defaults.items()}
     cascade = getattr(detector, "path", None)  # a cascade file edited in place keeps its name: key on it too
     if isinstance(cascade, str) and os.path.isfile(cascade):
@@ -389,8 +429,9 @@ def _resample(image: np.ndarray, x0: float, y0: float, side: float, size: int) -
     # output pixel centre i + 0.5 ↔ source coordinate x0 + (i + 0.5)·side/size, in pixel-centre indices
     kx, ky = side * sx / size, side * sy / size
     m = np.array([[kx, 0.0, x0 * sx + 0.5 * kx - 0.5], [0.0, ky, y0 * sy + 0.5 * ky - 0.5]])
-    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(
+        image, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def _align_face(image: np.ndarray, face: FaceBox, framing: Framing, size: int) -> AlignedImage:
@@ -398,15 +439,18 @@ def _align_face(image: np.ndarray, face: FaceBox, framing: Framing, size: int) -
     cx, cy = face.center
     x0, y0 = cx - framing.center_x * side, cy - framing.center_y * side
     h, w = image.shape[:2]
-    return AlignedImage(_resample(image, x0, y0, side, size), face, (x0, y0, side),
-                        crop_padding(x0, y0, side, w, h))
+    return AlignedImage(
+        _resample(image, x0, y0, side, size), face, (x0, y0, side), crop_padding(x0, y0, side, w, h)
+    )
 
 
 def _align_whole(image: np.ndarray, size: int, source: str) -> AlignedImage:
     h, w = image.shape[:2]
     if h != w:
-        raise ValueError(f"{source}: detector 'none' needs an aligned square image, got {w}x{h}; "
-                         "crop it square or use a face detector (e.g. 'haar')")
+        raise ValueError(
+            f"{source}: detector 'none' needs an aligned square image, got {w}x{h}; "
+            "crop it square or use a face detector (e.g. 'haar')"
+        )
     return AlignedImage(_resample(image, 0.0, 0.0, float(w), size), None, (0.0, 0.0, float(w)), 0.0)
 
 
@@ -423,12 +467,15 @@ def require_faces(images: Sequence[np.ndarray], detector: Detector, names: Seque
         return
     if len(images) == 1:
         raise _no_face(names[0], _min_face_px(detector, *images[0].shape[:2]))
-    raise NoFaceError(f"no face found in any of the {len(images)} images ({', '.join(names)}); try another "
-                      "prompt or seed, or pass an aligned square crop with detector 'none'")
+    raise NoFaceError(
+        f"no face found in any of the {len(images)} images ({', '.join(names)}); try another "
+        "prompt or seed, or pass an aligned square crop with detector 'none'"
+    )
 
 
-def align_image(image: np.ndarray, framing: Framing, detector: Detector, size: int = 512,
-                source: str = "image") -> AlignedImage:
+def align_image(
+    image: np.ndarray, framing: Framing, detector: Detector, size: int = 512, source: str = "image"
+) -> AlignedImage:
     """Crop ``image`` square around its largest (then highest-scoring) face so that the face sits
     where ``framing`` says the GAN puts it, resampled to ``size × size``.
 
@@ -444,9 +491,15 @@ def align_image(image: np.ndarray, framing: Framing, detector: Detector, size: i
     return _align_face(image, boxes[0], framing, size)
 
 
-def select_candidate(images: Sequence[np.ndarray], framing: Framing, detector: Detector,
-                     names: Optional[Sequence[str]] = None, size: int = 512, max_padding: float = 0.2,
-                     min_face_fraction: float = 0.08) -> tuple[int, list[Optional[AlignedImage]], list[dict]]:
+def select_candidate(
+    images: Sequence[np.ndarray],
+    framing: Framing,
+    detector: Detector,
+    names: Optional[Sequence[str]] = None,
+    size: int = 512,
+    max_padding: float = 0.2,
+    min_face_fraction: float = 0.08,
+) -> tuple[int, list[Optional[AlignedImage]], list[dict]]:
     """Align every candidate, drop the unusable ones and pick the best of the rest.
 
     Dropped: no face; an ambiguous photo (a second face at least half the size of the largest); a
@@ -469,8 +522,15 @@ def select_candidate(images: Sequence[np.ndarray], framing: Framing, detector: D
     for image, name in zip(images, names):
         image = as_rgb(image)
         h, w = image.shape[:2]
-        row = {"name": name, "kept": False, "reason": "", "faces": 0, "score": None, "padding": None,
-               "face_fraction": None}
+        row = {
+            "name": name,
+            "kept": False,
+            "reason": "",
+            "faces": 0,
+            "score": None,
+            "padding": None,
+            "face_fraction": None,
+        }
         result = None
         if _is_none_detector(detector):
             try:
@@ -484,19 +544,28 @@ def select_candidate(images: Sequence[np.ndarray], framing: Framing, detector: D
             if boxes:
                 face = boxes[0]
                 candidate = _align_face(image, face, framing, size)
-                row.update(score=float(face.score), padding=float(candidate.padding),
-                           face_fraction=face.size / min(h, w))
+                row.update(
+                    score=float(face.score),
+                    padding=float(candidate.padding),
+                    face_fraction=face.size / min(h, w),
+                )
             if not boxes:
                 row["reason"] = "no face found"
             elif len(boxes) > 1 and boxes[1].size >= AMBIGUOUS_FACE_RATIO * boxes[0].size:
-                row["reason"] = (f"ambiguous: {len(boxes)} faces, the second {boxes[1].size / boxes[0].size:.2f}x "
-                                 f"the size of the largest")
+                row["reason"] = (
+                    f"ambiguous: {len(boxes)} faces, the second {boxes[1].size / boxes[0].size:.2f}x "
+                    f"the size of the largest"
+                )
             elif row["face_fraction"] < min_face_fraction:
-                row["reason"] = (f"face too small: {face.size:.0f} px, {row['face_fraction']:.3f} of the image side "
-                                 f"(< {min_face_fraction})")
+                row["reason"] = (
+                    f"face too small: {face.size:.0f} px, {row['face_fraction']:.3f} of the image side "
+                    f"(< {min_face_fraction})"
+                )
             elif candidate.padding > max_padding:
-                row["reason"] = (f"crop needs {candidate.padding:.1%} padding outside the image "
-                                 f"(> {max_padding:.0%}): the face is too close to the border or too large")
+                row["reason"] = (
+                    f"crop needs {candidate.padding:.1%} padding outside the image "
+                    f"(> {max_padding:.0%}): the face is too close to the border or too large"
+                )
             else:
                 result = candidate
         row["kept"] = result is not None
@@ -510,6 +579,9 @@ def select_candidate(images: Sequence[np.ndarray], framing: Framing, detector: D
     for i in kept:
         r = report[i]
         summary = f"{r['faces']} face(s), score {r['score']:.3g}, padding {r['padding']:.1%}"
-        r["reason"] = (f"selected: {summary}" if i == best
-                       else f"kept but not selected: {summary} (selected {report[best]['name']!r})")
+        r["reason"] = (
+            f"selected: {summary}"
+            if i == best
+            else f"kept but not selected: {summary} (selected {report[best]['name']!r})"
+        )
     return best, aligned, report

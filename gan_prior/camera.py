@@ -13,6 +13,7 @@ c2w. Points map as ``x_e = P x_t`` with ``P = [[0,1,0],[0,0,1],[1,0,0]]`` (a pro
 ``a = h − 90°``, ``e = asin(1 − 2v/π)``; threestudio must look at the pivot (0, 0, 0.0649)_t.
 These are exact (checked to ~3e-7 against the official code, see camera-check.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,17 +56,23 @@ def look_at(origins: Tensor, target: Tensor) -> Tensor:
     return c2w
 
 
-def lookat_pose(h: Number, v: Number, radius: float = CANONICAL_RADIUS,
-                pivot=LOOKAT_PIVOT) -> Tensor:
+def lookat_pose(h: Number, v: Number, radius: float = CANONICAL_RADIUS, pivot=LOOKAT_PIVOT) -> Tensor:
     """The official ``LookAtPoseSampler.sample(h, v, pivot, radius)`` (radians) → ``[B, 4, 4]``."""
     like = h if isinstance(h, Tensor) else v if isinstance(v, Tensor) else None
     h, v = torch.broadcast_tensors(_as_batch(h, like), _as_batch(v, like))
     v = v.clamp(1e-5, math.pi - 1e-5)
     phi = torch.arccos(1 - 2 * v / math.pi)
-    origins = torch.stack([radius * torch.sin(phi) * torch.cos(math.pi - h),
-                           radius * torch.cos(phi),
-                           radius * torch.sin(phi) * torch.sin(math.pi - h)], -1)
-    return look_at(origins, torch.tensor(pivot, dtype=origins.dtype, device=origins.device).expand_as(origins))
+    origins = torch.stack(
+        [
+            radius * torch.sin(phi) * torch.cos(math.pi - h),
+            radius * torch.cos(phi),
+            radius * torch.sin(phi) * torch.sin(math.pi - h),
+        ],
+        -1,
+    )
+    return look_at(
+        origins, torch.tensor(pivot, dtype=origins.dtype, device=origins.device).expand_as(origins)
+    )
 
 
 def camera_label(c2w: Tensor, focal: Union[float, Tensor] = GAN_FOCAL) -> Tensor:

@@ -14,6 +14,7 @@ Every failure raises :class:`CheckpointError` with one line naming the file and 
 The readers know no model: the generator is assembled in :mod:`gan_prior.generator`, pyramid files
 in :mod:`gan_prior.pyramid_files`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -104,7 +105,9 @@ def _numpy_array_stub(*args):
 def _latin1_bytes(text, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles use it for ``bytes`` (``encode(str, 'latin1')``), and nothing else."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _UnsafePayload(f"refused _codecs.encode({type(text).__name__}, {encoding!r:.20}): only latin-1 bytes are data")
+        raise _UnsafePayload(
+            f"refused _codecs.encode({type(text).__name__}, {encoding!r:.20}): only latin-1 bytes are data"
+        )
     return text.encode("latin1")
 
 
@@ -116,6 +119,7 @@ def _fresh(obj: Any) -> Any:
     if obj is dict or (isinstance(obj, type) and issubclass(obj, Stub)):
         return type(obj.__name__, (obj,), {"__module__": obj.__module__})
     if callable(obj):
+
         def factory(*args, **kwargs):
             return obj(*args, **kwargs)
 
@@ -141,9 +145,21 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "_reconstruct"): _numpy_array_stub,
     ("numpy", "ndarray"): _stub_class("numpy", "ndarray"),  # only an argument of _reconstruct (SMPL faces)
     # smplx's SMPL stores its dtype attribute (torch.float32) in the real model_512.pkl
-    **{("torch", str(d).split(".")[1]): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
-                                                    torch.uint8, torch.int8, torch.int16, torch.int32,
-                                                    torch.int64, torch.bool)},
+    **{
+        ("torch", str(d).split(".")[1]): d
+        for d in (
+            torch.float16,
+            torch.bfloat16,
+            torch.float32,
+            torch.float64,
+            torch.uint8,
+            torch.int8,
+            torch.int16,
+            torch.int32,
+            torch.int64,
+            torch.bool,
+        )
+    },
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
 }
@@ -163,11 +179,16 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _fresh(_ALLOWED[(module, name)])
         if module.startswith(_STUB_MODULE_PREFIXES) and name[:1].isupper():
             return _stub_class(module, name)
-        raise CheckpointError.at(self.path, f"refused to load '{module}.{name}': the file asks to call code outside "
-                               "the allow-list of an official Portrait3D checkpoint (not loading it)")
+        raise CheckpointError.at(
+            self.path,
+            f"refused to load '{module}.{name}': the file asks to call code outside "
+            "the allow-list of an official Portrait3D checkpoint (not loading it)",
+        )
 
     def persistent_load(self, pid):
-        raise CheckpointError.at(self.path, "unexpected persistent id in a plain pickle; is this a torch.save file?")
+        raise CheckpointError.at(
+            self.path, "unexpected persistent id in a plain pickle; is this a torch.save file?"
+        )
 
 
 def _open(path: str):
@@ -180,10 +201,15 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError.at(path, f"refused by the weights-only loader ({_one_line(e)}); "
-                          "this file holds objects other than tensors and plain containers") from None
+        raise CheckpointError.at(
+            path,
+            f"refused by the weights-only loader ({_one_line(e)}); "
+            "this file holds objects other than tensors and plain containers",
+        ) from None
     except Exception as e:  # truncated zip, bad magic, ...
-        raise CheckpointError.at(path, f"not a readable torch.save file ({type(e).__name__}: {_one_line(e)})") from None
+        raise CheckpointError.at(
+            path, f"not a readable torch.save file ({type(e).__name__}: {_one_line(e)})"
+        ) from None
 
 
 def read_checkpoint(path: str) -> Any:
@@ -196,7 +222,9 @@ def read_checkpoint(path: str) -> Any:
             raise CheckpointError.at(path, "truncated or corrupt torch.save (zip) file")
         return _torch_load(path)
     if not head or head[0] != 0x80:
-        raise CheckpointError.at(path, "not a pickle or torch.save file (expected an official .pkl/.pth/.ckpt)")
+        raise CheckpointError.at(
+            path, "not a pickle or torch.save file (expected an official .pkl/.pth/.ckpt)"
+        )
     with _open(path) as f:
         try:
             obj = RestrictedUnpickler(f, path).load()
@@ -205,17 +233,27 @@ def read_checkpoint(path: str) -> Any:
         except _UnsafePayload as e:
             raise CheckpointError.at(path, str(e)) from None
         except Exception as e:
-            raise CheckpointError.at(path, f"corrupt or truncated pickle ({type(e).__name__}: {_one_line(e)})") from None
+            raise CheckpointError.at(
+                path, f"corrupt or truncated pickle ({type(e).__name__}: {_one_line(e)})"
+            ) from None
     if isinstance(obj, int) and obj == LEGACY_TORCH_MAGIC:
         return _torch_load(path)
     return obj
 
 
 # ---------------------------------------------------------------------------- TorchScript archives
-_STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-                   "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-                   "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-                   "BoolStorage": torch.bool}
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
 
 
 class _ScriptUnpickler(RestrictedUnpickler):
@@ -235,7 +273,9 @@ class _ScriptUnpickler(RestrictedUnpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError.at(self.path, f"unexpected persistent id {pid!r:.60} in a TorchScript archive")
+            raise CheckpointError.at(
+                self.path, f"unexpected persistent id {pid!r:.60} in a TorchScript archive"
+            )
         _, dtype, key, _location, _numel = pid
         raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
         untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
@@ -268,13 +308,15 @@ def read_torchscript_tensors(path: str) -> dict[str, torch.Tensor]:
     if data_pkl is None:
         raise CheckpointError.at(path, "not a TorchScript archive (no data.pkl beside a code/ folder)")
     with zipfile.ZipFile(path) as archive:
-        prefix = data_pkl[:-len("data.pkl")]
+        prefix = data_pkl[: -len("data.pkl")]
         try:
             root = _ScriptUnpickler(io.BytesIO(archive.read(data_pkl)), path, archive, prefix).load()
         except CheckpointError:
             raise
         except Exception as e:
-            raise CheckpointError.at(path, f"corrupt TorchScript archive ({type(e).__name__}: {_one_line(e)})") from None
+            raise CheckpointError.at(
+                path, f"corrupt TorchScript archive ({type(e).__name__}: {_one_line(e)})"
+            ) from None
 
     out: dict[str, torch.Tensor] = {}
 
@@ -322,4 +364,3 @@ def looks_like_safetensors(path: str) -> bool:
     with _open(path) as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and head[:2] != b"PK" and head[0] != 0x80
-

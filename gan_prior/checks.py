@@ -3,6 +3,7 @@
 Command-line option types (``argparse`` ``type=`` callables: finite floats, bounded integers) and
 checks of loaded data against the generator (pyramid levels and ``ws`` shapes, finite values).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 
 def bounded_int(low: int, high: Optional[int] = None, what: str = "") -> callable:
     """An ``argparse`` type: an integer in ``[low, high]`` (``high`` None: no upper bound)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text, 0) if text.strip().lower().startswith(("0x", "0o", "0b")) else int(text)
@@ -35,6 +37,7 @@ def bounded_int(low: int, high: Optional[int] = None, what: str = "") -> callabl
 
 def finite_float(low: float = -math.inf, high: float = math.inf) -> callable:
     """An ``argparse`` type: a finite float in ``[low, high]`` (``nan``/``inf`` are refused)."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -43,7 +46,9 @@ def finite_float(low: float = -math.inf, high: float = math.inf) -> callable:
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value:g} is out of range: give a number between {low:g} and {high:g}")
+            raise argparse.ArgumentTypeError(
+                f"{value:g} is out of range: give a number between {low:g} and {high:g}"
+            )
         return value
 
     parse.__name__ = "number"
@@ -73,10 +78,14 @@ def check_pyramid(levels: Mapping[int, Tensor], ws: Optional[Tensor], G, source:
     batches = set()
     for r, t in sorted(levels.items()):
         if r < 1 or t.ndim != 5 or t.shape[1] != 3 or tuple(t.shape[-2:]) != (r, r):
-            raise ValueError(f"{source}: level trigrids_{r} has shape {tuple(t.shape)}, expected [B, 3, C, {r}, {r}]")
+            raise ValueError(
+                f"{source}: level trigrids_{r} has shape {tuple(t.shape)}, expected [B, 3, C, {r}, {r}]"
+            )
         if t.shape[2] != cfg.plane_channels:
-            raise ValueError(f"{source}: level trigrids_{r} has {t.shape[2]} channels, the checkpoint's generator "
-                             f"reads {cfg.plane_channels}; was it made with another generator?")
+            raise ValueError(
+                f"{source}: level trigrids_{r} has {t.shape[2]} channels, the checkpoint's generator "
+                f"reads {cfg.plane_channels}; was it made with another generator?"
+            )
         if t.shape[0] < 1:
             raise ValueError(f"{source}: level trigrids_{r} holds no pyramid (batch 0)")
         batches.add(t.shape[0])
@@ -86,8 +95,10 @@ def check_pyramid(levels: Mapping[int, Tensor], ws: Optional[Tensor], G, source:
     if ws is not None:
         want = (G.num_ws, cfg.w_dim)
         if ws.ndim != 3 or tuple(ws.shape[1:]) != want or ws.shape[0] not in (1, *batches):
-            raise ValueError(f"{source}: ws has shape {tuple(ws.shape)}, the checkpoint's generator needs "
-                             f"[{max(batches)}, {want[0]}, {want[1]}]; was it made with another generator?")
+            raise ValueError(
+                f"{source}: ws has shape {tuple(ws.shape)}, the checkpoint's generator needs "
+                f"[{max(batches)}, {want[0]}, {want[1]}]; was it made with another generator?"
+            )
         require_finite(ws, f"{source}: ws")
 
 
@@ -96,10 +107,18 @@ def check_pyramid(levels: Mapping[int, Tensor], ws: Optional[Tensor], G, source:
 # typo or an attack (a 515-byte config.json with synthesis_resolution 2**20 would allocate until the
 # machine runs out). The released model_512 uses 512/512/25/6/2/256/12/3/32/128/32768/512.
 GENERATOR_INT_BOUNDS = {
-    "z_dim": (1, 4096, False), "w_dim": (1, 4096, False), "c_dim": (25, 25, False), "pose_dim": (6, 6, False),
-    "mapping_layers": (1, 32, False), "synthesis_resolution": (4, 1024, True), "trigrid_channels": (1, 256, False),
-    "trigrid_depth": (1, 64, False), "feature_channels": (1, 1024, False), "background_resolution": (4, 2048, True),
-    "background_channel_base": (1, 1 << 20, False), "background_channel_max": (1, 4096, False),
+    "z_dim": (1, 4096, False),
+    "w_dim": (1, 4096, False),
+    "c_dim": (25, 25, False),
+    "pose_dim": (6, 6, False),
+    "mapping_layers": (1, 32, False),
+    "synthesis_resolution": (4, 1024, True),
+    "trigrid_channels": (1, 256, False),
+    "trigrid_depth": (1, 64, False),
+    "feature_channels": (1, 1024, False),
+    "background_resolution": (4, 2048, True),
+    "background_channel_base": (1, 1 << 20, False),
+    "background_channel_max": (1, 4096, False),
 }
 RENDER_INT_BOUNDS = {"depth_resolution": (1, 4096), "depth_resolution_importance": (0, 4096)}
 RENDER_FLOATS = ("ray_start", "ray_end", "box_warp", "triplane_crop", "crop_density")
@@ -121,7 +140,9 @@ def check_generator_config(config, source: str = "config") -> None:
     mapping, and a model of at most :data:`MAX_GENERATOR_ELEMENTS` values (counted on the meta
     device, which allocates nothing)."""
     if not isinstance(config, Mapping):
-        raise ValueError(f"{source}: the generator config is a {type(config).__name__}, expected a mapping of options")
+        raise ValueError(
+            f"{source}: the generator config is a {type(config).__name__}, expected a mapping of options"
+        )
     for name, (low, high, power) in GENERATOR_INT_BOUNDS.items():
         if name not in config:
             continue
@@ -130,7 +151,9 @@ def check_generator_config(config, source: str = "config") -> None:
             raise ValueError(f"{source}: {name} is {value!r:.40}, expected an integer")
         if not low <= value <= high or (power and value & (value - 1)):
             kind = "a power of two " if power else "an integer "
-            raise ValueError(f"{source}: {name} = {value} is out of range; expected {kind}between {low} and {high}")
+            raise ValueError(
+                f"{source}: {name} = {value} is out of range; expected {kind}between {low} and {high}"
+            )
     if "background" in config and not isinstance(config["background"], bool):
         raise ValueError(f"{source}: background is {config['background']!r:.40}, expected true or false")
     render = config.get("render")
@@ -141,8 +164,10 @@ def check_generator_config(config, source: str = "config") -> None:
             if name in RENDER_INT_BOUNDS:
                 low, high = RENDER_INT_BOUNDS[name]
                 if not _is_int(value) or not low <= value <= high:
-                    raise ValueError(f"{source}: render.{name} = {value!r:.40}; expected an integer between "
-                                     f"{low} and {high}")
+                    raise ValueError(
+                        f"{source}: render.{name} = {value!r:.40}; expected an integer between "
+                        f"{low} and {high}"
+                    )
             elif name in RENDER_FLOATS:
                 if not _is_number(value):
                     raise ValueError(f"{source}: render.{name} = {value!r:.40}; expected a finite number")
@@ -158,7 +183,11 @@ def require_own_storage(tensor: Tensor, what: str) -> Tensor:
     overlapping tensor, which a file can use to turn a few MB into many GB once materialised."""
     storage = tensor.untyped_storage().nbytes()
     needed = tensor.numel() * tensor.element_size()
-    if needed > storage or (tensor.numel() > 1 and any(s == 0 and n > 1 for s, n in zip(tensor.stride(), tensor.shape))):
-        raise ValueError(f"{what} is an expanded or overlapping tensor ({tuple(tensor.shape)} over "
-                         f"{storage} bytes of data); refused: such files are malformed or malicious")
+    if needed > storage or (
+        tensor.numel() > 1 and any(s == 0 and n > 1 for s, n in zip(tensor.stride(), tensor.shape))
+    ):
+        raise ValueError(
+            f"{what} is an expanded or overlapping tensor ({tuple(tensor.shape)} over "
+            f"{storage} bytes of data); refused: such files are malformed or malicious"
+        )
     return tensor

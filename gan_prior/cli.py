@@ -9,6 +9,7 @@ Every command checks its arguments before loading anything, refuses to replace f
 ``--out`` unless ``--overwrite`` is given (then it names them), writes only what was asked for, and
 ends a bad input with one ``error:`` line (exit code 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ class UsageError(ValueError):
 
 
 TINY_CHECKPOINT = "tiny"
-CHECKPOINT_HELP = ("model_512.pkl, an official-key state dict, or a saved folder; 'tiny' = a tiny random GAN "
-                   "built on first use (smoke runs: its images are coloured noise)")
+CHECKPOINT_HELP = (
+    "model_512.pkl, an official-key state dict, or a saved folder; 'tiny' = a tiny random GAN "
+    "built on first use (smoke runs: its images are coloured noise)"
+)
 
 
 def checkpoint_path(value: str) -> str:
@@ -56,11 +59,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
-def write_turntable(G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30,
-                    **options) -> str:
+def write_turntable(
+    G, pyramid, ws, out_dir: str, frames: int, resolution: int, chunk: int, fps: int = 30, **options
+) -> str:
     path = os.path.join(out_dir, "turntable.mp4")
-    save_video(path, render_frames(partial(G.render, pyramid, ws), turntable_labels(frames), resolution, chunk, "turntable",
-                                   **options), fps=fps)
+    save_video(
+        path,
+        render_frames(
+            partial(G.render, pyramid, ws),
+            turntable_labels(frames),
+            resolution,
+            chunk,
+            "turntable",
+            **options,
+        ),
+        fps=fps,
+    )
     return path
 
 
@@ -77,15 +91,21 @@ def check_out(out: str, outputs: Sequence[str], overwrite: bool, option: str = "
     if not os.path.isdir(probe):
         raise UsageError(f"{option}: {out} cannot be created: {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{option}: {out} is not writable ({probe}: permission denied); choose another folder")
+        raise UsageError(
+            f"{option}: {out} is not writable ({probe}: permission denied); choose another folder"
+        )
     existing = [name for name in dict.fromkeys(outputs) if os.path.lexists(os.path.join(out, name))]
     folders = [name for name in existing if os.path.isdir(os.path.join(out, name))]
     if folders:
-        raise UsageError(f"{option}: {os.path.join(out, folders[0])} is a folder where a file is to be written; "
-                         "remove it or choose another folder")
+        raise UsageError(
+            f"{option}: {os.path.join(out, folders[0])} is a folder where a file is to be written; "
+            "remove it or choose another folder"
+        )
     if existing and not overwrite:
-        raise UsageError(f"{option}: {out} already holds {', '.join(existing)}; pass --overwrite to replace "
-                         "them, or choose another folder")
+        raise UsageError(
+            f"{option}: {out} already holds {', '.join(existing)}; pass --overwrite to replace "
+            "them, or choose another folder"
+        )
     if existing:
         print(f"replacing {', '.join(existing)} in {out} (--overwrite)", file=sys.stderr)
 
@@ -93,12 +113,16 @@ def check_out(out: str, outputs: Sequence[str], overwrite: bool, option: str = "
 def _load_pyramid_for(G: PortraitGAN, path: str):
     pyramid, ws = load_pyramid(path)
     if ws is None:
-        raise UsageError(f"{path} holds no 'ws'; the ToRGB and background need the latent it was made from (files "
-                         "from `sample`, inversion_trigrid.pkl, df.pth, epoch_*.pth and the gallery have it)")
+        raise UsageError(
+            f"{path} holds no 'ws'; the ToRGB and background need the latent it was made from (files "
+            "from `sample`, inversion_trigrid.pkl, df.pth, epoch_*.pth and the gallery have it)"
+        )
     check_pyramid(pyramid, ws, G, path)
     if ws.shape[0] != 1 or next(iter(pyramid.values())).shape[0] != 1:
-        raise UsageError(f"{path} holds {max(ws.shape[0], next(iter(pyramid.values())).shape[0])} pyramids; "
-                         "render renders one: save each on its own")
+        raise UsageError(
+            f"{path} holds {max(ws.shape[0], next(iter(pyramid.values())).shape[0])} pyramids; "
+            "render renders one: save each on its own"
+        )
     return pyramid, ws
 
 
@@ -115,16 +139,27 @@ def cmd_sample(args) -> None:
         ws = G.mapping(z, canonical_label(1), truncation_psi=args.truncation)
         pyramid = G.synthesize_pyramid(ws)
     check_pyramid(pyramid, ws, G, f"{args.checkpoint} (the generator's output for seed {args.seed})")
-    save_pyramid(os.path.join(args.out, "pyramid.safetensors"), pyramid, ws,
-                 metadata={"seed": args.seed, "truncation": args.truncation, "checkpoint": os.path.abspath(args.checkpoint)})
+    save_pyramid(
+        os.path.join(args.out, "pyramid.safetensors"),
+        pyramid,
+        ws,
+        metadata={
+            "seed": args.seed,
+            "truncation": args.truncation,
+            "checkpoint": os.path.abspath(args.checkpoint),
+        },
+    )
     with torch.no_grad():
-        front = G.render(pyramid, ws, canonical_label(1), resolution=args.resolution, deterministic=True,
-                         chunk=args.chunk)
+        front = G.render(
+            pyramid, ws, canonical_label(1), resolution=args.resolution, deterministic=True, chunk=args.chunk
+        )
     save_image(os.path.join(args.out, "front.png"), front["image"][0])
     written = ["pyramid.safetensors", "front.png"]
     if G.superresolution is not None:  # the GAN's own output: 128² render → superresolution → 512²
         with torch.no_grad():
-            image = G.synthesize(ws, canonical_label(1), pyramid=pyramid, deterministic=True, chunk=args.chunk)
+            image = G.synthesize(
+                ws, canonical_label(1), pyramid=pyramid, deterministic=True, chunk=args.chunk
+            )
         save_image(os.path.join(args.out, "image.png"), image["image"][0])
         written.append("image.png")
     if args.frames > 0:
@@ -146,10 +181,14 @@ def cmd_render(args) -> None:
     G = PortraitGAN.from_checkpoint(args.checkpoint)
     pyramid, ws = _load_pyramid_for(G, args.pyramid)
     if args.angles:
-        h, v = elevation_azimuth_to_hv(torch.full((len(args.angles),), float(args.elevation)),
-                                       torch.tensor(args.angles, dtype=torch.float32))
+        h, v = elevation_azimuth_to_hv(
+            torch.full((len(args.angles),), float(args.elevation)),
+            torch.tensor(args.angles, dtype=torch.float32),
+        )
         labels = camera_label(lookat_pose(h, v), GAN_FOCAL)
-        frames = list(render_frames(partial(G.render, pyramid, ws), labels, args.resolution, args.chunk, "views"))
+        frames = list(
+            render_frames(partial(G.render, pyramid, ws), labels, args.resolution, args.chunk, "views")
+        )
         for angle, frame in zip(args.angles, frames):
             save_image(os.path.join(args.out, _azimuth_name(angle)), frame)
         save_image(os.path.join(args.out, "views.png"), contact_sheet(frames, len(frames)))
@@ -162,15 +201,27 @@ def cmd_invert(args) -> None:
     from .alignment import make_detector
     from .portrait_init import RANDOM_VGG16, PortraitInitConfig, initialize_portrait
 
-    cfg = PortraitInitConfig.from_dict(dict(
-        prompt=args.prompt, image=args.image, text_to_image_model=args.sd_model, num_candidates=args.candidates,
-        candidate_seed=args.seed, candidate_steps=args.sd_steps, candidate_resolution=args.sd_resolution,
-        detector=args.detector, aligned_resolution=args.aligned_resolution, vgg16=args.vgg16 or RANDOM_VGG16,
-        inversion=dict(steps=args.steps, resolution=args.resolution)))
+    cfg = PortraitInitConfig.from_dict(
+        dict(
+            prompt=args.prompt,
+            image=args.image,
+            text_to_image_model=args.sd_model,
+            num_candidates=args.candidates,
+            candidate_seed=args.seed,
+            candidate_steps=args.sd_steps,
+            candidate_resolution=args.sd_resolution,
+            detector=args.detector,
+            aligned_resolution=args.aligned_resolution,
+            vgg16=args.vgg16 or RANDOM_VGG16,
+            inversion=dict(steps=args.steps, resolution=args.resolution),
+        )
+    )
     if args.prompt is not None and not args.prompt.strip():
-        raise UsageError("--prompt: empty; describe the portrait, e.g. \"portrait of a 25 y.o. woman\"")
+        raise UsageError('--prompt: empty; describe the portrait, e.g. "portrait of a 25 y.o. woman"')
     if args.seed + args.candidates - 1 > MAX_SEED:
-        raise UsageError(f"--seed: {args.seed} + {args.candidates} candidates passes the largest seed {MAX_SEED}")
+        raise UsageError(
+            f"--seed: {args.seed} + {args.candidates} candidates passes the largest seed {MAX_SEED}"
+        )
     try:
         cfg.validate()
     except ValueError as e:
@@ -182,10 +233,15 @@ def cmd_invert(args) -> None:
         raise UsageError(f"--detector: {e}") from None
     G = PortraitGAN.from_checkpoint(args.checkpoint)
     if cfg.allow_random_vgg16:
-        print("warning: no --vgg16 file: using a randomly initialised VGG16 (only for smoke tests)", file=sys.stderr)
+        print(
+            "warning: no --vgg16 file: using a randomly initialised VGG16 (only for smoke tests)",
+            file=sys.stderr,
+        )
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     initialize_portrait(G, args.checkpoint, cfg, args.out, device, overwrite=args.overwrite or False)
-    print(f"wrote {args.out}: aligned.png, w_plus.safetensors, pyramid.safetensors, comparison.png (target | inversion)")
+    print(
+        f"wrote {args.out}: aligned.png, w_plus.safetensors, pyramid.safetensors, comparison.png (target | inversion)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,49 +252,105 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--checkpoint", required=True, type=checkpoint_path, help=CHECKPOINT_HELP)
         sp.add_argument("--out", required=True, help="output folder")
-        sp.add_argument("--resolution", type=resolution, default=256, help="render size in pixels (neural rendering, no SR)")
-        sp.add_argument("--frames", type=bounded_int(0, MAX_FRAMES), default=120, help="turntable frames (0 = no video)")
-        sp.add_argument("--chunk", type=bounded_int(1), default=16384, help="rays per renderer call (memory cap)")
-        sp.add_argument("--overwrite", action="store_true", help="replace files of the same name already in --out")
+        sp.add_argument(
+            "--resolution",
+            type=resolution,
+            default=256,
+            help="render size in pixels (neural rendering, no SR)",
+        )
+        sp.add_argument(
+            "--frames", type=bounded_int(0, MAX_FRAMES), default=120, help="turntable frames (0 = no video)"
+        )
+        sp.add_argument(
+            "--chunk", type=bounded_int(1), default=16384, help="rays per renderer call (memory cap)"
+        )
+        sp.add_argument(
+            "--overwrite", action="store_true", help="replace files of the same name already in --out"
+        )
 
-    s = sub.add_parser("sample", help="seed → pyramid tri-grid file + front render + the GAN's superresolved "
-                                      "image.png (512²) + turntable video")
+    s = sub.add_parser(
+        "sample",
+        help="seed → pyramid tri-grid file + front render + the GAN's superresolved "
+        "image.png (512²) + turntable video",
+    )
     common(s)
     s.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="seed of the latent z")
-    s.add_argument("--truncation", type=finite_float(-10.0, 10.0), default=0.7,
-                   help="ψ: 0 = the average face, 1 = no truncation")
+    s.add_argument(
+        "--truncation",
+        type=finite_float(-10.0, 10.0),
+        default=0.7,
+        help="ψ: 0 = the average face, 1 = no truncation",
+    )
     s.set_defaults(func=cmd_sample, outputs=sample_outputs)
 
     r = sub.add_parser("render", help="any pyramid tri-grid file (ours or official) → images and a turntable")
     common(r)
-    r.add_argument("--pyramid", required=True, help="pyramid file: ours (.safetensors) or official (.pkl/.pth)")
-    r.add_argument("--angles", type=finite_float(-3600.0, 3600.0), nargs="*", default=[],
-                   help="azimuths in degrees (0 = front)")
-    r.add_argument("--elevation", type=finite_float(-89.0, 89.0), default=0.0, help="elevation in degrees for --angles")
+    r.add_argument(
+        "--pyramid", required=True, help="pyramid file: ours (.safetensors) or official (.pkl/.pth)"
+    )
+    r.add_argument(
+        "--angles",
+        type=finite_float(-3600.0, 3600.0),
+        nargs="*",
+        default=[],
+        help="azimuths in degrees (0 = front)",
+    )
+    r.add_argument(
+        "--elevation", type=finite_float(-89.0, 89.0), default=0.0, help="elevation in degrees for --angles"
+    )
     r.set_defaults(func=cmd_render, outputs=render_outputs)
 
-    v = sub.add_parser("invert", help="a photo (or a prompt) → aligned crop → w+ → pyramid tri-grid (GAN inversion)")
+    v = sub.add_parser(
+        "invert", help="a photo (or a prompt) → aligned crop → w+ → pyramid tri-grid (GAN inversion)"
+    )
     v.add_argument("--checkpoint", required=True, type=checkpoint_path, help=CHECKPOINT_HELP)
     src = v.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="a portrait photo (any size; the face is found and framed as the GAN's renders)")
+    src.add_argument(
+        "--image", help="a portrait photo (any size; the face is found and framed as the GAN's renders)"
+    )
     src.add_argument("--prompt", help="generate candidate portraits with Stable Diffusion first")
-    v.add_argument("--out", required=True,
-                   help="output folder (finished steps made from the same inputs are reused)")
-    v.add_argument("--overwrite", action="store_true",
-                   help="redo every step, replacing a result in --out (also one made from other inputs)")
-    v.add_argument("--vgg16", default=None, help="the official vgg16.pt or a torchvision VGG16 state dict for the "
-                   "perceptual loss; 'random' (or none) = a random network, for smoke runs only")
-    v.add_argument("--detector", default="haar",
-                   help="'haar' (OpenCV, default), an OpenCV cascade .xml, 'module:callable', or 'none' (already aligned)")
+    v.add_argument(
+        "--out", required=True, help="output folder (finished steps made from the same inputs are reused)"
+    )
+    v.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every step, replacing a result in --out (also one made from other inputs)",
+    )
+    v.add_argument(
+        "--vgg16",
+        default=None,
+        help="the official vgg16.pt or a torchvision VGG16 state dict for the "
+        "perceptual loss; 'random' (or none) = a random network, for smoke runs only",
+    )
+    v.add_argument(
+        "--detector",
+        default="haar",
+        help="'haar' (OpenCV, default), an OpenCV cascade .xml, 'module:callable', or 'none' (already aligned)",
+    )
     v.add_argument("--steps", type=bounded_int(0, 100_000), default=500, help="inversion steps")
-    v.add_argument("--resolution", type=bounded_int(16, MAX_RESOLUTION), default=256,
-                   help="neural render size compared with the image")
-    v.add_argument("--aligned-resolution", type=bounded_int(16, MAX_RESOLUTION), default=512,
-                   help="size of the aligned square crop")
+    v.add_argument(
+        "--resolution",
+        type=bounded_int(16, MAX_RESOLUTION),
+        default=256,
+        help="neural render size compared with the image",
+    )
+    v.add_argument(
+        "--aligned-resolution",
+        type=bounded_int(16, MAX_RESOLUTION),
+        default=512,
+        help="size of the aligned square crop",
+    )
     v.add_argument("--sd-model", default=DEFAULT_TEXT_TO_IMAGE_MODEL, help="diffusers folder or hub id")
-    v.add_argument("--candidates", type=bounded_int(1, 64), default=6, help="candidate images from the prompt")
-    v.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0,
-                   help="seed of the first candidate (candidate i: seed + i)")
+    v.add_argument(
+        "--candidates", type=bounded_int(1, 64), default=6, help="candidate images from the prompt"
+    )
+    v.add_argument(
+        "--seed",
+        type=bounded_int(0, MAX_SEED),
+        default=0,
+        help="seed of the first candidate (candidate i: seed + i)",
+    )
     v.add_argument("--sd-steps", type=bounded_int(1, 1000), default=50, help="PLMS steps per candidate")
     v.add_argument("--sd-resolution", type=bounded_int(64, 2048), default=512, help="a multiple of 8")
     v.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
@@ -252,7 +364,9 @@ def _check_args(args) -> None:
     if args.command == "render" and not args.angles and args.frames == 0:
         raise UsageError("nothing to render: give --angles and/or --frames > 0")
     if args.command == "invert" and args.sd_resolution % 8:
-        raise UsageError(f"--sd-resolution: {args.sd_resolution} is not a multiple of 8 (Stable Diffusion's VAE)")
+        raise UsageError(
+            f"--sd-resolution: {args.sd_resolution} is not a multiple of 8 (Stable Diffusion's VAE)"
+        )
     for option in ("checkpoint", "pyramid", "image", "vgg16", "inception"):
         path = getattr(args, option, None)
         if path is not None and (not path.strip() or "\0" in path):
@@ -276,7 +390,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except OSError as e:  # unreadable or unwritable files: name the file and the reason
         where = e.filename or getattr(args, "out", "")
-        print(f"error: {where}: {e.strerror or _one_line(e)}; check the path and its permissions", file=sys.stderr)
+        print(
+            f"error: {where}: {e.strerror or _one_line(e)}; check the path and its permissions",
+            file=sys.stderr,
+        )
         return 2
     except (MemoryError, torch.cuda.OutOfMemoryError) as e:
         print(f"error: out of memory ({type(e).__name__}); lower --resolution or --chunk", file=sys.stderr)
@@ -287,7 +404,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # a bug: one line, the traceback on request
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (a bug; set {DEBUG_ENV}=1 for the "
-              "traceback and report it)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(e).__name__}: {_one_line(e)} (a bug; set {DEBUG_ENV}=1 for the "
+            "traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
     return 0

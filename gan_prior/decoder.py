@@ -6,6 +6,7 @@ Output 0 is the raw density σ (the renderer applies ``softplus(σ - 1)``); outp
 (the released model uses ``decoder_activation='none'``) and no view dependence. The paper calls
 the decoder "modulated by w"; in the code it is not — only ToRGB and the background use w.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -17,8 +18,11 @@ class TriGridDecoder(nn.Module):
     def __init__(self, in_features: int = 12, hidden: int = 32, out_features: int = 32):
         super().__init__()
         self.out_features = out_features
-        self.net = nn.Sequential(FullyConnectedLayer(in_features, hidden), nn.Softplus(),
-                                 FullyConnectedLayer(hidden, 1 + out_features))
+        self.net = nn.Sequential(
+            FullyConnectedLayer(in_features, hidden),
+            nn.Softplus(),
+            FullyConnectedLayer(hidden, 1 + out_features),
+        )
 
     def forward(self, sampled: Tensor) -> tuple[Tensor, Tensor]:
         """sampled ``[B, 3, M, C]`` → (sigma ``[B, M, 1]``, features ``[B, M, out_features]``)."""

@@ -22,6 +22,7 @@ posterior sample and the noise from one seeded generator instead of the global R
 returns tensors in [−1, 1] instead of 8-bit PNG files. The official script runs SD's safety checker
 on the candidates; pipelines here are loaded without it.
 """
+
 from __future__ import annotations
 
 import os
@@ -119,7 +120,9 @@ def check_pipeline_source(model: str, option: str = "model") -> bool:
         _check_pipeline_folder(local, option)
         return True
     if os.path.exists(local):
-        raise DiffusionModelError(f"{option}: {model} is a file, not a diffusers pipeline folder; give its folder")
+        raise DiffusionModelError(
+            f"{option}: {model} is a file, not a diffusers pipeline folder; give its folder"
+        )
     if not _HUB_ID.match(model):
         raise DiffusionModelError(
             f"{option}: folder {model} does not exist; give a diffusers pipeline folder or a hub id such as "
@@ -159,7 +162,9 @@ def load_pipeline(
         try:
             pipe = _from_pretrained(local, dtype)
         except (OSError, ValueError, KeyError) as err:
-            raise DiffusionModelError(f"{option}: cannot load the pipeline in {local}: {_first_line(err)}") from err
+            raise DiffusionModelError(
+                f"{option}: cannot load the pipeline in {local}: {_first_line(err)}"
+            ) from err
     else:
         pipe = _load_hub_pipeline(model, dtype, option)
     pipe = pipe.to(device)
@@ -224,7 +229,9 @@ class Candidate:
 
 def _check_text_to_image(cfg: TextToImageConfig) -> None:
     if cfg.resolution < 64 or cfg.resolution % _VAE_FACTOR:
-        raise ValueError(f"resolution must be a multiple of {_VAE_FACTOR} and at least 64, got {cfg.resolution}")
+        raise ValueError(
+            f"resolution must be a multiple of {_VAE_FACTOR} and at least 64, got {cfg.resolution}"
+        )
     if cfg.steps < 1:
         raise ValueError(f"steps must be at least 1, got {cfg.steps}")
     if cfg.num_candidates < 1:
@@ -352,7 +359,9 @@ def sdedit(
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
         latents = scheduler.add_noise(latents, noise, noise_level)
         for t in timesteps:
-            noise_uncond, noise_cond = unet(torch.cat([latents] * 2), t, encoder_hidden_states=text).sample.chunk(2)
+            noise_uncond, noise_cond = unet(
+                torch.cat([latents] * 2), t, encoder_hidden_states=text
+            ).sample.chunk(2)
             noise_pred = noise_uncond + cfg.guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, eta=0.0).prev_sample
         out = vae.decode(latents / scale).sample.clamp(-1, 1)

@@ -12,6 +12,7 @@ and FID / KID between images of the diffusion model and rendered views.
 The paper does not give its CLIP variant, sample counts or view set; the numbers are comparable
 between runs of this code, not to the paper's table.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,12 +56,19 @@ def load_images(source: Images, option: str = "--renders", exclude: Sequence[str
                     names = sorted(os.listdir(p))
                 except OSError as e:
                     raise EvaluationError(f"{option}: {p} cannot be listed ({e.strerror})") from None
-                files += [os.path.join(p, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)
-                          and not f.startswith(".") and os.path.realpath(os.path.join(p, f)) not in skip]
+                files += [
+                    os.path.join(p, f)
+                    for f in names
+                    if f.lower().endswith(IMAGE_SUFFIXES)
+                    and not f.startswith(".")
+                    and os.path.realpath(os.path.join(p, f)) not in skip
+                ]
             elif os.path.isfile(p):
                 files.append(p)
             else:
-                raise EvaluationError(f"{option}: {p} not found; give a folder of images, image files or a video")
+                raise EvaluationError(
+                    f"{option}: {p} not found; give a folder of images, image files or a video"
+                )
         images = []
         for f in files:
             try:
@@ -69,7 +77,9 @@ def load_images(source: Images, option: str = "--renders", exclude: Sequence[str
                 else:
                     images.append(np.asarray(imageio.imread(f)))
             except Exception as e:
-                raise EvaluationError(f"{option}: {f} is not a readable image or video ({type(e).__name__})") from None
+                raise EvaluationError(
+                    f"{option}: {f} is not a readable image or video ({type(e).__name__})"
+                ) from None
     if not images:
         raise EvaluationError(f"{option}: no images found in {source!r}")
     try:
@@ -86,8 +96,10 @@ def _load_clip(model: str):
     try:
         return CLIPModel.from_pretrained(model).eval(), CLIPProcessor.from_pretrained(model)
     except Exception as e:
-        raise EvaluationError(f"--clip: cannot load a CLIP model from {model!r} ({type(e).__name__}); give a local "
-                              "folder (e.g. a download of openai/clip-vit-large-patch14) or a cached hub id") from None
+        raise EvaluationError(
+            f"--clip: cannot load a CLIP model from {model!r} ({type(e).__name__}); give a local "
+            "folder (e.g. a download of openai/clip-vit-large-patch14) or a cached hub id"
+        ) from None
 
 
 @torch.no_grad()
@@ -103,7 +115,7 @@ def clip_score(images: Sequence[np.ndarray], prompt: str, model: str, batch_size
     t = torch.nn.functional.normalize(clip.get_text_features(**text), dim=-1)
     scores = []
     for i in range(0, len(images), batch_size):
-        pixels = processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+        pixels = processor(images=list(images[i : i + batch_size]), return_tensors="pt")["pixel_values"]
         v = torch.nn.functional.normalize(clip.get_image_features(pixel_values=pixels), dim=-1)
         scores += (100 * (v @ t.T).squeeze(-1).clamp(min=0)).tolist()
     return {"clip_score": float(np.mean(scores)), "per_image": scores}
@@ -116,20 +128,25 @@ class InceptionFeatures:
         import pytorch_fid.inception as fid_inception
 
         if not weights_path or not os.path.isfile(weights_path):
-            raise EvaluationError(f"--inception: {weights_path} not found; give pt_inception-2015-12-05-6726825d.pth "
-                                  "(the FID Inception weights pytorch-fid uses)")
+            raise EvaluationError(
+                f"--inception: {weights_path} not found; give pt_inception-2015-12-05-6726825d.pth "
+                "(the FID Inception weights pytorch-fid uses)"
+            )
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise EvaluationError(f"--inception: {weights_path} is not a readable weights file "
-                                  f"({type(e).__name__})") from None
+            raise EvaluationError(
+                f"--inception: {weights_path} is not a readable weights file ({type(e).__name__})"
+            ) from None
         original = fid_inception.load_state_dict_from_url
         fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state  # never download
         try:
             self.net = fid_inception.InceptionV3([fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
         except RuntimeError as e:
-            raise EvaluationError(f"--inception: {weights_path} does not hold the FID Inception weights "
-                                  f"({str(e).splitlines()[0]})") from None
+            raise EvaluationError(
+                f"--inception: {weights_path} does not hold the FID Inception weights "
+                f"({str(e).splitlines()[0]})"
+            ) from None
         finally:
             fid_inception.load_state_dict_from_url = original
         self.net = self.net.eval().to(device)
@@ -139,7 +156,7 @@ class InceptionFeatures:
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
         feats = []
         for i in tqdm(range(0, len(images), batch_size), desc="inception", unit="batch"):
-            x = torch.from_numpy(np.stack(images[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255
+            x = torch.from_numpy(np.stack(images[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255
             feats.append(self.net(x.to(self.device))[0].flatten(1).cpu().double().numpy())
         return np.concatenate(feats)
 
@@ -160,36 +177,61 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     d = x.shape[1]
     kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
     m, n = len(x), len(y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
 
 
-def kernel_inception_distance(feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID ``(mean, std)`` over ``subsets`` random subsets of ``min(subset_size, len(a), len(b))``."""
     size = min(subset_size, len(feats_a), len(feats_b))
     if size < 2:
         raise EvaluationError("KID needs at least 2 images in each set")
     rng = np.random.RandomState(seed)
-    values = [_mmd2_unbiased(feats_a[rng.choice(len(feats_a), size, replace=False)],
-                             feats_b[rng.choice(len(feats_b), size, replace=False)]) for _ in range(subsets)]
+    values = [
+        _mmd2_unbiased(
+            feats_a[rng.choice(len(feats_a), size, replace=False)],
+            feats_b[rng.choice(len(feats_b), size, replace=False)],
+        )
+        for _ in range(subsets)
+    ]
     return float(np.mean(values)), float(np.std(values))
 
 
-def evaluate(renders: Images, prompt: str, out_dir: str, clip_model: Optional[str] = None,
-             reference: Optional[Images] = None, inception_weights: Optional[str] = None,
-             sheet_columns: int = 8) -> dict:
+def evaluate(
+    renders: Images,
+    prompt: str,
+    out_dir: str,
+    clip_model: Optional[str] = None,
+    reference: Optional[Images] = None,
+    inception_weights: Optional[str] = None,
+    sheet_columns: int = 8,
+) -> dict:
     """Compute the requested metrics; write ``metrics.json`` and ``contact_sheet.png`` to ``out_dir``."""
     if (reference is None) != (inception_weights is None):
-        raise EvaluationError("FID/KID need both --reference (images of the diffusion model) and --inception "
-                              "(the FID Inception weights); give both or neither")
+        raise EvaluationError(
+            "FID/KID need both --reference (images of the diffusion model) and --inception "
+            "(the FID Inception weights); give both or neither"
+        )
     if sheet_columns < 1:
         raise EvaluationError(f"--columns: {sheet_columns} is not a positive number of contact-sheet columns")
     own = [os.path.join(out_dir, name) for name in OUTPUTS]
     views = load_images(renders, "--renders", exclude=own)
-    result = {"prompt": prompt, "num_renders": len(views), "num_reference": None, "clip_model": clip_model,
-              "inception_weights": inception_weights, "clip_score": None, "fid": None, "kid_mean": None,
-              "kid_std": None}
+    result = {
+        "prompt": prompt,
+        "num_renders": len(views),
+        "num_reference": None,
+        "clip_model": clip_model,
+        "inception_weights": inception_weights,
+        "clip_score": None,
+        "fid": None,
+        "kid_mean": None,
+        "kid_std": None,
+    }
     if clip_model is not None:
         result["clip_score"] = clip_score(views, prompt, clip_model)["clip_score"]
     if reference is not None:
@@ -202,31 +244,49 @@ def evaluate(renders: Images, prompt: str, out_dir: str, clip_model: Optional[st
     write_json(os.path.join(out_dir, "metrics.json"), result)
     side = min(min(v.shape[:2]) for v in views)
     tiles = [np.asarray(_resize(v, side)) for v in views]
-    save_image(os.path.join(out_dir, "contact_sheet.png"), contact_sheet(tiles, min(sheet_columns, len(tiles))))
+    save_image(
+        os.path.join(out_dir, "contact_sheet.png"), contact_sheet(tiles, min(sheet_columns, len(tiles)))
+    )
     return result
 
 
 def _resize(image: np.ndarray, side: int) -> np.ndarray:
     import cv2
 
-    return image if image.shape[:2] == (side, side) else cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+    return (
+        image
+        if image.shape[:2] == (side, side)
+        else cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+    )
 
 
 def add_cli(subparsers) -> None:
     from .checks import bounded_int
 
-    e = subparsers.add_parser("evaluate", help="CLIP score and FID/KID of rendered views (paper §5.2) → metrics.json")
+    e = subparsers.add_parser(
+        "evaluate", help="CLIP score and FID/KID of rendered views (paper §5.2) → metrics.json"
+    )
     e.add_argument("--renders", required=True, nargs="+", help="folder of views, image files, or a video")
     e.add_argument("--prompt", required=True)
     e.add_argument("--out", required=True, help="output folder (metrics.json, contact_sheet.png)")
-    e.add_argument("--clip", default=None, help="CLIP model: local folder or hub id (e.g. openai/clip-vit-large-patch14)")
-    e.add_argument("--reference", default=None, nargs="+", help="images of the diffusion model (FID/KID reference)")
-    e.add_argument("--inception", default=None, help="pt_inception-2015-12-05-6726825d.pth (FID Inception weights)")
+    e.add_argument(
+        "--clip", default=None, help="CLIP model: local folder or hub id (e.g. openai/clip-vit-large-patch14)"
+    )
+    e.add_argument(
+        "--reference", default=None, nargs="+", help="images of the diffusion model (FID/KID reference)"
+    )
+    e.add_argument(
+        "--inception", default=None, help="pt_inception-2015-12-05-6726825d.pth (FID Inception weights)"
+    )
     e.add_argument("--columns", type=bounded_int(1, 1024), default=8, help="contact sheet columns")
-    e.add_argument("--overwrite", action="store_true", help="replace metrics.json / contact_sheet.png in --out")
+    e.add_argument(
+        "--overwrite", action="store_true", help="replace metrics.json / contact_sheet.png in --out"
+    )
     e.set_defaults(func=_cmd_evaluate, outputs=lambda args: list(OUTPUTS))
 
 
 def _cmd_evaluate(args) -> None:
-    result = evaluate(args.renders, args.prompt, args.out, args.clip, args.reference, args.inception, args.columns)
+    result = evaluate(
+        args.renders, args.prompt, args.out, args.clip, args.reference, args.inception, args.columns
+    )
     print(json.dumps(result, indent=1))

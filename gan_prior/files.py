@@ -1,5 +1,6 @@
 """Atomic file output: nothing a user made is left half-written, and no temporary file outlives
 the process that wrote it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -88,8 +89,9 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TMP_TAG}{os.getpid()}-",
-                               suffix=suffix or ".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}{TMP_TAG}{os.getpid()}-", suffix=suffix or ".tmp", dir=folder
+    )
     os.close(fd)
     try:
         yield tmp
@@ -108,8 +110,13 @@ def write_json(path: str, data: dict) -> None:
     """Write ``data`` as JSON atomically (numpy / torch scalars become numbers)."""
     with atomic_path(path, ".json") as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True,
-                      default=lambda x: x.item() if hasattr(x, "item") else str(x))
+            json.dump(
+                data,
+                f,
+                indent=1,
+                sort_keys=True,
+                default=lambda x: x.item() if hasattr(x, "item") else str(x),
+            )
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -128,4 +135,8 @@ CACHE_ENV_VAR = "PORTRAIT3D_CACHE"
 
 def cache_root() -> Path:
     """Folder for everything this project caches: ``$PORTRAIT3D_CACHE`` or ``~/.cache/portrait3d``."""
-    return Path(os.environ.get(CACHE_ENV_VAR) or os.path.join("~", ".cache", "portrait3d")).expanduser().resolve()
+    return (
+        Path(os.environ.get(CACHE_ENV_VAR) or os.path.join("~", ".cache", "portrait3d"))
+        .expanduser()
+        .resolve()
+    )

@@ -12,6 +12,7 @@ canonical, undeformed pyramid).
     out = G.render(pyramid, ws, c, resolution=64)   # image / depth / mask
     out = G.synthesize(ws, c)                 # official synthesis: image (SR, 512²) + image_raw (128²)
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,22 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .checkpoint import (FORMAT_VERSION, CheckpointError, Record, Stub, flatten_module, read_checkpoint,
-                         read_safetensors)
-from .checks import MAX_GENERATOR_ELEMENTS, SAVE_FIX, check_generator_config, require_finite, require_own_storage
+from .checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    Record,
+    Stub,
+    flatten_module,
+    read_checkpoint,
+    read_safetensors,
+)
+from .checks import (
+    MAX_GENERATOR_ELEMENTS,
+    SAVE_FIX,
+    check_generator_config,
+    require_finite,
+    require_own_storage,
+)
 from .decoder import TriGridDecoder
 from .files import atomic_path
 from .generator_config import PortraitGANConfig, config_from_init_kwargs, infer_config, tiny_config
@@ -36,16 +50,24 @@ from .renderer import rays_from_label, render_rays
 from .superresolution import Superresolution
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
 
-__all__ = ["PortraitGAN", "PortraitGANConfig", "tiny_config", "load_generator", "save_generator",
-           "load_state_into", "load_decoder_checkpoint"]
+__all__ = [
+    "PortraitGAN",
+    "PortraitGANConfig",
+    "tiny_config",
+    "load_generator",
+    "save_generator",
+    "load_state_into",
+    "load_decoder_checkpoint",
+]
 
 MASK_EPS = 0.001  # official image_mask = opacity·(1 + 2·0.001) − 0.001
 MODEL_WEIGHTS = "model.safetensors"  # our generator folder: weights (official key names) …
 MODEL_CONFIG = "config.json"  # … and the architecture
 
 
-def background_features(bcg_synthesis: BackgroundSynthesis, ws: Tensor, size: int, noise_mode: str = "const"
-                        ) -> Tensor:
+def background_features(
+    bcg_synthesis: BackgroundSynthesis, ws: Tensor, size: int, noise_mode: str = "const"
+) -> Tensor:
     """``bcg_synthesis``'s feature image for ws ``[B, num_ws, w_dim]`` resized to ``[B, 32, size, size]``
     (bilinear, antialiased, as the official ``sr_antialias``)."""
     bcg = bcg_synthesis(ws, noise_mode)
@@ -68,8 +90,9 @@ class _Backbone(nn.Module):
     def __init__(self, cfg: PortraitGANConfig):
         super().__init__()
         self.synthesis = PyramidSynthesis(cfg.w_dim, cfg.synthesis_resolution, 3 * cfg.plane_channels)
-        self.mapping = MappingNetwork(cfg.z_dim, cfg.c_dim + cfg.pose_dim, cfg.w_dim,
-                                      self.synthesis.num_ws, cfg.mapping_layers)
+        self.mapping = MappingNetwork(
+            cfg.z_dim, cfg.c_dim + cfg.pose_dim, cfg.w_dim, self.synthesis.num_ws, cfg.mapping_layers
+        )
 
 
 class PortraitGAN(nn.Module):
@@ -79,12 +102,28 @@ class PortraitGAN(nn.Module):
         self.backbone = _Backbone(cfg)
         self.decoder = TriGridDecoder(cfg.trigrid_channels, 32, cfg.feature_channels)
         self.torgb = ToRGBLayer(cfg.feature_channels, 3, cfg.w_dim)
-        self.bcg_synthesis = (BackgroundSynthesis(cfg.w_dim, cfg.background_resolution, cfg.feature_channels,
-                                                  cfg.background_channel_base, cfg.background_channel_max)
-                              if cfg.background else None)
-        self.superresolution = (Superresolution(cfg.feature_channels, cfg.w_dim, cfg.background_resolution,
-                                                cfg.superresolution_channels, cfg.superresolution_conv_clamp)
-                                if cfg.superresolution else None)
+        self.bcg_synthesis = (
+            BackgroundSynthesis(
+                cfg.w_dim,
+                cfg.background_resolution,
+                cfg.feature_channels,
+                cfg.background_channel_base,
+                cfg.background_channel_max,
+            )
+            if cfg.background
+            else None
+        )
+        self.superresolution = (
+            Superresolution(
+                cfg.feature_channels,
+                cfg.w_dim,
+                cfg.background_resolution,
+                cfg.superresolution_channels,
+                cfg.superresolution_conv_clamp,
+            )
+            if cfg.superresolution
+            else None
+        )
 
     # ---------------------------------------------------------------- construction / files
     @classmethod
@@ -113,8 +152,14 @@ class PortraitGAN(nn.Module):
     def num_ws(self) -> int:
         return self.backbone.mapping.num_ws
 
-    def mapping(self, z: Tensor, c: Tensor, pose: Optional[Tensor] = None, truncation_psi: float = 1.0,
-                truncation_cutoff: Optional[int] = None) -> Tensor:
+    def mapping(
+        self,
+        z: Tensor,
+        c: Tensor,
+        pose: Optional[Tensor] = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: Optional[int] = None,
+    ) -> Tensor:
         """z ``[B, z_dim]``, label c ``[B, 25]``, body pose ``[B, 6]`` (default 0) → ws ``[B, num_ws, w_dim]``."""
         if pose is None:
             pose = torch.zeros(c.shape[0], self.cfg.pose_dim, device=c.device, dtype=c.dtype)
@@ -146,10 +191,19 @@ class PortraitGAN(nn.Module):
         """The w-modulated ToRGB (with ``ws[:, -1]``) on a ``[B, 32, H, W]`` feature image."""
         return to_rgb(self.torgb, features, ws)
 
-    def render(self, pyramid: Mapping[int, Tensor], ws: Tensor, c: Tensor, resolution: int = 64,
-               deterministic: bool = False, background: bool = True,
-               patch: Optional[tuple[int, int, int]] = None, chunk: Optional[int] = None,
-               noise_mode: str = "const", **render_options) -> dict[str, Tensor]:
+    def render(
+        self,
+        pyramid: Mapping[int, Tensor],
+        ws: Tensor,
+        c: Tensor,
+        resolution: int = 64,
+        deterministic: bool = False,
+        background: bool = True,
+        patch: Optional[tuple[int, int, int]] = None,
+        chunk: Optional[int] = None,
+        noise_mode: str = "const",
+        **render_options,
+    ) -> dict[str, Tensor]:
         """Render a pyramid (any subset of levels) from cameras ``c`` ``[B, 25]``.
 
         Returns ``image`` ``[B, 3, H, W]`` (the official ``image_raw``: ToRGB output, roughly
@@ -172,19 +226,33 @@ class PortraitGAN(nn.Module):
         features, depth, opacity = image(out["features"]), image(out["depth"]), image(out["opacity"])
         if background and self.bcg_synthesis is not None:
             bcg = self.background_features(ws, resolution, noise_mode)
-            if patch:  # the official code resizes to the patch instead; it never renders patches with background
+            if (
+                patch
+            ):  # the official code resizes to the patch instead; it never renders patches with background
                 top, left, size = patch
-                bcg = bcg[:, :, top:top + size, left:left + size]
+                bcg = bcg[:, :, top : top + size, left : left + size]
             features = features + (1 - opacity) * bcg
-        return {"image": self.to_rgb(features, ws), "depth": depth,
-                "mask": opacity_to_mask(opacity), "opacity": opacity, "features": features}
+        return {
+            "image": self.to_rgb(features, ws),
+            "depth": depth,
+            "mask": opacity_to_mask(opacity),
+            "opacity": opacity,
+            "features": features,
+        }
 
     # ---------------------------------------------------------------- the official synthesis
     # ``G.superresolution(rgb [B,3,H,W], features [B,32,H,W], ws)`` → ``[B, 3, 512, 512]`` is the
     # module itself (gan_prior.superresolution); ``synthesize`` chains render and SR.
-    def synthesize(self, ws: Tensor, c: Tensor, pyramid: Optional[Mapping[int, Tensor]] = None,
-                   resolution: Optional[int] = None, deterministic: bool = False,
-                   noise_mode: str = "const", **render_kwargs) -> dict[str, Tensor]:
+    def synthesize(
+        self,
+        ws: Tensor,
+        c: Tensor,
+        pyramid: Optional[Mapping[int, Tensor]] = None,
+        resolution: Optional[int] = None,
+        deterministic: bool = False,
+        noise_mode: str = "const",
+        **render_kwargs,
+    ) -> dict[str, Tensor]:
         """The official ``TriPlaneGenerator.synthesis`` (``training/smpl_triplane.py``), canonical pose.
 
         Renders the pyramid (synthesised from ``ws`` unless given) at the neural rendering
@@ -193,12 +261,21 @@ class PortraitGAN(nn.Module):
         render's ``depth``, ``mask``, ``opacity``, ``features``.
         """
         if self.superresolution is None:
-            raise ValueError("this generator has no superresolution module (its checkpoint holds no "
-                             "'superresolution.*' weights); render image_raw with G.render instead")
+            raise ValueError(
+                "this generator has no superresolution module (its checkpoint holds no "
+                "'superresolution.*' weights); render image_raw with G.render instead"
+            )
         if pyramid is None:
             pyramid = self.synthesize_pyramid(ws, noise_mode)
-        out = self.render(pyramid, ws, c, resolution=resolution or self.cfg.neural_rendering_resolution,
-                          deterministic=deterministic, noise_mode=noise_mode, **render_kwargs)
+        out = self.render(
+            pyramid,
+            ws,
+            c,
+            resolution=resolution or self.cfg.neural_rendering_resolution,
+            deterministic=deterministic,
+            noise_mode=noise_mode,
+            **render_kwargs,
+        )
         out["image_raw"] = out["image"]
         out["image"] = self.superresolution(out["image_raw"], out["features"], ws)
         return out
@@ -208,7 +285,9 @@ class PortraitGAN(nn.Module):
 def _official_generator_state(obj: Any, path: str) -> tuple[dict[str, Tensor], dict]:
     """``(state_dict, init_kwargs)`` of ``G_ema`` from an official pickle's top-level dict."""
     if not isinstance(obj, dict) or "G_ema" not in obj:
-        raise CheckpointError.at(path, "no 'G_ema' entry; expected the official model_512.pkl network snapshot")
+        raise CheckpointError.at(
+            path, "no 'G_ema' entry; expected the official model_512.pkl network snapshot"
+        )
     g = obj["G_ema"]
     if not isinstance(g, (Record, Stub)):
         raise CheckpointError.at(path, "'G_ema' is not a network record")
@@ -223,8 +302,10 @@ def check_generator_size(cfg, source: str = "config") -> int:
         model = PortraitGAN(cfg)
     count = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
     if count > MAX_GENERATOR_ELEMENTS:
-        raise ValueError(f"{source}: this config describes a generator of {count / 1e9:.1f} G values (over the "
-                         f"{MAX_GENERATOR_ELEMENTS / 1e9:g} G limit); check its resolutions and channel counts")
+        raise ValueError(
+            f"{source}: this config describes a generator of {count / 1e9:.1f} G values (over the "
+            f"{MAX_GENERATOR_ELEMENTS / 1e9:g} G limit); check its resolutions and channel counts"
+        )
     return count
 
 
@@ -233,15 +314,20 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
     if os.path.isdir(path):
         cfg_path = os.path.join(path, MODEL_CONFIG)
         if not os.path.isfile(cfg_path):
-            raise CheckpointError.at(path, f"folder has no {MODEL_CONFIG}; expected a folder written by PortraitGAN.save")
+            raise CheckpointError.at(
+                path, f"folder has no {MODEL_CONFIG}; expected a folder written by PortraitGAN.save"
+            )
         try:
             with open(cfg_path, encoding="utf-8") as f:
                 meta = json.load(f)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, absurd nesting
             raise CheckpointError.at(cfg_path, f"invalid JSON ({type(e).__name__}: {str(e)[:120]})") from None
         if not isinstance(meta, dict):
-            raise CheckpointError.at(cfg_path, f"holds a {type(meta).__name__}, expected an object "
-                                     "{'kind': 'portrait-gan', 'config': {...}}")
+            raise CheckpointError.at(
+                cfg_path,
+                f"holds a {type(meta).__name__}, expected an object "
+                "{'kind': 'portrait-gan', 'config': {...}}",
+            )
         if meta.get("kind") != "portrait-gan":
             raise CheckpointError.at(cfg_path, f"kind is {meta.get('kind')!r:.60}, expected 'portrait-gan'")
         try:
@@ -260,15 +346,24 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
             state = obj
             if not any(k.startswith("backbone.") for k in state):
                 kind = "a decoder checkpoint" if "decoder.net.0.weight" in state else "a state dict"
-                raise CheckpointError.at(path, f"this is {kind} without the generator backbone; expected model_512.pkl, "
-                                  "a full official-key state dict, or a PortraitGAN.save folder")
+                raise CheckpointError.at(
+                    path,
+                    f"this is {kind} without the generator backbone; expected model_512.pkl, "
+                    "a full official-key state dict, or a PortraitGAN.save folder",
+                )
             cfg = infer_config(state, path)
         elif isinstance(obj, dict) and "state_dict" in obj:
-            raise CheckpointError.at(path, "this is a decoder checkpoint (decoder_512.ckpt): it has no generator; "
-                              "use gan_prior.generator.load_decoder_checkpoint")
+            raise CheckpointError.at(
+                path,
+                "this is a decoder checkpoint (decoder_512.ckpt): it has no generator; "
+                "use gan_prior.generator.load_decoder_checkpoint",
+            )
         else:
-            raise CheckpointError.at(path, "not a generator checkpoint; expected model_512.pkl, an official-key "
-                              "state dict, or a PortraitGAN.save folder")
+            raise CheckpointError.at(
+                path,
+                "not a generator checkpoint; expected model_512.pkl, an official-key "
+                "state dict, or a PortraitGAN.save folder",
+            )
     check_generator_config(cfg.to_dict(), path)  # also a config inferred from a file's shapes or kwargs
     check_generator_size(cfg, path)  # before anything is allocated
     g = PortraitGAN(cfg)
@@ -288,13 +383,18 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str) ->
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError.at(path, f"weights do not match the architecture: missing {missing[:4]}"
-                          f"{'…' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
-                          f"{'…' if len(unexpected) > 4 else ''}")
+        raise CheckpointError.at(
+            path,
+            f"weights do not match the architecture: missing {missing[:4]}"
+            f"{'…' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+            f"{'…' if len(unexpected) > 4 else ''}",
+        )
     bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if bad:
         k = bad[0]
-        raise CheckpointError.at(path, f"shape mismatch for {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError.at(
+            path, f"shape mismatch for {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        )
     try:
         for k, v in state.items():
             require_own_storage(v, f"weight {k}")
@@ -313,8 +413,11 @@ def save_generator(model: PortraitGAN, folder: str) -> None:
     with atomic_path(os.path.join(folder, MODEL_WEIGHTS), ".safetensors") as tmp:
         save_file(state, tmp)
     with atomic_path(os.path.join(folder, MODEL_CONFIG), ".json") as tmp:
-        json.dump({"kind": "portrait-gan", "format_version": FORMAT_VERSION, "config": model.cfg.to_dict()},
-                  open(tmp, "w"), indent=2)
+        json.dump(
+            {"kind": "portrait-gan", "format_version": FORMAT_VERSION, "config": model.cfg.to_dict()},
+            open(tmp, "w"),
+            indent=2,
+        )
 
 
 def load_decoder_checkpoint(path: str) -> dict[str, Tensor]:
@@ -322,5 +425,7 @@ def load_decoder_checkpoint(path: str) -> dict[str, Tensor]:
     obj = read_checkpoint(path)
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict) or "decoder.net.0.weight" not in state:
-        raise CheckpointError.at(path, "expected the official decoder checkpoint {'params', 'state_dict'} with decoder.* keys")
+        raise CheckpointError.at(
+            path, "expected the official decoder checkpoint {'params', 'state_dict'} with decoder.* keys"
+        )
     return {k: v for k, v in state.items() if k.startswith(("decoder.", "torgb."))}

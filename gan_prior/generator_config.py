@@ -4,6 +4,7 @@
 :func:`config_from_init_kwargs` starts from an official ``G_ema`` record's ``rendering_kwargs``
 (``training/triplane.py``, ``TriPlaneGenerator.__init__``).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,9 @@ class PortraitGANConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"{source}: unknown generator option(s) {sorted(unknown)}; valid: {sorted(names)}")
+            raise ValueError(
+                f"{source}: unknown generator option(s) {sorted(unknown)}; valid: {sorted(names)}"
+            )
         d = dict(d)
         # Folders saved before the superresolution port hold no SR weights.
         d.setdefault("superresolution", False)
@@ -66,7 +69,7 @@ class PortraitGANConfig:
 
     @property
     def level_sizes(self) -> list[int]:
-        return [2 ** i for i in range(3, int(math.log2(self.synthesis_resolution)) + 2)]
+        return [2**i for i in range(3, int(math.log2(self.synthesis_resolution)) + 2)]
 
     @property
     def neural_rendering_resolution(self) -> int:
@@ -82,23 +85,33 @@ class PortraitGANConfig:
 def tiny_config(**overrides) -> PortraitGANConfig:
     """A small configuration of the same architecture (levels 8…32, narrow background),
     for tests and the tiny pipeline."""
-    base = dict(z_dim=64, w_dim=64, synthesis_resolution=16, background_resolution=32,
-                background_channel_base=512, background_channel_max=32,
-                superresolution_channels=(16, 8),
-                render=RenderConfig(depth_resolution=12, depth_resolution_importance=12))
+    base = dict(
+        z_dim=64,
+        w_dim=64,
+        synthesis_resolution=16,
+        background_resolution=32,
+        background_channel_base=512,
+        background_channel_max=32,
+        superresolution_channels=(16, 8),
+        render=RenderConfig(depth_resolution=12, depth_resolution_importance=12),
+    )
     base.update(overrides)
     return PortraitGANConfig(**base)
 
 
 def _max_block(state: Mapping[str, Tensor], prefix: str) -> int:
     """Largest r among ``{prefix}b{r}.*`` keys (2D blocks only, not ``b3d{r}``)."""
-    sizes = [int(k[len(prefix) + 1:].split(".")[0]) for k in state
-             if k.startswith(prefix + "b") and k[len(prefix) + 1:].split(".")[0].isdigit()]
+    sizes = [
+        int(k[len(prefix) + 1 :].split(".")[0])
+        for k in state
+        if k.startswith(prefix + "b") and k[len(prefix) + 1 :].split(".")[0].isdigit()
+    ]
     return max(sizes) if sizes else 0
 
 
-def infer_config(state: Mapping[str, Tensor], path: str,
-                 base: Optional[PortraitGANConfig] = None) -> PortraitGANConfig:
+def infer_config(
+    state: Mapping[str, Tensor], path: str, base: Optional[PortraitGANConfig] = None
+) -> PortraitGANConfig:
     """Architecture from tensor shapes of an official-key state dict (defaults from ``base``)."""
     cfg = base or PortraitGANConfig()
     try:
@@ -107,24 +120,42 @@ def infer_config(state: Mapping[str, Tensor], path: str,
         layers = len({k.split(".")[2] for k in state if k.startswith("backbone.mapping.fc")})
         synth = _max_block(state, "backbone.synthesis.")
     except KeyError as e:
-        raise CheckpointError.at(path, f"missing generator weight {e}; expected a 3DPortraitGAN generator "
-                          "(official model_512.pkl or its state dict)") from None
-    changes = dict(w_dim=int(w_dim), z_dim=int(zw - w_dim), c_dim=int(c_dim), mapping_layers=layers,
-                   synthesis_resolution=synth)
+        raise CheckpointError.at(
+            path,
+            f"missing generator weight {e}; expected a 3DPortraitGAN generator "
+            "(official model_512.pkl or its state dict)",
+        ) from None
+    changes = dict(
+        w_dim=int(w_dim),
+        z_dim=int(zw - w_dim),
+        c_dim=int(c_dim),
+        mapping_layers=layers,
+        synthesis_resolution=synth,
+    )
     bcg = "bcg_synthesis.b4.const"
     changes["background"] = bcg in state
     if bcg in state:
         res = _max_block(state, "bcg_synthesis.")
-        ch = {r: state[f"bcg_synthesis.b{r}.conv1.weight"].shape[0] for r in (2 ** i for i in range(2, res.bit_length()))}
-        changes.update(background_resolution=res, background_channel_max=max(ch.values()),
-                       background_channel_base=max(c * r for r, c in ch.items()))
+        ch = {
+            r: state[f"bcg_synthesis.b{r}.conv1.weight"].shape[0]
+            for r in (2**i for i in range(2, res.bit_length()))
+        }
+        changes.update(
+            background_resolution=res,
+            background_channel_max=max(ch.values()),
+            background_channel_base=max(c * r for r, c in ch.items()),
+        )
     sr = "superresolution.block0.conv0.weight"
     changes["superresolution"] = sr in state
     if sr in state:
-        changes["superresolution_channels"] = (int(state[sr].shape[0]),
-                                               int(state["superresolution.block1.conv0.weight"].shape[0]))
+        changes["superresolution_channels"] = (
+            int(state[sr].shape[0]),
+            int(state["superresolution.block1.conv0.weight"].shape[0]),
+        )
         # SR input side = background side (official: the bcg is built at the SR input resolution)
-        changes["background_resolution"] = int(state["superresolution.block0.conv0.noise_const"].shape[0]) // 2
+        changes["background_resolution"] = (
+            int(state["superresolution.block0.conv0.noise_const"].shape[0]) // 2
+        )
     return type(cfg)(**{**cfg.to_dict(), "render": cfg.render, **changes})
 
 
@@ -136,10 +167,13 @@ def config_from_init_kwargs(kwargs: Mapping, state: Mapping[str, Tensor], path: 
         ray_end=float(rk.get("ray_end", RenderConfig.ray_end)),
         box_warp=float(rk.get("box_warp", RenderConfig.box_warp)),
         depth_resolution=int(rk.get("depth_resolution", RenderConfig.depth_resolution)),
-        depth_resolution_importance=int(rk.get("depth_resolution_importance", RenderConfig.depth_resolution_importance)),
+        depth_resolution_importance=int(
+            rk.get("depth_resolution_importance", RenderConfig.depth_resolution_importance)
+        ),
     )
     # official SuperresolutionHybrid8XDC: conv_clamp = 256 if sr_num_fp16_res > 0 else None
     sr_clamp = SR_CONV_CLAMP if int(kwargs.get("sr_num_fp16_res", 4)) > 0 else None
-    base = PortraitGANConfig(trigrid_depth=int(rk.get("triplane_depth", 3)), render=render,
-                             superresolution_conv_clamp=sr_clamp)
+    base = PortraitGANConfig(
+        trigrid_depth=int(rk.get("triplane_depth", 3)), render=render, superresolution_conv_clamp=sr_clamp
+    )
     return infer_config(state, path, base)

@@ -18,6 +18,7 @@ or folder saved without them). Difference, by necessity: the
 body pose is 0 and not optimised (the SMPL deformation is not part of this port): a posed photo
 is explained by the latent alone, which costs fidelity on strongly turned heads and shoulders.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,17 +50,24 @@ class InversionConfig:
     noise_ramp_length: float = 0.75
     regularize_noise_weight: float = 1e5
     optimize_noise: bool = True
-    resolution: int = 256  # size at which the distance compares (official: the 512² SR image area-resized to 256²)
-    mode: str = "official"  # "official": render 128², SR 512², area → resolution; "raw": image_raw at resolution
+    resolution: int = (
+        256  # size at which the distance compares (official: the 512² SR image area-resized to 256²)
+    )
+    mode: str = (
+        "official"  # "official": render 128², SR 512², area → resolution; "raw": image_raw at resolution
+    )
     deterministic: bool = False  # renderer sampling; the official projector jitters
 
 
-def synthesize_for_distance(G: PortraitGAN, ws: Tensor, c: Tensor, cfg: InversionConfig,
-                            deterministic: Optional[bool] = None) -> Tensor:
+def synthesize_for_distance(
+    G: PortraitGAN, ws: Tensor, c: Tensor, cfg: InversionConfig, deterministic: Optional[bool] = None
+) -> Tensor:
     """The image the distance sees, ``[B, 3, resolution, resolution]`` (see ``InversionConfig.mode``)."""
     det = cfg.deterministic if deterministic is None else deterministic
     if cfg.mode == "raw":
-        return G.render(G.synthesize_pyramid(ws), ws, c, resolution=cfg.resolution, deterministic=det)["image"]
+        return G.render(G.synthesize_pyramid(ws), ws, c, resolution=cfg.resolution, deterministic=det)[
+            "image"
+        ]
     image = G.synthesize(ws, c, deterministic=det)["image"]
     if image.shape[-1] > cfg.resolution:  # official projector: area-downsample the 512² image to 256²
         image = F.interpolate(image, size=(cfg.resolution, cfg.resolution), mode="area")
@@ -75,12 +83,16 @@ def check_mode(G: PortraitGAN, cfg: InversionConfig) -> None:
     if cfg.mode not in ("official", "raw"):
         raise ValueError(f"inversion mode must be 'official' or 'raw', got {cfg.mode!r}")
     if cfg.mode == "official" and G.superresolution is None:
-        raise ValueError("inversion mode 'official' needs the generator's superresolution weights "
-                         "('superresolution.*', in model_512.pkl); this generator has none: use mode='raw'")
+        raise ValueError(
+            "inversion mode 'official' needs the generator's superresolution weights "
+            "('superresolution.*', in model_512.pkl); this generator has none: use mode='raw'"
+        )
 
 
 @torch.no_grad()
-def w_statistics(G: PortraitGAN, n: int = 600, seed: int = 123, c: Optional[Tensor] = None) -> tuple[Tensor, float]:
+def w_statistics(
+    G: PortraitGAN, n: int = 600, seed: int = 123, c: Optional[Tensor] = None
+) -> tuple[Tensor, float]:
     """``(w_avg [1, 1, w_dim], w_std)`` of ``n`` latents mapped at the frontal camera, pose 0."""
     device = next(G.parameters()).device
     z = torch.from_numpy(np.random.RandomState(seed).randn(n, G.cfg.z_dim)).float().to(device)
@@ -103,15 +115,26 @@ def noise_regularization(buffers: list[Tensor]) -> Tensor:
     for buf in buffers:
         v = buf[None, None]
         while True:
-            reg = reg + (v * torch.roll(v, 1, dims=3)).mean() ** 2 + (v * torch.roll(v, 1, dims=2)).mean() ** 2
+            reg = (
+                reg + (v * torch.roll(v, 1, dims=3)).mean() ** 2 + (v * torch.roll(v, 1, dims=2)).mean() ** 2
+            )
             if v.shape[2] <= 8:
                 break
             v = F.avg_pool2d(v, 2)
     return reg
 
 
-def inversion_step(G: PortraitGAN, w_opt: Tensor, noise: list[Tensor], target: Tensor, c: Tensor,
-                   distance: Distance, cfg: InversionConfig, t: float, w_std: float) -> tuple[Tensor, Tensor]:
+def inversion_step(
+    G: PortraitGAN,
+    w_opt: Tensor,
+    noise: list[Tensor],
+    target: Tensor,
+    c: Tensor,
+    distance: Distance,
+    cfg: InversionConfig,
+    t: float,
+    w_std: float,
+) -> tuple[Tensor, Tensor]:
     """The forward pass of one inversion step at progress ``t`` ∈ [0, 1): the w noise, the
     synthesis, the render at ``cfg.resolution`` and the distance to ``target`` (already at that
     size), plus the noise penalty when ``noise`` (the optimised ``noise_const`` maps) is given.
@@ -124,8 +147,14 @@ def inversion_step(G: PortraitGAN, w_opt: Tensor, noise: list[Tensor], target: T
     return dist, loss
 
 
-def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: InversionConfig = InversionConfig(),
-           progress: bool = True) -> dict:
+def invert(
+    G: PortraitGAN,
+    target: Tensor,
+    c: Tensor,
+    distance: Distance,
+    cfg: InversionConfig = InversionConfig(),
+    progress: bool = True,
+) -> dict:
     """Invert ``target`` ``[1, 3, H, W]`` (in [−1, 1], seen from camera ``c`` ``[1, 25]``).
 
     Returns ``{"ws": [1, num_ws, w_dim], "distance": per-step list, "image": final render}``.
@@ -154,8 +183,9 @@ def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: I
         t = step / cfg.steps
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, cfg)
-        dist, loss = inversion_step(G, w_opt, noise if cfg.optimize_noise else [], target, c, distance, cfg,
-                                    t, w_std)
+        dist, loss = inversion_step(
+            G, w_opt, noise if cfg.optimize_noise else [], target, c, distance, cfg, t, w_std
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -172,8 +202,14 @@ def invert(G: PortraitGAN, target: Tensor, c: Tensor, distance: Distance, cfg: I
 
 
 @torch.no_grad()
-def estimate_camera(G: PortraitGAN, target: Tensor, distance: Distance, yaws_deg=(-30.0, -15.0, 0.0, 15.0, 30.0),
-                    elevations_deg=(-10.0, 0.0, 10.0), resolution: int = 64) -> dict:
+def estimate_camera(
+    G: PortraitGAN,
+    target: Tensor,
+    distance: Distance,
+    yaws_deg=(-30.0, -15.0, 0.0, 15.0, 30.0),
+    elevations_deg=(-10.0, 0.0, 10.0),
+    resolution: int = 64,
+) -> dict:
     """Pick the camera, among look-at cameras at ``yaws × elevations`` (threestudio degrees, yaw 0 =
     front), from which the average portrait (``w_avg``) looks most like ``target`` ``[1, 3, H, W]``.
 
@@ -193,4 +229,9 @@ def estimate_camera(G: PortraitGAN, target: Tensor, distance: Distance, yaws_deg
         image = G.render(pyramid, ws, label[None], resolution=resolution, deterministic=True)["image"]
         scores[f"{yaw:g},{elev:g}"] = float(distance(image, target).sum())
     best = min(range(len(grid)), key=lambda i: scores[f"{grid[i][0]:g},{grid[i][1]:g}"])
-    return {"label": labels[best:best + 1], "yaw": grid[best][0], "elevation": grid[best][1], "distances": scores}
+    return {
+        "label": labels[best : best + 1],
+        "yaw": grid[best][0],
+        "elevation": grid[best][1],
+        "distances": scores,
+    }

@@ -7,6 +7,7 @@ filter, and leaky-ReLU with gain sqrt(2).
 
 Tensor layout: images are ``[N, C, H, W]``; ``w`` latents are ``[N, w_dim]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-def lrelu_bias(x: Tensor, bias: Optional[Tensor], gain: float = LRELU_GAIN,
-               clamp: Optional[float] = None) -> Tensor:
+def lrelu_bias(
+    x: Tensor, bias: Optional[Tensor], gain: float = LRELU_GAIN, clamp: Optional[float] = None
+) -> Tensor:
     """``lrelu(x + bias) * gain``, then clamped to ``±clamp`` if given (official ``bias_act``),
     with the bias broadcast along dim 1."""
     if bias is not None:
@@ -42,8 +44,9 @@ def lrelu_bias(x: Tensor, bias: Optional[Tensor], gain: float = LRELU_GAIN,
     return x if clamp is None else x.clamp(-clamp, clamp)
 
 
-def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, pad: tuple[int, int, int, int] = (0, 0, 0, 0),
-              gain: float = 1.0) -> Tensor:
+def upfirdn2d(
+    x: Tensor, f: Tensor, up: int = 1, pad: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0
+) -> Tensor:
     """Upsample by zero insertion, pad ``(x0, x1, y0, y1)``, then convolve with the FIR ``f``.
 
     ``x``: ``[N, C, H, W]``; ``f``: ``[K, K]`` (symmetric, so convolution = correlation).
@@ -55,7 +58,7 @@ def upfirdn2d(x: Tensor, f: Tensor, up: int = 1, pad: tuple[int, int, int, int] 
         x = x.reshape(n, c, h * up, w * up)
     px0, px1, py0, py1 = pad
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
     weight = (f * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(c, 1, 1, 1)
     return F.conv2d(x, weight, groups=c)
 
@@ -67,8 +70,14 @@ def upsample2d(x: Tensor, f: Tensor, up: int = 2) -> Tensor:
     return upfirdn2d(x, f, up=up, pad=(p0, p1, p0, p1), gain=up * up)
 
 
-def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True,
-                     up: int = 1, resample_filter: Optional[Tensor] = None) -> Tensor:
+def modulated_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    styles: Tensor,
+    demodulate: bool = True,
+    up: int = 1,
+    resample_filter: Optional[Tensor] = None,
+) -> Tensor:
     """Style-modulated convolution, "same" padding, optional ×2 FIR upsampling.
 
     x: ``[N, I, H, W]``, weight: ``[O, I, k, k]``, styles: ``[N, I]`` → ``[N, O, H·up, W·up]``.
@@ -98,8 +107,14 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
 class FullyConnectedLayer(nn.Module):
     """Equalised-lr linear layer: ``weight`` stored as ``randn / lr_mul``, scaled at run time."""
 
-    def __init__(self, in_features: int, out_features: int, activation: str = "linear",
-                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
@@ -152,8 +167,16 @@ class SynthesisLayer(nn.Module):
     activated output to ``±conv_clamp`` (the official superresolution uses 256).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
-                 up: int = 1, per_plane: bool = False, conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        up: int = 1,
+        per_plane: bool = False,
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -171,13 +194,17 @@ class SynthesisLayer(nn.Module):
         if self.per_plane:
             styles = styles.reshape(styles.shape[0] * 3, -1)
             x = aware3d(x)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, up=self.up,
-                             resample_filter=self.resample_filter)
+        x = modulated_conv2d(
+            x, self.weight, styles, demodulate=True, up=self.up, resample_filter=self.resample_filter
+        )
         if noise_mode == "const":
             x = x + self.noise_const * self.noise_strength
         elif noise_mode == "random":
-            x = x + torch.randn(x.shape[0], 1, self.resolution, self.resolution,
-                                device=x.device, dtype=x.dtype) * self.noise_strength
+            x = (
+                x
+                + torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+                * self.noise_strength
+            )
         elif noise_mode != "none":
             raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
         return lrelu_bias(x, self.bias, clamp=self.conv_clamp)
@@ -186,8 +213,14 @@ class SynthesisLayer(nn.Module):
 class ToRGBLayer(nn.Module):
     """Modulated 1×1 conv without demodulation (+ bias): features → ``out_channels``."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, per_plane: bool = False,
-                 conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        per_plane: bool = False,
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         self.per_plane, self.conv_clamp = per_plane, conv_clamp
         widen = 3 if per_plane else 1
@@ -226,24 +259,34 @@ class SynthesisBlock(nn.Module):
     this block's torgb output.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
-                 img_channels: int, per_plane: bool = False, conv_clamp: Optional[float] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        per_plane: bool = False,
+        conv_clamp: Optional[float] = None,
+    ):
         super().__init__()
         self.in_channels, self.resolution = in_channels, resolution
         self.register_buffer("resample_filter", make_resample_filter())
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(1, out_channels, resolution, resolution))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
-                                        per_plane=per_plane, conv_clamp=conv_clamp)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, per_plane=per_plane,
-                                    conv_clamp=conv_clamp)
-        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, per_plane=per_plane,
-                                conv_clamp=conv_clamp)
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim, resolution, up=2, per_plane=per_plane, conv_clamp=conv_clamp
+            )
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim, resolution, per_plane=per_plane, conv_clamp=conv_clamp
+        )
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, per_plane=per_plane, conv_clamp=conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
 
-    def forward(self, x: Optional[Tensor], img: Optional[Tensor], ws: Tensor,
-                noise_mode: str = "const") -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Optional[Tensor], img: Optional[Tensor], ws: Tensor, noise_mode: str = "const"
+    ) -> tuple[Tensor, Tensor]:
         """``ws``: ``[N, num_conv + 1, w_dim]``, one per conv then one for torgb."""
         w_iter = iter(ws.unbind(1))
         if self.in_channels == 0:

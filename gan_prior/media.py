@@ -4,6 +4,7 @@ Renders are ``[B, 3, H, W]`` in the ToRGB range (≈[−1, 1]); they are saved a
 ``clamp(x·127.5 + 128, 0, 255)`` like the official scripts, and pixels come back as ``x / 127.5 − 1``
 (:func:`from_uint8`). :func:`as_rgb` brings any image file's array to uint8 RGB.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,9 @@ def save_video(path: str, frames: Iterable[np.ndarray], fps: int = 30) -> None:
                 writer.append_data(frame)
 
 
-def turntable_labels(n_frames: int, kind: str = "large", focal: float = GAN_FOCAL,
-                     radius: float = CANONICAL_RADIUS) -> Tensor:
+def turntable_labels(
+    n_frames: int, kind: str = "large", focal: float = GAN_FOCAL, radius: float = CANONICAL_RADIUS
+) -> Tensor:
     """Official video cameras ``[n, 25]``: ``large`` = 360° at v = π/2 starting at the front;
     ``small`` = the ±0.35 rad wobble (h = π/2 + 0.35·sin, v = π/2 − 0.05 + 0.25·cos)."""
     t = torch.arange(n_frames, dtype=torch.float32) / n_frames
@@ -76,8 +78,14 @@ def turntable_labels(n_frames: int, kind: str = "large", focal: float = GAN_FOCA
     return camera_label(lookat_pose(h, v, radius), focal)
 
 
-def render_frames(render: Callable[..., Mapping[str, Tensor]], labels: Tensor, resolution: int,
-                  chunk: Optional[int], desc: str, **options) -> Iterator[np.ndarray]:
+def render_frames(
+    render: Callable[..., Mapping[str, Tensor]],
+    labels: Tensor,
+    resolution: int,
+    chunk: Optional[int],
+    desc: str,
+    **options,
+) -> Iterator[np.ndarray]:
     """Yield uint8 frames of ``render(label [1, 25], resolution=, deterministic=True, chunk=, **options)``
     (``PortraitGAN.render`` with its pyramid and ws bound, or ``portrait3d-renderer``'s
     ``render_labels``), one per camera label ``[N, 25]``, with a progress bar."""
@@ -94,5 +102,5 @@ def contact_sheet(images: Sequence[np.ndarray], columns: int) -> np.ndarray:
     sheet = np.zeros((rows * h, columns * w, ch), dtype=np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, columns)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
+        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
     return sheet

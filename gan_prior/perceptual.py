@@ -18,6 +18,7 @@ layer matching is tested on archives of the same layout.
 
 Images are ``[B, 3, H, W]`` in ``[-1, 1]``; they are area-downsampled to 256² (official) if larger.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -64,8 +65,10 @@ class VGG16Distance(nn.Module):
             try:
                 net.features.load_state_dict(feats, strict=True)
             except RuntimeError as e:
-                raise CheckpointError(f"{path}: not a VGG16 (torchvision state dict or the official vgg16.pt) "
-                                      f"({str(e).splitlines()[0]})") from None
+                raise CheckpointError(
+                    f"{path}: not a VGG16 (torchvision state dict or the official vgg16.pt) "
+                    f"({str(e).splitlines()[0]})"
+                ) from None
             for i, w in enumerate(lin or []):
                 getattr(net, f"lin{i}").copy_(w.reshape(1, -1, 1, 1))
         return net.eval().requires_grad_(False)
@@ -86,8 +89,10 @@ class VGG16Distance(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Distance per image ``[B]`` between image batches ``a`` and ``b``."""
-        return sum(((fa - fb).square() * getattr(self, f"lin{i}")).sum(1).mean((1, 2))
-                   for i, (fa, fb) in enumerate(zip(self.taps(a), self.taps(b))))
+        return sum(
+            ((fa - fb).square() * getattr(self, f"lin{i}")).sum(1).mean((1, 2))
+            for i, (fa, fb) in enumerate(zip(self.taps(a), self.taps(b)))
+        )
 
 
 def _conv_shapes() -> list[tuple[int, int]]:
@@ -106,10 +111,12 @@ def _read_weights(path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]
     state = read_checkpoint(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a VGG16 state dict")
-    return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}, None
+    return {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}, None
 
 
-def _match_script_tensors(tensors: dict[str, Tensor], path: str) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]:
+def _match_script_tensors(
+    tensors: dict[str, Tensor], path: str
+) -> tuple[dict[str, Tensor], Optional[list[Tensor]]]:
     """Map a TorchScript VGG16's tensors to torchvision's ``features`` keys by shape, in order."""
     items = list(tensors.values())
     feats, pos, index = {}, 0, 0
@@ -118,11 +125,16 @@ def _match_script_tensors(tensors: dict[str, Tensor], path: str) -> tuple[dict[s
             index += 1
         layer = 2 * index - sum(1 for x in VGG16_LAYOUT[:index] if x == "M")  # conv+relu pairs, one pool each
         w = next((i for i in range(pos, len(items)) if tuple(items[i].shape) == (out_c, in_c, 3, 3)), None)
-        b = None if w is None else next((i for i in range(w + 1, len(items)) if tuple(items[i].shape) == (out_c,)),
-                                        None)
+        b = (
+            None
+            if w is None
+            else next((i for i in range(w + 1, len(items)) if tuple(items[i].shape) == (out_c,)), None)
+        )
         if w is None or b is None:
-            raise CheckpointError(f"{path}: a TorchScript archive without the VGG16 conv layer {out_c}x{in_c}x3x3; "
-                                  "give the official vgg16.pt or a torchvision VGG16 state dict")
+            raise CheckpointError(
+                f"{path}: a TorchScript archive without the VGG16 conv layer {out_c}x{in_c}x3x3; "
+                "give the official vgg16.pt or a torchvision VGG16 state dict"
+            )
         feats[f"{layer}.weight"], feats[f"{layer}.bias"] = items[w].float(), items[b].float()
         pos, index = b + 1, index + 1
     lin = [t for t in items if t.ndim == 4 and t.shape[0] == 1 and t.shape[2:] == (1, 1)]

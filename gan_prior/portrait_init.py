@@ -20,6 +20,7 @@ should be specific to the inputs: :func:`init_key` hashes everything that change
 the threestudio initializer puts each run in ``…/init/<key>/``. Time and peak memory of every step
 are recorded in ``timings.json``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,13 +36,25 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .alignment import (align_image, detector_name, load_or_measure_framing, make_detector, require_faces,
-                        select_candidate)
+from .alignment import (
+    align_image,
+    detector_name,
+    load_or_measure_framing,
+    make_detector,
+    require_faces,
+    select_candidate,
+)
 from .camera import canonical_label
 from .checkpoint import CheckpointError, read_safetensors
 from .checks import check_pyramid, require_finite
-from .diffusion import (DEFAULT_TEXT_TO_IMAGE_MODEL, TextToImageConfig, clear_pipeline_cache, generate_candidates,
-                        load_pipeline, portrait_prompt)
+from .diffusion import (
+    DEFAULT_TEXT_TO_IMAGE_MODEL,
+    TextToImageConfig,
+    clear_pipeline_cache,
+    generate_candidates,
+    load_pipeline,
+    portrait_prompt,
+)
 from .files import atomic_path, read_json, write_json
 from .generator import PortraitGAN
 from .inversion import InversionConfig, estimate_camera, invert
@@ -72,7 +85,9 @@ class PortraitInitConfig:
     max_padding: float = 0.2
     estimate_camera: bool = True
     camera_resolution: int = 64
-    vgg16: Optional[str] = None  # official vgg16.pt or a torchvision VGG16 state dict; None only with allow_random_vgg16
+    vgg16: Optional[str] = (
+        None  # official vgg16.pt or a torchvision VGG16 state dict; None only with allow_random_vgg16
+    )
     allow_random_vgg16: bool = False  # smoke tests: a random perceptual network
     inversion: InversionConfig = field(default_factory=InversionConfig)
 
@@ -81,10 +96,15 @@ class PortraitInitConfig:
         """From plain options (``inversion`` a dict of :class:`InversionConfig` fields; ``vgg16:
         random`` = a random perceptual network, for smoke runs); an unknown key is a one-line error
         naming ``option`` and the valid keys."""
-        for name, kind, given in ((option, cls, d), (f"{option}.inversion", InversionConfig, d.get("inversion") or {})):
+        for name, kind, given in (
+            (option, cls, d),
+            (f"{option}.inversion", InversionConfig, d.get("inversion") or {}),
+        ):
             unknown = set(given) - {f.name for f in fields(kind)}
             if unknown:
-                raise ValueError(f"{name}: unknown key(s) {sorted(unknown)}; valid: {sorted(f.name for f in fields(kind))}")
+                raise ValueError(
+                    f"{name}: unknown key(s) {sorted(unknown)}; valid: {sorted(f.name for f in fields(kind))}"
+                )
         d = dict(d)
         if d.get("vgg16") == RANDOM_VGG16:
             d.update(vgg16=None, allow_random_vgg16=True)
@@ -98,20 +118,34 @@ class PortraitInitConfig:
         if self.image and not os.path.isfile(self.image):
             raise ValueError(f"image: {self.image} not found; give the path to a portrait photo")
         if self.vgg16 is None and not self.allow_random_vgg16:
-            raise ValueError("vgg16: the inversion needs a perceptual network; give the official vgg16.pt (StyleGAN2-ADA "
-                             "metrics) or a torchvision VGG16 state dict, e.g. PORTRAIT3D_VGG16=/path/to/vgg16.pt")
+            raise ValueError(
+                "vgg16: the inversion needs a perceptual network; give the official vgg16.pt (StyleGAN2-ADA "
+                "metrics) or a torchvision VGG16 state dict, e.g. PORTRAIT3D_VGG16=/path/to/vgg16.pt"
+            )
         if self.vgg16 is not None and not os.path.isfile(self.vgg16):
             raise ValueError(f"vgg16: {self.vgg16} not found; give the path to a VGG16 state dict")
 
 
 def init_key(cfg: PortraitInitConfig, checkpoint: str) -> str:
     """12 hex digits identifying the inputs (config, checkpoint and image files by path, size and mtime)."""
-    def stamp(path: Optional[str]):
-        return None if not path or not os.path.exists(path) else \
-            [os.path.abspath(path), os.path.getsize(path), int(os.path.getmtime(path))]
 
-    blob = json.dumps({"cfg": asdict(cfg), "checkpoint": stamp(checkpoint), "image": stamp(cfg.image),
-                       "vgg16": stamp(cfg.vgg16)}, sort_keys=True, default=str)
+    def stamp(path: Optional[str]):
+        return (
+            None
+            if not path or not os.path.exists(path)
+            else [os.path.abspath(path), os.path.getsize(path), int(os.path.getmtime(path))]
+        )
+
+    blob = json.dumps(
+        {
+            "cfg": asdict(cfg),
+            "checkpoint": stamp(checkpoint),
+            "image": stamp(cfg.image),
+            "vgg16": stamp(cfg.vgg16),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -120,7 +154,9 @@ def read_rgb(path: str) -> np.ndarray:
     try:
         return as_rgb(imageio.imread(path))
     except Exception as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}); give a PNG or JPEG photo") from None
+        raise ValueError(
+            f"{path}: not a readable image ({type(e).__name__}); give a PNG or JPEG photo"
+        ) from None
 
 
 class _StepTimer:
@@ -135,8 +171,10 @@ class _StepTimer:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         result = fn()
-        record = {"seconds": round(time.perf_counter() - start, 3),
-                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        record = {
+            "seconds": round(time.perf_counter() - start, 3),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
         if torch.cuda.is_available():
             record["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         self.records[name] = record
@@ -167,19 +205,39 @@ def _canonical(inputs: dict) -> dict:
 def step_inputs(cfg: PortraitInitConfig, checkpoint: str, step: str, upstream: Optional[dict] = None) -> dict:
     """The inputs that decide ``step`` ("candidates", "alignment" or "inversion"), as stored in its JSON."""
     if step == "candidates":
-        inputs = {"prompt": cfg.prompt, "model": cfg.text_to_image_model, "model_files": file_stamp(cfg.text_to_image_model),
-                  "num_candidates": cfg.num_candidates, "seed": cfg.candidate_seed, "steps": cfg.candidate_steps,
-                  "guidance_scale": cfg.candidate_guidance_scale, "resolution": cfg.candidate_resolution}
+        inputs = {
+            "prompt": cfg.prompt,
+            "model": cfg.text_to_image_model,
+            "model_files": file_stamp(cfg.text_to_image_model),
+            "num_candidates": cfg.num_candidates,
+            "seed": cfg.candidate_seed,
+            "steps": cfg.candidate_steps,
+            "guidance_scale": cfg.candidate_guidance_scale,
+            "resolution": cfg.candidate_resolution,
+        }
     elif step == "alignment":
-        detector_file = cfg.detector if cfg.detector not in ("haar", "none") and os.path.isfile(cfg.detector) else None
-        inputs = {"image": file_stamp(cfg.image, content=True) if cfg.image else None, "candidates": upstream,
-                  "detector": cfg.detector, "detector_file": file_stamp(detector_file, content=True),
-                  "aligned_resolution": cfg.aligned_resolution, "max_padding": cfg.max_padding,
-                  "estimate_camera": cfg.estimate_camera, "camera_resolution": cfg.camera_resolution,
-                  "checkpoint": file_stamp(checkpoint), "vgg16": file_stamp(cfg.vgg16)}
+        detector_file = (
+            cfg.detector if cfg.detector not in ("haar", "none") and os.path.isfile(cfg.detector) else None
+        )
+        inputs = {
+            "image": file_stamp(cfg.image, content=True) if cfg.image else None,
+            "candidates": upstream,
+            "detector": cfg.detector,
+            "detector_file": file_stamp(detector_file, content=True),
+            "aligned_resolution": cfg.aligned_resolution,
+            "max_padding": cfg.max_padding,
+            "estimate_camera": cfg.estimate_camera,
+            "camera_resolution": cfg.camera_resolution,
+            "checkpoint": file_stamp(checkpoint),
+            "vgg16": file_stamp(cfg.vgg16),
+        }
     elif step == "inversion":
-        inputs = {"alignment": upstream, "inversion": asdict(cfg.inversion), "checkpoint": file_stamp(checkpoint),
-                  "vgg16": file_stamp(cfg.vgg16)}
+        inputs = {
+            "alignment": upstream,
+            "inversion": asdict(cfg.inversion),
+            "checkpoint": file_stamp(checkpoint),
+            "vgg16": file_stamp(cfg.vgg16),
+        }
     else:
         raise ValueError(f"unknown step {step!r}")
     return _canonical(inputs)
@@ -191,8 +249,14 @@ class _Steps:
     def __init__(self, out_dir: str, overwrite: Optional[bool], log: ProgressFn):
         self.out_dir, self.overwrite, self.log = out_dir, overwrite, log
 
-    def reusable(self, name: str, record: Optional[dict], inputs: dict, valid: Callable[[dict], Optional[str]],
-                 outputs: tuple = ()) -> bool:
+    def reusable(
+        self,
+        name: str,
+        record: Optional[dict],
+        inputs: dict,
+        valid: Callable[[dict], Optional[str]],
+        outputs: tuple = (),
+    ) -> bool:
         """True when ``record`` (the step's JSON) was made from ``inputs`` and its files pass ``valid``
         (which returns None, or why they cannot be used). ``outputs``: the files the step writes, named
         when an unfinished step left them (they are replaced)."""
@@ -209,8 +273,10 @@ class _Steps:
             changed = sorted(k for k in inputs if not isinstance(stored, dict) or stored.get(k) != inputs[k])
             why = f"it was made from other inputs ({', '.join(changed) or 'an older version'})"
             if self.overwrite is False:
-                raise ValueError(f"{self.out_dir}: holds a {name} step that {why[3:]}; pass --overwrite to "
-                                 "replace it, or choose another output folder")
+                raise ValueError(
+                    f"{self.out_dir}: holds a {name} step that {why[3:]}; pass --overwrite to "
+                    "replace it, or choose another output folder"
+                )
             self.log(f"Recomputing the {name} step in {self.out_dir}: {why}")
             return False
         problem = valid(record)
@@ -267,9 +333,15 @@ def _load_checked_pyramid(G: PortraitGAN, path: str) -> tuple[dict, torch.Tensor
     return levels, ws
 
 
-def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, out_dir: str,
-                        device: torch.device | str = "cpu", log: ProgressFn = print,
-                        overwrite: Optional[bool] = None) -> tuple[dict, torch.Tensor]:
+def initialize_portrait(
+    G: PortraitGAN,
+    checkpoint: str,
+    cfg: PortraitInitConfig,
+    out_dir: str,
+    device: torch.device | str = "cpu",
+    log: ProgressFn = print,
+    overwrite: Optional[bool] = None,
+) -> tuple[dict, torch.Tensor]:
     """Run (or reuse) steps 1–3 in ``out_dir``; returns ``(pyramid {R: [1, 3, C, R, R]}, ws [1, N, D])``.
 
     A finished step is reused when it was made from the same inputs and its files can be read.
@@ -288,7 +360,9 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
     if cfg.prompt:
         upstream = step_inputs(cfg, checkpoint, "candidates")
         names = read_json(os.path.join(out_dir, "candidates.json"))
-        if steps.reusable("candidates", names, upstream, lambda r: _check_candidates(out_dir, r), ("candidates",)):
+        if steps.reusable(
+            "candidates", names, upstream, lambda r: _check_candidates(out_dir, r), ("candidates",)
+        ):
             log(f"Reusing {len(names['files'])} candidate images in {out_dir}/candidates")
         else:
             names = timer("candidates", lambda: _generate(cfg, out_dir, device, log, upstream))
@@ -300,8 +374,13 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
     align_inputs = step_inputs(cfg, checkpoint, "alignment", upstream)
     inv_inputs = step_inputs(cfg, checkpoint, "inversion", align_inputs)
     alignment = read_json(os.path.join(out_dir, "alignment.json"))
-    aligned_ok = steps.reusable("alignment", alignment, align_inputs,
-                                lambda r: _check_alignment(out_dir, r, len(sources)), ("aligned.png",))
+    aligned_ok = steps.reusable(
+        "alignment",
+        alignment,
+        align_inputs,
+        lambda r: _check_alignment(out_dir, r, len(sources)),
+        ("aligned.png",),
+    )
     inversion = read_json(os.path.join(out_dir, "inversion.json")) if aligned_ok else None
 
     def check_inversion(record: dict) -> Optional[str]:
@@ -311,16 +390,22 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
             return f"{os.path.basename(pyramid_path)} cannot be used ({str(e).splitlines()[0][:160]})"
         return None
 
-    if aligned_ok and steps.reusable("inversion", inversion, inv_inputs, check_inversion,
-                                     ("w_plus.safetensors", "pyramid.safetensors", "comparison.png")):
+    if aligned_ok and steps.reusable(
+        "inversion",
+        inversion,
+        inv_inputs,
+        check_inversion,
+        ("w_plus.safetensors", "pyramid.safetensors", "comparison.png"),
+    ):
         log(f"Reusing the initialisation in {out_dir}")
         return _load_checked_pyramid(G, pyramid_path)
 
     G = G.to(device)
     distance = VGG16Distance.load(cfg.vgg16).to(device)  # camera estimate and inversion
     if not aligned_ok:
-        alignment = timer("alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, distance, log,
-                                                      align_inputs))
+        alignment = timer(
+            "alignment", lambda: _align(G, checkpoint, cfg, sources, out_dir, distance, log, align_inputs)
+        )
     target = torch.from_numpy(read_rgb(os.path.join(out_dir, "aligned.png"))).permute(2, 0, 1)[None]
     target = from_uint8(target.to(device))
     label = torch.tensor(alignment["camera"]["label"], dtype=torch.float32, device=device)
@@ -340,23 +425,39 @@ def initialize_portrait(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig
         log(f"Rebuilding {pyramid_path} from {wplus_path}")
         with torch.no_grad():
             levels = G.synthesize_pyramid(ws.to(device))
-        save_pyramid(pyramid_path, levels, ws, metadata={"source": sources[alignment["chosen"]], "camera": label.tolist()})
+        save_pyramid(
+            pyramid_path,
+            levels,
+            ws,
+            metadata={"source": sources[alignment["chosen"]], "camera": label.tolist()},
+        )
         return inversion
 
     def run_inversion() -> dict:
         log(f"Inverting {os.path.join(out_dir, 'aligned.png')} ({cfg.inversion.steps} steps)")
         result = invert(G, target, label, distance, cfg.inversion)
         ws = result["ws"]
-        require_finite(ws.detach(), "the inversion's w+ (diverged; lower the learning rate or check the image)")
+        require_finite(
+            ws.detach(), "the inversion's w+ (diverged; lower the learning rate or check the image)"
+        )
         with atomic_path(wplus_path, ".safetensors") as tmp:
             save_file({"ws": ws.detach().float().cpu().contiguous(), "camera": label.cpu().contiguous()}, tmp)
         with torch.no_grad():
             levels = G.synthesize_pyramid(ws)
-        save_pyramid(pyramid_path, levels, ws, metadata={"source": sources[alignment["chosen"]], "camera": label.tolist()})
+        save_pyramid(
+            pyramid_path,
+            levels,
+            ws,
+            metadata={"source": sources[alignment["chosen"]], "camera": label.tolist()},
+        )
         side = torch.nn.functional.interpolate(target, size=result["image"].shape[-2:], mode="area")
         save_image(os.path.join(out_dir, "comparison.png"), torch.cat([side[0], result["image"][0]], -1))
-        summary = {"steps": cfg.inversion.steps, "distance_first": result["distance"][0] if result["distance"] else None,
-                   "distance_last": result["distance"][-1] if result["distance"] else None, "inputs": inv_inputs}
+        summary = {
+            "steps": cfg.inversion.steps,
+            "distance_first": result["distance"][0] if result["distance"] else None,
+            "distance_last": result["distance"][-1] if result["distance"] else None,
+            "inputs": inv_inputs,
+        }
         write_json(os.path.join(out_dir, "inversion.json"), summary)
         return summary
 
@@ -372,9 +473,13 @@ def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn, in
     prompt = portrait_prompt(cfg.prompt)
     log(f"Generating {cfg.num_candidates} candidate portraits with {cfg.text_to_image_model}: {prompt!r}")
     pipe = load_pipeline(cfg.text_to_image_model, device=device, option="text_to_image_model")
-    t2i = TextToImageConfig(steps=cfg.candidate_steps, guidance_scale=cfg.candidate_guidance_scale,
-                            resolution=cfg.candidate_resolution, num_candidates=cfg.num_candidates,
-                            seed=cfg.candidate_seed)
+    t2i = TextToImageConfig(
+        steps=cfg.candidate_steps,
+        guidance_scale=cfg.candidate_guidance_scale,
+        resolution=cfg.candidate_resolution,
+        num_candidates=cfg.num_candidates,
+        seed=cfg.candidate_seed,
+    )
     candidates = generate_candidates(pipe, prompt, t2i)
     del pipe
     clear_pipeline_cache()  # the inversion and the SDS guidance do not need this copy
@@ -383,26 +488,45 @@ def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn, in
         name = f"candidates/candidate_{i}_seed{cand.seed}.png"
         save_image(os.path.join(out_dir, name), cand.image)
         files.append(name)
-    record = {"prompt": prompt, "model": cfg.text_to_image_model, "files": files,
-              "seeds": [cand.seed for cand in candidates], "settings": asdict(t2i), "inputs": inputs}
+    record = {
+        "prompt": prompt,
+        "model": cfg.text_to_image_model,
+        "files": files,
+        "seeds": [cand.seed for cand in candidates],
+        "settings": asdict(t2i),
+        "inputs": inputs,
+    }
     write_json(os.path.join(out_dir, "candidates.json"), record)
     return record
 
 
-def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: list[str], out_dir: str,
-           distance: VGG16Distance, log: ProgressFn, inputs: dict) -> dict:
+def _align(
+    G: PortraitGAN,
+    checkpoint: str,
+    cfg: PortraitInitConfig,
+    sources: list[str],
+    out_dir: str,
+    distance: VGG16Distance,
+    log: ProgressFn,
+    inputs: dict,
+) -> dict:
     detector = make_detector(cfg.detector)
     images = [read_rgb(p) for p in sources]
     names = [os.path.relpath(p, out_dir) if p.startswith(out_dir) else p for p in sources]
     require_faces(images, detector, names)
     framing = load_or_measure_framing(G, checkpoint, detector)
-    if len(images) == 1 or detector_name(detector) == "none":  # "none": the images are aligned already; take the first
+    if (
+        len(images) == 1 or detector_name(detector) == "none"
+    ):  # "none": the images are aligned already; take the first
         aligned = [align_image(images[0], framing, detector, cfg.aligned_resolution, source=names[0])]
-        reason = "the only image" if len(images) == 1 else "detector 'none': the first image, taken as aligned"
+        reason = (
+            "the only image" if len(images) == 1 else "detector 'none': the first image, taken as aligned"
+        )
         chosen, report = 0, [{"name": names[0], "kept": True, "reason": reason}]
     else:
-        chosen, aligned, report = select_candidate(images, framing, detector, names, size=cfg.aligned_resolution,
-                                                   max_padding=cfg.max_padding)
+        chosen, aligned, report = select_candidate(
+            images, framing, detector, names, size=cfg.aligned_resolution, max_padding=cfg.max_padding
+        )
     for row in report:
         log(f"  {row['name']}: {'kept' if row['kept'] else 'dropped'} ({row['reason']})")
     log(f"Chose {names[chosen]}")
@@ -414,8 +538,14 @@ def _align(G: PortraitGAN, checkpoint: str, cfg: PortraitInitConfig, sources: li
         log(f"Camera estimate: yaw {camera['yaw']:+g}°, elevation {camera['elevation']:+g}°")
     else:
         camera = {"label": canonical_label(1), "yaw": 0.0, "elevation": 0.0, "distances": {}}
-    record = {"chosen": chosen, "report": report, "framing": framing.to_dict(),
-              "crop": list(best.crop), "padding": best.padding,
-              "camera": {**camera, "label": camera["label"].cpu().tolist()}, "inputs": inputs}
+    record = {
+        "chosen": chosen,
+        "report": report,
+        "framing": framing.to_dict(),
+        "crop": list(best.crop),
+        "padding": best.padding,
+        "camera": {**camera, "label": camera["label"].cpu().tolist()},
+        "inputs": inputs,
+    }
     write_json(os.path.join(out_dir, "alignment.json"), record)
     return record

@@ -1,8 +1,9 @@
 """Pyramid tri-grid files: ours (safetensors + JSON metadata) and every official layout.
 
-    levels, ws = load_pyramid("inversion_trigrid.pkl")   # {R: [B, 3, 36, R, R]}, [B, 14, 512] or None
-    save_pyramid("pyramid.safetensors", levels, ws)
+levels, ws = load_pyramid("inversion_trigrid.pkl")   # {R: [B, 3, 36, R, R]}, [B, 14, 512] or None
+save_pyramid("pyramid.safetensors", levels, ws)
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,13 @@ from typing import Mapping, Optional
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import FORMAT_VERSION, CheckpointError, looks_like_safetensors, read_checkpoint, read_safetensors
+from .checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    looks_like_safetensors,
+    read_checkpoint,
+    read_safetensors,
+)
 from .checks import SAVE_FIX, require_finite, require_own_storage
 from .files import atomic_path
 from .pyramid_trigrid import level_key
@@ -48,11 +55,16 @@ def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Ten
             raise CheckpointError.at(path, "'model' entry is not a state dict")
     levels, ws = _find_levels(state)
     if not levels:
-        raise CheckpointError.at(path, "no 'trigrids_<R>' tensors found; expected a pyramid tri-grid file "
-                          "(ours, inversion_trigrid.pkl, df.pth, epoch_*.pth or NNN_pyramid_trigrid.pth)")
+        raise CheckpointError.at(
+            path,
+            "no 'trigrids_<R>' tensors found; expected a pyramid tri-grid file "
+            "(ours, inversion_trigrid.pkl, df.pth, epoch_*.pth or NNN_pyramid_trigrid.pth)",
+        )
     out = {}
     try:
-        for name, t in [(f"level trigrids_{r}", t) for r, t in levels.items()] + ([("ws", ws)] if ws is not None else []):
+        for name, t in [(f"level trigrids_{r}", t) for r, t in levels.items()] + (
+            [("ws", ws)] if ws is not None else []
+        ):
             require_own_storage(t, name)
         for r, t in sorted(levels.items()):
             # a copy: safetensors maps the file, which a later writer may replace or cut
@@ -60,7 +72,9 @@ def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Ten
             if t.ndim == 4:  # [B·3, C·D, R, R]
                 t = t.reshape(-1, 3, *t.shape[1:])
             if r < 1 or t.ndim != 5 or t.shape[1] != 3 or t.shape[-1] != r or t.shape[-2] != r:
-                raise ValueError(f"level trigrids_{r} has shape {tuple(t.shape)}, expected [B, 3, C, {r}, {r}]")
+                raise ValueError(
+                    f"level trigrids_{r} has shape {tuple(t.shape)}, expected [B, 3, C, {r}, {r}]"
+                )
             out[r] = require_finite(t, f"level trigrids_{r}")
         ws = require_finite(ws.detach().float().cpu().clone(), "ws") if ws is not None else None
     except ValueError as e:
@@ -68,8 +82,13 @@ def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Ten
     return out, ws
 
 
-def save_pyramid(path: str, levels: Mapping[int, torch.Tensor], ws: Optional[torch.Tensor] = None,
-                 fmt: str = "ours", metadata: Optional[dict] = None) -> None:
+def save_pyramid(
+    path: str,
+    levels: Mapping[int, torch.Tensor],
+    ws: Optional[torch.Tensor] = None,
+    fmt: str = "ours",
+    metadata: Optional[dict] = None,
+) -> None:
     """Write a pyramid atomically. ``fmt='ours'``: safetensors (+ JSON metadata);
     ``fmt='official'``: the gallery/``epoch_*.pth`` layout ``torch.save({'model': {...}})``."""
     state = {level_key(r): t.detach().float().contiguous().cpu() for r, t in sorted(levels.items())}

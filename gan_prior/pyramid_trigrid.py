@@ -13,6 +13,7 @@ trained on the mean), then over planes (in the decoder).
 
 Level keys are the spatial size R (8, 16, …, 512). Any subset of levels is valid.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional
@@ -59,7 +60,8 @@ class _TrilinearSample(torch.autograd.Function):
         (grid,) = ctx.saved_tensors
         stand_in = grad_out.new_zeros(()).expand(ctx.volume_shape)
         grad_volume, _ = torch.ops.aten.grid_sampler_3d_backward(
-            grad_out, stand_in, grid, 0, 0, False, [True, False])  # bilinear, zeros, align_corners=False
+            grad_out, stand_in, grid, 0, 0, False, [True, False]
+        )  # bilinear, zeros, align_corners=False
         return grad_volume, None
 
 
@@ -111,8 +113,9 @@ def sample_volumes(volumes: list[Tensor], points: Tensor, box_warp: float = BOX_
     return total.reshape(b, 3, -1, m).transpose(-1, -2)
 
 
-def sample_pyramid(levels: Mapping[int, Tensor], points: Tensor, box_warp: float = BOX_WARP,
-                   depth: int = TRIGRID_DEPTH) -> Tensor:
+def sample_pyramid(
+    levels: Mapping[int, Tensor], points: Tensor, box_warp: float = BOX_WARP, depth: int = TRIGRID_DEPTH
+) -> Tensor:
     """Sample every level at ``points`` ``[B, M, 3]`` (GAN world) → ``[B, 3, M, C]``, level-averaged."""
     if not levels:
         raise ValueError("sample_pyramid needs at least one tri-grid level")
@@ -125,18 +128,23 @@ class PyramidTriGrid(nn.Module):
     ``levels``: ``{R: [B, 3, C·D, R, R]}``. ``sample(points [B, M, 3]) -> [B, 3, M, C]``.
     """
 
-    def __init__(self, levels: Mapping[int, Tensor], box_warp: float = BOX_WARP,
-                 depth: int = TRIGRID_DEPTH):
+    def __init__(self, levels: Mapping[int, Tensor], box_warp: float = BOX_WARP, depth: int = TRIGRID_DEPTH):
         super().__init__()
         if not levels:
             raise ValueError("a pyramid tri-grid needs at least one level")
         self.box_warp, self.depth = box_warp, depth
         self.trigrids = nn.ParameterDict(
-            {level_key(size): nn.Parameter(t.detach().clone().float()) for size, t in sorted(levels.items())})
+            {level_key(size): nn.Parameter(t.detach().clone().float()) for size, t in sorted(levels.items())}
+        )
 
     @classmethod
-    def zeros(cls, sizes: Iterable[int] = LEVEL_SIZES, batch: int = 1,
-              channels: int = TRIGRID_CHANNELS * TRIGRID_DEPTH, **kwargs) -> "PyramidTriGrid":
+    def zeros(
+        cls,
+        sizes: Iterable[int] = LEVEL_SIZES,
+        batch: int = 1,
+        channels: int = TRIGRID_CHANNELS * TRIGRID_DEPTH,
+        **kwargs,
+    ) -> "PyramidTriGrid":
         return cls({r: torch.zeros(batch, 3, channels, r, r) for r in sizes}, **kwargs)
 
     @property

@@ -15,6 +15,7 @@ background, loss = mean((render − target)² · mask) · 1e3 with the rendered,
 The epoch order and patch corners here come from ``seed`` and the step index, so resuming at any
 step continues the same sequence.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,9 @@ def refinement_angles(seed: int = 0) -> tuple[Tensor, Tensor]:
     return hv_to_elevation_azimuth(*refinement_hv(seed))
 
 
-def fit_schedule(step: int, seed: int = 0, num_views: int = NUM_VIEWS, cfg: RefineFitConfig = RefineFitConfig()
-                 ) -> tuple[int, int, int]:
+def fit_schedule(
+    step: int, seed: int = 0, num_views: int = NUM_VIEWS, cfg: RefineFitConfig = RefineFitConfig()
+) -> tuple[int, int, int]:
     """``(view, top, left)`` of fit step ``step``: each epoch visits every view once, shuffled."""
     epoch, i = divmod(step, num_views)
     order = torch.randperm(num_views, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
@@ -72,20 +74,38 @@ def fit_schedule(step: int, seed: int = 0, num_views: int = NUM_VIEWS, cfg: Refi
     return int(order[i]), top, left
 
 
-def patch_loss(G, levels: Mapping[int, Tensor], ws: Tensor, label: Tensor, target: Tensor, top: int, left: int,
-               cfg: RefineFitConfig = RefineFitConfig(), deterministic: bool = False) -> Tensor:
+def patch_loss(
+    G,
+    levels: Mapping[int, Tensor],
+    ws: Tensor,
+    label: Tensor,
+    target: Tensor,
+    top: int,
+    left: int,
+    cfg: RefineFitConfig = RefineFitConfig(),
+    deterministic: bool = False,
+) -> Tensor:
     """Masked patch L2 of one view: ``label`` ``[1, 25]``, ``target`` ``[1, 3, R, R]`` in [−1, 1]."""
     p = cfg.patch_resolution
-    out = G.render(levels, ws, label, resolution=cfg.resolution, deterministic=deterministic, background=False,
-                   patch=(top, left, p), depth_resolution=cfg.depth_resolution,
-                   depth_resolution_importance=cfg.depth_resolution_importance)
+    out = G.render(
+        levels,
+        ws,
+        label,
+        resolution=cfg.resolution,
+        deterministic=deterministic,
+        background=False,
+        patch=(top, left, p),
+        depth_resolution=cfg.depth_resolution,
+        depth_resolution_importance=cfg.depth_resolution_importance,
+    )
     return masked_patch_l2(out["image"], out["mask"], target, top, left, cfg)
 
 
-def masked_patch_l2(image: Tensor, mask: Tensor, target: Tensor, top: int, left: int,
-                    cfg: RefineFitConfig = RefineFitConfig()) -> Tensor:
+def masked_patch_l2(
+    image: Tensor, mask: Tensor, target: Tensor, top: int, left: int, cfg: RefineFitConfig = RefineFitConfig()
+) -> Tensor:
     """The official fit's loss: ``image`` / ``mask`` of the patch at (top, left) ``[1, 3|1, p, p]``
     against that window of ``target`` ``[1, 3, R, R]``, times ``loss_weight``."""
     p = cfg.patch_resolution
-    gt = target[:, :, top:top + p, left:left + p].to(image)
+    gt = target[:, :, top : top + p, left : left + p].to(image)
     return ((image - gt) ** 2 * mask).mean() * cfg.loss_weight

@@ -13,6 +13,7 @@ A *field* is any callable ``points [B, N, 3] (GAN world) -> (sigma_raw [B, N, 1]
    ``σ = softplus(σ_mid − 1)``, ``α = 1 − exp(−σδ)``, ``w = α·Π(1 − α + 1e−10)``; empty space
    composites to feature 0, depth ``Σw·t / Σw`` clamped to the sampled range.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -42,24 +43,27 @@ class RenderConfig:
     def replace(self, **changes) -> "RenderConfig":
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
-            raise ValueError(f"unknown render option(s) {sorted(unknown)}; "
-                             f"valid: {[f.name for f in fields(self)]}")
+            raise ValueError(
+                f"unknown render option(s) {sorted(unknown)}; valid: {[f.name for f in fields(self)]}"
+            )
         return RenderConfig(**{**asdict(self), **changes})
 
 
-def ray_grid_uv(resolution: int, top: int = 0, left: int = 0, size: Optional[int] = None,
-                device=None) -> Tensor:
+def ray_grid_uv(
+    resolution: int, top: int = 0, left: int = 0, size: Optional[int] = None, device=None
+) -> Tensor:
     """Normalised pixel centres ``[size², 2]`` (u = column, v = row, row-major order) of a
     ``size × size`` window at (top, left) of a ``resolution²`` image."""
     size = resolution if size is None else size
     idx = torch.arange(resolution, dtype=torch.float32, device=device) / resolution + 0.5 / resolution
-    rows, cols = idx[top: top + size], idx[left: left + size]
+    rows, cols = idx[top : top + size], idx[left : left + size]
     v, u = torch.meshgrid(rows, cols, indexing="ij")
     return torch.stack([u, v], -1).reshape(-1, 2)
 
 
-def rays_from_label(c: Tensor, resolution: int, patch: Optional[tuple[int, int, int]] = None
-                    ) -> tuple[Tensor, Tensor]:
+def rays_from_label(
+    c: Tensor, resolution: int, patch: Optional[tuple[int, int, int]] = None
+) -> tuple[Tensor, Tensor]:
     """Camera labels ``[B, 25]`` → (origins, unit directions) ``[B, M, 3]`` in GAN world.
 
     ``patch = (top, left, size)`` renders only that window of the ``resolution²`` image
@@ -68,8 +72,13 @@ def rays_from_label(c: Tensor, resolution: int, patch: Optional[tuple[int, int, 
     c2w = c[:, :16].reshape(-1, 4, 4)
     k = c[:, 16:25].reshape(-1, 3, 3)
     uv = ray_grid_uv(resolution, *(patch or (0, 0, None)), device=c.device).to(c.dtype)
-    fx, fy, cx, cy, sk = (k[:, 0, 0, None], k[:, 1, 1, None], k[:, 0, 2, None], k[:, 1, 2, None],
-                          k[:, 0, 1, None])
+    fx, fy, cx, cy, sk = (
+        k[:, 0, 0, None],
+        k[:, 1, 1, None],
+        k[:, 0, 2, None],
+        k[:, 1, 2, None],
+        k[:, 0, 1, None],
+    )
     u, v = uv[None, :, 0], uv[None, :, 1]
     x = (u - cx + cy * sk / fy - sk * v / fy) / fx
     y = (v - cy) / fy
@@ -106,8 +115,7 @@ def composite(colors: Tensor, sigma_raw: Tensor, depths: Tensor) -> tuple[Tensor
     return features, depth, weights
 
 
-def stratified_depths(batch: int, n_rays: int, cfg: RenderConfig, deterministic: bool,
-                      device=None) -> Tensor:
+def stratified_depths(batch: int, n_rays: int, cfg: RenderConfig, deterministic: bool, device=None) -> Tensor:
     """``[B, M, S, 1]`` depths on ``[ray_start, ray_end]``."""
     s = cfg.depth_resolution
     depths = torch.linspace(cfg.ray_start, cfg.ray_end, s, device=device).reshape(1, 1, s, 1)
@@ -154,8 +162,9 @@ def importance_depths(depths: Tensor, weights: Tensor, n: int, deterministic: bo
 _CROP_SKIP_MARGIN = 300.0
 
 
-def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_density: float
-                        ) -> tuple[Tensor, Tensor]:
+def _evaluate_uncropped(
+    field: Field, points: Tensor, cropped: Tensor, crop_density: float
+) -> tuple[Tensor, Tensor]:
     """``field(points)``, evaluated only at the points the tri-grid crop keeps.
 
     A cropped point gets σ = ``crop_density`` (−1e3), so every interval that touches it has
@@ -175,8 +184,7 @@ def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_dens
     k = int(counts.max())
     if k == 0:
         sigma, feats = field(points[:, :1])
-        return (sigma.new_full((b, n, 1), crop_density),
-                feats.new_zeros((b, n, feats.shape[-1])))
+        return (sigma.new_full((b, n, 1), crop_density), feats.new_zeros((b, n, feats.shape[-1])))
     # kept points first, in their order (stable), padded per batch element with cropped points
     order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
     sigma_k, feats_k = field(torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 3)))
@@ -184,14 +192,22 @@ def _evaluate_uncropped(field: Field, points: Tensor, cropped: Tensor, crop_dens
     if bool((sigma_k.detach().masked_fill(~valid, float("-inf")) >= limit).any()):
         return field(points)
     sigma = sigma_k.new_full((b, n, 1), crop_density).scatter(
-        1, order.unsqueeze(-1), torch.where(valid, sigma_k, torch.full_like(sigma_k, crop_density)))
+        1, order.unsqueeze(-1), torch.where(valid, sigma_k, torch.full_like(sigma_k, crop_density))
+    )
     feats = feats_k.new_zeros((b, n, feats_k.shape[-1])).scatter(
-        1, order.unsqueeze(-1).expand(-1, -1, feats_k.shape[-1]), feats_k * valid)
+        1, order.unsqueeze(-1).expand(-1, -1, feats_k.shape[-1]), feats_k * valid
+    )
     return sigma, feats
 
 
-def render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig = RenderConfig(),
-                deterministic: bool = False, chunk: Optional[int] = None) -> dict[str, Tensor]:
+def render_rays(
+    field: Field,
+    origins: Tensor,
+    dirs: Tensor,
+    cfg: RenderConfig = RenderConfig(),
+    deterministic: bool = False,
+    chunk: Optional[int] = None,
+) -> dict[str, Tensor]:
     """Volume-render rays ``[B, M, 3]`` through ``field``, at most ``chunk`` rays per pass.
 
     Returns ``features [B, M, C]``, ``depth [B, M, 1]``, ``opacity [B, M, 1]`` (Σ weights),
@@ -199,14 +215,17 @@ def render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig =
     """
     m = origins.shape[1]
     if chunk is not None and chunk < m:
-        parts = [_render_rays(field, origins[:, i:i + chunk], dirs[:, i:i + chunk], cfg, deterministic)
-                 for i in range(0, m, chunk)]
+        parts = [
+            _render_rays(field, origins[:, i : i + chunk], dirs[:, i : i + chunk], cfg, deterministic)
+            for i in range(0, m, chunk)
+        ]
         return {k: torch.cat([p[k] for p in parts], 1) for k in parts[0]}
     return _render_rays(field, origins, dirs, cfg, deterministic)
 
 
-def _render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig, deterministic: bool
-                 ) -> dict[str, Tensor]:
+def _render_rays(
+    field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig, deterministic: bool
+) -> dict[str, Tensor]:
     b, m, _ = origins.shape
 
     def evaluate(depths: Tensor) -> tuple[Tensor, Tensor]:
@@ -230,5 +249,10 @@ def _render_rays(field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig,
         feats = torch.cat([feats, feats_f], -2)
         feats = torch.gather(feats, -2, order.expand(-1, -1, -1, feats.shape[-1]))
     features, depth, weights = composite(feats, sigma, depths)
-    return {"features": features, "depth": depth, "opacity": weights.sum(-2), "weights": weights,
-            "depths": depths}
+    return {
+        "features": features,
+        "depth": depth,
+        "opacity": weights.sum(-2),
+        "weights": weights,
+        "depths": depths,
+    }

@@ -11,6 +11,7 @@ with the same clamp. The official ``superresolution_noise_mode`` is ``'none'``: 
 Used by the official inversion (``TriPlaneGenerator.synthesis`` in ``training/smpl_triplane.py``:
 ``image`` = SR(``image_raw``, feature image, ws)); the later stages render ``image_raw`` directly.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -30,16 +31,24 @@ class Superresolution(nn.Module):
     ``forward`` does. Parameter names are the official ones (``block0.*``, ``block1.*``).
     """
 
-    def __init__(self, channels: int = 32, w_dim: int = 512, input_resolution: int = 128,
-                 block_channels: tuple[int, int] = (256, 128), conv_clamp: float = SR_CONV_CLAMP,
-                 antialias: bool = True):
+    def __init__(
+        self,
+        channels: int = 32,
+        w_dim: int = 512,
+        input_resolution: int = 128,
+        block_channels: tuple[int, int] = (256, 128),
+        conv_clamp: float = SR_CONV_CLAMP,
+        antialias: bool = True,
+    ):
         super().__init__()
         self.input_resolution, self.antialias = input_resolution, antialias
         c0, c1 = block_channels
-        self.block0 = SynthesisBlock(channels, c0, w_dim, 2 * input_resolution, img_channels=3,
-                                     conv_clamp=conv_clamp)
-        self.block1 = SynthesisBlock(c0, c1, w_dim, 4 * input_resolution, img_channels=3,
-                                     conv_clamp=conv_clamp)
+        self.block0 = SynthesisBlock(
+            channels, c0, w_dim, 2 * input_resolution, img_channels=3, conv_clamp=conv_clamp
+        )
+        self.block1 = SynthesisBlock(
+            c0, c1, w_dim, 4 * input_resolution, img_channels=3, conv_clamp=conv_clamp
+        )
 
     @property
     def output_resolution(self) -> int:
@@ -52,8 +61,10 @@ class Superresolution(nn.Module):
 
     def forward(self, rgb: Tensor, features: Tensor, ws: Tensor) -> Tensor:
         if rgb.ndim != 4 or features.ndim != 4 or rgb.shape[1] != 3 or rgb.shape[-2:] != features.shape[-2:]:
-            raise ValueError(f"superresolution needs rgb [B, 3, H, W] and features [B, C, H, W] of the same "
-                             f"size, got {tuple(rgb.shape)} and {tuple(features.shape)}")
+            raise ValueError(
+                f"superresolution needs rgb [B, 3, H, W] and features [B, C, H, W] of the same "
+                f"size, got {tuple(rgb.shape)} and {tuple(features.shape)}"
+            )
         ws = ws[:, -1:].float().expand(-1, 3, -1)
         if features.shape[-1] != self.input_resolution:  # the official test is on the width only
             features, rgb = self.resize(features.float()), self.resize(rgb.float())

@@ -8,6 +8,7 @@ Pyramid synthesis (official ``Hierarchy3DAwareSynthesisNetwork``): a constant-wi
 per-plane ×2 up-conv, conv and ToRGB with the *last* w of the 2D block's slice, and emits
 ``F3D(2r)`` ``[B·3, 36, 2r, 2r]``: the tri-grid level of size 2r, and the next level's input.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ from .layers import SynthesisBlock
 def block_resolutions(resolution: int) -> list[int]:
     if resolution < 4 or resolution & (resolution - 1):
         raise ValueError(f"synthesis resolution must be a power of two >= 4, got {resolution}")
-    return [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
+    return [2**i for i in range(2, int(math.log2(resolution)) + 1)]
 
 
 def split_ws(ws: Tensor, blocks: list[SynthesisBlock]) -> list[Tensor]:
@@ -39,8 +40,9 @@ class Aware3DBlock(nn.Module):
 
     def __init__(self, plane_channels: int, resolution: int, w_dim: int):
         super().__init__()
-        self.block = SynthesisBlock(plane_channels, plane_channels, w_dim, 2 * resolution,
-                                    img_channels=plane_channels, per_plane=True)
+        self.block = SynthesisBlock(
+            plane_channels, plane_channels, w_dim, 2 * resolution, img_channels=plane_channels, per_plane=True
+        )
 
     def forward(self, f3d_prev, f2d: Tensor, w: Tensor, noise_mode: str = "const") -> Tensor:
         """f2d ``[B, 3·C, r, r]``, f3d_prev ``[B·3, C, r, r]`` or None, w ``[B, w_dim]`` →
@@ -61,8 +63,11 @@ class PyramidSynthesis(nn.Module):
         self.w_dim, self.resolution, self.channels = w_dim, resolution, channels
         self.block_resolutions = block_resolutions(resolution)
         for r in self.block_resolutions:
-            setattr(self, f"b{r}", SynthesisBlock(0 if r == 4 else channels, channels, w_dim, r,
-                                                   img_channels=channels))
+            setattr(
+                self,
+                f"b{r}",
+                SynthesisBlock(0 if r == 4 else channels, channels, w_dim, r, img_channels=channels),
+            )
             setattr(self, f"b3d{r}", Aware3DBlock(channels // 3, r, w_dim))
         self.num_ws = sum(getattr(self, f"b{r}").num_conv for r in self.block_resolutions) + 1
 
@@ -87,14 +92,16 @@ class BackgroundSynthesis(nn.Module):
     Channels per resolution are ``min(channel_base // r, channel_max)``.
     """
 
-    def __init__(self, w_dim: int, resolution: int, img_channels: int, channel_base: int,
-                 channel_max: int):
+    def __init__(self, w_dim: int, resolution: int, img_channels: int, channel_base: int, channel_max: int):
         super().__init__()
         self.block_resolutions = block_resolutions(resolution)
         ch = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
         for r in self.block_resolutions:
-            setattr(self, f"b{r}", SynthesisBlock(ch[r // 2] if r > 4 else 0, ch[r], w_dim, r,
-                                                   img_channels=img_channels))
+            setattr(
+                self,
+                f"b{r}",
+                SynthesisBlock(ch[r // 2] if r > 4 else 0, ch[r], w_dim, r, img_channels=img_channels),
+            )
         self.num_ws = sum(getattr(self, f"b{r}").num_conv for r in self.block_resolutions) + 1
 
     def forward(self, ws: Tensor, noise_mode: str = "const") -> Tensor:

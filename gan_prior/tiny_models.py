@@ -116,8 +116,11 @@ def _byte_level_tokenizer():
 
     with tempfile.TemporaryDirectory() as tok_src:
         _write_byte_level_tokenizer_files(Path(tok_src))
-        return CLIPTokenizer(vocab_file=str(Path(tok_src) / "vocab.json"),
-                             merges_file=str(Path(tok_src) / "merges.txt"), model_max_length=_SD_MAX_LENGTH)
+        return CLIPTokenizer(
+            vocab_file=str(Path(tok_src) / "vocab.json"),
+            merges_file=str(Path(tok_src) / "merges.txt"),
+            model_max_length=_SD_MAX_LENGTH,
+        )
 
 
 def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
@@ -363,21 +366,42 @@ def build_tiny_clip(path: str, seed: int = 4) -> None:
     byte-level tokenizer, 77 positions): ``CLIPModel.from_pretrained(path)`` and
     ``CLIPProcessor.from_pretrained(path)`` load it offline. Seed 4 gives positive image–text
     cosines (many seeds give only negative ones, which the CLIP score clamps to 0)."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
-                              CLIPVisionConfig)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _byte_level_tokenizer()
-    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=_SD_MAX_LENGTH,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=32, patch_size=8)
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=_SD_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16))
+        model = CLIPModel(
+            CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+        )
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     model.save_pretrained(str(out), safe_serialization=True)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(str(out))

@@ -10,6 +10,7 @@ pytorch-fid, torchmetrics (so Lightning) and threestudio import torchvision.
 unavailable and torchvision's own ``_C`` does not load. The C++ ops (nms, roi_align, ...) stay
 unavailable; nothing this project runs needs them. Importing this module is cheap (no torch).
 """
+
 from __future__ import annotations
 
 import importlib.abc

@@ -102,9 +102,7 @@ def _overrides(value, where: str) -> List[str]:
         ]
     if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
         return list(value)
-    raise UsageError(
-        f'{where}: "overrides" must be an object {{"key": value}} or a list of "key=value"'
-    )
+    raise UsageError(f'{where}: "overrides" must be an object {{"key": value}} or a list of "key=value"')
 
 
 def read_prompts(path: str, default_seed: int = 0) -> List[Job]:
@@ -123,9 +121,7 @@ def read_prompts(path: str, default_seed: int = 0) -> List[Job]:
                 try:
                     entry = json.loads(line)
                 except ValueError as e:
-                    raise UsageError(
-                        f"{where}: not valid JSON ({e.msg}); one JSON object a line"
-                    ) from None
+                    raise UsageError(f"{where}: not valid JSON ({e.msg}); one JSON object a line") from None
                 unknown = sorted(set(entry) - set(JSONL_KEYS))
                 if unknown:
                     raise UsageError(
@@ -138,9 +134,7 @@ def read_prompts(path: str, default_seed: int = 0) -> List[Job]:
                 if not isinstance(seed, int) or isinstance(seed, bool):
                     raise UsageError(f'{where}: "seed" must be an integer, not {seed!r}')
                 name = entry.get("name") or slug(prompt)
-                job = Job(
-                    prompt.strip(), str(name), seed, _overrides(entry.get("overrides"), where), i
-                )
+                job = Job(prompt.strip(), str(name), seed, _overrides(entry.get("overrides"), where), i)
             else:
                 job = Job(line, slug(line), default_seed, [], i)
             if not NAME_RE.match(job.name):
@@ -440,9 +434,7 @@ def run_batch(
                         job = queue.pop(0)
                         ref = task.remote(job.__dict__, config, list(common), out, batch_id)
                         running[ref] = job
-                        entries[job.name].update(
-                            status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S")
-                        )
+                        entries[job.name].update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
                     write_manifest(out, list(entries.values()))
                 bar.running = len(running)
                 bar.update()
@@ -451,9 +443,7 @@ def run_batch(
                     job = running.pop(ref)
                     try:
                         result = ray.get(ref)
-                    except (
-                        Exception
-                    ) as e:  # retries used up: the worker died, or launch.py was killed
+                    except Exception as e:  # retries used up: the worker died, or launch.py was killed
                         result = {"status": "failed", "error": _task_error(e, retries)}
                     entries[job.name].update(result)
                     entry = entries[job.name]
@@ -464,9 +454,7 @@ def run_batch(
                             if entry.get("resumed_from_step") is not None
                             else ""
                         )
-                        bar.write(
-                            f"done    {job.name} ({took:.0f} s on {entry.get('node')}{again})"
-                        )
+                        bar.write(f"done    {job.name} ({took:.0f} s on {entry.get('node')}{again})")
                     else:
                         bar.failed += 1
                         bar.write(f"failed  {job.name}: {entry['error']}")
@@ -550,15 +538,9 @@ def add_parser(sub) -> None:
         help="many portraits on Ray (this machine or a cluster), with a manifest",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument(
-        "prompts", help="a text file (one prompt a line) or JSONL (prompt, seed, name, overrides)"
-    )
-    p.add_argument(
-        "--config", required=True, help="a threestudio config, e.g. configs/portrait3d.yaml"
-    )
-    p.add_argument(
-        "--out", default="runs", help="folder for the trial folders, logs/ and manifest.jsonl"
-    )
+    p.add_argument("prompts", help="a text file (one prompt a line) or JSONL (prompt, seed, name, overrides)")
+    p.add_argument("--config", required=True, help="a threestudio config, e.g. configs/portrait3d.yaml")
+    p.add_argument("--out", default="runs", help="folder for the trial folders, logs/ and manifest.jsonl")
     p.add_argument(
         "--workers",
         type=int,

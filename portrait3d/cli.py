@@ -1,5 +1,6 @@
 """``portrait3d``: the project's command. Each subcommand lives in its own module, which provides
 ``add_parser(subparsers)`` (registering a parser whose ``func(args) -> int`` runs it)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="portrait3d", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="portrait3d",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").add_parser(sub)

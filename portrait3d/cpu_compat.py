@@ -12,6 +12,7 @@ It runs at interpreter start (:mod:`portrait3d.startup`, from the ``.pth`` file 
 into the environment's site-packages): users need no ``PYTHONPATH``. Importing this module is cheap
 (no torch).
 """
+
 from __future__ import annotations
 
 import importlib.abc
@@ -77,4 +78,3 @@ def is_stand_in(module) -> bool:
     """True if ``module`` was served from ``portrait3d/cpu_stubs`` (not a real installed package)."""
     origin = getattr(getattr(module, "__spec__", None), "origin", None) or ""
     return os.path.abspath(origin).startswith(STUBS_DIR + os.sep)
-

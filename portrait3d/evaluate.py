@@ -35,9 +35,7 @@ def check_options(clip: Optional[str], inception: Optional[str]) -> None:
             "(e.g. openai/clip-vit-large-patch14)"
         )
     if inception and not os.path.isfile(inception):
-        raise UsageError(
-            f"--inception {inception}: no such file; give pt_inception-2015-12-05-6726825d.pth"
-        )
+        raise UsageError(f"--inception {inception}: no such file; give pt_inception-2015-12-05-6726825d.pth")
 
 
 def _config_evaluation(trial: Trial) -> dict:
@@ -112,9 +110,7 @@ def evaluate_runs(out: str, clip: Optional[str] = None, inception: Optional[str]
             }
         )
     if not rows:
-        raise UsageError(
-            f"{out}: none of the finished portraits has a large-pose video to evaluate"
-        )
+        raise UsageError(f"{out}: none of the finished portraits has a large-pose video to evaluate")
     if clip is None:
         raise UsageError(
             "no CLIP model: give --clip (a CLIP folder or hub id, e.g. openai/clip-vit-large-patch14) "
@@ -218,9 +214,7 @@ def print_summary(r: dict, out: Optional[str] = None) -> None:
 
 def cmd_evaluate(args) -> int:
     print_summary(evaluate_runs(args.runs, args.clip, args.inception))
-    print(
-        f"written: {os.path.join(os.path.abspath(args.runs), 'metrics.json')}, metrics.md, metrics.csv"
-    )
+    print(f"written: {os.path.join(os.path.abspath(args.runs), 'metrics.json')}, metrics.md, metrics.csv")
     return 0
 
 

@@ -12,6 +12,7 @@ Anything else keeps its full traceback (a bug to report). A trial folder the fai
 is removed. Installed at interpreter start by the setup's
 ``.pth`` (see :mod:`portrait3d.cpu_compat`) and by the extension itself.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -26,8 +27,10 @@ OUR_DIRS = ("gan_prior", os.path.join("custom", "threestudio-portrait3d"), "port
 OUR_COMPONENTS = ("portrait3d-", "pyramid-trigrid", "gan-prior-initializer")
 PROMPT = "system.prompt_processor.prompt"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOT_INSTALLED = ("the Portrait3D extension is not installed in this threestudio checkout: run "
-                 f"`python {os.path.join(REPO_ROOT, 'install_extension.py')} .` here")
+NOT_INSTALLED = (
+    "the Portrait3D extension is not installed in this threestudio checkout: run "
+    f"`python {os.path.join(REPO_ROOT, 'install_extension.py')} .` here"
+)
 
 
 def _raised_by_us(exc: BaseException) -> bool:
@@ -79,9 +82,9 @@ def one_line(exc: BaseException) -> Optional[str]:
     first = text.strip().splitlines()[0] if text.strip() else name
     missing = name in ("MissingMandatoryValue", "InterpolationToMissingValueError")
     if missing and (getattr(exc, "full_key", None) in ("tag", PROMPT) or PROMPT in text):
-        return f"{PROMPT} is not set: add {PROMPT}=\"upper body photo, portrait of ...\" to the command"
+        return f'{PROMPT} is not set: add {PROMPT}="upper body photo, portrait of ..." to the command'
     if name == "InterpolationResolutionError" and "'NoneType' object has no attribute 'replace'" in text:
-        return f"{PROMPT} is empty: give the text of the portrait, {PROMPT}=\"upper body photo, ...\""
+        return f'{PROMPT} is empty: give the text of the portrait, {PROMPT}="upper body photo, ..."'
     if name == "UnsupportedInterpolationType" and "p3d_tiny" in text:
         return NOT_INSTALLED
     if isinstance(exc, KeyError) and str(exc.args[0] if exc.args else "").startswith(OUR_COMPONENTS):

@@ -12,6 +12,7 @@ The gallery is ``<folder>/index.html``: one card per trial (poster, video on hov
 score, time, status, link to the report), sortable; trials come from a batch's
 ``manifest.jsonl`` when the folder has one, otherwise from the trial folders found below it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,7 +20,6 @@ import html
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -44,11 +44,14 @@ class ViewerMissing(UsageError):
 def viewer_bundle() -> str:
     """The path of model-viewer's UMD bundle: ``$PORTRAIT3D_VIEWER_JS`` or the repository's
     ``node_modules`` (``npm ci`` at the repository root). Raises :class:`ViewerMissing`."""
-    path = os.environ.get("PORTRAIT3D_VIEWER_JS") or os.path.join(REPO_ROOT, "node_modules", VIEWER_PACKAGE,
-                                                                  VIEWER_DIST)
+    path = os.environ.get("PORTRAIT3D_VIEWER_JS") or os.path.join(
+        REPO_ROOT, "node_modules", VIEWER_PACKAGE, VIEWER_DIST
+    )
     if not os.path.isfile(path):
-        raise ViewerMissing(f"the 3D viewer bundle {path} is missing: run `npm ci` in {REPO_ROOT} "
-                            f"(or set PORTRAIT3D_VIEWER_JS to {VIEWER_PACKAGE}'s {VIEWER_DIST})")
+        raise ViewerMissing(
+            f"the 3D viewer bundle {path} is missing: run `npm ci` in {REPO_ROOT} "
+            f"(or set PORTRAIT3D_VIEWER_JS to {VIEWER_PACKAGE}'s {VIEWER_DIST})"
+        )
     return path
 
 
@@ -56,7 +59,8 @@ def viewer_bundle() -> str:
 def is_trial(folder: str) -> bool:
     """A threestudio trial folder: ``configs/parsed.yaml`` and ``save/``."""
     return os.path.isfile(os.path.join(folder, "configs", "parsed.yaml")) and os.path.isdir(
-        os.path.join(folder, "save"))
+        os.path.join(folder, "save")
+    )
 
 
 def _step_files(save: str, pattern: str) -> Dict[int, str]:
@@ -97,18 +101,26 @@ def _get(cfg: dict, dotted: str):
 
 
 # settings shown on the page (the whole parsed.yaml is one click away)
-SETTINGS = (("prompt", "system.prompt_processor.prompt"), ("negative prompt", "system.prompt_processor.negative_prompt"),
-            ("seed", "seed"), ("initialisation", "system.initializer.source"),
-            ("diffusion model", "system.prompt_processor.pretrained_model_name_or_path"),
-            ("guidance", "system.guidance_type"), ("CFG scale", "system.guidance.guidance_scale"),
-            ("t range", ("system.guidance.min_step_percent", "system.guidance.max_step_percent")),
-            ("SDS steps", "system.sds_steps"), ("refinement steps", "system.refine.steps"),
-            ("render size", ("data.width", "data.height")), ("GAN checkpoint", "system.prior_checkpoint"))
+SETTINGS = (
+    ("prompt", "system.prompt_processor.prompt"),
+    ("negative prompt", "system.prompt_processor.negative_prompt"),
+    ("seed", "seed"),
+    ("initialisation", "system.initializer.source"),
+    ("diffusion model", "system.prompt_processor.pretrained_model_name_or_path"),
+    ("guidance", "system.guidance_type"),
+    ("CFG scale", "system.guidance.guidance_scale"),
+    ("t range", ("system.guidance.min_step_percent", "system.guidance.max_step_percent")),
+    ("SDS steps", "system.sds_steps"),
+    ("refinement steps", "system.refine.steps"),
+    ("render size", ("data.width", "data.height")),
+    ("GAN checkpoint", "system.prior_checkpoint"),
+)
 
 
 @dataclass
 class Trial:
     """What a report shows, as paths relative to ``save/``."""
+
     folder: str
     config: dict
     settings: List[tuple] = field(default_factory=list)
@@ -158,8 +170,11 @@ def _init_record(save: str, key: str) -> dict:
     rows = {r.get("name"): r for r in align.get("report", []) if isinstance(r, dict)}
     files = list(cands.get("files") or [])
     if not files and os.path.isdir(os.path.join(folder, "candidates")):
-        files = [f"candidates/{n}" for n in sorted(os.listdir(os.path.join(folder, "candidates")))
-                 if n.lower().endswith((".png", ".jpg", ".jpeg"))]
+        files = [
+            f"candidates/{n}"
+            for n in sorted(os.listdir(os.path.join(folder, "candidates")))
+            if n.lower().endswith((".png", ".jpg", ".jpeg"))
+        ]
     for name in rows:  # a photo (source=image) is named by its own path
         if name not in files and os.path.isfile(os.path.join(folder, name)):
             files.append(name)
@@ -173,12 +188,19 @@ def _init_record(save: str, key: str) -> dict:
             reason = row.get("reason") or ""
         if row is not None and align.get("chosen") is not None and list(rows).index(name) == align["chosen"]:
             state = "chosen"
-        candidates.append({"src": f"{rel}/{name}", "name": os.path.basename(name), "state": state, "reason": reason})
+        candidates.append(
+            {"src": f"{rel}/{name}", "name": os.path.basename(name), "state": state, "reason": reason}
+        )
     camera = align.get("camera") or {}
-    record = {"key": key, "candidates": candidates, "timings": read_json(os.path.join(folder, "timings.json")),
-              "inversion": read_json(os.path.join(folder, "inversion.json")),
-              "camera": {k: camera[k] for k in ("yaw", "elevation") if k in camera},
-              "prompt": cands.get("prompt"), "seeds": cands.get("seeds")}
+    record = {
+        "key": key,
+        "candidates": candidates,
+        "timings": read_json(os.path.join(folder, "timings.json")),
+        "inversion": read_json(os.path.join(folder, "inversion.json")),
+        "camera": {k: camera[k] for k in ("yaw", "elevation") if k in camera},
+        "prompt": cands.get("prompt"),
+        "seeds": cands.get("seeds"),
+    }
     for name in ("aligned", "comparison"):
         if os.path.isfile(os.path.join(folder, f"{name}.png")):
             record[name] = f"{rel}/{name}.png"
@@ -189,27 +211,46 @@ def collect(folder: str) -> Trial:
     """Everything a report shows, read from a trial folder."""
     folder = os.path.abspath(folder)
     if not is_trial(folder):
-        raise UsageError(f"{folder} is not a threestudio trial folder (no configs/parsed.yaml and save/); "
-                         "pass outputs/<experiment>/<trial>")
+        raise UsageError(
+            f"{folder} is not a threestudio trial folder (no configs/parsed.yaml and save/); "
+            "pass outputs/<experiment>/<trial>"
+        )
     t = Trial(folder=folder, config=_yaml(os.path.join(folder, "configs", "parsed.yaml")))
     save = t.save
     for label, key in SETTINGS:
-        value = ((" × " if label == "render size" else " … ").join(str(_get(t.config, k)) for k in key)
-                 if isinstance(key, tuple) else _get(t.config, key))
+        value = (
+            (" × " if label == "render size" else " … ").join(str(_get(t.config, k)) for k in key)
+            if isinstance(key, tuple)
+            else _get(t.config, key)
+        )
         if value not in (None, ""):
             t.settings.append((label, value))
     init_root = os.path.join(save, "init")
     if os.path.isdir(init_root):
-        t.inits = [_init_record(save, k) for k in sorted(os.listdir(init_root))
-                   if os.path.isdir(os.path.join(init_root, k))]
-    sds = [(int(m.group(1)), int(m.group(2)), n) for n in os.listdir(save)
-           for m in [re.fullmatch(r"it(\d+)-(\d+)\.png", n)] if m]
+        t.inits = [
+            _init_record(save, k)
+            for k in sorted(os.listdir(init_root))
+            if os.path.isdir(os.path.join(init_root, k))
+        ]
+    sds = [
+        (int(m.group(1)), int(m.group(2)), n)
+        for n in os.listdir(save)
+        for m in [re.fullmatch(r"it(\d+)-(\d+)\.png", n)]
+        if m
+    ]
     t.sds = [n for *_, n in sorted(sds)]
     refine = os.path.join(save, "refine")
     if os.path.isdir(refine):
         views = sorted(n for n in os.listdir(refine) if re.fullmatch(r"view_\d+\.png", n))
-        t.refine = [(f"refine/{v}", f"refine/refined_{v[5:]}" if os.path.isfile(os.path.join(refine, "refined_" + v[5:]))
-                     else None) for v in views]
+        t.refine = [
+            (
+                f"refine/{v}",
+                f"refine/refined_{v[5:]}"
+                if os.path.isfile(os.path.join(refine, "refined_" + v[5:]))
+                else None,
+            )
+            for v in views
+        ]
         if os.path.isfile(os.path.join(refine, "comparison.png")):
             t.refine_comparison = "refine/comparison.png"
     for kind, suffix in (("large pose", "large_pose"), ("small pose", "small_pose"), ("test", "test")):
@@ -217,8 +258,13 @@ def collect(folder: str) -> Trial:
         if name:
             t.videos.append((kind, name))
     t.views = _latest(save, r"it(\d+)-views\.png")
-    export = _latest(save, r"it(\d+)-export", lambda p: os.path.isfile(os.path.join(p, "portrait.glb")) or any(
-        n.endswith(".glb") for n in os.listdir(p)))
+    export = _latest(
+        save,
+        r"it(\d+)-export",
+        lambda p: (
+            os.path.isfile(os.path.join(p, "portrait.glb")) or any(n.endswith(".glb") for n in os.listdir(p))
+        ),
+    )
     if export:
         glbs = sorted(n for n in os.listdir(os.path.join(save, export)) if n.endswith(".glb"))
         t.mesh = f"{export}/" + ("portrait.glb" if "portrait.glb" in glbs else glbs[0])
@@ -238,7 +284,9 @@ def _file_list(folder: str) -> List[tuple]:
     found = []
     for root, dirs, files in os.walk(folder):
         rel_root = os.path.relpath(root, folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (rel_root == "save" and d == ASSETS))
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and not (rel_root == "save" and d == ASSETS)
+        )
         for name in sorted(files):
             if name.startswith(".") or (rel_root == "save" and name == "index.html"):
                 continue
@@ -314,11 +362,13 @@ def _figure(src: str, caption: str = "", alt: str = "") -> str:
 
 
 def _page(title: str, body: str, head: str = "") -> str:
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{CSS}</style>{head}</head>\n<body>\n{body}\n"
-            f'<footer>Written by <code>portrait3d</code> on {time.strftime("%Y-%m-%d %H:%M")}.</footer>'
-            "</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style>{head}</head>\n<body>\n{body}\n"
+        f"<footer>Written by <code>portrait3d</code> on {time.strftime('%Y-%m-%d %H:%M')}.</footer>"
+        "</body></html>\n"
+    )
 
 
 VIEWER_SCRIPT = """<script>
@@ -349,34 +399,59 @@ def render_report(t: Trial, viewer: Optional[str]) -> str:
             parsed = f.read()
     except OSError:
         pass
-    section("settings", "Prompt and settings",
-            f"<table>{rows}</table><details><summary>the whole configuration "
-            f'(<a href="../configs/parsed.yaml">parsed.yaml</a>)</summary><pre>{_e(parsed)}</pre></details>')
+    section(
+        "settings",
+        "Prompt and settings",
+        f"<table>{rows}</table><details><summary>the whole configuration "
+        f'(<a href="../configs/parsed.yaml">parsed.yaml</a>)</summary><pre>{_e(parsed)}</pre></details>',
+    )
 
     # initialisation
     if t.inits:
         parts = []
         for init in t.inits:
-            cards = "".join(_figure(c["src"], f'<span class="tag {c["state"]}">{c["state"]}</span> {_e(c["name"])}'
-                                              f'<br>{_e(c["reason"])}', c["name"]) for c in init["candidates"])
+            cards = "".join(
+                _figure(
+                    c["src"],
+                    f'<span class="tag {c["state"]}">{c["state"]}</span> {_e(c["name"])}'
+                    f"<br>{_e(c['reason'])}",
+                    c["name"],
+                )
+                for c in init["candidates"]
+            )
             facts = []
             if init.get("camera"):
-                facts.append("camera estimate: " + ", ".join(f"{k} {v:+g}°" for k, v in init["camera"].items()))
+                facts.append(
+                    "camera estimate: " + ", ".join(f"{k} {v:+g}°" for k, v in init["camera"].items())
+                )
             inv = init.get("inversion") or {}
             if "steps" in inv:
-                facts.append(f"inversion: {inv['steps']} steps, distance {_num(inv.get('distance_first'))} → "
-                             f"{_num(inv.get('distance_last'))}")
+                facts.append(
+                    f"inversion: {inv['steps']} steps, distance {_num(inv.get('distance_first'))} → "
+                    f"{_num(inv.get('distance_last'))}"
+                )
             timings = init.get("timings") or {}
             if timings:
-                facts.append("time: " + ", ".join(f"{k} {v.get('seconds', 0):.1f} s" for k, v in timings.items()
-                                                   if isinstance(v, dict)))
-            crops = "".join(_figure(init[k], cap) for k, cap in (("aligned", "aligned crop (the inversion's target)"),
-                                                                 ("comparison", "target | inversion"))
-                            if init.get(k))
-            parts.append(f'<h3>init/{_e(init["key"])}</h3>'
-                         + (f'<p class="muted">{_e("; ".join(facts))}</p>' if facts else "")
-                         + (f'<div class="grid">{cards}</div>' if cards else "")
-                         + (f'<div class="grid" style="--min:240px;margin-top:10px">{crops}</div>' if crops else ""))
+                facts.append(
+                    "time: "
+                    + ", ".join(
+                        f"{k} {v.get('seconds', 0):.1f} s" for k, v in timings.items() if isinstance(v, dict)
+                    )
+                )
+            crops = "".join(
+                _figure(init[k], cap)
+                for k, cap in (
+                    ("aligned", "aligned crop (the inversion's target)"),
+                    ("comparison", "target | inversion"),
+                )
+                if init.get(k)
+            )
+            parts.append(
+                f"<h3>init/{_e(init['key'])}</h3>"
+                + (f'<p class="muted">{_e("; ".join(facts))}</p>' if facts else "")
+                + (f'<div class="grid">{cards}</div>' if cards else "")
+                + (f'<div class="grid" style="--min:240px;margin-top:10px">{crops}</div>' if crops else "")
+            )
         section("init", "Initialisation: candidates, alignment, inversion", "".join(parts))
 
     if t.sds:
@@ -388,47 +463,81 @@ def render_report(t: Trial, viewer: Optional[str]) -> str:
             f'<figure><div class="pair"><a href="{_u(v)}"><img src="{_u(v)}" alt="view {i}"></a>'
             + (f'<a href="{_u(r)}"><img src="{_u(r)}" alt="refined {i}"></a>' if r else "<div></div>")
             + f"</div><figcaption>view {i:02d}: render | SDEdit</figcaption></figure>"
-            for i, (v, r) in enumerate(t.refine))
-        extra = (f'<details><summary>renders over refined (comparison.png)</summary><div class="wide">'
-                 f'<img src="{_u(t.refine_comparison)}" alt="comparison"></div></details>'
-                 if t.refine_comparison else "")
-        section("refine", f"Refinement: {len(t.refine)} views before and after SDEdit",
-                f'<div class="grid" style="--min:200px">{figs}</div>{extra}')
+            for i, (v, r) in enumerate(t.refine)
+        )
+        extra = (
+            f'<details><summary>renders over refined (comparison.png)</summary><div class="wide">'
+            f'<img src="{_u(t.refine_comparison)}" alt="comparison"></div></details>'
+            if t.refine_comparison
+            else ""
+        )
+        section(
+            "refine",
+            f"Refinement: {len(t.refine)} views before and after SDEdit",
+            f'<div class="grid" style="--min:200px">{figs}</div>{extra}',
+        )
 
     if t.videos or t.views:
-        figs = "".join(f'<figure><video src="{_u(p)}" controls loop muted playsinline preload="auto"></video>'
-                       f'<figcaption>{_e(k)}: <a href="{_u(p)}">{_e(p)}</a></figcaption></figure>'
-                       for k, p in t.videos)
-        sheet = (f'<div class="wide" style="margin-top:10px"><img src="{_u(t.views)}" alt="views"></div>'
-                 if t.views else "")
+        figs = "".join(
+            f'<figure><video src="{_u(p)}" controls loop muted playsinline preload="auto"></video>'
+            f'<figcaption>{_e(k)}: <a href="{_u(p)}">{_e(p)}</a></figcaption></figure>'
+            for k, p in t.videos
+        )
+        sheet = (
+            f'<div class="wide" style="margin-top:10px"><img src="{_u(t.views)}" alt="views"></div>'
+            if t.views
+            else ""
+        )
         section("videos", "Videos", f'<div class="grid" style="--min:240px">{figs}</div>{sheet}')
 
     # the 3D view
     if t.mesh and viewer:
-        mesh3d = (f'<div class="viewer"><model-viewer id="mesh" loading="eager" camera-controls touch-action="pan-y" '
-                  f'interaction-prompt="none" camera-orbit="0deg 80deg auto" shadow-intensity="0" exposure="1.1" '
-                  f'alt="the exported mesh"></model-viewer><div><p>Drag to turn the exported mesh, scroll or '
-                  f'pinch to zoom (its vertex colours, marching cubes on the density).</p>'
-                  f'<p><a href="{_u(t.mesh)}">{_e(t.mesh)}</a></p></div></div>')
+        mesh3d = (
+            f'<div class="viewer"><model-viewer id="mesh" loading="eager" camera-controls touch-action="pan-y" '
+            f'interaction-prompt="none" camera-orbit="0deg 80deg auto" shadow-intensity="0" exposure="1.1" '
+            f'alt="the exported mesh"></model-viewer><div><p>Drag to turn the exported mesh, scroll or '
+            f"pinch to zoom (its vertex colours, marching cubes on the density).</p>"
+            f'<p><a href="{_u(t.mesh)}">{_e(t.mesh)}</a></p></div></div>'
+        )
         section("view3d", "3D view", mesh3d)
     elif t.mesh:
-        section("view3d", "3D view", f'<p class="note">The 3D viewer was not installed when this page was written: '
-                                   f'run <code>npm ci</code> in the repository, then <code>portrait3d report '
-                                   f'{_e(t.folder)}</code>. The mesh: <a href="{_u(t.mesh)}">{_e(t.mesh)}</a>.</p>')
+        section(
+            "view3d",
+            "3D view",
+            f'<p class="note">The 3D viewer was not installed when this page was written: '
+            f"run <code>npm ci</code> in the repository, then <code>portrait3d report "
+            f'{_e(t.folder)}</code>. The mesh: <a href="{_u(t.mesh)}">{_e(t.mesh)}</a>.</p>',
+        )
     else:
-        section("view3d", "3D view", '<p class="muted">No exported mesh yet: run <code>launch.py --export</code> '
-                                   "(README, <em>Resume and export</em>), then <code>portrait3d report</code>.</p>")
+        section(
+            "view3d",
+            "3D view",
+            '<p class="muted">No exported mesh yet: run <code>launch.py --export</code> '
+            "(README, <em>Resume and export</em>), then <code>portrait3d report</code>.</p>",
+        )
 
     if t.metrics:
-        rows = "".join(f"<tr><th>{_e(k)}</th><td>{_num(v, 5)}</td></tr>" for k, v in sorted(t.metrics.items())
-                       if not isinstance(v, (dict, list)))
-        sheet = (f'<div class="wide" style="margin-top:10px"><img src="{_u(t.contact_sheet)}" alt="evaluated views">'
-                 f"</div>" if t.contact_sheet else "")
-        section("metrics", "Metrics", f'<table>{rows}</table><p class="muted"><a href="{_u(t.metrics_file)}">'
-                                      f"{_e(t.metrics_file)}</a></p>{sheet}")
+        rows = "".join(
+            f"<tr><th>{_e(k)}</th><td>{_num(v, 5)}</td></tr>"
+            for k, v in sorted(t.metrics.items())
+            if not isinstance(v, (dict, list))
+        )
+        sheet = (
+            f'<div class="wide" style="margin-top:10px"><img src="{_u(t.contact_sheet)}" alt="evaluated views">'
+            f"</div>"
+            if t.contact_sheet
+            else ""
+        )
+        section(
+            "metrics",
+            "Metrics",
+            f'<table>{rows}</table><p class="muted"><a href="{_u(t.metrics_file)}">'
+            f"{_e(t.metrics_file)}</a></p>{sheet}",
+        )
 
-    files = "".join(f'<div><a href="{_u(p)}">{_e(p)}</a> <span class="muted">{_size(s)}</span></div>'
-                    for p, s in t.files)
+    files = "".join(
+        f'<div><a href="{_u(p)}">{_e(p)}</a> <span class="muted">{_size(s)}</span></div>' for p, s in t.files
+    )
     section("files", f"All files ({len(t.files)})", f'<div class="files">{files}</div>')
 
     head = ""
@@ -436,8 +545,10 @@ def render_report(t: Trial, viewer: Optional[str]) -> str:
     if t.mesh and viewer:
         head = f'<script src="{_u(viewer)}"></script><script src="{_u(ASSETS + "/" + os.path.basename(t.mesh) + ".js")}"></script>'
         body_end = VIEWER_SCRIPT
-    header = (f'<header><p class="muted"><a href="../..">{_e(os.path.basename(os.path.dirname(t.folder)))}</a> / '
-              f"{_e(os.path.basename(t.folder))}</p><h1>{_e(title)}</h1><nav>{''.join(nav)}</nav></header>")
+    header = (
+        f'<header><p class="muted"><a href="../..">{_e(os.path.basename(os.path.dirname(t.folder)))}</a> / '
+        f"{_e(os.path.basename(t.folder))}</p><h1>{_e(title)}</h1><nav>{''.join(nav)}</nav></header>"
+    )
     return _page(title, header + "<main>" + "\n".join(sections) + "</main>" + body_end, head)
 
 
@@ -472,8 +583,10 @@ def write_report(folder: str, require_viewer: bool = True, warn=None) -> str:
             _write_text(os.path.join(assets, VIEWER_FILE), code)
             with open(os.path.join(t.save, t.mesh), "rb") as f:
                 data = base64.b64encode(f.read()).decode("ascii")
-            _write_text(os.path.join(assets, os.path.basename(t.mesh) + ".js"),
-                        f'window.P3D_MODEL="data:model/gltf-binary;base64,{data}";\n')
+            _write_text(
+                os.path.join(assets, os.path.basename(t.mesh) + ".js"),
+                f'window.P3D_MODEL="data:model/gltf-binary;base64,{data}";\n',
+            )
             viewer = f"{ASSETS}/{VIEWER_FILE}"
     path = os.path.join(t.save, "index.html")
     _write_text(path, render_report(t, viewer))
@@ -490,8 +603,11 @@ def find_trials(folder: str, max_depth: int = 4) -> List[str]:
             dirs[:] = []
             continue
         depth = os.path.relpath(root, folder).count(os.sep) + (root != folder)
-        dirs[:] = [] if depth >= max_depth else sorted(d for d in dirs if not d.startswith(".")
-                                                        and d != "node_modules")
+        dirs[:] = (
+            []
+            if depth >= max_depth
+            else sorted(d for d in dirs if not d.startswith(".") and d != "node_modules")
+        )
     return sorted(found)
 
 
@@ -563,14 +679,23 @@ def _card(folder: str, entry: dict, trial: Optional[Trial], page_dir: str) -> st
     name = str(entry.get("name") or (os.path.basename(trial.folder) if trial else ""))
     clip = (trial.metrics or {}).get("clip_score") if trial else None
     seconds = entry.get("_seconds")
-    rel = (lambda p: os.path.relpath(os.path.join(trial.save, p), page_dir).replace(os.sep, "/")) if trial else None
+    rel = (
+        (lambda p: os.path.relpath(os.path.join(trial.save, p), page_dir).replace(os.sep, "/"))
+        if trial
+        else None
+    )
     media = '<div class="ph">no image yet</div>'
     if trial and trial.poster:
         video = trial.turntable
         sheet = ' class="sheet"' if trial.poster == trial.views else ""
-        media = (f'<a href="{_u(rel("index.html"))}"><img{sheet} src="{_u(rel(trial.poster))}" alt="{_e(prompt)}"></a>'
-                 + (f'<video src="{_u(rel(video))}" muted loop playsinline preload="metadata"></video>'
-                    if video else ""))
+        media = (
+            f'<a href="{_u(rel("index.html"))}"><img{sheet} src="{_u(rel(trial.poster))}" alt="{_e(prompt)}"></a>'
+            + (
+                f'<video src="{_u(rel(video))}" muted loop playsinline preload="metadata"></video>'
+                if video
+                else ""
+            )
+        )
     facts = [f'<span class="tag {_e(status)}">{_e(status)}</span>']
     if clip is not None:
         facts.append(f"CLIP {clip:.2f}")
@@ -582,11 +707,15 @@ def _card(folder: str, entry: dict, trial: Optional[Trial], page_dir: str) -> st
         facts.append(_e(entry["node"]))
     error = f'<p class="error">{_e(entry["error"])}</p>' if entry.get("error") else ""
     link = f'<a href="{_u(rel("index.html"))}">report</a>' if trial else ""
-    attrs = (f'data-clip="{"" if clip is None else clip}" data-time="{"" if seconds is None else seconds}" '
-             f'data-name="{_e(name.lower())}" data-order="{entry["_order"]}" data-status="{_e(status)}"')
-    return (f'<article class="card" {attrs}><div class="media">{media}</div><div class="body">'
-            f'<p class="prompt">{_e(prompt)}</p><p class="facts">{" · ".join(facts)}</p>{error}'
-            f'<p class="muted">{_e(name)} {link}</p></div></article>')
+    attrs = (
+        f'data-clip="{"" if clip is None else clip}" data-time="{"" if seconds is None else seconds}" '
+        f'data-name="{_e(name.lower())}" data-order="{entry["_order"]}" data-status="{_e(status)}"'
+    )
+    return (
+        f'<article class="card" {attrs}><div class="media">{media}</div><div class="body">'
+        f'<p class="prompt">{_e(prompt)}</p><p class="facts">{" · ".join(facts)}</p>{error}'
+        f'<p class="muted">{_e(name)} {link}</p></div></article>'
+    )
 
 
 GALLERY_CSS = """
@@ -628,7 +757,9 @@ def write_gallery(folder: str, reports: bool = True) -> str:
     and, with ``reports``, each trial's report. Returns the page's path."""
     folder = os.path.abspath(folder)
     if not os.path.isdir(folder):
-        raise UsageError(f"{folder} is not a folder; pass a folder of runs (e.g. outputs/ or a batch's runs/)")
+        raise UsageError(
+            f"{folder} is not a folder; pass a folder of runs (e.g. outputs/ or a batch's runs/)"
+        )
     manifest = os.path.join(folder, MANIFEST)
     if os.path.isfile(manifest):
         entries = read_manifest(manifest)
@@ -653,13 +784,15 @@ def write_gallery(folder: str, reports: bool = True) -> str:
         counts[status] = counts.get(status, 0) + 1
         cards.append(_card(folder, entry, trial, folder))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    body = (f'<header><h1>Portraits</h1><p class="muted">{_e(folder)} — {_e(source)}: {_e(summary)}</p>'
-            '<div class="controls"><label>Sort by <select id="sort">'
-            '<option value="order:asc">run order</option><option value="clip:desc">CLIP score (best first)</option>'
-            '<option value="time:asc">time (fastest first)</option><option value="time:desc">time (slowest first)'
-            '</option><option value="name:asc">name</option></select></label>'
-            '<span class="muted">hover or tap a picture to play its turntable</span></div></header>'
-            f'<main><div class="cards" id="cards">{"".join(cards)}</div></main>{GALLERY_SCRIPT}')
+    body = (
+        f'<header><h1>Portraits</h1><p class="muted">{_e(folder)} — {_e(source)}: {_e(summary)}</p>'
+        '<div class="controls"><label>Sort by <select id="sort">'
+        '<option value="order:asc">run order</option><option value="clip:desc">CLIP score (best first)</option>'
+        '<option value="time:asc">time (fastest first)</option><option value="time:desc">time (slowest first)'
+        '</option><option value="name:asc">name</option></select></label>'
+        '<span class="muted">hover or tap a picture to play its turntable</span></div></header>'
+        f'<main><div class="cards" id="cards">{"".join(cards)}</div></main>{GALLERY_SCRIPT}'
+    )
     path = os.path.join(folder, "index.html")
     _write_text(path, _page("Portraits", body, f"<style>{GALLERY_CSS}</style>"))
     return path
@@ -678,17 +811,25 @@ def _gallery(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("report", help="write <trial>/save/index.html: one page showing a run",
-                              description="Write <trial>/save/index.html: the prompt and settings, the "
-                                          "initialisation, SDS images, refinement views, videos, an interactive "
-                                          "3D view of the exported mesh, metrics and links to every file. "
-                                          "Self-contained; opens from file:// with no network.")
-    p.add_argument("trials", nargs="+", metavar="TRIAL", help="threestudio trial folder(s) (outputs/<name>/<trial>)")
+    p = subparsers.add_parser(
+        "report",
+        help="write <trial>/save/index.html: one page showing a run",
+        description="Write <trial>/save/index.html: the prompt and settings, the "
+        "initialisation, SDS images, refinement views, videos, an interactive "
+        "3D view of the exported mesh, metrics and links to every file. "
+        "Self-contained; opens from file:// with no network.",
+    )
+    p.add_argument(
+        "trials", nargs="+", metavar="TRIAL", help="threestudio trial folder(s) (outputs/<name>/<trial>)"
+    )
     p.set_defaults(func=_report)
-    g = subparsers.add_parser("gallery", help="write <folder>/index.html: one card per portrait",
-                              description="Write <folder>/index.html over the trials below FOLDER (or a batch's "
-                                          "runs/ with its manifest.jsonl): poster, video on hover, metrics, status, "
-                                          "errors, sortable by CLIP score or time; also (re)writes each report.")
+    g = subparsers.add_parser(
+        "gallery",
+        help="write <folder>/index.html: one card per portrait",
+        description="Write <folder>/index.html over the trials below FOLDER (or a batch's "
+        "runs/ with its manifest.jsonl): poster, video on hover, metrics, status, "
+        "errors, sortable by CLIP score or time; also (re)writes each report.",
+    )
     g.add_argument("folder", help="a folder of runs (e.g. outputs/ or a batch's runs/)")
     g.add_argument("--no-reports", action="store_true", help="do not (re)write each trial's report page")
     g.set_defaults(func=_gallery)

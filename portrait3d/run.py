@@ -5,6 +5,7 @@ the results are and how to resume or export again.
     portrait3d run --config configs/portrait3d-tiny.yaml
     portrait3d run --config configs/portrait3d.yaml system.prompt_processor.prompt="a portrait of ..."
 """
+
 from __future__ import annotations
 
 import glob
@@ -71,10 +72,12 @@ class LaunchKilled(UsageError):
 # ``python -c DIE_WITH_PARENT PID CMD...``: SIGKILL this process when its parent dies (Linux
 # PR_SET_PDEATHSIG, kept across exec), then exec CMD: a killed worker never leaves a launch.py
 # writing into the trial its retry resumes. (An exec shim, not preexec_fn: Ray workers have threads.)
-DIE_WITH_PARENT = ("import ctypes, os, sys\n"
-                   "ctypes.CDLL(None).prctl(1, 9)\n"
-                   "if os.getppid() != int(sys.argv[1]):\n    sys.exit(137)\n"
-                   "os.execv(sys.argv[2], sys.argv[2:])\n")
+DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None).prctl(1, 9)\n"
+    "if os.getppid() != int(sys.argv[1]):\n    sys.exit(137)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def _command(args: Sequence[str]) -> List[str]:
@@ -90,7 +93,9 @@ def launch(root: str, args: Sequence[str], log: Optional[str] = None, stats: Opt
     value and the run's peak resident memory."""
     out = open(log, "a", encoding="utf-8") if log else None
     try:
-        proc = subprocess.Popen(_command(args), cwd=root, stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc = subprocess.Popen(
+            _command(args), cwd=root, stdout=out, stderr=subprocess.STDOUT if out else None
+        )
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -131,23 +136,38 @@ def yaml_quote(value: str) -> str:
 
 def find_trial(outputs: str, tag: str) -> Optional[Trial]:
     """The trial folder ``<outputs>/<config name>/<tag>`` a fixed-tag run made, if any."""
-    found = [d for d in glob.glob(os.path.join(os.path.abspath(outputs), "*", tag))
-             if os.path.isfile(os.path.join(d, "configs", "parsed.yaml"))]
+    found = [
+        d
+        for d in glob.glob(os.path.join(os.path.abspath(outputs), "*", tag))
+        if os.path.isfile(os.path.join(d, "configs", "parsed.yaml"))
+    ]
     return Trial(found[0]) if len(found) == 1 else None
 
 
 def _failed(step: str, code: int, log: Optional[str], trial: Optional[Trial] = None) -> UsageError:
     if code < 0:
-        return LaunchKilled(f"{step}: launch.py was killed by signal {-code}"
-                            + (f"; its trial {trial.folder} resumes from its last checkpoint" if trial else ""))
+        return LaunchKilled(
+            f"{step}: launch.py was killed by signal {-code}"
+            + (f"; its trial {trial.folder} resumes from its last checkpoint" if trial else "")
+        )
     reason = last_error(log)
     where = f"see {log}" if log else "see the messages above"
-    return UsageError(f"{step} failed (launch.py exit code {code}): {reason}; {where}" if reason
-                      else f"{step} failed (launch.py exit code {code}); {where}")
+    return UsageError(
+        f"{step} failed (launch.py exit code {code}): {reason}; {where}"
+        if reason
+        else f"{step} failed (launch.py exit code {code}); {where}"
+    )
 
 
-def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: Optional[str] = None,
-                     log: Optional[str] = None, tag: Optional[str] = None, stats: Optional[dict] = None) -> Trial:
+def train_and_export(
+    config: str,
+    overrides: Sequence[str],
+    outputs: str,
+    root: Optional[str] = None,
+    log: Optional[str] = None,
+    tag: Optional[str] = None,
+    stats: Optional[dict] = None,
+) -> Trial:
     """Train then export one portrait; returns its trial. Raises UsageError when a step fails
     (:class:`LaunchKilled` when launch.py was killed).
 
@@ -162,8 +182,10 @@ def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: 
     except ThreestudioError as e:
         raise UsageError(str(e)) from e
     if not extension_installed(root):
-        raise UsageError(f"the Portrait3D extension is not installed in {root}: run "
-                         f"`python install_extension.py {root}` (or `make demo`)")
+        raise UsageError(
+            f"the Portrait3D extension is not installed in {root}: run "
+            f"`python install_extension.py {root}` (or `make demo`)"
+        )
     stats = {} if stats is None else stats
     stats.setdefault("times", {})
     stats.setdefault("resumed_from_step", None)
@@ -179,8 +201,19 @@ def train_and_export(config: str, overrides: Sequence[str], outputs: str, root: 
             # (its initialisation, if finished, is reused)
             stamp = time.strftime("@%Y%m%d-%H%M%S")
             # quoted: YAML would read '@...' as reserved and a tag such as 007 as a number
-            fixed = ["use_timestamp=false", f"tag={yaml_quote(tag)}"] if tag else [f"timestamp={yaml_quote(stamp)}"]
-            args = ["--config", config, "--train", f"exp_root_dir={os.path.abspath(outputs)}", *fixed, *overrides]
+            fixed = (
+                ["use_timestamp=false", f"tag={yaml_quote(tag)}"]
+                if tag
+                else [f"timestamp={yaml_quote(stamp)}"]
+            )
+            args = [
+                "--config",
+                config,
+                "--train",
+                f"exp_root_dir={os.path.abspath(outputs)}",
+                *fixed,
+                *overrides,
+            ]
             code = launch(root, args, log, stats)
             if tag:
                 trial = find_trial(outputs, tag)
@@ -234,8 +267,11 @@ def cmd_run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="one portrait: launch.py --train, then --export; prints the results",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "run",
+        help="one portrait: launch.py --train, then --export; prints the results",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--config", required=True, help="a threestudio config, e.g. configs/portrait3d-tiny.yaml")
     p.add_argument("--outputs", default="outputs", help="folder for the trial folders")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (threestudio's syntax)")

@@ -1,6 +1,7 @@
 """Run at interpreter start by ``portrait3d-cpu-compat.pth`` (written by the setup): the import
 stand-ins threestudio needs where CUDA-only packages are missing, and one-line ``launch.py`` errors.
 Cheap: imports no torch."""
+
 from . import cpu_compat, launch_errors
 
 cpu_compat.install()

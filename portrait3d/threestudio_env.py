@@ -12,6 +12,7 @@ The pinned copy is never modified in place: only links to our extension and conf
 its ``custom/`` and ``configs/``. Later commands (``portrait3d run``/``batch``, the tests) find it with
 :func:`find_threestudio`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,14 @@ def _plain_members(tar: tarfile.TarFile, archive: str) -> List[tarfile.TarInfo]:
     for m in tar.getmembers():
         parts = m.name.replace("\\", "/").split("/")
         target = m.linkname.replace("\\", "/").split("/") if (m.issym() or m.islnk()) else []
-        if m.name.startswith("/") or ".." in parts or (m.issym() and (m.linkname.startswith("/") or ".." in target)):
-            raise ThreestudioError(f"{archive}: unsafe path {m.name!r} in the archive; refusing to extract it")
+        if (
+            m.name.startswith("/")
+            or ".." in parts
+            or (m.issym() and (m.linkname.startswith("/") or ".." in target))
+        ):
+            raise ThreestudioError(
+                f"{archive}: unsafe path {m.name!r} in the archive; refusing to extract it"
+            )
         if m.isfile() or m.isdir() or m.issym() or m.islnk():
             members.append(m)
     return members
@@ -177,7 +184,9 @@ def install_extension(root: str, copy: bool = False) -> List[str]:
         if os.path.islink(dst) or os.path.isfile(dst):
             os.remove(dst)
         elif os.path.isdir(dst):
-            raise ThreestudioError(f"{dst} exists and is a folder not made by this installer; move it away first")
+            raise ThreestudioError(
+                f"{dst} exists and is a folder not made by this installer; move it away first"
+            )
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if copy:
             (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, dst)
@@ -206,8 +215,11 @@ def launch_command(*args: str) -> List[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Set up threestudio for this repository and print its root.")
     p.add_argument("--commit", required=True, help="the pinned threestudio commit")
-    p.add_argument("--archive", default=os.environ.get("THREESTUDIO_ARCHIVE") or None,
-                   help="a local source archive of that commit (default: $THREESTUDIO_ARCHIVE)")
+    p.add_argument(
+        "--archive",
+        default=os.environ.get("THREESTUDIO_ARCHIVE") or None,
+        help="a local source archive of that commit (default: $THREESTUDIO_ARCHIVE)",
+    )
     args = p.parse_args(argv)
     try:
         root = provision(args.commit, args.archive)

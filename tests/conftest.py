@@ -1,5 +1,6 @@
 """Test session set-up: the repo root and tests/parity on sys.path; under ``CI=true`` a skipped
 threestudio test fails the run (CI must test what users run)."""
+
 import os
 import sys
 

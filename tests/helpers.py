@@ -5,6 +5,7 @@ threestudio is found as the project's commands find it (``portrait3d.threestudio
 Tests marked with :data:`requires_threestudio` are skipped, with the reason, where it is absent —
 except under ``CI=true``, where such a skip is a failure (conftest.py).
 """
+
 import importlib.util
 import os
 
@@ -31,13 +32,17 @@ def threestudio_missing() -> str:
         return _NOT_FOUND
     missing = [m for m in THREESTUDIO_DEPS if importlib.util.find_spec(m) is None]
     if missing:
-        return (f"threestudio's requirements are not installed ({', '.join(missing)}): "
-                "pip install -r requirements-threestudio.txt")
+        return (
+            f"threestudio's requirements are not installed ({', '.join(missing)}): "
+            "pip install -r requirements-threestudio.txt"
+        )
     return ""
 
 
-requires_threestudio = [pytest.mark.threestudio,
-                        pytest.mark.skipif(bool(threestudio_missing()), reason=threestudio_missing() or "-")]
+requires_threestudio = [
+    pytest.mark.threestudio,
+    pytest.mark.skipif(bool(threestudio_missing()), reason=threestudio_missing() or "-"),
+]
 
 
 def random_inception_weights(path: str) -> str:

@@ -6,6 +6,7 @@ edges are blended by resampling, so it is measured there with sub-pixel precisio
 channel: coverage α = (128 − G) / 128, centre = α-weighted centroid, size = sqrt(Σα) (= sqrt(w·h),
 the FaceBox size).
 """
+
 import json
 import math
 import os
@@ -16,8 +17,18 @@ import pytest
 
 from gan_prior import PortraitGAN, tiny_config
 from gan_prior import alignment as al
-from gan_prior.alignment import (AlignedImage, FaceBox, Framing, HaarCascadeDetector, NoFaceError, align_image,
-                                 load_or_measure_framing, make_detector, measure_framing, select_candidate)
+from gan_prior.alignment import (
+    AlignedImage,
+    FaceBox,
+    Framing,
+    HaarCascadeDetector,
+    NoFaceError,
+    align_image,
+    load_or_measure_framing,
+    make_detector,
+    measure_framing,
+    select_candidate,
+)
 
 MAGENTA = (255, 0, 255)
 GRAY = 128
@@ -31,8 +42,10 @@ class MarkerDetector:
     def __call__(self, image):
         mask = np.all(image == MAGENTA, axis=2).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        return [FaceBox(float(x), float(y), float(x + w), float(y + h), float(area) / (w * h))
-                for x, y, w, h, area in stats[1:n]]
+        return [
+            FaceBox(float(x), float(y), float(x + w), float(y + h), float(area) / (w * h))
+            for x, y, w, h, area in stats[1:n]
+        ]
 
 
 def marker_function(image):  # a detector given as a plain function (no .name)
@@ -46,7 +59,7 @@ def canvas(w, h):
 def draw(img, x0, y0, x1, y1, hole=False):
     img[y0:y1, x0:x1] = MAGENTA
     if hole:  # a lower-confidence "face" for MarkerDetector: fill ratio < 1
-        img[(y0 + y1) // 2 - 2:(y0 + y1) // 2 + 2, (x0 + x1) // 2 - 2:(x0 + x1) // 2 + 2] = GRAY
+        img[(y0 + y1) // 2 - 2 : (y0 + y1) // 2 + 2, (x0 + x1) // 2 - 2 : (x0 + x1) // 2 + 2] = GRAY
     return img
 
 
@@ -54,31 +67,38 @@ def measure_marker(img):
     """(cx, cy, size) of the blended magenta rectangle in an aligned crop, sub-pixel."""
     alpha = np.clip((GRAY - img[:, :, 1].astype(np.float64)) / GRAY, 0, 1)
     total = alpha.sum()
-    ys, xs = np.mgrid[0:img.shape[0], 0:img.shape[1]] + 0.5
+    ys, xs = np.mgrid[0 : img.shape[0], 0 : img.shape[1]] + 0.5
     return (alpha * xs).sum() / total, (alpha * ys).sum() / total, math.sqrt(total)
 
 
 def same_framing(f, cx, cy, size, detector, renders):
     return (f.center_x, f.center_y, f.size) == pytest.approx((cx, cy, size)) and (f.detector, f.renders) == (
-        detector, renders)
+        detector,
+        renders,
+    )
 
 
 FRAMING = Framing(center_x=0.5, center_y=0.42, size=0.3, detector="marker", renders=8)
 
 
-@pytest.mark.parametrize("width, height, box", [
-    (400, 300, (150, 100, 230, 180)),   # square face, downscaled to 128
-    (640, 480, (300, 60, 420, 210)),    # w != h (size = sqrt(w·h)), shifted right and up
-    (200, 260, (70, 90, 100, 130)),     # small face: upscaled
-    (160, 120, (70, 40, 82, 52)),       # 12 px face: upscaled ×3.2
-    (300, 300, (11, 150, 91, 230)),     # near the left border: the crop needs padding
-    (500, 500, (300, 5, 380, 85)),      # near the top border
-])
+@pytest.mark.parametrize(
+    "width, height, box",
+    [
+        (400, 300, (150, 100, 230, 180)),  # square face, downscaled to 128
+        (640, 480, (300, 60, 420, 210)),  # w != h (size = sqrt(w·h)), shifted right and up
+        (200, 260, (70, 90, 100, 130)),  # small face: upscaled
+        (160, 120, (70, 40, 82, 52)),  # 12 px face: upscaled ×3.2
+        (300, 300, (11, 150, 91, 230)),  # near the left border: the crop needs padding
+        (500, 500, (300, 5, 380, 85)),  # near the top border
+    ],
+)
 def test_align_image_puts_the_face_where_the_framing_says(width, height, box):
     img = draw(canvas(width, height), *box)
     size = 128
     out = align_image(img, FRAMING, MarkerDetector(), size=size, source="synthetic.png")
-    assert isinstance(out, AlignedImage) and out.image.shape == (size, size, 3) and out.image.dtype == np.uint8
+    assert (
+        isinstance(out, AlignedImage) and out.image.shape == (size, size, 3) and out.image.dtype == np.uint8
+    )
     x0, y0, x1, y1 = box
     assert out.face == FaceBox(x0, y0, x1, y1, 1.0)
     cx, cy, s = measure_marker(out.image)
@@ -90,7 +110,7 @@ def test_align_image_puts_the_face_where_the_framing_says(width, height, box):
     cx0, cy0 = (x0 + x1) / 2 - FRAMING.center_x * side, (y0 + y1) / 2 - FRAMING.center_y * side
     assert out.crop == pytest.approx((cx0, cy0, side))
     inside = (min(cx0 + side, width) - max(cx0, 0)) * (min(cy0 + side, height) - max(cy0, 0))
-    assert out.padding == pytest.approx(1 - inside / side ** 2)
+    assert out.padding == pytest.approx(1 - inside / side**2)
     if x0 < 20 or y0 < 20:
         assert out.padding > 0.05
         # edge replication: the padded area is background gray, not black
@@ -144,7 +164,9 @@ def candidates():
 
 def test_select_candidate_drops_the_bad_ones_with_reasons():
     c = candidates()
-    best, aligned, report = select_candidate(list(c.values()), FRAMING, MarkerDetector(), names=list(c), size=64)
+    best, aligned, report = select_candidate(
+        list(c.values()), FRAMING, MarkerDetector(), names=list(c), size=64
+    )
     assert best == 4 and report[best]["name"] == "good.png"
     assert [r["kept"] for r in report] == [False, False, False, False, True, True]
     assert [a is None for a in aligned] == [True, True, True, True, False, False]
@@ -161,13 +183,20 @@ def test_select_candidate_drops_the_bad_ones_with_reasons():
 def test_select_candidate_thresholds_and_ties():
     c = candidates()
     # relaxed thresholds keep the tiny face and the border one
-    _, _, report = select_candidate([c["tiny.png"], c["border.png"]], FRAMING, MarkerDetector(), size=32,
-                                    max_padding=0.9, min_face_fraction=0.01)
+    _, _, report = select_candidate(
+        [c["tiny.png"], c["border.png"]],
+        FRAMING,
+        MarkerDetector(),
+        size=32,
+        max_padding=0.9,
+        min_face_fraction=0.01,
+    )
     assert [r["kept"] for r in report] == [True, True]
     # equal scores: the least padding wins; default names
     shifted = draw(canvas(400, 400), 30, 120, 110, 200)  # some padding, still under the limit
-    best, _, report = select_candidate([shifted, c["good.png"]], FRAMING, MarkerDetector(), size=32,
-                                       max_padding=0.5)
+    best, _, report = select_candidate(
+        [shifted, c["good.png"]], FRAMING, MarkerDetector(), size=32, max_padding=0.5
+    )
     assert 0.2 < report[0]["padding"] <= 0.5 and report[1]["padding"] == pytest.approx(0, abs=1e-9)
     assert best == 1 and report[0]["name"] == "candidate 0"
 
@@ -187,17 +216,21 @@ def test_select_candidate_raises_with_every_reason_when_none_is_usable():
 @pytest.mark.parametrize("kind", ["uniform", "gradient", "noise"])
 def test_haar_finds_no_face_in_face_free_images(kind):
     rng = np.random.default_rng(1)
-    img = {"uniform": np.full((240, 320, 3), 127, np.uint8),
-           "gradient": np.broadcast_to(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 320, 3)),
-           "noise": rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)}[kind]
+    img = {
+        "uniform": np.full((240, 320, 3), 127, np.uint8),
+        "gradient": np.broadcast_to(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 320, 3)),
+        "noise": rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
+    }[kind]
     haar = make_detector("haar")
     assert isinstance(haar, HaarCascadeDetector) and haar.name == "haar:haarcascade_frontalface_default.xml"
     assert haar(img) == []
     with pytest.raises(NoFaceError) as e:
         align_image(img, FRAMING, haar, source=f"{kind}.png")
     msg = str(e.value)
-    assert msg == (f"{kind}.png: no face found; use a photo with one clearly visible, roughly frontal face at least "
-                   "24 px wide, or pass an aligned square crop with detector 'none'")
+    assert msg == (
+        f"{kind}.png: no face found; use a photo with one clearly visible, roughly frontal face at least "
+        "24 px wide, or pass an aligned square crop with detector 'none'"
+    )
 
 
 def test_make_detector_specs(tmp_path):
@@ -212,8 +245,10 @@ def test_make_detector_specs(tmp_path):
         make_detector("retinaface")
     with pytest.raises(ValueError, match="cannot import"):
         make_detector("tests.test_alignment:NoSuchDetector")
-    assert make_detector(cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml").name == \
-        "haar:haarcascade_frontalface_alt2.xml"
+    assert (
+        make_detector(cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml").name
+        == "haar:haarcascade_frontalface_alt2.xml"
+    )
     cls = make_detector("tests.test_alignment:MarkerDetector")  # a class: instantiated
     assert type(cls).__name__ == "MarkerDetector" and cls.name == "marker"
     fn = make_detector("tests.test_alignment:marker_function")  # a function: wrapped and named
@@ -224,7 +259,9 @@ def test_make_detector_specs(tmp_path):
 
 
 def test_haar_finds_and_frames_a_real_face():
-    cbook = pytest.importorskip("matplotlib.cbook", reason="the photo ships with matplotlib (requirements-threestudio)")
+    cbook = pytest.importorskip(
+        "matplotlib.cbook", reason="the photo ships with matplotlib (requirements-threestudio)"
+    )
     import imageio.v2 as imageio
 
     photo = imageio.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))  # 512x600 portrait
@@ -318,10 +355,10 @@ def test_load_or_measure_framing_stores_it_beside_the_checkpoint(gan, tmp_path, 
     assert len(a.images) == 5
     # a changed checkpoint (mtime) is measured again, and old entries are dropped
     st = os.stat(ckpt)
-    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert load_or_measure_framing(gan, str(ckpt), a, **kw) == first and len(a.images) == 7
     record = json.loads((tmp_path / "model_512.pkl.framing.json").read_text())
-    assert set(record["framings"]) == {"a"} and record["checkpoint"]["mtime_ns"] == st.st_mtime_ns + 10 ** 9
+    assert set(record["framings"]) == {"a"} and record["checkpoint"]["mtime_ns"] == st.st_mtime_ns + 10**9
     # detector "none" renders nothing
     none = load_or_measure_framing(gan, str(ckpt), make_detector("none"))
     assert none == Framing(0.5, 0.5, al.NONE_FRAMING_SIZE, "none", 0)

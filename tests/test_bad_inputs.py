@@ -8,6 +8,7 @@ forked from one interpreter that has imported ``gan_prior`` already (each fork t
 case); :func:`test_real_interpreter_agrees` runs a sample of the cases as real
 ``python -m gan_prior`` subprocesses and checks they end identically.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,14 @@ import subprocess
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from gan_prior import PortraitGAN, load_pyramid, save_pyramid, tiny_config
+from gan_prior import PortraitGAN, save_pyramid, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 1 << 30
@@ -58,11 +59,16 @@ def _exec_payload(command: str) -> bytes:
 
 def _png_header(width: int, height: int) -> bytes:
     """A valid PNG signature and IHDR claiming ``width × height`` RGB pixels, with a tiny IDAT."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _model_folder(d: str, name: str, config_edit=None, meta=None) -> str:
@@ -95,13 +101,21 @@ def build_corpus(d: str) -> None:
         return lambda c: c.update(kw)
 
     bad_configs = {
-        "w_dim_negative": setter(w_dim=-1), "z_dim_text": setter(z_dim="abc"), "render_int": setter(render=5),
-        "resolution_huge": setter(synthesis_resolution=1 << 20), "resolution_odd": setter(synthesis_resolution=24),
-        "bcg_resolution_huge": setter(background_resolution=1 << 20), "channels_huge": setter(background_channel_max=1 << 20),
-        "channel_base_huge": setter(background_channel_base=1 << 40), "w_dim_huge": setter(w_dim=1 << 20),
-        "mapping_layers_huge": setter(mapping_layers=1 << 20), "depth_float": setter(trigrid_depth=2.5),
-        "background_text": setter(background="yes"), "render_unknown": setter(render={"bogus": 1}),
-        "render_nan": setter(render={"ray_start": float("nan")}), "unknown_key": setter(bogus=1),
+        "w_dim_negative": setter(w_dim=-1),
+        "z_dim_text": setter(z_dim="abc"),
+        "render_int": setter(render=5),
+        "resolution_huge": setter(synthesis_resolution=1 << 20),
+        "resolution_odd": setter(synthesis_resolution=24),
+        "bcg_resolution_huge": setter(background_resolution=1 << 20),
+        "channels_huge": setter(background_channel_max=1 << 20),
+        "channel_base_huge": setter(background_channel_base=1 << 40),
+        "w_dim_huge": setter(w_dim=1 << 20),
+        "mapping_layers_huge": setter(mapping_layers=1 << 20),
+        "depth_float": setter(trigrid_depth=2.5),
+        "background_text": setter(background="yes"),
+        "render_unknown": setter(render={"bogus": 1}),
+        "render_nan": setter(render={"ray_start": float("nan")}),
+        "unknown_key": setter(bogus=1),
     }
     for name, edit in bad_configs.items():
         _model_folder(d, f"cfg_{name}", edit)
@@ -147,8 +161,10 @@ def build_corpus(d: str) -> None:
     # a 4.5 MB torch.save holding a stride-0 (expanded) 65536 × 65600 tensor: 17 GB once materialised
     big = torch.zeros(65600).expand(65536, 65600)
     torch.save({"model": {"trigrids_8": big}}, os.path.join(d, "expanded.pth"))
-    torch.save({k: (v.expand(4096, *v.shape) if k == "decoder.net.0.weight" else v) for k, v in state.items()},
-               os.path.join(d, "expanded_state.pth"))
+    torch.save(
+        {k: (v.expand(4096, *v.shape) if k == "decoder.net.0.weight" else v) for k, v in state.items()},
+        os.path.join(d, "expanded_state.pth"),
+    )
 
     # --- pyramids that do not fit the generator or hold non-finite values ---------------------------------
     def pyramid(name: str, lv, w) -> None:  # written directly: save_pyramid refuses NaN, as it should
@@ -164,8 +180,13 @@ def build_corpus(d: str) -> None:
     pyramid("ws_width.safetensors", levels, ws[..., :10])
     pyramid("batch0.safetensors", {r: t[:0] for r, t in levels.items()}, ws[:0])
     pyramid("no_ws.safetensors", levels, None)
-    save_file({"trigrids_0": torch.zeros(1, 3, 36, 0, 0), "ws": ws.contiguous()}, os.path.join(d, "r0.safetensors"))
-    save_file({"trigrids_8": torch.zeros(1, 3, 36, 16, 16), "ws": ws.contiguous()}, os.path.join(d, "size.safetensors"))
+    save_file(
+        {"trigrids_0": torch.zeros(1, 3, 36, 0, 0), "ws": ws.contiguous()}, os.path.join(d, "r0.safetensors")
+    )
+    save_file(
+        {"trigrids_8": torch.zeros(1, 3, 36, 16, 16), "ws": ws.contiguous()},
+        os.path.join(d, "size.safetensors"),
+    )
     save_file({"weights": torch.zeros(3)}, os.path.join(d, "no_levels.safetensors"))
     with open(os.path.join(d, "good.safetensors"), "rb") as f:
         data = f.read()
@@ -193,22 +214,46 @@ def build_corpus(d: str) -> None:
     # --- detectors: a module with misbehaving ones --------------------------------------------------------
     os.makedirs(os.path.join(d, "mods"))
     with open(os.path.join(d, "mods", "baddet.py"), "w") as f:
-        f.write("def raises(image):\n    raise RuntimeError('boom')\n\n"
-                "def text(image):\n    return 'a face'\n\n"
-                "def nan_box(image):\n    from gan_prior.alignment import FaceBox\n"
-                "    return [FaceBox(float('nan'), 0, 1, 1)]\n\n"
-                "class NeedsArgs:\n    def __init__(self, a):\n        pass\n\n"
-                "value = 5\n")
+        f.write(
+            "def raises(image):\n    raise RuntimeError('boom')\n\n"
+            "def text(image):\n    return 'a face'\n\n"
+            "def nan_box(image):\n    from gan_prior.alignment import FaceBox\n"
+            "    return [FaceBox(float('nan'), 0, 1, 1)]\n\n"
+            "class NeedsArgs:\n    def __init__(self, a):\n        pass\n\n"
+            "value = 5\n"
+        )
     with open(os.path.join(d, "mods", "importfails.py"), "w") as f:
         f.write("raise SystemError('import-time failure')\n")
 
 
 def _cases() -> list[Case]:
     S = ["sample", "--checkpoint", "{d}/tiny", "--out", "{d}/out/{id}", "--resolution", "8", "--frames", "0"]
-    R = ["render", "--checkpoint", "{d}/tiny", "--out", "{d}/out/{id}", "--resolution", "8", "--frames", "0",
-         "--angles", "0"]
-    INV = ["invert", "--checkpoint", "{d}/tiny", "--out", "{d}/out/{id}", "--steps", "1", "--resolution", "32",
-           "--aligned-resolution", "32"]
+    R = [
+        "render",
+        "--checkpoint",
+        "{d}/tiny",
+        "--out",
+        "{d}/out/{id}",
+        "--resolution",
+        "8",
+        "--frames",
+        "0",
+        "--angles",
+        "0",
+    ]
+    INV = [
+        "invert",
+        "--checkpoint",
+        "{d}/tiny",
+        "--out",
+        "{d}/out/{id}",
+        "--steps",
+        "1",
+        "--resolution",
+        "32",
+        "--aligned-resolution",
+        "32",
+    ]
     E = ["evaluate", "--prompt", "a face", "--out", "{d}/out/{id}"]
     cases = []
 
@@ -228,12 +273,22 @@ def _cases() -> list[Case]:
     for value in ("nan", "inf"):
         add(f"render-angles[{value}]", R + ["--angles", "0", value], "--angles")
     for value in ("nan", "95", "-1e9"):
-        add(f"render-elevation[{value}]", R + ["--elevation", value, "--pyramid", "{d}/good.safetensors"],
-            "--elevation")
+        add(
+            f"render-elevation[{value}]",
+            R + ["--elevation", value, "--pyramid", "{d}/good.safetensors"],
+            "--elevation",
+        )
     add("render-nothing", R[:-2] + ["--pyramid", "{d}/good.safetensors"], "nothing to render")
-    for opt, value in (("--steps", "-1"), ("--aligned-resolution", "0"), ("--resolution", "0"),
-                       ("--candidates", "0"), ("--sd-resolution", "100"), ("--sd-steps", "0"),
-                       ("--seed", str(2**70)), ("--steps", "nan")):
+    for opt, value in (
+        ("--steps", "-1"),
+        ("--aligned-resolution", "0"),
+        ("--resolution", "0"),
+        ("--candidates", "0"),
+        ("--sd-resolution", "100"),
+        ("--sd-steps", "0"),
+        ("--seed", str(2**70)),
+        ("--steps", "nan"),
+    ):
         add(f"invert{opt}[{value}]", INV + ["--image", "{d}/face.png", opt, value], opt)
     add("invert-prompt-empty", INV + ["--prompt", " "], "--prompt")
     for value in ("0", "-1", "x"):
@@ -247,50 +302,115 @@ def _cases() -> list[Case]:
     add("evaluate-out-is-file", E[:-1] + ["{d}/afile", "--renders", "{d}/views"], "--out", "afile")
 
     # 3. generator checkpoints: missing, not a checkpoint, bad config, payloads, memory bombs -----------------
-    for name, expect in (("missing.pkl", "not found"), ("empty.pkl", "empty.pkl"), ("noise.pkl", "noise.pkl"),
-                         ("truncated.pkl", "truncated.pkl"), ("empty_folder", "config.json"),
-                         ("afile", "afile"), ("good.safetensors", "good.safetensors"),
-                         ("expanded_state.pth", "expanded_state.pth")):
+    for name, expect in (
+        ("missing.pkl", "not found"),
+        ("empty.pkl", "empty.pkl"),
+        ("noise.pkl", "noise.pkl"),
+        ("truncated.pkl", "truncated.pkl"),
+        ("empty_folder", "config.json"),
+        ("afile", "afile"),
+        ("good.safetensors", "good.safetensors"),
+        ("expanded_state.pth", "expanded_state.pth"),
+    ):
         add(f"checkpoint[{name}]", ["sample", "--checkpoint", f"{{d}}/{name}"] + S[3:], expect)
-    for name in ("w_dim_negative", "z_dim_text", "render_int", "resolution_huge", "resolution_odd",
-                 "bcg_resolution_huge", "channels_huge", "channel_base_huge", "w_dim_huge", "mapping_layers_huge",
-                 "depth_float", "background_text", "render_unknown", "render_nan", "unknown_key", "config_list",
-                 "meta_list", "invalid_json", "deep_json", "kind"):
+    for name in (
+        "w_dim_negative",
+        "z_dim_text",
+        "render_int",
+        "resolution_huge",
+        "resolution_odd",
+        "bcg_resolution_huge",
+        "channels_huge",
+        "channel_base_huge",
+        "w_dim_huge",
+        "mapping_layers_huge",
+        "depth_float",
+        "background_text",
+        "render_unknown",
+        "render_nan",
+        "unknown_key",
+        "config_list",
+        "meta_list",
+        "invalid_json",
+        "deep_json",
+        "kind",
+    ):
         add(f"config[{name}]", ["sample", "--checkpoint", f"{{d}}/cfg_{name}"] + S[3:], f"cfg_{name}")
     add("weights-truncated", ["sample", "--checkpoint", "{d}/weights_truncated"] + S[3:], "weights_truncated")
     add("weights-nan", ["sample", "--checkpoint", "{d}/weights_nan"] + S[3:], "weights_nan", "NaN")
     for name in ("payload_p0.pkl", "payload_p2.pkl", "payload_p4.pkl", "payload_exec.pkl", "payload_zip.pth"):
         add(f"checkpoint-payload[{name}]", ["sample", "--checkpoint", f"{{d}}/{name}"] + S[3:], name)
         add(f"pyramid-payload[{name}]", R + ["--pyramid", f"{{d}}/{name}"], name)
-        add(f"vgg16-payload[{name}]", INV + ["--image", "{d}/face.png", "--detector", "none", "--vgg16",
-                                             f"{{d}}/{name}"], name, limit=4.0)
+        add(
+            f"vgg16-payload[{name}]",
+            INV + ["--image", "{d}/face.png", "--detector", "none", "--vgg16", f"{{d}}/{name}"],
+            name,
+            limit=4.0,
+        )
 
     # 4. pyramid files -------------------------------------------------------------------------------
-    for name, expect in (("level_nan.safetensors", "NaN"), ("ws_inf.safetensors", "NaN"),
-                         ("channels.safetensors", "channels"), ("ws_shape.safetensors", "ws"),
-                         ("ws_width.safetensors", "ws"), ("batch0.safetensors", "batch"),
-                         ("no_ws.safetensors", "ws"), ("r0.safetensors", "trigrids_0"),
-                         ("size.safetensors", "trigrids_8"), ("no_levels.safetensors", "trigrids"),
-                         ("pyramid_truncated.safetensors", "truncated"), ("not_a_dict.pkl", "dict"),
-                         ("model_not_dict.pkl", "model"), ("missing.pth", "not found"), ("views", "views"),
-                         ("expanded.pth", "expanded.pth"), ("noise.pkl", "noise.pkl")):
+    for name, expect in (
+        ("level_nan.safetensors", "NaN"),
+        ("ws_inf.safetensors", "NaN"),
+        ("channels.safetensors", "channels"),
+        ("ws_shape.safetensors", "ws"),
+        ("ws_width.safetensors", "ws"),
+        ("batch0.safetensors", "batch"),
+        ("no_ws.safetensors", "ws"),
+        ("r0.safetensors", "trigrids_0"),
+        ("size.safetensors", "trigrids_8"),
+        ("no_levels.safetensors", "trigrids"),
+        ("pyramid_truncated.safetensors", "truncated"),
+        ("not_a_dict.pkl", "dict"),
+        ("model_not_dict.pkl", "model"),
+        ("missing.pth", "not found"),
+        ("views", "views"),
+        ("expanded.pth", "expanded.pth"),
+        ("noise.pkl", "noise.pkl"),
+    ):
         add(f"pyramid[{name}]", R + ["--pyramid", f"{{d}}/{name}"], name, expect)
 
     # 5. images and detectors --------------------------------------------------------------------------------
-    for name, expect in (("missing.png", "not found"), ("noise.png", "noise.png"), ("empty.png", "empty.png"),
-                         ("bomb.png", "bomb.png"), ("views", "views"), ("wide.png", "square")):
+    for name, expect in (
+        ("missing.png", "not found"),
+        ("noise.png", "noise.png"),
+        ("empty.png", "empty.png"),
+        ("bomb.png", "bomb.png"),
+        ("views", "views"),
+        ("wide.png", "square"),
+    ):
         add(f"image[{name}]", INV + ["--image", f"{{d}}/{name}", "--detector", "none"], expect, limit=4.0)
-    for spec, expect in (("os:system", "os:system"), ("no.such.module:f", "no.such.module"),
-                         ("os:sep", "not callable"), ("baddet:raises", "boom"), ("baddet:text", "baddet:text"),
-                         ("baddet:nan_box", "finite"), ("baddet:NeedsArgs", "baddet:NeedsArgs"),
-                         ("baddet:value", "not callable"), ("importfails:f", "importfails"),
-                         ("{d}/afile.xml", "afile.xml"), ("retinaface", "retinaface")):
-        add(f"detector[{spec.replace('{d}/', '')}]", INV + ["--image", "{d}/face.png", "--detector", spec],
-            "detector", expect, limit=4.0)
-    add("vgg16-missing", INV + ["--image", "{d}/face.png", "--detector", "none", "--vgg16", "{d}/missing.pt"],
-        "missing.pt")
-    add("vgg16-noise", INV + ["--image", "{d}/face.png", "--detector", "none", "--vgg16", "{d}/noise.pkl"],
-        "noise.pkl", limit=4.0)
+    for spec, expect in (
+        ("os:system", "os:system"),
+        ("no.such.module:f", "no.such.module"),
+        ("os:sep", "not callable"),
+        ("baddet:raises", "boom"),
+        ("baddet:text", "baddet:text"),
+        ("baddet:nan_box", "finite"),
+        ("baddet:NeedsArgs", "baddet:NeedsArgs"),
+        ("baddet:value", "not callable"),
+        ("importfails:f", "importfails"),
+        ("{d}/afile.xml", "afile.xml"),
+        ("retinaface", "retinaface"),
+    ):
+        add(
+            f"detector[{spec.replace('{d}/', '')}]",
+            INV + ["--image", "{d}/face.png", "--detector", spec],
+            "detector",
+            expect,
+            limit=4.0,
+        )
+    add(
+        "vgg16-missing",
+        INV + ["--image", "{d}/face.png", "--detector", "none", "--vgg16", "{d}/missing.pt"],
+        "missing.pt",
+    )
+    add(
+        "vgg16-noise",
+        INV + ["--image", "{d}/face.png", "--detector", "none", "--vgg16", "{d}/noise.pkl"],
+        "noise.pkl",
+        limit=4.0,
+    )
 
     # 6. evaluation inputs -------------------------------------------------------------------------------
     add("evaluate-missing", E + ["--renders", "{d}/nothing"], "--renders", "nothing")
@@ -298,8 +418,11 @@ def _cases() -> list[Case]:
     add("evaluate-unreadable", E + ["--renders", "{d}/bad_views"], "--renders", "0.png")
     add("evaluate-bomb", E + ["--renders", "{d}/bomb.png"], "--renders", "bomb.png")
     add("evaluate-reference-alone", E + ["--renders", "{d}/views", "--reference", "{d}/views"], "--inception")
-    add("evaluate-inception-payload", E + ["--renders", "{d}/views", "--reference", "{d}/views", "--inception",
-                                           "{d}/payload_p2.pkl"], "payload_p2.pkl")
+    add(
+        "evaluate-inception-payload",
+        E + ["--renders", "{d}/views", "--reference", "{d}/views", "--inception", "{d}/payload_p2.pkl"],
+        "payload_p2.pkl",
+    )
     return cases
 
 
@@ -315,8 +438,12 @@ def _limit(gib: float):
 
 
 def _env(d: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(d, "mods")]), "OMP_NUM_THREADS": "1",
-           "PORTRAIT3D_CACHE": os.path.join(d, "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(d, "mods")]),
+        "OMP_NUM_THREADS": "1",
+        "PORTRAIT3D_CACHE": os.path.join(d, "cache"),
+    }
     env.pop("GAN_PRIOR_DEBUG", None)
     return env
 
@@ -327,8 +454,15 @@ def _argv(case: Case, d: str) -> list:
 
 def run_case(case: Case, d: str) -> subprocess.CompletedProcess:
     """The case as a real ``python -m gan_prior`` subprocess."""
-    return subprocess.run([sys.executable, "-m", "gan_prior", *_argv(case, d)], capture_output=True, text=True,
-                          env=_env(d), cwd=d, timeout=600, preexec_fn=_limit(case.limit_gib))
+    return subprocess.run(
+        [sys.executable, "-m", "gan_prior", *_argv(case, d)],
+        capture_output=True,
+        text=True,
+        env=_env(d),
+        cwd=d,
+        timeout=600,
+        preexec_fn=_limit(case.limit_gib),
+    )
 
 
 # A process that imports gan_prior once, then forks one child per case (read as JSON lines on stdin):
@@ -381,13 +515,21 @@ def run_all(cases: list, d: str, workers: int = 3) -> dict:
     """Run ``cases`` through the forking interpreter; ``{id: CompletedProcess}``."""
     logs = os.path.join(d, "logs")
     os.makedirs(logs, exist_ok=True)
-    z = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env=_env(d), cwd=d)
+    z = subprocess.Popen(
+        [sys.executable, "-c", _ZYGOTE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(d),
+        cwd=d,
+    )
     assert z.stdout.readline().strip() == "ready"
     files = {}
     for i, case in enumerate(cases):
         files[case.id] = (os.path.join(logs, f"{i}.out"), os.path.join(logs, f"{i}.err"))
-        z.stdin.write(json.dumps([case.id, _argv(case, d), int(case.limit_gib * GIB), *files[case.id], workers]) + "\n")
+        z.stdin.write(
+            json.dumps([case.id, _argv(case, d), int(case.limit_gib * GIB), *files[case.id], workers]) + "\n"
+        )
     z.stdin.close()
     codes = dict(json.loads(line) for line in z.stdout if line.strip())
     assert z.wait(timeout=60) == 0
@@ -424,13 +566,31 @@ def test_bad_input_gives_one_clear_line(corpus, case):
 
 def test_corpus_covers_every_class():
     groups = {c.id.split("[")[0].split("-")[0] for c in CASES}
-    assert {"sample", "render", "invert", "evaluate", "out", "checkpoint", "config", "pyramid", "image",
-            "detector", "vgg16", "weights"} <= groups
+    assert {
+        "sample",
+        "render",
+        "invert",
+        "evaluate",
+        "out",
+        "checkpoint",
+        "config",
+        "pyramid",
+        "image",
+        "detector",
+        "vgg16",
+        "weights",
+    } <= groups
     assert len(CASES) >= 120
 
 
-REAL = ["sample-truncation[nan]", "out-is-file", "config[resolution_huge]", "pyramid-payload[payload_p2.pkl]",
-        "pyramid[level_nan.safetensors]", "checkpoint[expanded_state.pth]"]
+REAL = [
+    "sample-truncation[nan]",
+    "out-is-file",
+    "config[resolution_huge]",
+    "pyramid-payload[payload_p2.pkl]",
+    "pyramid[level_nan.safetensors]",
+    "checkpoint[expanded_state.pth]",
+]
 
 
 def test_real_interpreter_agrees(corpus):

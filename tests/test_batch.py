@@ -185,18 +185,14 @@ def batch(tmp_path_factory):
     base = tmp_path_factory.mktemp("batch")
     tree = make_worktree(str(base / "threestudio"))
     saved = {k: os.environ.get(k) for k in ("THREESTUDIO_ROOT", "PORTRAIT3D_CACHE", "WANDB_MODE")}
-    os.environ.update(
-        THREESTUDIO_ROOT=tree, PORTRAIT3D_CACHE=str(base / "cache"), WANDB_MODE="disabled"
-    )
+    os.environ.update(THREESTUDIO_ROOT=tree, PORTRAIT3D_CACHE=str(base / "cache"), WANDB_MODE="disabled")
     for name in (
         "portrait-gan",
         "stable-diffusion",
         "clip",
     ):  # built once, not by two workers at once
         tiny_model_path(name)
-    ray.init(
-        num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env(), log_to_driver=False
-    )
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=worker_runtime_env(), log_to_driver=False)
     try:
         prompts = base / "prompts.jsonl"
         prompts.write_text("# the test set\n" + "\n".join(json.dumps(p) for p in PROMPTS) + "\n")
@@ -204,9 +200,7 @@ def batch(tmp_path_factory):
         killed: dict = {}
         killer = threading.Thread(target=_killer, args=(out, killed), daemon=True)
         killer.start()
-        result = cli(
-            "batch", str(prompts), "--config", CONFIG, "--out", out, "--workers", "2", *SHORT
-        )
+        result = cli("batch", str(prompts), "--config", CONFIG, "--out", out, "--workers", "2", *SHORT)
         killer.join(timeout=5)
         yield {
             "out": out,
@@ -272,24 +266,15 @@ def test_a_killed_worker_is_retried_and_resumes_its_checkpoint(batch):
     killed, out = batch["killed"], batch["out"]
     assert "error" not in killed and "killed_step" in killed, killed
     assert "ray" in killed["worker_cmd"].lower()  # the Ray worker process was killed, not launch.py
-    assert (
-        not psutil.pid_exists(killed["child"])
-        or psutil.Process(killed["child"]).status() == "zombie"
-    )
+    assert not psutil.pid_exists(killed["child"]) or psutil.Process(killed["child"]).status() == "zombie"
     man = next(e for e in manifest(out) if e["name"] == "man")
     assert man["status"] == "done" and man["attempts"] == 2, man
     assert 4 <= man["resumed_from_step"] == killed["killed_step"] < LONG
     trial = os.path.join(out, "portrait3d-tiny", "man")
-    assert glob.glob(os.path.join(out, "portrait3d-tiny", "man*")) == [
-        trial
-    ]  # the same trial, not a new one
+    assert glob.glob(os.path.join(out, "portrait3d-tiny", "man*")) == [trial]  # the same trial, not a new one
     step4 = os.path.join(trial, "ckpts", "epoch=0-step=4.ckpt")
-    assert (
-        os.path.getmtime(step4) == killed["step4_mtime"]
-    )  # its earlier checkpoints were kept, not redone
-    last = torch.load(
-        os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True
-    )
+    assert os.path.getmtime(step4) == killed["step4_mtime"]  # its earlier checkpoints were kept, not redone
+    last = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
     assert last["global_step"] == LONG
     log = open(os.path.join(out, man["log"])).read()
     assert (
@@ -318,12 +303,8 @@ def test_running_again_does_nothing_then_evaluate_the_set(batch):
 
     out, prompts = batch["out"], batch["prompts"]
     stamp = os.path.getmtime(os.path.join(out, MANIFEST))
-    code, _, err, seconds = cli(
-        "batch", prompts, "--config", CONFIG, "--out", out, "--workers", "2", *SHORT
-    )
-    assert code == 1 and "nothing to do: 4 of 5 prompts done" in err and "--retry-failed" in err, (
-        err
-    )
+    code, _, err, seconds = cli("batch", prompts, "--config", CONFIG, "--out", out, "--workers", "2", *SHORT)
+    assert code == 1 and "nothing to do: 4 of 5 prompts done" in err and "--retry-failed" in err, err
     assert seconds < 10 and os.path.getmtime(os.path.join(out, MANIFEST)) == stamp
     # the same name with another prompt is refused, naming the trial
     other = batch["base"] / "other.jsonl"
@@ -338,24 +319,16 @@ def test_running_again_does_nothing_then_evaluate_the_set(batch):
     clip = tiny_model_path("clip")
     assert metrics["clip_model"] == clip  # from the trials' config (system.evaluation.clip_model)
     assert (
-        metrics["num_portraits"] == 4
-        and metrics["num_views"] == 4 * 4
-        and metrics["num_reference"] == 4 * 2
+        metrics["num_portraits"] == 4 and metrics["num_views"] == 4 * 4 and metrics["num_reference"] == 4 * 2
     )
     for p in metrics["portraits"]:
-        video = glob.glob(
-            os.path.join(out, "portrait3d-tiny", p["name"], "save", "it*-large_pose.mp4")
-        )[0]
+        video = glob.glob(os.path.join(out, "portrait3d-tiny", p["name"], "save", "it*-large_pose.mp4"))[0]
         expected = E.clip_score(E.load_images(video), p["prompt"], clip)["clip_score"]
         assert p["clip_score"] == pytest.approx(expected, abs=1e-4) and p["num_views"] == 4
-    assert metrics["clip_score"] == pytest.approx(
-        sum(p["clip_score"] for p in metrics["portraits"]) / 4
-    )
+    assert metrics["clip_score"] == pytest.approx(sum(p["clip_score"] for p in metrics["portraits"]) / 4)
     assert metrics["fid"] > 0 and metrics["kid_std"] >= 0
     rows = list(csv.reader(open(os.path.join(out, "metrics.csv"))))
-    assert (
-        rows[0][:3] == ["name", "prompt", "clip_score"] and len(rows) == 6 and rows[-1][0] == "mean"
-    )
+    assert rows[0][:3] == ["name", "prompt", "clip_score"] and len(rows) == 6 and rows[-1][0] == "mean"
     table = open(os.path.join(out, "metrics.md")).read()
     assert clip in table and "| 4 |" in table and "16 rendered views" in table
     assert f"CLIP score {metrics['clip_score']:.2f} over 4 portraits" in stdout

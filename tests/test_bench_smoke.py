@@ -3,6 +3,7 @@
 Not a timing assertion: only that the script works end to end (--quick: 32×32, 1 repeat, full-size
 generator, no official code).
 """
+
 import json
 import math
 import os
@@ -20,7 +21,12 @@ def test_bench_quick_prints_a_table_of_finite_numbers(tmp_path):
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--quick", "--no-official", "--device", "cpu", "--json", str(out_json)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
 

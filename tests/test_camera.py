@@ -4,26 +4,58 @@ threestudio's camera is re-derived here from its documented contract (z up, posi
 d·(cos e cos a, cos e sin a, sin e), OpenGL c2w [right, up, −forward | pos], pixel-centre rays
 with focal 0.5·H/tan(fovy/2)), looking at the pivot (0, 0, 0.0649).
 """
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_prior.camera import (GAN_FOCAL, SDS_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv,
-                              focal_to_fovy, gan_to_threestudio_points, hv_to_elevation_azimuth,
-                              label_to_threestudio, lookat_pose, threestudio_c2w_to_label, threestudio_pivot,
-                              threestudio_to_gan_points)
+from gan_prior.camera import (
+    GAN_FOCAL,
+    SDS_FOCAL,
+    camera_label,
+    canonical_label,
+    elevation_azimuth_to_hv,
+    focal_to_fovy,
+    gan_to_threestudio_points,
+    hv_to_elevation_azimuth,
+    label_to_threestudio,
+    lookat_pose,
+    threestudio_c2w_to_label,
+    threestudio_pivot,
+    threestudio_to_gan_points,
+)
 from gan_prior.renderer import rays_from_label
 
 # the official hard-coded dataset-average camera (avg_c)
-OFFICIAL_AVG_C = torch.tensor([1.0000e+00, 1.0505e-09, 4.3685e-08, -1.1805e-07, 0.0, -9.9951e-01, 2.4033e-02,
-                               -1.1805e-07, 4.3714e-08, -2.4033e-02, -9.9951e-01, 2.6992e+00, 0.0, 0.0, 0.0, 1.0])
+OFFICIAL_AVG_C = torch.tensor(
+    [
+        1.0000e00,
+        1.0505e-09,
+        4.3685e-08,
+        -1.1805e-07,
+        0.0,
+        -9.9951e-01,
+        2.4033e-02,
+        -1.1805e-07,
+        4.3714e-08,
+        -2.4033e-02,
+        -9.9951e-01,
+        2.6992e00,
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+    ]
+)
 
 
 def ts_c2w(elev_deg, azim_deg, dist=2.7, center=(0.0, 0.0, 0.0649)):
     e, a = math.radians(elev_deg), math.radians(azim_deg)
-    pos = torch.tensor([dist * math.cos(e) * math.cos(a), dist * math.cos(e) * math.sin(a), dist * math.sin(e)])
+    pos = torch.tensor(
+        [dist * math.cos(e) * math.cos(a), dist * math.cos(e) * math.sin(a), dist * math.sin(e)]
+    )
     forward = F.normalize(torch.tensor(center) - pos, dim=0)
     right = F.normalize(torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0])), dim=0)
     up = F.normalize(torch.linalg.cross(right, forward), dim=0)
@@ -53,7 +85,9 @@ def test_h_zero_is_the_minus_x_profile_and_v_is_not_polar():
     assert elevation == pytest.approx(19.471, abs=1e-3)  # v = 60° is +19.47°, not +30°
 
 
-@pytest.mark.parametrize("elev,azim", [(0, 0), (19.47, -90), (-15, 135), (30, -180), (7.5, 64.29), (-22.9, 218.57)])
+@pytest.mark.parametrize(
+    "elev,azim", [(0, 0), (19.47, -90), (-15, 135), (30, -180), (7.5, 64.29), (-22.9, 218.57)]
+)
 @pytest.mark.parametrize("fovy", [8.7834, 8.818])
 def test_threestudio_camera_to_gan_label_is_exact(elev, azim, fovy):
     c2w_t = ts_c2w(elev, azim)[None]
@@ -92,6 +126,10 @@ def test_point_mapping_is_a_proper_rotation_and_round_trips():
     p = torch.randn(10, 3)
     assert torch.allclose(gan_to_threestudio_points(threestudio_to_gan_points(p)), p)
     # threestudio x (front) is GAN +z (where the face looks); threestudio z (up) is GAN +y
-    assert torch.equal(threestudio_to_gan_points(torch.tensor([1.0, 0.0, 0.0])), torch.tensor([0.0, 0.0, 1.0]))
-    assert torch.equal(threestudio_to_gan_points(torch.tensor([0.0, 0.0, 1.0])), torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(
+        threestudio_to_gan_points(torch.tensor([1.0, 0.0, 0.0])), torch.tensor([0.0, 0.0, 1.0])
+    )
+    assert torch.equal(
+        threestudio_to_gan_points(torch.tensor([0.0, 0.0, 1.0])), torch.tensor([0.0, 1.0, 0.0])
+    )
     assert threestudio_pivot() == pytest.approx((0.0, 0.0, 0.0649))

@@ -8,6 +8,7 @@ the same globals as the released file (``torch_utils.persistence._reconstruct_pe
 ``sys.modules`` only while the file is written. The embedded ``module_src`` writes a marker file
 when executed, as the official loader would do, so the tests can see that it never runs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,11 +31,10 @@ import torch
 
 from gan_prior import PortraitGAN, RenderConfig, canonical_label, load_pyramid, save_pyramid, tiny_config
 from gan_prior.checkpoint import CheckpointError, read_checkpoint
-from gan_prior.generator import load_decoder_checkpoint
 from gan_prior.decoder import TriGridDecoder
-from gan_prior.superresolution import Superresolution
-from gan_prior.generator import _Backbone
+from gan_prior.generator import _Backbone, load_decoder_checkpoint
 from gan_prior.mapping import MappingNetwork
+from gan_prior.superresolution import Superresolution
 from gan_prior.synthesis import BackgroundSynthesis, PyramidSynthesis
 
 # Non-default render settings, so that a loader ignoring ``rendering_kwargs`` renders differently.
@@ -90,34 +90,63 @@ def fails(path):
 
 def random_pyramid(seed=0, batch=1, levels=LEVELS):
     g = torch.Generator().manual_seed(seed)
-    return ({r: torch.randn(batch, 3, 36, r, r, generator=g) for r in levels},
-            torch.randn(batch, 6, 64, generator=g))
+    return (
+        {r: torch.randn(batch, 3, 36, r, r, generator=g) for r in levels},
+        torch.randn(batch, 6, 64, generator=g),
+    )
 
 
 # =========================================================================== official model_512.pkl
 FAKE_TOPS = ("torch_utils", "dnnlib", "training", "smplx")
 FAKE_MODULES = (
-    "torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util", "training", "training.smpl_triplane",
-    "training.volumetric_rendering", "training.volumetric_rendering.renderer",
-    "training.volumetric_rendering.ray_marcher", "training.volumetric_rendering.ray_sampler",
-    "training.dual_discriminator", "training.aligned_smpl", "smplx", "smplx.body_models",
+    "torch_utils",
+    "torch_utils.persistence",
+    "dnnlib",
+    "dnnlib.util",
+    "training",
+    "training.smpl_triplane",
+    "training.volumetric_rendering",
+    "training.volumetric_rendering.renderer",
+    "training.volumetric_rendering.ray_marcher",
+    "training.volumetric_rendering.ray_sampler",
+    "training.dual_discriminator",
+    "training.aligned_smpl",
+    "smplx",
+    "smplx.body_models",
     "smplx.vertex_joint_selector",
 )
 PLAIN_CLASSES = {  # plain (non-persistent) official classes: NEWOBJ + BUILD in the pickle
-    "OSGDecoder": "training.smpl_triplane", "GPoseBranch": "training.smpl_triplane",
+    "OSGDecoder": "training.smpl_triplane",
+    "GPoseBranch": "training.smpl_triplane",
     "ImportanceRenderer": "training.volumetric_rendering.renderer",
     "MipRayMarcher2": "training.volumetric_rendering.ray_marcher",
     "RaySampler": "training.volumetric_rendering.ray_sampler",
     "PoseShapeAwareDualDiscriminator": "training.dual_discriminator",
-    "DPoseBranch": "training.dual_discriminator", "AlignedSMPL": "training.aligned_smpl",
-    "SMPL": "smplx.body_models", "VertexJointSelector": "smplx.vertex_joint_selector",
+    "DPoseBranch": "training.dual_discriminator",
+    "AlignedSMPL": "training.aligned_smpl",
+    "SMPL": "smplx.body_models",
+    "VertexJointSelector": "smplx.vertex_joint_selector",
 }
-MODERN_HOOKS = ("_backward_pre_hooks", "_backward_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
-                "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
-                "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-                "_load_state_dict_post_hooks")
-LEGACY_HOOKS = ("_backward_hooks", "_forward_hooks", "_forward_pre_hooks", "_state_dict_hooks",
-                "_load_state_dict_pre_hooks")
+MODERN_HOOKS = (
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+LEGACY_HOOKS = (
+    "_backward_hooks",
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
 
 
 class _EasyDict(dict):
@@ -202,8 +231,10 @@ def record_official_imports():
 
 
 def harmful_source(marker, name):
-    return (f"# {name} (embedded by torch_utils.persistence)\n"
-            f"import pathlib\npathlib.Path({str(marker)!r}).write_text('module_src was executed')\n")
+    return (
+        f"# {name} (embedded by torch_utils.persistence)\n"
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('module_src was executed')\n"
+    )
 
 
 class OfficialWriter:
@@ -211,8 +242,14 @@ class OfficialWriter:
 
     def __init__(self, fake, marker, legacy=False, smpl=False):
         self.fake, self.legacy, self.smpl = fake, legacy, smpl
-        self.src = {n: harmful_source(marker, n) for n in
-                    ("training/networks_stylegan2.py", "training/smpl_triplane.py", "training/superresolution.py")}
+        self.src = {
+            n: harmful_source(marker, n)
+            for n in (
+                "training/networks_stylegan2.py",
+                "training/smpl_triplane.py",
+                "training/superresolution.py",
+            )
+        }
         self.gen = torch.Generator().manual_seed(5)
 
     def rand(self, *shape):
@@ -220,11 +257,15 @@ class OfficialWriter:
 
     def state(self, params=(), buffers=(), children=(), attrs=None, init=None):
         d = collections.OrderedDict if self.legacy else dict
-        st = {"training": False,
-              "_parameters": d((k, torch.nn.Parameter(v.detach().clone(), requires_grad=False))
-                               for k, v in dict(params).items()),
-              "_buffers": d((k, v.detach().clone()) for k, v in dict(buffers).items()),
-              "_non_persistent_buffers_set": set()}
+        st = {
+            "training": False,
+            "_parameters": d(
+                (k, torch.nn.Parameter(v.detach().clone(), requires_grad=False))
+                for k, v in dict(params).items()
+            ),
+            "_buffers": d((k, v.detach().clone()) for k, v in dict(buffers).items()),
+            "_non_persistent_buffers_set": set(),
+        }
         for h in LEGACY_HOOKS if self.legacy else MODERN_HOOKS:
             st[h] = collections.OrderedDict()
         st["_is_full_backward_hook"] = None
@@ -235,8 +276,13 @@ class OfficialWriter:
         return st
 
     def record(self, class_name, src, state):
-        meta = {"type": "class", "version": 6, "module_src": self.src[src], "class_name": class_name,
-                "state": state}
+        meta = {
+            "type": "class",
+            "version": 6,
+            "module_src": self.src[src],
+            "class_name": class_name,
+            "state": state,
+        }
         return _PersistentNode(self.fake.reconstruct, meta)
 
     @staticmethod
@@ -246,11 +292,21 @@ class OfficialWriter:
         return obj
 
     def leaf_fc(self, out_f, in_f):
-        return self.record("FullyConnectedLayer", "training/networks_stylegan2.py", self.state(
-            params={"weight": self.rand(out_f, in_f), "bias": self.rand(out_f)},
-            attrs={"in_features": in_f, "out_features": out_f, "activation": "lrelu",
-                   "weight_gain": np.float32(1 / np.sqrt(in_f)), "bias_gain": 1.0},
-            init=((in_f, out_f), {"lr_multiplier": 1.0})))
+        return self.record(
+            "FullyConnectedLayer",
+            "training/networks_stylegan2.py",
+            self.state(
+                params={"weight": self.rand(out_f, in_f), "bias": self.rand(out_f)},
+                attrs={
+                    "in_features": in_f,
+                    "out_features": out_f,
+                    "activation": "lrelu",
+                    "weight_gain": np.float32(1 / np.sqrt(in_f)),
+                    "bias_gain": 1.0,
+                },
+                init=((in_f, out_f), {"lr_multiplier": 1.0}),
+            ),
+        )
 
     def convert(self, m: torch.nn.Module):
         """Our module → official record / plain object, with the same tensors."""
@@ -260,20 +316,27 @@ class OfficialWriter:
             if k.startswith("_") or k == "training" or not isinstance(v, (int, float, str, bool, list)):
                 continue
             attrs[k] = np.float32(v) if k == "weight_gain" else v
-        st = self.state(params={k: p for k, p in m._parameters.items() if p is not None},
-                        buffers={k: b for k, b in m._buffers.items() if b is not None},
-                        children=children, attrs=attrs,
-                        init=None if isinstance(m, (torch.nn.Sequential, torch.nn.Softplus, TriGridDecoder))
-                        else ((), {}))
+        st = self.state(
+            params={k: p for k, p in m._parameters.items() if p is not None},
+            buffers={k: b for k, b in m._buffers.items() if b is not None},
+            children=children,
+            attrs=attrs,
+            init=None
+            if isinstance(m, (torch.nn.Sequential, torch.nn.Softplus, TriGridDecoder))
+            else ((), {}),
+        )
         if isinstance(m, (torch.nn.Sequential, torch.nn.Softplus)):
             return self.plain(type(m), st)  # torch.nn.modules.container.Sequential, ...activation.Softplus
         if isinstance(m, TriGridDecoder):
             return self.plain(self.fake.OSGDecoder, st)
         if isinstance(m, Superresolution):
             return self.record("SuperresolutionHybrid8XDC", "training/superresolution.py", st)
-        name = {_Backbone: "Hierarchy3DAwareGenerator", PyramidSynthesis: "Hierarchy3DAwareSynthesisNetwork",
-                BackgroundSynthesis: "SynthesisNetwork", MappingNetwork: "MappingNetwork"}.get(type(m),
-                                                                                              type(m).__name__)
+        name = {
+            _Backbone: "Hierarchy3DAwareGenerator",
+            PyramidSynthesis: "Hierarchy3DAwareSynthesisNetwork",
+            BackgroundSynthesis: "SynthesisNetwork",
+            MappingNetwork: "MappingNetwork",
+        }.get(type(m), type(m).__name__)
         return self.record(name, "training/networks_stylegan2.py", st)
 
     def generator(self, g: PortraitGAN):
@@ -282,74 +345,198 @@ class OfficialWriter:
         st = top.meta["state"]
         st["_buffers"]["dataset_label_std"] = self.rand(25).abs()
         # official-only children, ignored by the port (the superresolution is converted above)
-        pose_branch = self.plain(self.fake.GPoseBranch, self.state(children={"net": self.plain(
-            torch.nn.Sequential, self.state(children={"0": self.leaf_fc(16, 71), "1": self.leaf_fc(6, 16)}))}))
+        pose_branch = self.plain(
+            self.fake.GPoseBranch,
+            self.state(
+                children={
+                    "net": self.plain(
+                        torch.nn.Sequential,
+                        self.state(children={"0": self.leaf_fc(16, 71), "1": self.leaf_fc(6, 16)}),
+                    )
+                }
+            ),
+        )
         renderer_children = {"ray_marcher": self.plain(self.fake.MipRayMarcher2, self.state())}
         if self.smpl:
-            vjs = self.plain(self.fake.VertexJointSelector, self.state(
-                buffers={"extra_joints_idxs": torch.tensor([331, 2802, 6262], dtype=torch.int64)}))
-            body = self.plain(self.fake.SMPL, self.state(
-                params={"betas": torch.zeros(1, 10), "global_orient": torch.zeros(1, 3),
-                        "body_pose": torch.zeros(1, 69), "transl": torch.zeros(1, 3)},
-                buffers={"faces_tensor": torch.tensor([[0, 1, 2], [1, 2, 3]]), "v_template": self.rand(4, 3),
-                         "shapedirs": self.rand(4, 3, 10), "J_regressor": self.rand(24, 4),
-                         "posedirs": self.rand(207, 12), "parents": torch.arange(-1, 23),
-                         "lbs_weights": self.rand(4, 24)},
-                children={"vertex_joint_selector": vjs},
-                attrs={"gender": "neutral", "batch_size": 1, "dtype": torch.float32, "joint_mapper": None,
-                       "faces": np.array([[0, 1, 2], [1, 2, 3]], dtype=np.uint32)}))
-            renderer_children["aligned_SMPL"] = self.plain(self.fake.AlignedSMPL, self.state(
-                buffers={"smpl_joint_regressor": self.rand(30, 4), "faces": torch.tensor([[0, 1, 2], [1, 2, 3]])},
-                children={"model": body}, attrs={"batch_size": 4}))
-        renderer = self.plain(self.fake.ImportanceRenderer, self.state(
-            buffers={"shaped_smpl": self.rand(4, 20, 3), "align_points": self.rand(4, 1, 3),
-                     "face_mask": torch.rand(36, generator=self.gen) > 0.5,
-                     "head_face_mask": torch.rand(36, generator=self.gen) > 0.5},
-            children=renderer_children, attrs={"plane_axes": self.rand(3, 3, 3), "thickness": 0.25}))
-        st["_modules"].update(pose_branch=pose_branch, renderer=renderer,
-                              ray_sampler=self.plain(self.fake.RaySampler, self.state()))
+            vjs = self.plain(
+                self.fake.VertexJointSelector,
+                self.state(buffers={"extra_joints_idxs": torch.tensor([331, 2802, 6262], dtype=torch.int64)}),
+            )
+            body = self.plain(
+                self.fake.SMPL,
+                self.state(
+                    params={
+                        "betas": torch.zeros(1, 10),
+                        "global_orient": torch.zeros(1, 3),
+                        "body_pose": torch.zeros(1, 69),
+                        "transl": torch.zeros(1, 3),
+                    },
+                    buffers={
+                        "faces_tensor": torch.tensor([[0, 1, 2], [1, 2, 3]]),
+                        "v_template": self.rand(4, 3),
+                        "shapedirs": self.rand(4, 3, 10),
+                        "J_regressor": self.rand(24, 4),
+                        "posedirs": self.rand(207, 12),
+                        "parents": torch.arange(-1, 23),
+                        "lbs_weights": self.rand(4, 24),
+                    },
+                    children={"vertex_joint_selector": vjs},
+                    attrs={
+                        "gender": "neutral",
+                        "batch_size": 1,
+                        "dtype": torch.float32,
+                        "joint_mapper": None,
+                        "faces": np.array([[0, 1, 2], [1, 2, 3]], dtype=np.uint32),
+                    },
+                ),
+            )
+            renderer_children["aligned_SMPL"] = self.plain(
+                self.fake.AlignedSMPL,
+                self.state(
+                    buffers={
+                        "smpl_joint_regressor": self.rand(30, 4),
+                        "faces": torch.tensor([[0, 1, 2], [1, 2, 3]]),
+                    },
+                    children={"model": body},
+                    attrs={"batch_size": 4},
+                ),
+            )
+        renderer = self.plain(
+            self.fake.ImportanceRenderer,
+            self.state(
+                buffers={
+                    "shaped_smpl": self.rand(4, 20, 3),
+                    "align_points": self.rand(4, 1, 3),
+                    "face_mask": torch.rand(36, generator=self.gen) > 0.5,
+                    "head_face_mask": torch.rand(36, generator=self.gen) > 0.5,
+                },
+                children=renderer_children,
+                attrs={"plane_axes": self.rand(3, 3, 3), "thickness": 0.25},
+            ),
+        )
+        st["_modules"].update(
+            pose_branch=pose_branch,
+            renderer=renderer,
+            ray_sampler=self.plain(self.fake.RaySampler, self.state()),
+        )
         r = g.cfg.render
         rendering_kwargs = {
-            "image_resolution": 512, "disparity_space_sampling": False, "clamp_mode": "softplus",
+            "image_resolution": 512,
+            "disparity_space_sampling": False,
+            "clamp_mode": "softplus",
             "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
-            "c_gen_conditioning_zero": False, "gpc_reg_prob": 0.5, "c_scale": 1.0,
-            "superresolution_noise_mode": "none", "density_reg": 0.25, "density_reg_p_dist": 0.004,
-            "reg_type": "l1", "decoder_lr_mul": 1.0, "sr_antialias": True,
-            "depth_resolution": r.depth_resolution, "depth_resolution_importance": r.depth_resolution_importance,
-            "ray_start": 2.385, "ray_end": r.ray_end, "box_warp": r.box_warp, "avg_camera_radius": 2.7,
-            "avg_camera_pivot": [0, 0.2280, 0], "white_back": False, "triplane_depth": g.cfg.trigrid_depth,
-            "density_noise": 0.0, "project_inside_only": False}
+            "c_gen_conditioning_zero": False,
+            "gpc_reg_prob": 0.5,
+            "c_scale": 1.0,
+            "superresolution_noise_mode": "none",
+            "density_reg": 0.25,
+            "density_reg_p_dist": 0.004,
+            "reg_type": "l1",
+            "decoder_lr_mul": 1.0,
+            "sr_antialias": True,
+            "depth_resolution": r.depth_resolution,
+            "depth_resolution_importance": r.depth_resolution_importance,
+            "ray_start": 2.385,
+            "ray_end": r.ray_end,
+            "box_warp": r.box_warp,
+            "avg_camera_radius": 2.7,
+            "avg_camera_pivot": [0, 0.2280, 0],
+            "white_back": False,
+            "triplane_depth": g.cfg.trigrid_depth,
+            "density_noise": 0.0,
+            "project_inside_only": False,
+        }
         init_kwargs = {
-            "z_dim": g.cfg.z_dim, "w_dim": g.cfg.w_dim, "mapping_kwargs": easy(num_layers=g.cfg.mapping_layers),
-            "channel_base": 32768, "channel_max": 512, "batch_size": 4, "fused_modconv_default": "inference_only",
-            "rendering_kwargs": rendering_kwargs, "num_fp16_res": 0, "sr_num_fp16_res": 4,
+            "z_dim": g.cfg.z_dim,
+            "w_dim": g.cfg.w_dim,
+            "mapping_kwargs": easy(num_layers=g.cfg.mapping_layers),
+            "channel_base": 32768,
+            "channel_max": 512,
+            "batch_size": 4,
+            "fused_modconv_default": "inference_only",
+            "rendering_kwargs": rendering_kwargs,
+            "num_fp16_res": 0,
+            "sr_num_fp16_res": 4,
             "sr_kwargs": easy(channel_base=32768, channel_max=512, fused_modconv_default="inference_only"),
-            "thickness": 0.25, "explicitly_symmetry": True, "conv_clamp": None, "c_dim": g.cfg.c_dim,
-            "img_resolution": 512, "img_channels": 3}
-        st.update(z_dim=g.cfg.z_dim, c_dim=g.cfg.c_dim, w_dim=g.cfg.w_dim, img_resolution=512, img_channels=3,
-                  trigrid_channel=12, decode_channel=32, batch_size=4, neural_rendering_resolution=128,
-                  rendering_kwargs=copy.deepcopy(rendering_kwargs), _last_planes=None, explicitly_symmetry=True,
-                  avg_c=self.rand(1, 25), plane_shapes={r: [1, 3, 36, r, r] for r in g.cfg.level_sizes},
-                  _init_args=(), _init_kwargs=init_kwargs)
+            "thickness": 0.25,
+            "explicitly_symmetry": True,
+            "conv_clamp": None,
+            "c_dim": g.cfg.c_dim,
+            "img_resolution": 512,
+            "img_channels": 3,
+        }
+        st.update(
+            z_dim=g.cfg.z_dim,
+            c_dim=g.cfg.c_dim,
+            w_dim=g.cfg.w_dim,
+            img_resolution=512,
+            img_channels=3,
+            trigrid_channel=12,
+            decode_channel=32,
+            batch_size=4,
+            neural_rendering_resolution=128,
+            rendering_kwargs=copy.deepcopy(rendering_kwargs),
+            _last_planes=None,
+            explicitly_symmetry=True,
+            avg_c=self.rand(1, 25),
+            plane_shapes={r: [1, 3, 36, r, r] for r in g.cfg.level_sizes},
+            _init_args=(),
+            _init_kwargs=init_kwargs,
+        )
         return self.record("TriPlaneGenerator", "training/smpl_triplane.py", st)
 
     def discriminator(self):
-        block = self.record("DiscriminatorBlock", "training/networks_stylegan2.py", self.state(
-            children={"conv0": self.record("Conv2dLayer", "training/networks_stylegan2.py", self.state(
-                params={"weight": self.rand(8, 8, 3, 3), "bias": self.rand(8)},
-                attrs={"weight_gain": np.float64(1 / 24)}, init=((8, 8, 3), {}))),
-                "fromrgb": self.leaf_fc(8, 3)}, init=((), {})))
-        pose = self.plain(self.fake.DPoseBranch, self.state(children={"net": self.plain(
-            torch.nn.Sequential, self.state(children={"0": self.leaf_fc(6, 8)}))}))
-        return self.plain(self.fake.PoseShapeAwareDualDiscriminator, self.state(
-            children={"b512": block, "pose_branch": pose}, attrs={"c_dim": 25, "img_resolution": 512}))
+        block = self.record(
+            "DiscriminatorBlock",
+            "training/networks_stylegan2.py",
+            self.state(
+                children={
+                    "conv0": self.record(
+                        "Conv2dLayer",
+                        "training/networks_stylegan2.py",
+                        self.state(
+                            params={"weight": self.rand(8, 8, 3, 3), "bias": self.rand(8)},
+                            attrs={"weight_gain": np.float64(1 / 24)},
+                            init=((8, 8, 3), {}),
+                        ),
+                    ),
+                    "fromrgb": self.leaf_fc(8, 3),
+                },
+                init=((), {}),
+            ),
+        )
+        pose = self.plain(
+            self.fake.DPoseBranch,
+            self.state(
+                children={
+                    "net": self.plain(torch.nn.Sequential, self.state(children={"0": self.leaf_fc(6, 8)}))
+                }
+            ),
+        )
+        return self.plain(
+            self.fake.PoseShapeAwareDualDiscriminator,
+            self.state(
+                children={"b512": block, "pose_branch": pose}, attrs={"c_dim": 25, "img_resolution": 512}
+            ),
+        )
 
     def snapshot(self, g):
-        return {"training_set_kwargs": self.fake.EasyDict(
-                    class_name="training.dataset.ImageFolderDataset", path="/data/360PHQ-512.zip",
-                    use_labels=True, max_size=54000, xflip=False, resolution=512, random_seed=0),
-                "G": self.generator(g), "D": self.discriminator(), "G_ema": self.generator(g),
-                "D_ema": self.discriminator(), "augment_pipe": None}
+        return {
+            "training_set_kwargs": self.fake.EasyDict(
+                class_name="training.dataset.ImageFolderDataset",
+                path="/data/360PHQ-512.zip",
+                use_labels=True,
+                max_size=54000,
+                xflip=False,
+                resolution=512,
+                random_seed=0,
+            ),
+            "G": self.generator(g),
+            "D": self.discriminator(),
+            "G_ema": self.generator(g),
+            "D_ema": self.discriminator(),
+            "augment_pipe": None,
+        }
 
 
 def write_official_pickle(path, g, marker, legacy=False, smpl=False):
@@ -362,9 +549,20 @@ def write_official_pickle(path, g, marker, legacy=False, smpl=False):
         buf = io.BytesIO()
         pickle.Pickler(buf, protocol=3 if legacy else pickle.DEFAULT_PROTOCOL).dump(tree)
     data = buf.getvalue()
-    for glob in (b"torch_utils.persistence", b"_reconstruct_persistent_obj", b"dnnlib.util", b"EasyDict",
-                 b"training.smpl_triplane", b"OSGDecoder", b"torch.nn.modules.container", b"Sequential",
-                 b"torch.storage", b"_load_from_bytes", b"multiarray", b"scalar"):
+    for glob in (
+        b"torch_utils.persistence",
+        b"_reconstruct_persistent_obj",
+        b"dnnlib.util",
+        b"EasyDict",
+        b"training.smpl_triplane",
+        b"OSGDecoder",
+        b"torch.nn.modules.container",
+        b"Sequential",
+        b"torch.storage",
+        b"_load_from_bytes",
+        b"multiarray",
+        b"scalar",
+    ):
         assert glob in data, glob
     if legacy:
         assert b"cnumpy._core.multiarray\nscalar\n" in data
@@ -391,8 +589,13 @@ def test_official_model_pickle_loads_without_running_embedded_code(tmp_path, sou
     assert not marker.exists(), "the embedded module_src was executed"
 
     assert loaded.cfg == g.cfg  # w_dim, synthesis_resolution, background channels, render settings
-    assert (loaded.cfg.w_dim, loaded.cfg.synthesis_resolution, loaded.cfg.background_channel_max,
-            loaded.cfg.background_channel_base, loaded.cfg.background_resolution) == (64, 16, 32, 512, 32)
+    assert (
+        loaded.cfg.w_dim,
+        loaded.cfg.synthesis_resolution,
+        loaded.cfg.background_channel_max,
+        loaded.cfg.background_channel_base,
+        loaded.cfg.background_resolution,
+    ) == (64, 16, 32, 512, 32)
     assert_same_state(loaded.state_dict(), g.state_dict())
     if not legacy:
         assert_same_outputs(run_model(loaded), expected)
@@ -418,12 +621,33 @@ def test_official_pickle_with_smpl_objects_loads(tmp_path, source):
     assert_same_state(loaded.state_dict(), g.state_dict())
 
 
-@pytest.mark.parametrize("value", [
-    np.float32(0.25), np.float64(0.125), np.array([[0, 1, 2]], dtype=np.uint32), np.arange(3),
-    torch.float32, torch.int64, {1, 2}, collections.OrderedDict(a=1),
-    torch.tensor([1, 2], dtype=torch.int64), torch.tensor([True, False]),
-], ids=["np.float32", "np.float64", "np.uint32-array", "np.int64-array", "torch.float32", "torch.int64",
-        "set", "OrderedDict", "LongStorage", "BoolStorage"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.float32(0.25),
+        np.float64(0.125),
+        np.array([[0, 1, 2]], dtype=np.uint32),
+        np.arange(3),
+        torch.float32,
+        torch.int64,
+        {1, 2},
+        collections.OrderedDict(a=1),
+        torch.tensor([1, 2], dtype=torch.int64),
+        torch.tensor([True, False]),
+    ],
+    ids=[
+        "np.float32",
+        "np.float64",
+        "np.uint32-array",
+        "np.int64-array",
+        "torch.float32",
+        "torch.int64",
+        "set",
+        "OrderedDict",
+        "LongStorage",
+        "BoolStorage",
+    ],
+)
 def test_plain_values_found_in_official_pickles_are_read(tmp_path, value):
     """Every kind of plain value in the released pickle (numpy 1.x/2.x, torch 1.x/2.x) is readable."""
     path = tmp_path / "values.pkl"
@@ -440,9 +664,11 @@ def test_unknown_official_classes_become_inert_stubs(tmp_path):
     """``training.*`` / ``smplx.*`` / ``torch.nn.modules.*`` classes are stubbed, never imported."""
     path = tmp_path / "stubs.pkl"
     with fake_official_modules() as fake:
-        obj = {"a": OfficialWriter.plain(fake.OSGDecoder, {"x": ("y",)}),
-               "b": OfficialWriter.plain(torch.nn.Linear, {"in_features": 3}),
-               "c": OfficialWriter.plain(fake.SMPL, {"gender": "neutral"})}
+        obj = {
+            "a": OfficialWriter.plain(fake.OSGDecoder, {"x": ("y",)}),
+            "b": OfficialWriter.plain(torch.nn.Linear, {"in_features": 3}),
+            "c": OfficialWriter.plain(fake.SMPL, {"gender": "neutral"}),
+        }
         with open(path, "wb") as f:
             pickle.dump(obj, f)
     with record_official_imports() as rec:
@@ -496,7 +722,7 @@ class _EvilStoragePickler(pickle.Pickler):
             header = io.BytesIO(payload)
             for _ in range(3):  # magic number, protocol version, sys_info
                 pickle.load(header)
-            evil = payload[:header.tell()] + pickle.dumps(_OsSystem(self.marker), protocol=2)
+            evil = payload[: header.tell()] + pickle.dumps(_OsSystem(self.marker), protocol=2)
             return fn, (evil,)
         return NotImplemented
 
@@ -505,6 +731,7 @@ def _write_pickle(obj):
     def write(path, marker):
         with open(path, "wb") as f:
             pickle.dump(obj(marker), f)
+
     return write
 
 
@@ -516,8 +743,12 @@ def _write_nested_storage(path, marker):
 
 def _write_torch_save(zip_format):
     def write(path, marker):
-        torch.save({"model": {"trigrids_8": torch.zeros(1, 3, 36, 8, 8), "ws": _OsSystem(marker)}}, path,
-                   _use_new_zipfile_serialization=zip_format)
+        torch.save(
+            {"model": {"trigrids_8": torch.zeros(1, 3, 36, 8, 8), "ws": _OsSystem(marker)}},
+            path,
+            _use_new_zipfile_serialization=zip_format,
+        )
+
     return write
 
 
@@ -527,8 +758,16 @@ MALICIOUS = {
     "os.system": (_write_pickle(_OsSystem), SYSTEM, "pickle"),
     "builtins.eval": (_write_pickle(_Eval), "builtins.eval", "pickle"),
     "subprocess.Popen": (_write_pickle(_Popen), "subprocess.Popen", "pickle"),
-    "nested-in-official-layout": (_write_pickle(lambda m: {"training_set_kwargs": {}, "G_ema": {
-        "_modules": {"decoder": {"_parameters": collections.OrderedDict(w=_OsSystem(m))}}}}), SYSTEM, "pickle"),
+    "nested-in-official-layout": (
+        _write_pickle(
+            lambda m: {
+                "training_set_kwargs": {},
+                "G_ema": {"_modules": {"decoder": {"_parameters": collections.OrderedDict(w=_OsSystem(m))}}},
+            }
+        ),
+        SYSTEM,
+        "pickle",
+    ),
     "storage-payload": (_write_nested_storage, SYSTEM, "pickle"),
     "torch.save-zip": (_write_torch_save(True), SYSTEM, "torch"),
     "torch.save-legacy": (_write_torch_save(False), SYSTEM, "torch"),
@@ -600,24 +839,72 @@ def _df_pth(levels, ws, src: PortraitGAN):
     """stable-dreamfusion's checkpoint: ``{'epoch', 'global_step', 'stats', ..., 'model': state}``."""
     model_state = {**{f"trigrids_{r}": torch.nn.Parameter(t) for r, t in levels.items()}, "ws": ws}
     model_state.update({k: v for k, v in src.state_dict().items() if k.startswith(("decoder.", "torgb."))})
-    model_state.update({"pose_branch.net.0.weight": torch.randn(16, 71), "pose_branch.net.0.bias": torch.zeros(16)})
-    optimizer = {"state": {0: {"step": torch.tensor(2000.0), "exp_avg": torch.randn(3), "exp_avg_sq": torch.rand(3)}},
-                 "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-15, "weight_decay": 0,
-                                   "amsgrad": False, "maximize": False, "foreach": None, "params": [0]}]}
-    scheduler = {"base_lrs": [1e-3], "last_epoch": 20, "_step_count": 21, "_get_lr_called_within_step": False,
-                 "_last_lr": [1e-3], "lr_lambdas": [None]}
-    return {"epoch": 20, "global_step": 2000,
-            "stats": {"loss": [0.5, 0.25], "valid_loss": [], "results": [], "checkpoints": ["a.pth"],
-                      "best_result": None},
-            "optimizer": optimizer, "lr_scheduler": scheduler,
-            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-                       "_growth_tracker": 0},
-            "ema": {"decay": 0.95, "num_updates": 2000, "shadow_params": [torch.randn(3)], "collected_params": None},
-            "model": model_state}
+    model_state.update(
+        {"pose_branch.net.0.weight": torch.randn(16, 71), "pose_branch.net.0.bias": torch.zeros(16)}
+    )
+    optimizer = {
+        "state": {0: {"step": torch.tensor(2000.0), "exp_avg": torch.randn(3), "exp_avg_sq": torch.rand(3)}},
+        "param_groups": [
+            {
+                "lr": 1e-3,
+                "betas": (0.9, 0.99),
+                "eps": 1e-15,
+                "weight_decay": 0,
+                "amsgrad": False,
+                "maximize": False,
+                "foreach": None,
+                "params": [0],
+            }
+        ],
+    }
+    scheduler = {
+        "base_lrs": [1e-3],
+        "last_epoch": 20,
+        "_step_count": 21,
+        "_get_lr_called_within_step": False,
+        "_last_lr": [1e-3],
+        "lr_lambdas": [None],
+    }
+    return {
+        "epoch": 20,
+        "global_step": 2000,
+        "stats": {
+            "loss": [0.5, 0.25],
+            "valid_loss": [],
+            "results": [],
+            "checkpoints": ["a.pth"],
+            "best_result": None,
+        },
+        "optimizer": optimizer,
+        "lr_scheduler": scheduler,
+        "scaler": {
+            "scale": 65536.0,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 2000,
+            "_growth_tracker": 0,
+        },
+        "ema": {
+            "decay": 0.95,
+            "num_updates": 2000,
+            "shadow_params": [torch.randn(3)],
+            "collected_params": None,
+        },
+        "model": model_state,
+    }
 
 
-@pytest.mark.parametrize("style", ["df.pth", "df_ep0020.pth", "epoch_00018.pth", "007_pyramid_trigrid.pth",
-                                   "007_pyramid_trigrid.pth-legacy", "epoch_00018.pth-4d"])
+@pytest.mark.parametrize(
+    "style",
+    [
+        "df.pth",
+        "df_ep0020.pth",
+        "epoch_00018.pth",
+        "007_pyramid_trigrid.pth",
+        "007_pyramid_trigrid.pth-legacy",
+        "epoch_00018.pth-4d",
+    ],
+)
 def test_official_pyramid_files(tmp_path, source, style):
     levels, ws = random_pyramid(seed=2)
     name = style.split("-")[0]
@@ -680,8 +967,11 @@ def test_generator_save_folder_round_trip(tmp_path, source):
     assert_same_outputs(run_model(loaded), expected)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"z_dim": 32, "mapping_layers": 3, "background": False}],
-                         ids=["tiny", "z32-3layers-nobg"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"z_dim": 32, "mapping_layers": 3, "background": False}],
+    ids=["tiny", "z32-3layers-nobg"],
+)
 def test_plain_official_key_state_dict_loads(tmp_path, overrides):
     g = PortraitGAN.random(make_cfg(**overrides), seed=7)
     path = tmp_path / "weights.pt"
@@ -694,7 +984,9 @@ def test_plain_official_key_state_dict_loads(tmp_path, overrides):
         unused = dict(background_resolution=0, background_channel_base=0, background_channel_max=0)
         got, want = dataclasses.replace(got, **unused), dataclasses.replace(want, **unused)
     assert got == want
-    assert loaded.cfg.background == g.cfg.background and (loaded.bcg_synthesis is None) == (not g.cfg.background)
+    assert loaded.cfg.background == g.cfg.background and (loaded.bcg_synthesis is None) == (
+        not g.cfg.background
+    )
     assert_same_state(loaded.state_dict(), g.state_dict())
 
 
@@ -713,6 +1005,7 @@ def _truncated(make):
         make(path, g)
         data = open(path, "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
+
     return write
 
 
@@ -724,6 +1017,7 @@ def _pickle_file(path, g):
 def _bytes(data):
     def write(path, g):
         open(path, "wb").write(data)
+
     return write
 
 
@@ -733,9 +1027,22 @@ _RANDOM = (b"\x13" + _RANDOM[1:]) if _RANDOM[:1] in (b"\x80", b"P") else _RANDOM
 
 def _decoder_ckpt(path, g):
     sd = g.state_dict()
-    torch.save({"params": {"z_dim": 64, "c_dim": 25, "w_dim": 64, "img_resolution": 512, "img_channels": 3,
-                           "rendering_kwargs": {"depth_resolution": 48}, "batch_size": 4, "thickness": 0.25},
-                "state_dict": {k: v for k, v in sd.items() if k.startswith(("decoder.", "torgb."))}}, path)
+    torch.save(
+        {
+            "params": {
+                "z_dim": 64,
+                "c_dim": 25,
+                "w_dim": 64,
+                "img_resolution": 512,
+                "img_channels": 3,
+                "rendering_kwargs": {"depth_resolution": 48},
+                "batch_size": 4,
+                "thickness": 0.25,
+            },
+            "state_dict": {k: v for k, v in sd.items() if k.startswith(("decoder.", "torgb."))},
+        },
+        path,
+    )
 
 
 GENERATOR_ERRORS = {
@@ -746,17 +1053,33 @@ GENERATOR_ERRORS = {
     "random-bytes": ("model_512.pkl", _bytes(_RANDOM), "not a pickle"),
     "random-bytes-0x80": ("model_512.pkl", _bytes(b"\x80" + _RANDOM[1:]), "pickle"),
     "empty": ("model_512.pkl", _bytes(b""), "not a pickle"),
-    "pyramid-official": ("epoch_00018.pth",
-                         lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="official"), "generator"),
+    "pyramid-official": (
+        "epoch_00018.pth",
+        lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="official"),
+        "generator",
+    ),
     "pyramid-inversion-pkl": ("inversion_trigrid.pkl", _pickle_file, "generator"),
-    "pyramid-ours": ("pyramid.safetensors",
-                     lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="ours"), ""),
+    "pyramid-ours": (
+        "pyramid.safetensors",
+        lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="ours"),
+        "",
+    ),
     "decoder-ckpt": ("decoder_512.ckpt", _decoder_ckpt, "load_decoder_checkpoint"),
-    "missing-key": ("weights.pt", lambda p, g: _state_dict_file(p, g, drop="decoder.net.0.bias"),
-                    "decoder.net.0.bias"),
-    "missing-mapping-key": ("weights.pt", lambda p, g: _state_dict_file(p, g, drop="backbone.mapping.fc0.weight"),
-                            "backbone.mapping.fc0.weight"),
-    "wrong-shape": ("weights.pt", lambda p, g: _state_dict_file(p, g, reshape="torgb.weight"), "torgb.weight"),
+    "missing-key": (
+        "weights.pt",
+        lambda p, g: _state_dict_file(p, g, drop="decoder.net.0.bias"),
+        "decoder.net.0.bias",
+    ),
+    "missing-mapping-key": (
+        "weights.pt",
+        lambda p, g: _state_dict_file(p, g, drop="backbone.mapping.fc0.weight"),
+        "backbone.mapping.fc0.weight",
+    ),
+    "wrong-shape": (
+        "weights.pt",
+        lambda p, g: _state_dict_file(p, g, reshape="torgb.weight"),
+        "torgb.weight",
+    ),
     "not-a-dict": ("model_512.pkl", lambda p, g: pickle.dump([1, 2, 3], open(p, "wb")), "generator"),
 }
 
@@ -794,25 +1117,45 @@ def test_generator_folder_errors(tmp_path, source):
 PYRAMID_ERRORS = {
     "missing-pth": ("epoch_00018.pth", None, "not found"),
     "missing-safetensors": ("pyramid.safetensors", None, "not found"),
-    "truncated-zip": ("epoch_00018.pth", _truncated(
-        lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="official")), "truncated"),
+    "truncated-zip": (
+        "epoch_00018.pth",
+        _truncated(lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="official")),
+        "truncated",
+    ),
     "truncated-pickle": ("inversion_trigrid.pkl", _truncated(_pickle_file), "truncated"),
-    "truncated-safetensors": ("pyramid.safetensors", _truncated(
-        lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="ours")), "safetensors"),
+    "truncated-safetensors": (
+        "pyramid.safetensors",
+        _truncated(lambda p, g: save_pyramid(str(p), *random_pyramid(), fmt="ours")),
+        "safetensors",
+    ),
     "random-bytes": ("inversion_trigrid.pkl", _bytes(_RANDOM), "not a pickle"),
-    "no-trigrids": ("epoch_00018.pth", lambda p, g: torch.save({"model": {"ws": torch.zeros(1, 6, 64)}}, p),
-                    "trigrids_"),
+    "no-trigrids": (
+        "epoch_00018.pth",
+        lambda p, g: torch.save({"model": {"ws": torch.zeros(1, 6, 64)}}, p),
+        "trigrids_",
+    ),
     "generator-state-dict": ("weights.pt", lambda p, g: torch.save(g.state_dict(), p), "trigrids_"),
-    "level-size-mismatch": ("epoch_00018.pth",
-                            lambda p, g: torch.save({"model": {"trigrids_16": torch.zeros(1, 3, 36, 8, 8)}}, p),
-                            "trigrids_16"),
-    "level-not-3-planes": ("epoch_00018.pth",
-                           lambda p, g: torch.save({"model": {"trigrids_8": torch.zeros(1, 2, 36, 8, 8)}}, p),
-                           "trigrids_8"),
-    "level-3d": ("epoch_00018.pth", lambda p, g: torch.save({"model": {"trigrids_8": torch.zeros(36, 8, 8)}}, p),
-                 "trigrids_8"),
+    "level-size-mismatch": (
+        "epoch_00018.pth",
+        lambda p, g: torch.save({"model": {"trigrids_16": torch.zeros(1, 3, 36, 8, 8)}}, p),
+        "trigrids_16",
+    ),
+    "level-not-3-planes": (
+        "epoch_00018.pth",
+        lambda p, g: torch.save({"model": {"trigrids_8": torch.zeros(1, 2, 36, 8, 8)}}, p),
+        "trigrids_8",
+    ),
+    "level-3d": (
+        "epoch_00018.pth",
+        lambda p, g: torch.save({"model": {"trigrids_8": torch.zeros(36, 8, 8)}}, p),
+        "trigrids_8",
+    ),
     "model-not-a-dict": ("df.pth", lambda p, g: torch.save({"model": [torch.zeros(1)]}, p), "model"),
-    "not-a-dict": ("inversion_trigrid.pkl", lambda p, g: pickle.dump([torch.zeros(1)], open(p, "wb")), "dict"),
+    "not-a-dict": (
+        "inversion_trigrid.pkl",
+        lambda p, g: pickle.dump([torch.zeros(1)], open(p, "wb")),
+        "dict",
+    ),
 }
 
 
@@ -833,17 +1176,42 @@ def test_load_decoder_checkpoint(tmp_path, source):
     g, _ = source
     sd = g.state_dict()
     want = {k: v.clone() for k, v in sd.items() if k.startswith(("decoder.", "torgb."))}
-    assert sorted(want) == ["decoder.net.0.bias", "decoder.net.0.weight", "decoder.net.2.bias",
-                            "decoder.net.2.weight", "torgb.affine.bias", "torgb.affine.weight", "torgb.bias",
-                            "torgb.weight"]
-    state_dict = {**want, "pose_branch.net.0.weight": torch.randn(128, 537), "pose_branch.net.0.bias": torch.randn(128),
-                  "pose_branch.net.1.weight": torch.randn(32, 128), "pose_branch.net.1.bias": torch.randn(32),
-                  "pose_branch.net.2.weight": torch.randn(6, 32), "pose_branch.net.2.bias": torch.randn(6)}
+    assert sorted(want) == [
+        "decoder.net.0.bias",
+        "decoder.net.0.weight",
+        "decoder.net.2.bias",
+        "decoder.net.2.weight",
+        "torgb.affine.bias",
+        "torgb.affine.weight",
+        "torgb.bias",
+        "torgb.weight",
+    ]
+    state_dict = {
+        **want,
+        "pose_branch.net.0.weight": torch.randn(128, 537),
+        "pose_branch.net.0.bias": torch.randn(128),
+        "pose_branch.net.1.weight": torch.randn(32, 128),
+        "pose_branch.net.1.bias": torch.randn(32),
+        "pose_branch.net.2.weight": torch.randn(6, 32),
+        "pose_branch.net.2.bias": torch.randn(6),
+    }
     path = tmp_path / "decoder_512.ckpt"
-    torch.save({"params": {"z_dim": 64, "c_dim": 25, "w_dim": 64, "img_resolution": 512, "img_channels": 3,
-                           "rendering_kwargs": {"depth_resolution": 48, "box_warp": 0.7, "ray_start": 2.35},
-                           "batch_size": 1, "thickness": 0.25},
-                "state_dict": state_dict}, path)
+    torch.save(
+        {
+            "params": {
+                "z_dim": 64,
+                "c_dim": 25,
+                "w_dim": 64,
+                "img_resolution": 512,
+                "img_channels": 3,
+                "rendering_kwargs": {"depth_resolution": 48, "box_warp": 0.7, "ray_start": 2.35},
+                "batch_size": 1,
+                "thickness": 0.25,
+            },
+            "state_dict": state_dict,
+        },
+        path,
+    )
     got = load_decoder_checkpoint(str(path))
     assert sorted(got) == sorted(want)
     for k in want:
@@ -851,10 +1219,12 @@ def test_load_decoder_checkpoint(tmp_path, source):
 
     other = PortraitGAN.random(make_cfg(), seed=99)
     assert not torch.equal(other.torgb.weight, g.torgb.weight)
-    other.decoder.load_state_dict({k[len("decoder."):]: v for k, v in got.items() if k.startswith("decoder.")},
-                                  strict=True)
-    other.torgb.load_state_dict({k[len("torgb."):]: v for k, v in got.items() if k.startswith("torgb.")},
-                                strict=True)
+    other.decoder.load_state_dict(
+        {k[len("decoder.") :]: v for k, v in got.items() if k.startswith("decoder.")}, strict=True
+    )
+    other.torgb.load_state_dict(
+        {k[len("torgb.") :]: v for k, v in got.items() if k.startswith("torgb.")}, strict=True
+    )
     for k in want:
         assert torch.equal(other.state_dict()[k], g.state_dict()[k]), k
 

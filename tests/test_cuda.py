@@ -5,18 +5,21 @@ and compares values and gradients: a device bug (a tensor left on the CPU, a ker
 shows up here as a failure. Jitter is off (``deterministic=True``) so both sides sample the same
 points; the tolerances cover float32 reduction-order differences between the two devices.
 """
+
 import os
 
 import pytest
 import torch
-
 from helpers import requires_threestudio
+
 from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.inversion import InversionConfig, inversion_step
 from gan_prior.refinement import RefineFitConfig, patch_loss, refinement_labels
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)"),
+]
 CUDA = torch.device("cuda")
 
 
@@ -48,14 +51,18 @@ def test_generator_on_cuda_matches_cpu(models):
 
 def test_renderer_values_and_gradients_on_cuda_match_cpu(models):
     cpu, gpu = models
-    ws = cpu.mapping(torch.randn(1, cpu.cfg.z_dim, generator=torch.Generator().manual_seed(1)), canonical_label(1))
+    ws = cpu.mapping(
+        torch.randn(1, cpu.cfg.z_dim, generator=torch.Generator().manual_seed(1)), canonical_label(1)
+    )
     with torch.no_grad():
         pyr = cpu.synthesize_pyramid(ws)
     labels = refinement_labels(0)[:2]
     results = []
     for g, dev in ((cpu, "cpu"), (gpu, CUDA)):
         levels = {r: t.to(dev).requires_grad_(True) for r, t in pyr.items()}
-        out = g.render(levels, ws.to(dev).expand(2, -1, -1), labels.to(dev), resolution=24, deterministic=True)
+        out = g.render(
+            levels, ws.to(dev).expand(2, -1, -1), labels.to(dev), resolution=24, deterministic=True
+        )
         out["image"].square().mean().backward()
         results.append((out, {r: t.grad for r, t in levels.items()}))
     (o_c, g_c), (o_g, g_g) = results
@@ -69,12 +76,23 @@ def test_inversion_step_on_cuda_matches_cpu(models):
     cpu, gpu = models
     cfg = InversionConfig(resolution=16, deterministic=True, initial_noise_factor=0.0)
     target = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    w0 = cpu.mapping(torch.randn(1, cpu.cfg.z_dim, generator=torch.Generator().manual_seed(3)), canonical_label(1))
+    w0 = cpu.mapping(
+        torch.randn(1, cpu.cfg.z_dim, generator=torch.Generator().manual_seed(3)), canonical_label(1)
+    )
     grads = []
     for g, dev in ((cpu, "cpu"), (gpu, CUDA)):
         w = w0.detach().to(dev).requires_grad_(True)
-        dist, loss = inversion_step(g, w, [], target.to(dev), canonical_label(1).to(dev),
-                                    lambda a, b: (a - b).square().mean((1, 2, 3)), cfg, t=0.5, w_std=1.0)
+        dist, loss = inversion_step(
+            g,
+            w,
+            [],
+            target.to(dev),
+            canonical_label(1).to(dev),
+            lambda a, b: (a - b).square().mean((1, 2, 3)),
+            cfg,
+            t=0.5,
+            w_std=1.0,
+        )
         loss.backward()
         grads.append((dist, w.grad))
     close(grads[1][0], grads[0][0])
@@ -83,8 +101,12 @@ def test_inversion_step_on_cuda_matches_cpu(models):
 
 def test_refinement_fit_step_on_cuda_matches_cpu(models):
     cpu, gpu = models
-    cfg = RefineFitConfig(resolution=32, patch_resolution=16, depth_resolution=12, depth_resolution_importance=12)
-    ws = cpu.mapping(torch.randn(1, cpu.cfg.z_dim, generator=torch.Generator().manual_seed(4)), canonical_label(1))
+    cfg = RefineFitConfig(
+        resolution=32, patch_resolution=16, depth_resolution=12, depth_resolution_importance=12
+    )
+    ws = cpu.mapping(
+        torch.randn(1, cpu.cfg.z_dim, generator=torch.Generator().manual_seed(4)), canonical_label(1)
+    )
     with torch.no_grad():
         pyr = cpu.synthesize_pyramid(ws)
     label = refinement_labels(0)[5:6]
@@ -109,8 +131,9 @@ def test_sdedit_on_cuda_matches_cpu(tmp_path):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
     outs = []
     for dev in ("cpu", "cuda"):
-        pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "sd"), safety_checker=None,
-                                                       requires_safety_checker=False).to(dev)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(tmp_path / "sd"), safety_checker=None, requires_safety_checker=False
+        ).to(dev)
         outs.append(sdedit(pipe, images.to(dev), "a portrait", SDEditConfig(steps=10), progress=False))
     assert outs[1].device.type == "cuda"
     close(outs[1], outs[0], rtol=1e-2, atol=1e-3)
@@ -123,8 +146,18 @@ def test_tiny_launch_train_on_cuda(tmp_path, config):
     from threestudio_env import launch, make_worktree
 
     tree = make_worktree(str(tmp_path / "ts"))
-    proc = launch(tree, str(tmp_path / "cache"), "--config", config, "--train",
-                  "--gpu", "0", "use_timestamp=false", "tag=cuda", timeout=600)
+    proc = launch(
+        tree,
+        str(tmp_path / "cache"),
+        "--config",
+        config,
+        "--train",
+        "--gpu",
+        "0",
+        "use_timestamp=false",
+        "tag=cuda",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     save = os.path.join(tree, "outputs", "portrait3d-tiny")
     found = {f for _, _, files in os.walk(save) for f in files}

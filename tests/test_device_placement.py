@@ -8,6 +8,7 @@ ATen operation and fails on the first one that returns a CPU tensor with at leas
 that kind inside the generator, the renderer, the camera helpers, the refinement fit or the
 inversion step makes these tests fail, on a machine without a GPU.
 """
+
 import math
 
 import pytest
@@ -16,9 +17,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from gan_prior import PortraitGAN, tiny_config
-from gan_prior.camera import (camera_label, elevation_azimuth_to_hv, focal_to_fovy, fovy_to_focal,
-                              hv_to_elevation_azimuth, label_to_threestudio, lookat_pose,
-                              threestudio_c2w_to_label)
+from gan_prior.camera import (
+    camera_label,
+    elevation_azimuth_to_hv,
+    focal_to_fovy,
+    fovy_to_focal,
+    hv_to_elevation_azimuth,
+    label_to_threestudio,
+    lookat_pose,
+    threestudio_c2w_to_label,
+)
 from gan_prior.inversion import InversionConfig, inversion_step
 from gan_prior.pyramid_trigrid import sample_pyramid
 from gan_prior.refinement import RefineFitConfig, patch_loss
@@ -83,8 +91,9 @@ def test_generator_mapping_synthesis_render_and_backward(G):
         assert all(t.device == META for t in pyramid.values())
         levels = {r: t.detach().requires_grad_(True) for r, t in pyramid.items()}
         for deterministic, background in ((False, True), (True, False)):
-            out = G.render(levels, ws, c, resolution=8, deterministic=deterministic, background=background,
-                           chunk=24)
+            out = G.render(
+                levels, ws, c, resolution=8, deterministic=deterministic, background=background, chunk=24
+            )
             assert out["image"].shape == (2, 3, 8, 8) and out["image"].device == META
         out["image"].square().mean().backward()
         assert all(t.grad is not None and t.grad.device == META for t in levels.values())
@@ -97,19 +106,29 @@ def test_sample_pyramid_and_render_rays_on_meta(G):
         assert feats.shape == (1, 3, 50, 12)
         feats.sum().backward()
         origins, dirs = rays_from_label(meta_label(), 4)
-        out = render_rays(G.field(levels), origins, dirs, RenderConfig(depth_resolution=6,
-                                                                       depth_resolution_importance=6))
+        out = render_rays(
+            G.field(levels), origins, dirs, RenderConfig(depth_resolution=6, depth_resolution_importance=6)
+        )
         assert out["features"].device == META and out["weights"].shape == (1, 16, 11, 1)
 
 
 def test_refinement_fit_step_and_views(G):
-    cfg = RefineFitConfig(resolution=16, patch_resolution=8, depth_resolution=6, depth_resolution_importance=6)
+    cfg = RefineFitConfig(
+        resolution=16, patch_resolution=8, depth_resolution=6, depth_resolution_importance=6
+    )
     ws = torch.empty(1, G.num_ws, G.cfg.w_dim, device=META)
     levels = {r: torch.empty(1, 3, 36, r, r, device=META, requires_grad=True) for r in G.cfg.level_sizes}
     labels = meta_label(3)
     with NoCPUTensors():
-        views = G.render(levels, ws.expand(3, -1, -1), labels, resolution=16, deterministic=True,
-                         depth_resolution=12, depth_resolution_importance=12)["image"]
+        views = G.render(
+            levels,
+            ws.expand(3, -1, -1),
+            labels,
+            resolution=16,
+            deterministic=True,
+            depth_resolution=12,
+            depth_resolution_importance=12,
+        )["image"]
         assert views.shape == (3, 3, 16, 16) and views.device == META
         loss = patch_loss(G, levels, ws, labels[:1], views[:1], 4, 8, cfg)
         loss.backward()
@@ -119,7 +138,9 @@ def test_refinement_fit_step_and_views(G):
 def test_inversion_step(G):
     cfg = InversionConfig(steps=10, resolution=8)
     w_opt = torch.empty(1, G.num_ws, G.cfg.w_dim, device=META, requires_grad=True)
-    noise = [b.requires_grad_(True) for n, b in G.backbone.synthesis.named_buffers() if n.endswith("noise_const")]
+    noise = [
+        b.requires_grad_(True) for n, b in G.backbone.synthesis.named_buffers() if n.endswith("noise_const")
+    ]
     target = torch.empty(1, 3, 8, 8, device=META)
 
     def distance(a, b):
@@ -127,7 +148,9 @@ def test_inversion_step(G):
 
     try:
         with NoCPUTensors():
-            dist, loss = inversion_step(G, w_opt, noise, target, meta_label(), distance, cfg, t=0.1, w_std=1.0)
+            dist, loss = inversion_step(
+                G, w_opt, noise, target, meta_label(), distance, cfg, t=0.1, w_std=1.0
+            )
             loss.backward()
         assert dist.device == META and w_opt.grad.device == META
         assert all(b.grad is not None for b in noise)

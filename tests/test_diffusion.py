@@ -1,9 +1,9 @@
 """Tests for gan_prior.diffusion on the tiny random Stable Diffusion (64² images, 8² latents)."""
+
 import os
 
 import numpy as np
 import pytest
-
 import torch
 
 from gan_prior import diffusion as D
@@ -73,7 +73,9 @@ def test_portrait_prompt_prefixes_and_keeps():
 
 
 def test_load_pipeline_errors(tmp_path, monkeypatch):
-    with pytest.raises(D.DiffusionModelError, match=r"^--sd-model: folder /nonexistent/sd does not exist") as err:
+    with pytest.raises(
+        D.DiffusionModelError, match=r"^--sd-model: folder /nonexistent/sd does not exist"
+    ) as err:
         D.load_pipeline("/nonexistent/sd", option="--sd-model")
     assert "\n" not in str(err.value) and isinstance(err.value, ValueError)
 
@@ -96,9 +98,13 @@ def test_load_pipeline_errors(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(D.DiffusionModelError, match=r"^--sd-model: cannot load 'nobody/no-such-model-p3d'") as err:
+    with pytest.raises(
+        D.DiffusionModelError, match=r"^--sd-model: cannot load 'nobody/no-such-model-p3d'"
+    ) as err:
         D.load_pipeline("nobody/no-such-model-p3d", option="--sd-model")
-    assert "huggingface-cli download nobody/no-such-model-p3d" in str(err.value) and "\n" not in str(err.value)
+    assert "huggingface-cli download nobody/no-such-model-p3d" in str(err.value) and "\n" not in str(
+        err.value
+    )
 
 
 def test_load_pipeline_cache(sd_path, pipe, tmp_path):
@@ -130,11 +136,19 @@ def test_generate_candidates_seeds_and_images(pipe, monkeypatch):
     for c in first:
         assert c.image.shape == (RES, RES, 3) and c.image.dtype == np.uint8
     assert not np.array_equal(first[0].image, first[1].image)  # different seeds
-    again = D.generate_candidates(pipe, "upper body photo, a knight", D.TextToImageConfig(
-        steps=3, resolution=RES, num_candidates=1, seed=6), progress=False)
+    again = D.generate_candidates(
+        pipe,
+        "upper body photo, a knight",
+        D.TextToImageConfig(steps=3, resolution=RES, num_candidates=1, seed=6),
+        progress=False,
+    )
     assert again[0].seed == 6 and np.array_equal(again[0].image, first[1].image)  # same seed, same image
-    other_prompt = D.generate_candidates(pipe, "upper body photo, a witch", D.TextToImageConfig(
-        steps=3, resolution=RES, num_candidates=1, seed=6), progress=False)
+    other_prompt = D.generate_candidates(
+        pipe,
+        "upper body photo, a witch",
+        D.TextToImageConfig(steps=3, resolution=RES, num_candidates=1, seed=6),
+        progress=False,
+    )
     assert not np.array_equal(other_prompt[0].image, first[1].image)
     # the cached pipeline keeps its own scheduler, untouched
     assert pipe.scheduler is scheduler and type(scheduler).__name__ == "DDIMScheduler"
@@ -143,8 +157,12 @@ def test_generate_candidates_seeds_and_images(pipe, monkeypatch):
 
 @pytest.mark.parametrize("resolution", [60, 32, 0])
 def test_generate_candidates_bad_resolution(pipe, resolution):
-    with pytest.raises(ValueError, match=f"resolution must be a multiple of 8 and at least 64, got {resolution}"):
-        D.generate_candidates(pipe, "upper body photo", D.TextToImageConfig(resolution=resolution), progress=False)
+    with pytest.raises(
+        ValueError, match=f"resolution must be a multiple of 8 and at least 64, got {resolution}"
+    ):
+        D.generate_candidates(
+            pipe, "upper body photo", D.TextToImageConfig(resolution=resolution), progress=False
+        )
 
 
 # --------------------------------------------------------------------------- #
@@ -161,7 +179,9 @@ def _official_sdedit(pipe, images, prompt, cfg):
     tok = pipe.tokenizer
 
     def embed(text):
-        ids = tok([text], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        ids = tok(
+            [text], padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
+        ).input_ids
         return pipe.text_encoder(ids)[0]
 
     text = torch.cat([embed(cfg.negative_prompt), embed(prompt)])
@@ -176,8 +196,12 @@ def _official_sdedit(pipe, images, prompt, cfg):
             for t in scheduler.timesteps:
                 if t > cfg.strength_t:
                     continue
-                uncond, cond = pipe.unet(torch.cat([latents] * 2), t, encoder_hidden_states=text).sample.chunk(2)
-                latents = scheduler.step(uncond + cfg.guidance_scale * (cond - uncond), t, latents).prev_sample
+                uncond, cond = pipe.unet(
+                    torch.cat([latents] * 2), t, encoder_hidden_states=text
+                ).sample.chunk(2)
+                latents = scheduler.step(
+                    uncond + cfg.guidance_scale * (cond - uncond), t, latents
+                ).prev_sample
             out.append(pipe.vae.decode(latents / scale).sample.clamp(-1, 1))
     return torch.cat(out)
 
@@ -200,14 +224,17 @@ def test_sdedit_matches_official_loop(pipe, images):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     # same seed, same result; another seed, another result
     assert torch.equal(D.sdedit(pipe, images, "upper body photo, a knight", cfg, progress=False), out)
-    assert not torch.allclose(D.sdedit(pipe, images, "upper body photo, a knight", D.SDEditConfig(seed=4),
-                                       progress=False), out)
+    assert not torch.allclose(
+        D.sdedit(pipe, images, "upper body photo, a knight", D.SDEditConfig(seed=4), progress=False), out
+    )
 
 
 def test_sdedit_depends_on_prompts(pipe, images):
     base = D.sdedit(pipe, images[:1], "upper body photo, a knight", progress=False)
     other = D.sdedit(pipe, images[:1], "upper body photo, a witch", progress=False)
-    neg = D.sdedit(pipe, images[:1], "upper body photo, a knight", D.SDEditConfig(negative_prompt=""), progress=False)
+    neg = D.sdedit(
+        pipe, images[:1], "upper body photo, a knight", D.SDEditConfig(negative_prompt=""), progress=False
+    )
     assert (base - other).abs().mean() > 1e-3
     assert (base - neg).abs().mean() > 1e-3
 

@@ -1,4 +1,5 @@
 """gan_prior.evaluation: the paper's §5.2 metrics on tiny / random models (no weights needed)."""
+
 import json
 import os
 import re
@@ -58,11 +59,16 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     k = lambda p, q: ((p @ q.T) / d + 1) ** 3  # noqa: E731
     mean, std = E.kernel_inception_distance(x, y[:40], subsets=1, subset_size=40)
     x2, y2 = x, y[:40]
-    direct = ((k(x2, x2).sum() - np.trace(k(x2, x2))) / (40 * 39) + (k(y2, y2).sum() - np.trace(k(y2, y2))) / (40 * 39)
-              - 2 * k(x2, y2).mean())
+    direct = (
+        (k(x2, x2).sum() - np.trace(k(x2, x2))) / (40 * 39)
+        + (k(y2, y2).sum() - np.trace(k(y2, y2))) / (40 * 39)
+        - 2 * k(x2, y2).mean()
+    )
     assert mean == pytest.approx(direct, rel=1e-9) and std == 0
     same = E.kernel_inception_distance(rng.randn(200, 8), rng.randn(200, 8), subsets=20, subset_size=100)[0]
-    shifted = E.kernel_inception_distance(rng.randn(200, 8), rng.randn(200, 8) + 0.7, subsets=20, subset_size=100)[0]
+    shifted = E.kernel_inception_distance(
+        rng.randn(200, 8), rng.randn(200, 8) + 0.7, subsets=20, subset_size=100
+    )[0]
     assert shifted > 0.1 and abs(same) < shifted / 10
     with pytest.raises(E.EvaluationError, match="at least 2 images"):
         E.kernel_inception_distance(x[:1], y)
@@ -76,9 +82,12 @@ def test_clip_score_equals_the_definition_and_depends_on_the_prompt():
     out = E.clip_score(views, "upper body photo, a woman", path)
     model, proc = CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)
     with torch.no_grad():
-        t = torch.nn.functional.normalize(model.get_text_features(**proc(text=["upper body photo, a woman"],
-                                                                         return_tensors="pt")), dim=-1)
-        v = torch.nn.functional.normalize(model.get_image_features(**proc(images=views, return_tensors="pt")), dim=-1)
+        t = torch.nn.functional.normalize(
+            model.get_text_features(**proc(text=["upper body photo, a woman"], return_tensors="pt")), dim=-1
+        )
+        v = torch.nn.functional.normalize(
+            model.get_image_features(**proc(images=views, return_tensors="pt")), dim=-1
+        )
     expected = (100 * (v @ t.T).squeeze(-1).clamp(min=0)).tolist()
     assert out["per_image"] == pytest.approx(expected, abs=1e-4)
     assert out["clip_score"] == pytest.approx(np.mean(expected), abs=1e-4)
@@ -97,7 +106,9 @@ def test_clip_score_equals_torchmetrics_clip_score():
     views = images(4, 7, size=40)
     prompt = "upper body photo, portrait of a man"
     ours = E.clip_score(views, prompt, path, batch_size=3)  # two batches
-    metric = CLIPScore(model_name_or_path=lambda: (CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)))
+    metric = CLIPScore(
+        model_name_or_path=lambda: (CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path))
+    )
     per_image = []
     for v in views:
         metric.reset()
@@ -133,15 +144,26 @@ def test_evaluate_writes_metrics_and_a_contact_sheet(inception_path, tmp_path):
         save_image(str(renders / f"{i:03d}.png"), img)
     video = str(tmp_path / "ref.mp4")
     save_video(video, images(4, 5, size=48))
-    result = E.evaluate(str(renders), "upper body photo, a man", str(tmp_path / "eval"), clip_model=tiny_model_path("clip"),
-                        reference=video, inception_weights=inception_path, sheet_columns=3)
+    result = E.evaluate(
+        str(renders),
+        "upper body photo, a man",
+        str(tmp_path / "eval"),
+        clip_model=tiny_model_path("clip"),
+        reference=video,
+        inception_weights=inception_path,
+        sheet_columns=3,
+    )
     on_disk = json.load(open(tmp_path / "eval" / "metrics.json"))
     assert on_disk == pytest.approx(result) or on_disk == result
     assert on_disk["num_renders"] == 5 and on_disk["num_reference"] == 4
     assert 0 <= on_disk["clip_score"] <= 100 and on_disk["fid"] > 0 and on_disk["kid_std"] >= 0
     import imageio.v2 as imageio
 
-    assert imageio.imread(tmp_path / "eval" / "contact_sheet.png").shape == (64, 96, 3)  # 2 rows x 3 columns of 32²
+    assert imageio.imread(tmp_path / "eval" / "contact_sheet.png").shape == (
+        64,
+        96,
+        3,
+    )  # 2 rows x 3 columns of 32²
     only_clip = E.evaluate(str(renders), "a man", str(tmp_path / "eval2"), clip_model=tiny_model_path("clip"))
     assert only_clip["fid"] is None and only_clip["clip_score"] is not None
     with pytest.raises(E.EvaluationError, match="FID/KID need both --reference"):
@@ -155,10 +177,26 @@ def test_the_evaluate_command(tmp_path, capsys):
 
     for i, img in enumerate(images(2, 6)):
         save_image(str(tmp_path / "views" / f"{i}.png"), img)
-    code = main(["evaluate", "--renders", str(tmp_path / "views"), "--prompt", "a woman", "--out",
-                 str(tmp_path / "out"), "--clip", tiny_model_path("clip")])
+    code = main(
+        [
+            "evaluate",
+            "--renders",
+            str(tmp_path / "views"),
+            "--prompt",
+            "a woman",
+            "--out",
+            str(tmp_path / "out"),
+            "--clip",
+            tiny_model_path("clip"),
+        ]
+    )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["num_renders"] == 2
     assert os.path.isfile(tmp_path / "out" / "metrics.json")
-    assert main(["evaluate", "--renders", str(tmp_path / "absent"), "--prompt", "a", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            ["evaluate", "--renders", str(tmp_path / "absent"), "--prompt", "a", "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     assert re.fullmatch(r"error: --renders: .*absent not found.*\n", capsys.readouterr().err)

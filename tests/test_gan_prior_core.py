@@ -133,8 +133,9 @@ def test_gradients_reach_only_the_pyramid(tiny):
 
 def test_render_options_and_errors(tiny):
     g, ws, c, pyramid = tiny
-    out = g.render(pyramid, ws, c, resolution=8, deterministic=True, depth_resolution=6,
-                   depth_resolution_importance=0)
+    out = g.render(
+        pyramid, ws, c, resolution=8, deterministic=True, depth_resolution=6, depth_resolution_importance=0
+    )
     assert torch.isfinite(out["image"]).all()
     with pytest.raises(ValueError, match="unknown render option"):
         g.render(pyramid, ws, c, resolution=8, samples_per_ray=3)

@@ -1,15 +1,21 @@
 """GAN inversion (w+ projector) and the VGG16 perceptual distance, on tiny random models."""
+
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.checkpoint import CheckpointError
-import torch.nn.functional as F
-
-from gan_prior.inversion import (InversionConfig, invert, learning_rate, noise_regularization,
-                                 synthesize_for_distance, w_statistics)
+from gan_prior.inversion import (
+    InversionConfig,
+    invert,
+    learning_rate,
+    noise_regularization,
+    synthesize_for_distance,
+    w_statistics,
+)
 from gan_prior.perceptual import VGG16Distance
 
 
@@ -90,7 +96,9 @@ def test_vgg_distance_and_loading(tmp_path):
     again = VGG16Distance.load(str(path), seed=5)
     assert torch.allclose(again(x.flip(-1), x), vgg(x.flip(-1), x))
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match="bad.pth: not a VGG16 .torchvision state dict or the official vgg16.pt"):
+    with pytest.raises(
+        CheckpointError, match="bad.pth: not a VGG16 .torchvision state dict or the official vgg16.pt"
+    ):
         VGG16Distance.load(str(tmp_path / "bad.pth"))
 
 
@@ -130,13 +138,17 @@ def test_vgg_distance_reads_a_torchscript_archive_without_running_it(tmp_path, m
     for i, w in enumerate(lin):
         assert torch.equal(getattr(loaded, f"lin{i}"), w)
     x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
-    expected = sum(((fa - fb).square() * w).sum(1).mean((1, 2)) for fa, fb, w in zip(vgg.taps(x), vgg.taps(y), lin))
+    expected = sum(
+        ((fa - fb).square() * w).sum(1).mean((1, 2)) for fa, fb, w in zip(vgg.taps(x), vgg.taps(y), lin)
+    )
     assert torch.allclose(loaded(x, y), expected)
     assert not torch.allclose(loaded(x, y), vgg(x, y))  # the channel weights are used
     # an archive that is not a VGG16 says so in one line
     small = torch.jit.trace(torch.nn.Conv2d(3, 4, 3), torch.zeros(1, 3, 8, 8))
     torch.jit.save(small, str(tmp_path / "other.pt"))
-    with pytest.raises(CheckpointError, match="other.pt: a TorchScript archive without the VGG16 conv layer 64x3x3x3"):
+    with pytest.raises(
+        CheckpointError, match="other.pt: a TorchScript archive without the VGG16 conv layer 64x3x3x3"
+    ):
         VGG16Distance.load(str(tmp_path / "other.pt"))
 
 
@@ -153,7 +165,9 @@ def test_official_mode_compares_the_area_resized_superresolved_image(setup):
     with torch.no_grad():
         full = G.synthesize(ws, c, deterministic=True)
         seen = synthesize_for_distance(G, ws, c, cfg)
-        raw = synthesize_for_distance(G, ws, c, InversionConfig(resolution=64, deterministic=True, mode="raw"))
+        raw = synthesize_for_distance(
+            G, ws, c, InversionConfig(resolution=64, deterministic=True, mode="raw")
+        )
     assert full["image_raw"].shape[-1] == 32 and full["image"].shape[-1] == 128
     assert torch.allclose(seen, F.interpolate(full["image"], size=(64, 64), mode="area"))
     assert raw.shape == seen.shape and not torch.allclose(raw, seen, atol=1e-2)
@@ -163,7 +177,15 @@ def test_official_mode_needs_superresolution_weights(setup):
     G, c, target = setup
     no_sr = PortraitGAN.random(tiny_config(superresolution=False), seed=2)
     with pytest.raises(ValueError, match="needs the generator's superresolution weights.*mode='raw'"):
-        invert(no_sr, target, c, lambda a, b: (a - b).square().mean(), InversionConfig(steps=1), progress=False)
+        invert(
+            no_sr, target, c, lambda a, b: (a - b).square().mean(), InversionConfig(steps=1), progress=False
+        )
     with pytest.raises(ValueError, match="mode must be 'official' or 'raw'"):
-        invert(G, target, c, lambda a, b: (a - b).square().mean(), InversionConfig(steps=1, mode="sr"),
-               progress=False)
+        invert(
+            G,
+            target,
+            c,
+            lambda a, b: (a - b).square().mean(),
+            InversionConfig(steps=1, mode="sr"),
+            progress=False,
+        )

@@ -1,4 +1,5 @@
 """The modules of ``gan_prior`` import one another one way (no cycle) and never threestudio."""
+
 import ast
 import pathlib
 
@@ -46,7 +47,7 @@ def find_cycle(graph: dict[str, set[str]]):
         stack.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return stack[stack.index(dep) :] + [dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         stack.pop()

@@ -1,5 +1,6 @@
 """Nothing a user made is lost, nothing stale is trusted: file modes, temp-file leftovers, --overwrite,
 and the initialisation's step cache keyed on its inputs."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan_prior import PortraitGAN, canonical_label, load_pyramid, tiny_config
+from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.files import TMP_TAG, atomic_path, remove_stale_temps, write_json
 from gan_prior.media import save_image
 
@@ -23,8 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "gan_prior", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "gan_prior", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +84,12 @@ def test_temp_files_of_dead_writers_are_removed(tmp_path):
 
 def test_a_writer_killed_mid_write_leaves_nothing_behind_after_the_next_write(tmp_path):
     target = tmp_path / "video.mp4"
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from gan_prior.files import atomic_path\n"
-            "with atomic_path(%r, '.mp4') as tmp:\n"
-            "    open(tmp, 'wb').write(b'half'); print('writing', flush=True); time.sleep(60)\n") % (ROOT, str(target))
+    code = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from gan_prior.files import atomic_path\n"
+        "with atomic_path(%r, '.mp4') as tmp:\n"
+        "    open(tmp, 'wb').write(b'half'); print('writing', flush=True); time.sleep(60)\n"
+    ) % (ROOT, str(target))
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "writing"
     os.kill(p.pid, signal.SIGKILL)
@@ -102,7 +111,8 @@ def test_sample_never_replaces_a_result_silently(model_dir, tmp_path):
     r = run(*base, "--frames", "0", "--seed", "2")  # the issue's data loss: replaced the video by 0 bytes
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
         f"error: --out: {out} already holds pyramid.safetensors, front.png; pass --overwrite to replace them, "
-        "or choose another folder")
+        "or choose another folder"
+    )
     assert (out / "pyramid.safetensors").read_bytes() == pyramid
     r = run(*base, "--frames", "0", "--seed", "2", "--overwrite")
     assert r.returncode == 0, r.stderr
@@ -113,11 +123,35 @@ def test_sample_never_replaces_a_result_silently(model_dir, tmp_path):
 
 
 def test_render_and_evaluate_refuse_to_replace_without_overwrite(model_dir, tmp_path):
-    r = run("sample", "--checkpoint", model_dir, "--out", str(tmp_path / "s"), "--resolution", "8", "--frames", "0")
+    r = run(
+        "sample",
+        "--checkpoint",
+        model_dir,
+        "--out",
+        str(tmp_path / "s"),
+        "--resolution",
+        "8",
+        "--frames",
+        "0",
+    )
     assert r.returncode == 0, r.stderr
     views = tmp_path / "views"
-    args = ["render", "--checkpoint", model_dir, "--pyramid", str(tmp_path / "s" / "pyramid.safetensors"),
-            "--out", str(views), "--resolution", "8", "--frames", "0", "--angles", "0", "90"]
+    args = [
+        "render",
+        "--checkpoint",
+        model_dir,
+        "--pyramid",
+        str(tmp_path / "s" / "pyramid.safetensors"),
+        "--out",
+        str(views),
+        "--resolution",
+        "8",
+        "--frames",
+        "0",
+        "--angles",
+        "0",
+        "90",
+    ]
     assert run(*args).returncode == 0
     stamp = os.path.getmtime(views / "views.png")
     r = run(*args)
@@ -151,8 +185,24 @@ def test_invert_reuses_only_what_was_made_from_the_same_inputs(model_dir, tmp_pa
     out = tmp_path / "inv"
 
     def invert(image, *extra):
-        return run("invert", "--checkpoint", model_dir, "--image", str(tmp_path / image), "--out", str(out),
-                   "--steps", "2", "--resolution", "32", "--detector", "none", "--aligned-resolution", "32", *extra)
+        return run(
+            "invert",
+            "--checkpoint",
+            model_dir,
+            "--image",
+            str(tmp_path / image),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--resolution",
+            "32",
+            "--detector",
+            "none",
+            "--aligned-resolution",
+            "32",
+            *extra,
+        )
 
     assert invert("a.png").returncode == 0
     first = (out / "pyramid.safetensors").read_bytes()
@@ -174,13 +224,18 @@ def test_invert_reuses_only_what_was_made_from_the_same_inputs(model_dir, tmp_pa
 
 
 def test_a_damaged_cached_step_is_recomputed(model_dir, tmp_path):
-    from gan_prior.portrait_init import PortraitInitConfig, initialize_portrait
     from gan_prior.inversion import InversionConfig
+    from gan_prior.portrait_init import PortraitInitConfig, initialize_portrait
 
     _face(tmp_path / "a.png", 1)
     G = PortraitGAN.from_checkpoint(model_dir)
-    cfg = PortraitInitConfig(image=str(tmp_path / "a.png"), detector="none", aligned_resolution=32,
-                             allow_random_vgg16=True, inversion=InversionConfig(steps=2, resolution=32))
+    cfg = PortraitInitConfig(
+        image=str(tmp_path / "a.png"),
+        detector="none",
+        aligned_resolution=32,
+        allow_random_vgg16=True,
+        inversion=InversionConfig(steps=2, resolution=32),
+    )
     out = str(tmp_path / "init")
     log = []
     levels, ws = initialize_portrait(G, model_dir, cfg, out, log=log.append)
@@ -198,7 +253,9 @@ def test_a_damaged_cached_step_is_recomputed(model_dir, tmp_path):
     bad[8][0, 0, 0, 0, 0] = float("nan")
     from safetensors.torch import save_file  # save_pyramid refuses NaN, as it should
 
-    save_file({**{f"trigrids_{r}": t.contiguous() for r, t in bad.items()}, "ws": ws.contiguous()}, path + ".nan")
+    save_file(
+        {**{f"trigrids_{r}": t.contiguous() for r, t in bad.items()}, "ws": ws.contiguous()}, path + ".nan"
+    )
     os.replace(path + ".nan", path)
     log.clear()
     levels3, _ = initialize_portrait(G, model_dir, cfg, out, log=log.append)
@@ -222,8 +279,16 @@ def test_candidates_outside_the_folder_are_not_followed(tmp_path):
     imageio.imwrite(secret, np.zeros((8, 8, 3), np.uint8))
     os.symlink(secret, out / "candidates" / "link.png")
     assert _check_candidates(str(out), {"files": ["candidates/c0.png"]}) is None
-    for files in ([str(secret)], ["../secret.png"], ["candidates/../../secret.png"], ["candidates/link.png"],
-                  ["candidates/missing.png"], [], "candidates/c0.png", [5]):
+    for files in (
+        [str(secret)],
+        ["../secret.png"],
+        ["candidates/../../secret.png"],
+        ["candidates/link.png"],
+        ["candidates/missing.png"],
+        [],
+        "candidates/c0.png",
+        [5],
+    ):
         assert _check_candidates(str(out), {"files": files}) is not None, files
     cfg = PortraitInitConfig(prompt="a face", allow_random_vgg16=True)
     a = step_inputs(cfg, "ckpt", "candidates")

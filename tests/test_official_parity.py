@@ -8,6 +8,7 @@ was made by ``tests/parity/make_official_fixture.py`` (see tests/parity/README.m
 code is in this repository. Here we fill *our* model with the same weights, by the same official
 key names, and compare every stage.
 """
+
 import json
 import os
 
@@ -38,11 +39,16 @@ def official():
 def model(official):
     _, meta = official
     rk = meta["rendering_kwargs"]
-    cfg = PortraitGANConfig(synthesis_resolution=meta["backbone_kwargs"]["img_resolution"],
-                            render=RenderConfig(ray_start=rk["ray_start"], ray_end=rk["ray_end"],
-                                                depth_resolution=rk["depth_resolution"],
-                                                depth_resolution_importance=rk["depth_resolution_importance"],
-                                                box_warp=rk["box_warp"]))
+    cfg = PortraitGANConfig(
+        synthesis_resolution=meta["backbone_kwargs"]["img_resolution"],
+        render=RenderConfig(
+            ray_start=rk["ray_start"],
+            ray_end=rk["ray_end"],
+            depth_resolution=rk["depth_resolution"],
+            depth_resolution_importance=rk["depth_resolution_importance"],
+            box_warp=rk["box_warp"],
+        ),
+    )
     g = PortraitGAN(cfg)  # with the full-size superresolution (128 → 512), as model_512
     load_state_into(g, fill_state_dict(g.state_dict(), seed=meta["seed"]), "parity weights")
     return g.eval()
@@ -62,6 +68,7 @@ def test_fixture_has_realistic_magnitudes(official):
     for tag in ("bg", "nobg"):
         assert data[f"mask_{tag}"].mean() > 0.8 and data[f"mask_{tag}"].min() > 0.5
         assert data[f"image_{tag}"].std() > 0.3
+
 
 def test_state_dict_keys_are_the_official_ones(model, official):
     _, meta = official
@@ -105,7 +112,9 @@ def test_deterministic_render(model, official, background):
     levels = {r: data[f"trigrids_{r}"] for r in (8, 16, 32)}
     tag = "bg" if background else "nobg"
     with torch.no_grad():
-        out = model.render(levels, data["ws"], data["c"], resolution=16, deterministic=True, background=background)
+        out = model.render(
+            levels, data["ws"], data["c"], resolution=16, deterministic=True, background=background
+        )
     close(out["features"], data[f"feature_image_{tag}"])
     close(out["image"], data[f"image_{tag}"])
     close(out["depth"], data[f"depth_{tag}"])

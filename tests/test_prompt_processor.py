@@ -4,19 +4,35 @@ The expected embeddings are written here from the official ``train_step``
 (``stable-dreamfusion-3DPortrait/nerf/utils.py``), branch for branch, independently of the
 processor's vectorised weights.
 """
+
 import os
 
 import pytest
 import torch
-
 from helpers import requires_threestudio
 
 pytestmark = requires_threestudio
 
 PROMPT = "portrait of a woman"
 # the boundaries (0, ±90, ±180, wrap-around) and points inside each of the four half-quadrants
-AZIMUTHS = [0.0, 30.0, -30.0, 89.9, 90.0, -90.0, 90.1, 135.0, -135.0, 179.0, 180.0, -180.0,
-            270.0, -270.0, 360.0, 45.0]
+AZIMUTHS = [
+    0.0,
+    30.0,
+    -30.0,
+    89.9,
+    90.0,
+    -90.0,
+    90.1,
+    135.0,
+    -135.0,
+    179.0,
+    180.0,
+    -180.0,
+    270.0,
+    -270.0,
+    360.0,
+    45.0,
+]
 
 
 def official_embedding(az: float, front, side, back):
@@ -39,7 +55,12 @@ def processor(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))  # threestudio caches embeddings under cwd
     try:
         proc = ts.find("portrait3d-prompt-processor")(
-            {"prompt": PROMPT, "pretrained_model_name_or_path": tiny_model_path("stable-diffusion"), "spawn": False})
+            {
+                "prompt": PROMPT,
+                "pretrained_model_name_or_path": tiny_model_path("stable-diffusion"),
+                "spawn": False,
+            }
+        )
         yield proc
     finally:
         os.chdir(old)
@@ -74,8 +95,9 @@ def test_embedding_at_each_azimuth_is_the_official_interpolation(processor):
 
 def test_view_independent_mode_uses_the_plain_prompt(processor):
     out = processor()
-    emb = out.get_text_embeddings(torch.zeros(2), torch.tensor([0.0, 120.0]), torch.full((2,), 2.7),
-                                  view_dependent_prompting=False)
+    emb = out.get_text_embeddings(
+        torch.zeros(2), torch.tensor([0.0, 120.0]), torch.full((2,), 2.7), view_dependent_prompting=False
+    )
     assert torch.equal(emb[0], processor.load_from_cache(PROMPT)) and torch.equal(emb[1], emb[0])
 
 
@@ -86,8 +108,12 @@ def test_guidance_receives_the_interpolated_embeddings(processor):
     from gan_prior.tiny_models import tiny_model_path
 
     guidance = threestudio.find("stable-diffusion-guidance")(
-        {"pretrained_model_name_or_path": tiny_model_path("stable-diffusion"), "half_precision_weights": False,
-         "guidance_scale": 100.0})
+        {
+            "pretrained_model_name_or_path": tiny_model_path("stable-diffusion"),
+            "half_precision_weights": False,
+            "guidance_scale": 100.0,
+        }
+    )
     seen = []
     unet_forward = guidance.forward_unet
 

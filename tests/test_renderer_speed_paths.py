@@ -4,6 +4,7 @@
 * the trilinear lookup's backward skips the unused grid gradient;
 * on the CPU the levels are sampled channels-last.
 Each is compared bit for bit (values and gradients) with the plain path."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,8 +32,11 @@ def test_skipping_cropped_samples_changes_nothing(monkeypatch, deterministic, ba
         pyramid = G.synthesize_pyramid(ws)
     fast = _render(G, pyramid, ws, c, deterministic, background)
     calls = []
-    monkeypatch.setattr(renderer, "_evaluate_uncropped",
-                        lambda field, points, cropped, density: calls.append(1) or field(points))
+    monkeypatch.setattr(
+        renderer,
+        "_evaluate_uncropped",
+        lambda field, points, cropped, density: calls.append(1) or field(points),
+    )
     plain = _render(G, pyramid, ws, c, deterministic, background)
     assert calls, "the plain path was not taken"
     for a, b in zip(fast, plain):
@@ -49,10 +53,13 @@ def test_cropped_samples_are_skipped_unless_a_density_is_huge():
         def f(points):
             seen.append(points.shape[1])
             return torch.full_like(points[..., :1], sigma), points.new_ones(points.shape[:2] + (4,))
+
         return f
 
     renderer.render_rays(field(5.0), origins, dirs, cfg, deterministic=True)
-    cropped = int(renderer.crop_mask(origins + torch.linspace(2.35, 3.12, 8)[None, :, None] * dirs, cfg).sum())
+    cropped = int(
+        renderer.crop_mask(origins + torch.linspace(2.35, 3.12, 8)[None, :, None] * dirs, cfg).sum()
+    )
     assert cropped > 0 and seen == [8 - cropped]  # only the kept samples reach the field
     seen.clear()
     renderer.render_rays(field(750.0), origins, dirs, cfg, deterministic=True)
@@ -72,8 +79,9 @@ def test_trilinear_backward_and_channels_last_are_exact():
             assert volume.is_contiguous(memory_format=torch.channels_last_3d)
             out = trilinear_sample(volume, grid)
         else:
-            out = F.grid_sample(lv.reshape(3, 12, 3, 16, 16), grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False)
+            out = F.grid_sample(
+                lv.reshape(3, 12, 3, 16, 16), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
         out.backward(grad_out)
         results.append((out.detach(), lv.grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

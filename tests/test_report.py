@@ -9,6 +9,7 @@ are skipped, with the reason, only without them. The report needs the viewer bun
 the repository root. Screenshots of each page are saved under tests/screenshots/ (or
 $PORTRAIT3D_SCREENSHOTS).
 """
+
 import json
 import os
 import shutil
@@ -18,16 +19,24 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-
 from helpers import ROOT, requires_threestudio
 
 CHROMIUM = os.environ.get("PORTRAIT3D_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("PORTRAIT3D_SCREENSHOTS", os.path.join(ROOT, "tests", "screenshots"))
 # as root, in a container with no network: no sandbox, no background connections; WebGL on the CPU
 # (SwiftShader), and every host name unresolvable so nothing can leave the machine
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
 LOCAL_SCHEMES = ("file:", "data:", "blob:")
 
 
@@ -44,14 +53,23 @@ def browser_missing() -> str:
 def in_a_browser(test):
     """A test on a real run in Chromium: marked as a threestudio test (so CI=true never skips it),
     skipped with the reason where threestudio or the browser is missing."""
-    for mark in [*requires_threestudio, pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "-")]:
+    for mark in [
+        *requires_threestudio,
+        pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "-"),
+    ]:
         test = mark(test)
     return test
 
 
 def portrait3d(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "portrait3d", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ROOT, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "portrait3d", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+        timeout=300,
+    )
 
 
 # --------------------------------------------------------------------------- a small fake trial
@@ -77,7 +95,8 @@ def fake_trial(folder, prompt="a portrait", clip=None, mesh=True):
         colours = np.tile(np.array([[200, 40, 40, 255]], np.uint8), (len(box.vertices), 1))
         os.makedirs(os.path.join(save, "it8-export"))
         trimesh.Trimesh(box.vertices, box.faces, vertex_colors=colours).export(
-            os.path.join(save, "it8-export", "portrait.glb"))
+            os.path.join(save, "it8-export", "portrait.glb")
+        )
     return folder
 
 
@@ -88,8 +107,13 @@ def test_report_lists_every_file_and_links_them_relatively(tmp_path):
     page = open(os.path.join(trial, "save", "index.html")).read()
     assert r.stdout.strip() == os.path.join(trial, "save", "index.html")
     assert "a &lt;b&gt;bold&lt;/b&gt; prompt" in page and "<b>bold" not in page  # escaped
-    for rel in ("it4-0.png", "refine/view_00.png", "refine/refined_00.png", "it8-eval/metrics.json",
-                "../configs/parsed.yaml"):
+    for rel in (
+        "it4-0.png",
+        "refine/view_00.png",
+        "refine/refined_00.png",
+        "it8-eval/metrics.json",
+        "../configs/parsed.yaml",
+    ):
         assert f'href="{rel}"' in page, rel
     assert "31.5" in page and "No exported mesh yet" in page
     assert "http://" not in page and "https://" not in page  # nothing from the network
@@ -122,12 +146,26 @@ def test_gallery_reads_the_manifest_or_finds_the_trials(tmp_path):
     page = open(runs / "index.html").read()
     assert page.count('<article class="card"') == 2 and "first" in page and "second" in page
     assert 'href="a/t/save/index.html"' in page and os.path.isfile(runs / "a" / "t" / "save" / "index.html")
-    manifest = [{"prompt": "first", "name": "first", "seed": 0, "trial": "a/t", "status": "running"},
-                {"prompt": "first", "name": "first", "seed": 0, "trial": "a/t", "status": "done",
-                 "times": {"train": 50.0, "export": 10.0}},  # a later line for the same name wins
-                {"prompt": "second", "name": "second", "trial": "b", "status": "done"},  # the trial is below b/
-                {"prompt": "broken", "name": "broken", "seed": 3, "trial": "x", "status": "failed",
-                 "error": "system.bad_key: no such option"}]
+    manifest = [
+        {"prompt": "first", "name": "first", "seed": 0, "trial": "a/t", "status": "running"},
+        {
+            "prompt": "first",
+            "name": "first",
+            "seed": 0,
+            "trial": "a/t",
+            "status": "done",
+            "times": {"train": 50.0, "export": 10.0},
+        },  # a later line for the same name wins
+        {"prompt": "second", "name": "second", "trial": "b", "status": "done"},  # the trial is below b/
+        {
+            "prompt": "broken",
+            "name": "broken",
+            "seed": 3,
+            "trial": "x",
+            "status": "failed",
+            "error": "system.bad_key: no such option",
+        },
+    ]
     (runs / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
     r = portrait3d("gallery", str(runs), "--no-reports")
     assert r.returncode == 0, r.stderr
@@ -149,13 +187,26 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     tree = make_worktree(str(base / "threestudio"))
     cache = str(base / "cache")
-    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=report",
-                  "use_timestamp=false")
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "tag=report",
+        "use_timestamp=false",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     trial = os.path.join(tree, "outputs", "portrait3d-tiny", "report")
     after_train = open(os.path.join(trial, "save", "index.html")).read()  # written by the test stage
-    proc = launch(tree, cache, "--config", os.path.join(trial, "configs", "parsed.yaml"), "--export",
-                  f"resume={os.path.join(trial, 'ckpts', 'last.ckpt')}")
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        os.path.join(trial, "configs", "parsed.yaml"),
+        "--export",
+        f"resume={os.path.join(trial, 'ckpts', 'last.ckpt')}",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tree, trial, after_train
 
@@ -173,8 +224,14 @@ class PageWatch:
         page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: self.errors.append(f"failed: {r.url[:120]} {r.failure}"))
         page.on("request", lambda r: r.url.startswith(LOCAL_SCHEMES) or self.remote.append(r.url))
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(LOCAL_SCHEMES)
-                   else (self.remote.append(route.request.url), route.abort()))
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_()
+                if route.request.url.startswith(LOCAL_SCHEMES)
+                else (self.remote.append(route.request.url), route.abort())
+            ),
+        )
 
     def check(self):
         assert self.remote == [], f"network requests: {self.remote}"
@@ -190,13 +247,20 @@ def _png(data: bytes) -> np.ndarray:
 
 
 def _check_media(page, ready=1):
-    images = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    images = page.evaluate(
+        "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+    )
     not_loaded = [src for src, complete, width in images if not (complete and width > 0)]
     assert not not_loaded, f"images not loaded: {not_loaded}"
-    page.wait_for_function("r => Array.from(document.querySelectorAll('video')).every(v => v.readyState >= r || v.error)",
-                           arg=ready, timeout=60000)
-    videos = page.evaluate("Array.from(document.querySelectorAll('video')).map(v => [v.getAttribute('src'), "
-                           "v.error && v.error.code, v.duration, v.videoWidth])")
+    page.wait_for_function(
+        "r => Array.from(document.querySelectorAll('video')).every(v => v.readyState >= r || v.error)",
+        arg=ready,
+        timeout=60000,
+    )
+    videos = page.evaluate(
+        "Array.from(document.querySelectorAll('video')).map(v => [v.getAttribute('src'), "
+        "v.error && v.error.code, v.duration, v.videoWidth])"
+    )
     bad = [v for v in videos if v[1] or not (v[2] > 0) or not v[3] > 0]
     assert not bad, f"videos without metadata: {bad}"
     return images, videos
@@ -224,11 +288,17 @@ def test_report_page_in_a_browser(run):
             assert len([s for s in srcs if s.startswith("refine/refined_")]) == 21
             assert any("/candidates/" in s for s in srcs) and any(s.endswith("aligned.png") for s in srcs)
             assert any(s.endswith("comparison.png") for s in srcs) and "it4-0.png" in srcs
-            assert sorted(v[0] for v in videos) == ["it8-large_pose.mp4", "it8-small_pose.mp4", "it8-test.mp4"]
+            assert sorted(v[0] for v in videos) == [
+                "it8-large_pose.mp4",
+                "it8-small_pose.mp4",
+                "it8-test.mp4",
+            ]
             text = page.inner_text("body")
             assert "upper body photo, portrait of a woman" in text and "clip_score" in text
             assert "detector 'none': the first image, taken as aligned" in text  # the alignment's reason
-            links = page.evaluate("Array.from(document.querySelectorAll('#files a')).map(a => a.getAttribute('href'))")
+            links = page.evaluate(
+                "Array.from(document.querySelectorAll('#files a')).map(a => a.getAttribute('href'))"
+            )
             assert "it8-export/portrait.glb" in links and "../configs/parsed.yaml" in links
             for link in links:  # every link points at a file of the trial
                 assert os.path.isfile(os.path.normpath(os.path.join(save, unquote(link)))), link
@@ -240,7 +310,9 @@ def test_report_page_in_a_browser(run):
             before = _png(viewer.screenshot(path=os.path.join(SHOTS, "3d-before-" + name)))
             background = before[2, 2]
             drawn = (abs(before - background).sum(-1) > 30).mean()
-            assert drawn > 0.02, f"the 3D view is blank ({drawn:.4f} of its pixels differ from the background)"
+            assert drawn > 0.02, (
+                f"the 3D view is blank ({drawn:.4f} of its pixels differ from the background)"
+            )
             box = viewer.bounding_box()
             # off the centre, where model-viewer keeps its (invisible) pan-target marker
             x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6
@@ -272,10 +344,28 @@ def test_gallery_in_a_browser(run, tmp_path):
         shutil.copytree(trial, dest, symlinks=True, ignore=shutil.ignore_patterns("ckpts", "code"))
         metrics = dest / "save" / "it8-eval" / "metrics.json"
         metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "clip_score": clip}))
-        entries.append({"prompt": f"portrait {i}", "name": f"p{i}", "seed": i, "trial": f"p{i}", "status": "done",
-                        "error": None, "times": {"train": seconds}, "node": "local"})
-    entries.append({"prompt": "a prompt that failed", "name": "bad", "seed": 9, "trial": "bad", "status": "failed",
-                    "error": "no usable candidate among 2 image(s)"})
+        entries.append(
+            {
+                "prompt": f"portrait {i}",
+                "name": f"p{i}",
+                "seed": i,
+                "trial": f"p{i}",
+                "status": "done",
+                "error": None,
+                "times": {"train": seconds},
+                "node": "local",
+            }
+        )
+    entries.append(
+        {
+            "prompt": "a prompt that failed",
+            "name": "bad",
+            "seed": 9,
+            "trial": "bad",
+            "status": "failed",
+            "error": "no usable candidate among 2 image(s)",
+        }
+    )
     (runs / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     r = portrait3d("gallery", str(runs))
     assert r.returncode == 0, r.stderr
@@ -291,7 +381,9 @@ def test_gallery_in_a_browser(run, tmp_path):
         assert "no usable candidate among 2 image(s)" in cards.nth(3).inner_text()
 
         def order():
-            return page.evaluate("Array.from(document.querySelectorAll('article.card')).map(c => c.dataset.name)")
+            return page.evaluate(
+                "Array.from(document.querySelectorAll('article.card')).map(c => c.dataset.name)"
+            )
 
         assert order() == ["p0", "p1", "p2", "bad"]
         page.select_option("#sort", "clip:desc")

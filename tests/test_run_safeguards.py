@@ -1,13 +1,13 @@
 """The threestudio system's safeguards: configuration checked in ``configure`` (before the
 initialisation runs), and non-finite losses or gradients that never reach the pyramid, its EMA or a
 checkpoint (skipped with a warning, then a clear stop)."""
+
 import glob
 import importlib.util
 import os
 
 import pytest
 import torch
-
 from helpers import ROOT, requires_threestudio
 
 
@@ -22,15 +22,20 @@ def _safeguards():
 S = _safeguards()
 
 
-@pytest.mark.parametrize("sizes, source, message", [
-    ([8, 8, 16, 32], "prompt", "lists [8] twice"),
-    ([8, 16, 64], "pyramid", "the prior has no level [64]"),
-    ([8, 16], "prompt", "list all of them"),
-    ([], "seed", "give a list"),
-    (["8"], "seed", "give a list"),
-])
+@pytest.mark.parametrize(
+    "sizes, source, message",
+    [
+        ([8, 8, 16, 32], "prompt", "lists [8] twice"),
+        ([8, 16, 64], "pyramid", "the prior has no level [64]"),
+        ([8, 16], "prompt", "list all of them"),
+        ([], "seed", "give a list"),
+        (["8"], "seed", "give a list"),
+    ],
+)
 def test_level_sizes_are_checked_against_the_prior(sizes, source, message):
-    with pytest.raises(ValueError, match=f"system.geometry.level_sizes=.*{message.replace('[', '.').replace(']', '.')}"):
+    with pytest.raises(
+        ValueError, match=f"system.geometry.level_sizes=.*{message.replace('[', '.').replace(']', '.')}"
+    ):
         S.check_level_sizes(sizes, [8, 16, 32], source)
     S.check_level_sizes([8, 16], [8, 16, 32], "pyramid")  # a subset from a pyramid file is fine
     S.check_level_sizes([32, 8, 16], [8, 16, 32], "seed")
@@ -40,9 +45,13 @@ def test_every_level_is_optimised_and_no_other():
     params = {f"geometry.trigrids_{r}": {"lr": 1.0} for r in (8, 16, 32)}
     S.check_optimizer_levels(params, [8, 16, 32])
     S.check_optimizer_levels({"geometry": {"lr": 1.0}}, [8, 16, 32])
-    with pytest.raises(ValueError, match=r"no entry for \['geometry.trigrids_32'\]: those levels would never be"):
+    with pytest.raises(
+        ValueError, match=r"no entry for \['geometry.trigrids_32'\]: those levels would never be"
+    ):
         S.check_optimizer_levels({k: v for k, v in params.items() if "32" not in k}, [8, 16, 32])
-    with pytest.raises(ValueError, match=r"lists \['geometry.trigrids_64'\], which system.geometry.level_sizes"):
+    with pytest.raises(
+        ValueError, match=r"lists \['geometry.trigrids_64'\], which system.geometry.level_sizes"
+    ):
         S.check_optimizer_levels({**params, "geometry.trigrids_64": {"lr": 1.0}}, [8, 16, 32])
     with pytest.raises(ValueError, match=r"system.videos.sheet_views=0 must be a positive integer"):
         S.check_positive({"system.refine.chunk": 5, "system.videos.sheet_views": 0})
@@ -73,11 +82,14 @@ class _Run(S.NonFiniteGuard):
 
 def test_a_non_finite_loss_or_gradient_is_skipped_then_stops_the_run():
     run = _Run()
-    run.step(lambda p: (p ** 2).sum())
+    run.step(lambda p: (p**2).sum())
     good = run.p.detach().clone()
-    with pytest.warns(RuntimeWarning, match=r"step 1: non-finite loss \(nan\); step skipped \(1 skipped so far\)"):
+    with pytest.warns(
+        RuntimeWarning, match=r"step 1: non-finite loss \(nan\); step skipped \(1 skipped so far\)"
+    ):
         run.step(lambda p: (p * float("nan")).sum())
     assert torch.equal(run.p.detach(), good)  # not updated, and Adam's state was not fed a NaN
+
     def nan_gradient(p):  # a finite loss whose backward is NaN
         x = p * 1.0
         x.register_hook(lambda g: g * float("nan"))
@@ -86,9 +98,11 @@ def test_a_non_finite_loss_or_gradient_is_skipped_then_stops_the_run():
     with pytest.warns(RuntimeWarning, match="step 2: non-finite gradient"):
         run.step(nan_gradient)
     assert torch.isfinite(run.p).all() and torch.equal(run.p.detach(), good)
-    run.step(lambda p: (p ** 2).sum())  # a finite step resets the count in a row
+    run.step(lambda p: (p**2).sum())  # a finite step resets the count in a row
     assert run.nonfinite_in_a_row == 0 and not torch.equal(run.p.detach(), good)
-    assert all(torch.isfinite(s).all() for st in run.opt.state.values() for s in st.values() if torch.is_tensor(s))
+    assert all(
+        torch.isfinite(s).all() for st in run.opt.state.values() for s in st.values() if torch.is_tensor(s)
+    )
     with pytest.warns(RuntimeWarning):
         run.step(lambda p: (p * float("inf")).sum())
         run.step(lambda p: (p * float("inf")).sum())
@@ -101,17 +115,29 @@ def _tail(proc) -> str:
     return proc.stdout[-2000:] + "\n" + proc.stderr[-4000:]
 
 
-def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints(tmp_path_factory):
+def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints(
+    tmp_path_factory,
+):
     from threestudio_env import launch, make_worktree
 
     base = tmp_path_factory.mktemp("safeguards")
     tree, cache = make_worktree(str(base / "threestudio")), str(base / "cache")
-    base_args = ["--config", "configs/portrait3d-tiny.yaml", "--train", "use_timestamp=false",
-                 "system.initializer.source=seed"]
+    base_args = [
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "use_timestamp=false",
+        "system.initializer.source=seed",
+    ]
     for tag, override, message in (
-            ("dup", "system.geometry.level_sizes=[8,8,16,32]", "system.geometry.level_sizes=[8, 8, 16, 32] lists [8] twice"),
-            ("sheet", "system.videos.sheet_views=0", "system.videos.sheet_views=0 must be a positive integer"),
-            ("ema", "system.ema_every_n_steps=0", "system.ema_every_n_steps=0 must be a positive integer")):
+        (
+            "dup",
+            "system.geometry.level_sizes=[8,8,16,32]",
+            "system.geometry.level_sizes=[8, 8, 16, 32] lists [8] twice",
+        ),
+        ("sheet", "system.videos.sheet_views=0", "system.videos.sheet_views=0 must be a positive integer"),
+        ("ema", "system.ema_every_n_steps=0", "system.ema_every_n_steps=0 must be a positive integer"),
+    ):
         proc = launch(tree, cache, *base_args, f"tag={tag}", override, timeout=600)
         assert proc.returncode != 0 and message in proc.stderr, _tail(proc)
         assert "Traceback" not in proc.stderr, _tail(proc)
@@ -122,13 +148,30 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
     del cfg.system.optimizer.params["geometry.trigrids_32"]
     path = str(base / "missing_level.yaml")
     OmegaConf.save(cfg, path)
-    proc = launch(tree, cache, "--config", path, "--train", "use_timestamp=false", "system.initializer.source=seed",
-                  "tag=miss", timeout=600)
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        path,
+        "--train",
+        "use_timestamp=false",
+        "system.initializer.source=seed",
+        "tag=miss",
+        timeout=600,
+    )
     assert proc.returncode != 0, _tail(proc)
     assert "system.optimizer.params has no entry for ['geometry.trigrids_32']" in proc.stderr, _tail(proc)
     # every SDS loss NaN: steps skipped with warnings, then one clear stop; what was saved is finite
-    proc = launch(tree, cache, *base_args, "tag=nan", "system.loss.lambda_sds=.nan", "system.max_nonfinite_steps=3",
-                  "checkpoint.every_n_train_steps=1", timeout=600)
+    proc = launch(
+        tree,
+        cache,
+        *base_args,
+        "tag=nan",
+        "system.loss.lambda_sds=.nan",
+        "system.max_nonfinite_steps=3",
+        "checkpoint.every_n_train_steps=1",
+        timeout=600,
+    )
     assert proc.returncode != 0, _tail(proc)
     assert "3 steps in a row had a non-finite loss or gradient" in proc.stderr, _tail(proc)
     assert "step 0: non-finite loss" in proc.stderr, _tail(proc)
@@ -139,4 +182,5 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
 
 for _mark in requires_threestudio:  # the launch test only
     test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints = _mark(
-        test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints)
+        test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints
+    )

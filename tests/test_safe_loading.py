@@ -1,5 +1,6 @@
 """The loaders hand out nothing shared, accept protocol-2 pickles, refuse expanded tensors and
 non-finite values on load, and never save non-finite values."""
+
 import os
 import pickle
 
@@ -14,20 +15,25 @@ from gan_prior.generator import check_generator_size
 
 def test_a_pickle_cannot_change_the_allow_listed_classes_for_later_files(tmp_path):
     # GLOBAL the persistence record's class, then BUILD (None, {"init_kwargs": ...}) on it: a setattr
-    attack = (b"\x80\x02ctorch_utils.persistence\n_reconstruct_persistent_obj\n"
-              b"(N}X\x0b\x00\x00\x00init_kwargsX\x03\x00\x00\x00bad\x73tb0}q\x00.")
+    attack = (
+        b"\x80\x02ctorch_utils.persistence\n_reconstruct_persistent_obj\n"
+        b"(N}X\x0b\x00\x00\x00init_kwargsX\x03\x00\x00\x00bad\x73tb0}q\x00."
+    )
     (tmp_path / "attack.pkl").write_bytes(attack)
     assert read_checkpoint(str(tmp_path / "attack.pkl")) == {}  # the BUILD hit a fresh factory
     assert Record({"state": {"_init_kwargs": {"z_dim": 8}}}).init_kwargs == {"z_dim": 8}
     # the same on a stub class: refused (or applied to a fresh class), never the shared one
-    (tmp_path / "stub.pkl").write_bytes(b"\x80\x02cnumpy\nndarray\n(N}X\x08\x00\x00\x00p3d_markK\x01stb0}q\x00.")
+    (tmp_path / "stub.pkl").write_bytes(
+        b"\x80\x02cnumpy\nndarray\n(N}X\x08\x00\x00\x00p3d_markK\x01stb0}q\x00."
+    )
     with pytest.raises(CheckpointError, match="stub.pkl"):
         read_checkpoint(str(tmp_path / "stub.pkl"))
     from gan_prior.checkpoint import _ALLOWED
 
     assert not hasattr(_ALLOWED[("numpy", "ndarray")], "p3d_mark")
-    assert not hasattr(_ALLOWED[("torch_utils.persistence", "_reconstruct_persistent_obj")], "init_kwargs") or \
-        isinstance(Record.init_kwargs, property)
+    assert not hasattr(
+        _ALLOWED[("torch_utils.persistence", "_reconstruct_persistent_obj")], "init_kwargs"
+    ) or isinstance(Record.init_kwargs, property)
 
 
 @pytest.mark.parametrize("proto", [2, 3, 4, 5])
@@ -53,8 +59,10 @@ def test_expanded_tensors_and_non_finite_values_are_refused(tmp_path):
         load_pyramid(str(tmp_path / "x.pth"))
     levels = {8: torch.randn(1, 3, 36, 8, 8)}
     ws = torch.randn(1, 6, 64)
-    for bad_levels, bad_ws, name in (({8: levels[8] * float("nan")}, ws, "trigrids_8"),
-                                     (levels, ws * float("inf"), "ws")):
+    for bad_levels, bad_ws, name in (
+        ({8: levels[8] * float("nan")}, ws, "trigrids_8"),
+        (levels, ws * float("inf"), "ws"),
+    ):
         with pytest.raises(ValueError, match=f"p.safetensors: {name} holds .*NaN/Inf value.*; not saved"):
             save_pyramid(str(tmp_path / "p.safetensors"), bad_levels, bad_ws)
         assert not os.path.exists(tmp_path / "p.safetensors")
@@ -68,12 +76,19 @@ def test_expanded_tensors_and_non_finite_values_are_refused(tmp_path):
     assert not os.path.exists(tmp_path / "g" / "model.safetensors")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"w_dim": -1}, "w_dim = -1 is out of range"), ({"z_dim": "abc"}, "z_dim is 'abc', expected an integer"),
-    ({"render": 5}, "render is 5, expected a mapping"), ({"synthesis_resolution": 24}, "a power of two"),
-    ({"synthesis_resolution": 1 << 20}, "out of range"), ({"background": "yes"}, "expected true or false"),
-    ({"render": {"ray_start": 4.0}}, "ray_start < ray_end"), ({"w_dim": True}, "expected an integer"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"w_dim": -1}, "w_dim = -1 is out of range"),
+        ({"z_dim": "abc"}, "z_dim is 'abc', expected an integer"),
+        ({"render": 5}, "render is 5, expected a mapping"),
+        ({"synthesis_resolution": 24}, "a power of two"),
+        ({"synthesis_resolution": 1 << 20}, "out of range"),
+        ({"background": "yes"}, "expected true or false"),
+        ({"render": {"ray_start": 4.0}}, "ray_start < ray_end"),
+        ({"w_dim": True}, "expected an integer"),
+    ],
+)
 def test_generator_configs_are_checked_before_building(change, message):
     with pytest.raises(ValueError, match=message):
         check_generator_config({**tiny_config().to_dict(), **change}, "cfg.json")
@@ -82,7 +97,12 @@ def test_generator_configs_are_checked_before_building(change, message):
 
 
 def test_the_size_estimate_allocates_nothing_and_refuses_huge_models():
-    assert check_generator_size(tiny_config()) == sum(t.numel() for t in PortraitGAN(tiny_config()).state_dict().values())
+    assert check_generator_size(tiny_config()) == sum(
+        t.numel() for t in PortraitGAN(tiny_config()).state_dict().values()
+    )
     with pytest.raises(ValueError, match="G values"):
-        check_generator_size(tiny_config(background_resolution=2048, background_channel_base=1 << 20,
-                                          background_channel_max=4096))
+        check_generator_size(
+            tiny_config(
+                background_resolution=2048, background_channel_base=1 << 20, background_channel_max=4096
+            )
+        )

@@ -1,14 +1,15 @@
 """The setup a new user runs (``make`` → ``portrait3d.threestudio_env``): threestudio from a local
 archive, the extension linked into it, the start-up file that supplies the CPU import stand-ins and
 one-line ``launch.py`` errors."""
+
 import os
 import subprocess
 import sys
 import tarfile
 
 import pytest
-
 from helpers import ROOT
+
 from portrait3d import launch_errors, threestudio_env
 from portrait3d.threestudio_env import ThreestudioError
 
@@ -43,7 +44,9 @@ def test_provision_extracts_the_archive_once_and_finds_it(tmp_path, pinned):
     assert threestudio_env.find_threestudio() == str(pinned)
     marker = pinned / "threestudio" / "marker"
     marker.write_text("kept")
-    assert threestudio_env.provision("abc1234", archive) == root and marker.exists()  # reused, not re-extracted
+    assert (
+        threestudio_env.provision("abc1234", archive) == root and marker.exists()
+    )  # reused, not re-extracted
     threestudio_env.provision("def5678", archive)  # another pin: replaced
     assert not marker.exists() and (pinned / threestudio_env.PIN_FILE).read_text().strip() == "def5678"
     assert not [p for p in os.listdir(pinned.parent) if p.startswith(".threestudio.")]  # no temp left
@@ -76,7 +79,8 @@ def test_install_links_the_extension_and_configs(tmp_path, pinned, monkeypatch):
     ext = os.path.join(root, "custom", "threestudio-portrait3d")
     assert os.path.realpath(ext) == os.path.join(ROOT, "custom", "threestudio-portrait3d")
     assert os.path.realpath(os.path.join(root, "configs", "portrait3d-tiny.yaml")) == os.path.join(
-        ROOT, "configs", "portrait3d-tiny.yaml")
+        ROOT, "configs", "portrait3d-tiny.yaml"
+    )
     assert threestudio_env.extension_installed(root)
     assert str(site / threestudio_env.STARTUP_PTH) in done
     assert threestudio_env.install_extension(root)  # again: links replaced, no error
@@ -95,11 +99,13 @@ def run_python(code, path_entries=(), site=None):
 
 def test_start_up_file_serves_stand_ins_only_where_the_real_package_is_missing(tmp_path):
     # the .pth line as site.py runs it
-    code = (threestudio_env.STARTUP_LINE.strip() + "\n"
-            "import sys; assert 'gan_prior' not in sys.modules and 'torch' not in sys.modules  # cheap\n"
-            "import tinycudann, nvdiffrast.torch, controlnet_aux, sys\n"
-            "print(tinycudann.__file__); print(nvdiffrast.torch.__file__)\n"
-            "print(sys.excepthook._portrait3d)\n")
+    code = (
+        threestudio_env.STARTUP_LINE.strip() + "\n"
+        "import sys; assert 'gan_prior' not in sys.modules and 'torch' not in sys.modules  # cheap\n"
+        "import tinycudann, nvdiffrast.torch, controlnet_aux, sys\n"
+        "print(tinycudann.__file__); print(nvdiffrast.torch.__file__)\n"
+        "print(sys.excepthook._portrait3d)\n"
+    )
     r = run_python(code)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split()
@@ -109,15 +115,19 @@ def test_start_up_file_serves_stand_ins_only_where_the_real_package_is_missing(t
     real = tmp_path / "real" / "tinycudann"
     real.mkdir(parents=True)
     (real / "__init__.py").write_text("REAL = True\n")
-    r = run_python(code.replace("print(tinycudann.__file__)", "print(tinycudann.REAL)"), [str(tmp_path / "real")])
+    r = run_python(
+        code.replace("print(tinycudann.__file__)", "print(tinycudann.REAL)"), [str(tmp_path / "real")]
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "True"  # the installed package wins over the stand-in
 
 
 def test_stand_ins_raise_with_the_install_hint():
-    r = run_python("import portrait3d.cpu_compat as c; c.install()\n"
-                   "import tinycudann\n"
-                   "try:\n tinycudann.Encoding(3, {})\nexcept RuntimeError as e:\n print(e)\n")
+    r = run_python(
+        "import portrait3d.cpu_compat as c; c.install()\n"
+        "import tinycudann\n"
+        "try:\n tinycudann.Encoding(3, {})\nexcept RuntimeError as e:\n print(e)\n"
+    )
     assert r.returncode == 0, r.stderr
     assert "not available" in r.stdout
 
@@ -131,8 +141,12 @@ def test_one_line_messages_for_known_launch_errors():
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    cfg = OmegaConf.create({"tag": "${rmspace:${system.prompt_processor.prompt},_}",
-                            "system": {"prompt_processor": {"prompt": "???"}}})
+    cfg = OmegaConf.create(
+        {
+            "tag": "${rmspace:${system.prompt_processor.prompt},_}",
+            "system": {"prompt_processor": {"prompt": "???"}},
+        }
+    )
     if not OmegaConf.has_resolver("rmspace"):
         OmegaConf.register_new_resolver("rmspace", lambda s, sub: s.replace(" ", sub))
     with pytest.raises(OmegaConfBaseException) as e:
@@ -153,7 +167,8 @@ def test_one_line_messages_for_known_launch_errors():
         parse(Config, {"initialiser": {}})
     assert launch_errors.one_line(e.value) == (
         "unknown config key 'initialiser' in test_one_line_messages_for_known_launch_errors.<locals>.Config; "
-        "did you mean initializer, initializer_type?")
+        "did you mean initializer, initializer_type?"
+    )
     assert "not installed" in launch_errors.one_line(KeyError("portrait3d-camera-datamodule"))
     assert launch_errors.one_line(ZeroDivisionError("a bug")) is None  # a bug keeps its traceback
 

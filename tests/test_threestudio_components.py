@@ -9,8 +9,8 @@ import os
 
 import pytest
 import torch
-
 from helpers import requires_threestudio
+
 from gan_prior import PortraitGAN, save_pyramid, threestudio_c2w_to_label, tiny_config
 
 pytestmark = requires_threestudio
@@ -34,8 +34,9 @@ def build(ts, prior_path, mode="torgb-bias", **init):
     g = ts.find("pyramid-trigrid")({"checkpoint": prior_path, "level_sizes": [8, 16, 32]})
     m = ts.find("portrait3d-gan-material")({"checkpoint": prior_path})
     bg = ts.find("portrait3d-gan-background")({"checkpoint": prior_path, "mode": mode})
-    r = ts.find("portrait3d-renderer")({"depth_resolution": 12, "depth_resolution_importance": 12},
-                                      geometry=g, material=m, background=bg)
+    r = ts.find("portrait3d-renderer")(
+        {"depth_resolution": 12, "depth_resolution_importance": 12}, geometry=g, material=m, background=bg
+    )
     levels, ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "seed": 5, **init})()
     g.set_levels(levels)
     m.set_ws(ws)  # the one copy of ws: the renderer hands it to the background
@@ -43,8 +44,9 @@ def build(ts, prior_path, mode="torgb-bias", **init):
 
 
 def eval_batches(ts, n=4, size=16):  # n != 3: threestudio's eval cameras break at 3 views
-    dm = ts.find("portrait3d-camera-datamodule")({"eval_height": size, "eval_width": size, "n_test_views": n,
-                                                  "eval_elevation_deg": 12.0})
+    dm = ts.find("portrait3d-camera-datamodule")(
+        {"eval_height": size, "eval_width": size, "n_test_views": n, "eval_elevation_deg": 12.0}
+    )
     dm.setup("test")
     return [dm.test_dataset.collate([dm.test_dataset[i]]) for i in range(n)]
 
@@ -57,7 +59,9 @@ def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
         with torch.no_grad():
             out = renderer(**batch)
             label = threestudio_c2w_to_label(batch["c2w"], torch.rad2deg(batch["fovy"]))
-            ref = prior.render(levels, ws, label, resolution=16, deterministic=True, background=(mode == "gan"))
+            ref = prior.render(
+                levels, ws, label, resolution=16, deterministic=True, background=(mode == "gan")
+            )
         expected = (ref["image"] * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
         assert (out["comp_rgb"] - expected).abs().max() < 2e-5
         assert (out["opacity"] - ref["opacity"].permute(0, 2, 3, 1)).abs().max() < 1e-5
@@ -75,16 +79,37 @@ def test_stage2_renders_through_the_components_equal_the_gan_prior(ts, prior_pat
     labels = refinement_labels(0)[::10]
     for label, patch in zip(labels, (None, (3, 5, 8), (8, 0, 8))):
         with torch.no_grad():
-            out = renderer.render_labels(label[None], 16, background=background, patch=patch, chunk=100,
-                                         depth_resolution=10, depth_resolution_importance=6)
-            ref = prior.render(levels, ws, label[None], resolution=16, deterministic=True, background=background,
-                               patch=patch, chunk=100, depth_resolution=10, depth_resolution_importance=6)
+            out = renderer.render_labels(
+                label[None],
+                16,
+                background=background,
+                patch=patch,
+                chunk=100,
+                depth_resolution=10,
+                depth_resolution_importance=6,
+            )
+            ref = prior.render(
+                levels,
+                ws,
+                label[None],
+                resolution=16,
+                deterministic=True,
+                background=background,
+                patch=patch,
+                chunk=100,
+                depth_resolution=10,
+                depth_resolution_importance=6,
+            )
         assert out["image"].shape == ref["image"].shape == (1, 3, 8 if patch else 16, 8 if patch else 16)
         assert (out["image"] - ref["image"]).abs().max() < 4e-5
         assert (out["mask"] - ref["mask"]).abs().max() < 1e-5
     with pytest.raises(ValueError, match="system.background_type must be portrait3d-gan-background"):
-        ts.find("portrait3d-renderer")({}, geometry=renderer.geometry, material=renderer.material,
-                                      background=ts.find("solid-color-background")({})).render_labels(labels, 8)
+        ts.find("portrait3d-renderer")(
+            {},
+            geometry=renderer.geometry,
+            material=renderer.material,
+            background=ts.find("solid-color-background")({}),
+        ).render_labels(labels, 8)
 
 
 def test_cameras_orbit_the_origin_and_look_at_the_pivot(ts):
@@ -116,11 +141,14 @@ def test_initializer_reads_pyramid_files_and_rejects_mismatches(ts, prior_path, 
     levels, ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "seed": 1})()
     official = str(tmp_path / "001_pyramid_trigrid.pth")
     save_pyramid(official, levels, ws, fmt="official")
-    got, got_ws = ts.find("gan-prior-initializer")({"checkpoint": prior_path, "source": "pyramid",
-                                                    "pyramid_path": official})()
+    got, got_ws = ts.find("gan-prior-initializer")(
+        {"checkpoint": prior_path, "source": "pyramid", "pyramid_path": official}
+    )()
     assert all(torch.equal(got[r], levels[r]) for r in levels) and torch.equal(got_ws, ws)
     g = ts.find("pyramid-trigrid")({"checkpoint": prior_path, "level_sizes": [8, 16, 32, 64]})
-    with pytest.raises(ValueError, match=r"pyramid levels \[8, 16, 32\] do not match system.geometry.level_sizes"):
+    with pytest.raises(
+        ValueError, match=r"pyramid levels \[8, 16, 32\] do not match system.geometry.level_sizes"
+    ):
         g.set_levels(got)
 
 
@@ -128,41 +156,69 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
     """source=image: the photo is aligned (detector 'none': already a square crop), inverted, and the
     pyramid made from w+; everything lands in <save>/init/<key>/ and is reused by the next call."""
     import imageio.v2 as imageio
+
     from gan_prior import canonical_label, load_pyramid
 
     G = PortraitGAN.from_checkpoint(prior_path)
     with torch.no_grad():
-        ws = G.mapping(torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(2)), canonical_label(1))
-        photo = G.render(G.synthesize_pyramid(ws), ws, canonical_label(1), resolution=32, deterministic=True)["image"]
-    imageio.imwrite(tmp_path / "me.png", ((photo[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255)).byte().numpy())
-    portrait = {"image": str(tmp_path / "me.png"), "detector": "none", "aligned_resolution": 32, "vgg16": "random",
-                "inversion": {"steps": 2, "w_avg_samples": 8, "resolution": 32}}
+        ws = G.mapping(
+            torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(2)), canonical_label(1)
+        )
+        photo = G.render(G.synthesize_pyramid(ws), ws, canonical_label(1), resolution=32, deterministic=True)[
+            "image"
+        ]
+    imageio.imwrite(
+        tmp_path / "me.png", ((photo[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255)).byte().numpy()
+    )
+    portrait = {
+        "image": str(tmp_path / "me.png"),
+        "detector": "none",
+        "aligned_resolution": 32,
+        "vgg16": "random",
+        "inversion": {"steps": 2, "w_avg_samples": 8, "resolution": 32},
+    }
     cfg = {"checkpoint": prior_path, "source": "image", "portrait": portrait}
     init = ts.find("gan-prior-initializer")(cfg)
     levels, got_ws = init(save_dir=str(tmp_path / "save"))
     folders = os.listdir(tmp_path / "save" / "init")
     assert len(folders) == 1
     out = tmp_path / "save" / "init" / folders[0]
-    assert sorted(os.listdir(out)) == ["aligned.png", "alignment.json", "comparison.png", "inversion.json",
-                                       "pyramid.safetensors", "timings.json", "w_plus.safetensors"]
+    assert sorted(os.listdir(out)) == [
+        "aligned.png",
+        "alignment.json",
+        "comparison.png",
+        "inversion.json",
+        "pyramid.safetensors",
+        "timings.json",
+        "w_plus.safetensors",
+    ]
     saved, saved_ws = load_pyramid(str(out / "pyramid.safetensors"))
     assert all(torch.equal(levels[r], saved[r]) for r in saved) and torch.equal(got_ws, saved_ws)
     with torch.no_grad():  # the pyramid is the generator's synthesis of the inverted w+
         assert all(torch.allclose(G.synthesize_pyramid(got_ws)[r], levels[r], atol=1e-5) for r in levels)
     stamp = os.path.getmtime(out / "pyramid.safetensors")
     again, _ = ts.find("gan-prior-initializer")(cfg)(save_dir=str(tmp_path / "save"))
-    assert os.path.getmtime(out / "pyramid.safetensors") == stamp and all(torch.equal(again[r], levels[r])
-                                                                             for r in levels)
+    assert os.path.getmtime(out / "pyramid.safetensors") == stamp and all(
+        torch.equal(again[r], levels[r]) for r in levels
+    )
     with pytest.raises(ValueError, match="system.initializer.portrait.image: .*gone.png not found"):
-        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "image": str(tmp_path / "gone.png")}})(
-            save_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="system.initializer.portrait.vgg16: the inversion needs a perceptual network"):
-        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "vgg16": None}})(save_dir=str(tmp_path))
+        ts.find("gan-prior-initializer")(
+            {**cfg, "portrait": {**portrait, "image": str(tmp_path / "gone.png")}}
+        )(save_dir=str(tmp_path))
+    with pytest.raises(
+        ValueError, match="system.initializer.portrait.vgg16: the inversion needs a perceptual network"
+    ):
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "vgg16": None}})(
+            save_dir=str(tmp_path)
+        )
     with pytest.raises(ValueError, match="system.initializer.portrait.prompt is empty"):
-        ts.find("gan-prior-initializer")({**cfg, "source": "prompt", "portrait": {**portrait, "prompt": " "}})(
-            save_dir=str(tmp_path))
+        ts.find("gan-prior-initializer")(
+            {**cfg, "source": "prompt", "portrait": {**portrait, "prompt": " "}}
+        )(save_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"system.initializer.portrait: unknown key\(s\) \['detektor'\]"):
-        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "detektor": "none"}})(save_dir=str(tmp_path))
+        ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "detektor": "none"}})(
+            save_dir=str(tmp_path)
+        )
 
 
 def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):
@@ -172,8 +228,9 @@ def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):
     with pytest.raises(ValueError, match="system.background.mode must be"):
         ts.find("portrait3d-gan-background")({"checkpoint": prior_path, "mode": "white"})
     with pytest.raises(ValueError, match="system.initializer.pyramid_path: .*file not found"):
-        ts.find("gan-prior-initializer")({"checkpoint": prior_path, "source": "pyramid",
-                                           "pyramid_path": str(tmp_path / "x.pth")})()
+        ts.find("gan-prior-initializer")(
+            {"checkpoint": prior_path, "source": "pyramid", "pyramid_path": str(tmp_path / "x.pth")}
+        )()
     with pytest.raises(TypeError, match="unexpected keyword argument 'levels'"):
         ts.find("pyramid-trigrid")({"checkpoint": prior_path, "levels": [8]})
     with pytest.raises(KeyError):

@@ -4,6 +4,7 @@ refinement → videos in one --train; resume (also after a kill), export, cached
 Runs in an isolated work tree (links to $THREESTUDIO_ROOT) with tiny random models built on
 first use into a temporary cache; skipped, with the reason, when threestudio is absent.
 """
+
 import csv
 import glob
 import json
@@ -16,14 +17,13 @@ import time
 
 import pytest
 import torch
-
 from helpers import requires_threestudio
 
 pytestmark = requires_threestudio
 
 
 def _tail(proc) -> str:
-    return (proc.stdout[-3000:] + "\n" + proc.stderr[-6000:])
+    return proc.stdout[-3000:] + "\n" + proc.stderr[-6000:]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,9 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("ts")
     tree = make_worktree(str(base / "threestudio"))
     cache = str(base / "cache")
-    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=smoke",
-                  "use_timestamp=false")
+    proc = launch(
+        tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=smoke", "use_timestamp=false"
+    )
     assert proc.returncode == 0, _tail(proc)
     trial = os.path.join(tree, "outputs", "portrait3d-tiny", "smoke")
     return tree, cache, trial, launch
@@ -57,10 +58,20 @@ def test_one_train_command_goes_prompt_init_sds_refinement_and_test_videos(run):
     cands = json.load(open(os.path.join(init, "candidates.json")))
     assert cands["seeds"] == [0, 1] and cands["prompt"] == "upper body photo, portrait of a woman"
     assert all(os.path.isfile(os.path.join(init, f)) for f in cands["files"])
-    for name in ("aligned.png", "alignment.json", "w_plus.safetensors", "pyramid.safetensors", "comparison.png",
-                 "timings.json"):
+    for name in (
+        "aligned.png",
+        "alignment.json",
+        "w_plus.safetensors",
+        "pyramid.safetensors",
+        "comparison.png",
+        "timings.json",
+    ):
         assert os.path.isfile(os.path.join(init, name)), name
-    assert set(json.load(open(os.path.join(init, "timings.json")))) == {"candidates", "alignment", "inversion"}
+    assert set(json.load(open(os.path.join(init, "timings.json")))) == {
+        "candidates",
+        "alignment",
+        "inversion",
+    }
     refine = os.path.join(trial, "save", "refine")  # the 21 views and their SDEdit versions, side by side
     for i in range(21):
         assert os.path.isfile(os.path.join(refine, f"view_{i:02d}.png"))
@@ -74,7 +85,9 @@ def test_one_train_command_goes_prompt_init_sds_refinement_and_test_videos(run):
     assert all(r["train/loss"] == r["train/loss_refine"] for r in rows[4:])
     for name in ("it8-test.mp4", "it8-large_pose.mp4", "it8-small_pose.mp4", "it8-views.png"):
         assert os.path.isfile(os.path.join(trial, "save", name)), name
-    metrics = json.load(open(os.path.join(trial, "save", "it8-eval", "metrics.json")))  # paper §5.2, tiny CLIP
+    metrics = json.load(
+        open(os.path.join(trial, "save", "it8-eval", "metrics.json"))
+    )  # paper §5.2, tiny CLIP
     assert metrics["num_renders"] == 8 and 0 <= metrics["clip_score"] <= 100 and metrics["fid"] is None
     assert os.path.isfile(os.path.join(trial, "save", "it8-eval", "contact_sheet.png"))
     ckpt = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)
@@ -95,8 +108,9 @@ def test_refinement_views_are_the_sds_ema_at_the_official_cameras(run):
 
     os.environ["PORTRAIT3D_CACHE"] = cache
     prior = PortraitGAN.from_checkpoint(tiny_model_path("portrait-gan"))
-    state = torch.load(os.path.join(trial, "ckpts", "epoch=0-step=4.ckpt"), map_location="cpu",
-                       weights_only=True)["state_dict"]  # the end of SDS
+    state = torch.load(
+        os.path.join(trial, "ckpts", "epoch=0-step=4.ckpt"), map_location="cpu", weights_only=True
+    )["state_dict"]  # the end of SDS
     ema = {r: state[f"ema_trigrids_{r}"] for r in (8, 16, 32)}
     raw = {r: state[f"geometry.trigrids_{r}"] for r in (8, 16, 32)}
     labels = refinement_labels(0)
@@ -105,8 +119,15 @@ def test_refinement_views_are_the_sds_ema_at_the_official_cameras(run):
 
         def render(levels):
             with torch.no_grad():
-                out = prior.render(levels, state["material.ws"], labels[i:i + 1], resolution=64, deterministic=True,
-                                   depth_resolution=12, depth_resolution_importance=12)
+                out = prior.render(
+                    levels,
+                    state["material.ws"],
+                    labels[i : i + 1],
+                    resolution=64,
+                    deterministic=True,
+                    depth_resolution=12,
+                    depth_resolution_importance=12,
+                )
             return to_uint8(out["image"][0]).astype(int)
 
         assert abs(render(ema) - saved).max() <= 1, i
@@ -120,10 +141,14 @@ def test_pyramid_changed_decoder_and_torgb_did_not(run):
 
     os.environ["PORTRAIT3D_CACHE"] = cache
     prior = PortraitGAN.from_checkpoint(tiny_model_path("portrait-gan"))
-    state = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)["state_dict"]
+    state = torch.load(os.path.join(trial, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
     init, ws = load_pyramid(os.path.join(_init_dir(trial), "pyramid.safetensors"))  # the inversion's pyramid
     for r in (8, 16, 32):
-        assert not torch.allclose(state[f"geometry.trigrids_{r}"], init[r]), r  # SDS + refinement moved every level
+        assert not torch.allclose(state[f"geometry.trigrids_{r}"], init[r]), (
+            r
+        )  # SDS + refinement moved every level
         assert (state[f"geometry.trigrids_{r}"] - init[r]).abs().max() < 10
     assert torch.allclose(state["material.ws"], ws)
     for k, v in prior.decoder.state_dict().items():
@@ -166,10 +191,21 @@ def test_a_second_run_reuses_the_cached_initialisation(run):
     tree, cache, trial, launch = run
     init = _init_dir(trial)
     stamps = {f: os.path.getmtime(os.path.join(init, f)) for f in ("aligned.png", "pyramid.safetensors")}
-    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=again",
-                  "use_timestamp=false", f"system.initializer.cache_dir={os.path.dirname(init)}",
-                  "system.sds_steps=1", "system.refine.steps=0", "data.n_test_views=2",
-                  "system.videos.large_frames=0", "system.videos.small_frames=0")
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "tag=again",
+        "use_timestamp=false",
+        f"system.initializer.cache_dir={os.path.dirname(init)}",
+        "system.sds_steps=1",
+        "system.refine.steps=0",
+        "data.n_test_views=2",
+        "system.videos.large_frames=0",
+        "system.videos.small_frames=0",
+    )
     assert proc.returncode == 0, _tail(proc)
     assert "Reusing the initialisation in" in proc.stdout + proc.stderr
     assert stamps == {f: os.path.getmtime(os.path.join(init, f)) for f in stamps}
@@ -181,15 +217,34 @@ def test_killed_during_refinement_then_resumed_finishes(run):
     from threestudio_env import launch_env
 
     out = os.path.join(tree, "outputs", "portrait3d-tiny", "kill")
-    args = ["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=kill", "use_timestamp=false",
-            f"system.initializer.cache_dir={os.path.dirname(_init_dir(trial))}", "system.refine.steps=400",
-            "checkpoint.every_n_train_steps=6", "trainer.val_check_interval=100", "data.n_test_views=2"]
-    proc = subprocess.Popen([sys.executable, "launch.py", *args], cwd=tree, env=launch_env(cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "tag=kill",
+        "use_timestamp=false",
+        f"system.initializer.cache_dir={os.path.dirname(_init_dir(trial))}",
+        "system.refine.steps=400",
+        "checkpoint.every_n_train_steps=6",
+        "trainer.val_check_interval=100",
+        "data.n_test_views=2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", *args],
+        cwd=tree,
+        env=launch_env(cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     step6, last = os.path.join(out, "ckpts", "epoch=0-step=6.ckpt"), os.path.join(out, "ckpts", "last.ckpt")
     deadline = time.time() + 600
-    while not (os.path.isfile(step6) and os.path.isfile(last) and os.path.getmtime(last) >= os.path.getmtime(step6)):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else "timeout"
+    while not (
+        os.path.isfile(step6) and os.path.isfile(last) and os.path.getmtime(last) >= os.path.getmtime(step6)
+    ):
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read()[-3000:] if proc.poll() else "timeout"
+        )
         time.sleep(0.05)
     time.sleep(0.5)  # let the write finish, then kill hard, mid-refinement
     proc.send_signal(signal.SIGKILL)
@@ -199,8 +254,15 @@ def test_killed_during_refinement_then_resumed_finishes(run):
     assert 6 <= k < 404  # inside the refinement (steps 4 ... 403)
     views = os.path.join(out, "save", "refine", "refined_00.png")
     stamp = os.path.getmtime(views)
-    proc = launch(tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train",
-                  f"resume={last}", f"trainer.max_steps={k + 3}")
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        os.path.join(out, "configs", "parsed.yaml"),
+        "--train",
+        f"resume={last}",
+        f"trainer.max_steps={k + 3}",
+    )
     assert proc.returncode == 0, _tail(proc)
     done = torch.load(last, map_location="cpu", weights_only=True)
     assert done["global_step"] == k + 3
@@ -217,20 +279,40 @@ def test_refinement_alone_from_an_exported_official_format_pyramid(run):
     from gan_prior import load_pyramid, save_pyramid
 
     pyramid = [os.path.join(os.path.dirname(trial), "start_pyramid_trigrid.pth")]
-    save_pyramid(pyramid[0], *load_pyramid(os.path.join(_init_dir(trial), "pyramid.safetensors")), fmt="official")
-    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=refineonly",
-                  "use_timestamp=false", "system.initializer.source=pyramid",
-                  f"system.initializer.pyramid_path={pyramid[0]}", "system.sds_steps=0", "system.refine.steps=2",
-                  "data.n_test_views=2", "system.videos.small_frames=0")
+    save_pyramid(
+        pyramid[0], *load_pyramid(os.path.join(_init_dir(trial), "pyramid.safetensors")), fmt="official"
+    )
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "tag=refineonly",
+        "use_timestamp=false",
+        "system.initializer.source=pyramid",
+        f"system.initializer.pyramid_path={pyramid[0]}",
+        "system.sds_steps=0",
+        "system.refine.steps=2",
+        "data.n_test_views=2",
+        "system.videos.small_frames=0",
+    )
     assert proc.returncode == 0, _tail(proc)
     out = os.path.join(tree, "outputs", "portrait3d-tiny", "refineonly")
     rows = _metrics(out)
-    assert len([r for r in rows if r.get("train/loss_refine")]) == 2 and not any(r.get("train/loss_sds") for r in rows)
+    assert len([r for r in rows if r.get("train/loss_refine")]) == 2 and not any(
+        r.get("train/loss_sds") for r in rows
+    )
     assert os.path.isfile(os.path.join(out, "save", "refine", "refined_20.png"))
 
 
-SHORT = ["system.initializer.source=seed", "trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2",
-         "data.n_test_views=2"]
+SHORT = [
+    "system.initializer.source=seed",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "checkpoint.every_n_train_steps=2",
+    "data.n_test_views=2",
+]
 
 
 def swapped_guidance_config(tree, tmp_path, tag, guidance_type, guidance, loss, trained=False) -> str:
@@ -241,8 +323,13 @@ def swapped_guidance_config(tree, tmp_path, tag, guidance_type, guidance, loss, 
     sd = "${system.prompt_processor.pretrained_model_name_or_path}"
     cfg.tag, cfg.use_timestamp = tag, False
     cfg.system.guidance_type = guidance_type
-    cfg.system.guidance = {"pretrained_model_name_or_path": sd, "half_precision_weights": False,
-                           "min_step_percent": 0.02, "max_step_percent": 0.4, **guidance}
+    cfg.system.guidance = {
+        "pretrained_model_name_or_path": sd,
+        "half_precision_weights": False,
+        "min_step_percent": 0.02,
+        "max_step_percent": 0.4,
+        **guidance,
+    }
     cfg.system.loss = {**loss, "lambda_entropy": 0.001}
     if trained:
         cfg.system.optimizer.params["guidance"] = {"lr": 1e-3}
@@ -253,11 +340,22 @@ def swapped_guidance_config(tree, tmp_path, tag, guidance_type, guidance, loss, 
 
 def test_swap_prompt_processor_options_negative_prompt_and_perp_neg(run):
     tree, cache, trial, launch = run
-    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=perpneg",
-                  "use_timestamp=false", "system.prompt_processor.negative_prompt=blurry, low quality",
-                  "system.prompt_processor.use_perp_neg=true", *SHORT)
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "tag=perpneg",
+        "use_timestamp=false",
+        "system.prompt_processor.negative_prompt=blurry, low quality",
+        "system.prompt_processor.use_perp_neg=true",
+        *SHORT,
+    )
     assert proc.returncode == 0, _tail(proc)
-    parsed = open(os.path.join(tree, "outputs", "portrait3d-tiny", "perpneg", "configs", "parsed.yaml")).read()
+    parsed = open(
+        os.path.join(tree, "outputs", "portrait3d-tiny", "perpneg", "configs", "parsed.yaml")
+    ).read()
     assert "use_perp_neg: true" in parsed and "negative_prompt: blurry, low quality" in parsed
     assert os.path.isfile(os.path.join(tree, "outputs", "portrait3d-tiny", "perpneg", "save", "it2-test.mp4"))
 
@@ -265,17 +363,29 @@ def test_swap_prompt_processor_options_negative_prompt_and_perp_neg(run):
 def test_swap_guidance_to_unified_guidance_and_resume(run, tmp_path):
     """Another threestudio guidance by config only (threestudio's unified guidance in SDS mode)."""
     tree, cache, trial, launch = run
-    path = swapped_guidance_config(tree, tmp_path, "unified", "stable-diffusion-unified-guidance",
-                                   {"guidance_type": "sds", "guidance_scale": 100.0},
-                                   {"lambda_sd": 1.0, "lambda_sd_img": 0.0})
+    path = swapped_guidance_config(
+        tree,
+        tmp_path,
+        "unified",
+        "stable-diffusion-unified-guidance",
+        {"guidance_type": "sds", "guidance_scale": 100.0},
+        {"lambda_sd": 1.0, "lambda_sd_img": 0.0},
+    )
     proc = launch(tree, cache, "--config", path, "--train", *SHORT)
     assert proc.returncode == 0, _tail(proc)
     out = os.path.join(tree, "outputs", "portrait3d-tiny", "unified")
     metrics = glob.glob(os.path.join(out, "csv_logs", "**", "metrics.csv"), recursive=True)
     rows = list(csv.DictReader(open(metrics[0])))
     assert any(r.get("train/loss_sd") for r in rows)  # the swapped guidance's loss was used
-    proc = launch(tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train",
-                  f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}", "trainer.max_steps=3")
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        os.path.join(out, "configs", "parsed.yaml"),
+        "--train",
+        f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}",
+        "trainer.max_steps=3",
+    )
     assert proc.returncode == 0, _tail(proc)
 
 
@@ -286,8 +396,14 @@ def test_the_real_config_resolves_and_names_a_missing_checkpoint(run, tmp_path):
     tree, cache, trial, launch = run
     os.environ["PORTRAIT3D_GAN_CHECKPOINT"] = str(tmp_path / "model_512.pkl")
     try:
-        proc = launch(tree, cache, "--config", "configs/portrait3d.yaml", "--train",
-                      "system.prompt_processor.prompt=upper body photo, a man")
+        proc = launch(
+            tree,
+            cache,
+            "--config",
+            "configs/portrait3d.yaml",
+            "--train",
+            "system.prompt_processor.prompt=upper body photo, a man",
+        )
     finally:
         del os.environ["PORTRAIT3D_GAN_CHECKPOINT"]
     assert proc.returncode != 0
@@ -297,11 +413,21 @@ def test_the_real_config_resolves_and_names_a_missing_checkpoint(run, tmp_path):
 
 def test_a_misspelt_component_name_gets_one_clear_line(run):
     tree, cache, trial, launch = run
-    proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo",
-                  "use_timestamp=false", "system.geometry_type=pyramid-trigrids")
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "tag=typo",
+        "use_timestamp=false",
+        "system.geometry_type=pyramid-trigrids",
+    )
     assert proc.returncode != 0
-    assert ("system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; "
-            "did you mean pyramid-trigrid") in proc.stderr
+    assert (
+        "system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; "
+        "did you mean pyramid-trigrid"
+    ) in proc.stderr
 
 
 def _stderr_error_line(proc) -> str:
@@ -316,13 +442,25 @@ def test_newcomer_mistakes_end_in_one_line(run):
     valid names), no traceback, and no empty trial folder left behind."""
     tree, cache, trial, launch = run
     cases = (
-        (["--config", "configs/portrait3d.yaml", "--train"],
-         '[ERROR] system.prompt_processor.prompt is not set: add system.prompt_processor.prompt="'),
-        (["--config", "configs/portrait3d.yaml", "--train", "system.prompt_processor.prompt="],
-         "[ERROR] system.prompt_processor.prompt is empty"),
-        (["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo2", "use_timestamp=false",
-          "system.initialiser.source=seed"],
-         "[ERROR] unknown config key 'initialiser' in Portrait3DSystem.Config; did you mean initializer"),
+        (
+            ["--config", "configs/portrait3d.yaml", "--train"],
+            '[ERROR] system.prompt_processor.prompt is not set: add system.prompt_processor.prompt="',
+        ),
+        (
+            ["--config", "configs/portrait3d.yaml", "--train", "system.prompt_processor.prompt="],
+            "[ERROR] system.prompt_processor.prompt is empty",
+        ),
+        (
+            [
+                "--config",
+                "configs/portrait3d-tiny.yaml",
+                "--train",
+                "tag=typo2",
+                "use_timestamp=false",
+                "system.initialiser.source=seed",
+            ],
+            "[ERROR] unknown config key 'initialiser' in Portrait3DSystem.Config; did you mean initializer",
+        ),
     )
     for args, message in cases:
         assert _stderr_error_line(launch(tree, cache, *args)).startswith(message)
@@ -342,14 +480,24 @@ def test_without_the_extension_then_cloned_into_custom(tmp_path):
             os.symlink(os.path.join(THREESTUDIO_ROOT, name), tree / name)
     (tree / "custom").mkdir()
     cache = str(tmp_path / "cache")
-    line = _stderr_error_line(launch(str(tree), cache, "--config", os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"),
-                                     "--train"))
-    assert line.startswith("[ERROR] the Portrait3D extension is not installed in this threestudio checkout: run `python")
+    line = _stderr_error_line(
+        launch(str(tree), cache, "--config", os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"), "--train")
+    )
+    assert line.startswith(
+        "[ERROR] the Portrait3D extension is not installed in this threestudio checkout: run `python"
+    )
     assert "install_extension.py" in line
     os.symlink(ROOT, tree / "custom" / "Portrait3D-threestudio")
-    line = _stderr_error_line(launch(str(tree), cache, "--config",
-                                     "custom/Portrait3D-threestudio/configs/portrait3d-tiny.yaml", "--train",
-                                     "system.initialiser.source=seed"))
+    line = _stderr_error_line(
+        launch(
+            str(tree),
+            cache,
+            "--config",
+            "custom/Portrait3D-threestudio/configs/portrait3d-tiny.yaml",
+            "--train",
+            "system.initialiser.source=seed",
+        )
+    )
     assert line.startswith("[ERROR] unknown config key 'initialiser' in Portrait3DSystem.Config")
 
 
@@ -357,32 +505,62 @@ def test_refinement_settings_are_checked_before_training(run):
     """A refinement or evaluation setting it cannot use stops the run at start-up with one line, not
     after the SDS stage."""
     tree, cache, trial, launch = run
-    for override, message in (("system.refine.resolution=60", "system.refine.resolution=60: SDEdit needs a multiple "
-                                                               "of 8"),
-                              ("system.refine.model=/nowhere/sd", "system.refine.model: folder /nowhere/sd does not "
-                                                                  "exist"),
-                              ("system.evaluation.inception=/nowhere/fid.pth", "system.evaluation.inception: "
-                                                                               "/nowhere/fid.pth not found")):
-        proc = launch(tree, cache, "--config", "configs/portrait3d-tiny.yaml", "--train", "tag=badrefine",
-                      "use_timestamp=false", override)
+    for override, message in (
+        ("system.refine.resolution=60", "system.refine.resolution=60: SDEdit needs a multiple of 8"),
+        ("system.refine.model=/nowhere/sd", "system.refine.model: folder /nowhere/sd does not exist"),
+        (
+            "system.evaluation.inception=/nowhere/fid.pth",
+            "system.evaluation.inception: /nowhere/fid.pth not found",
+        ),
+    ):
+        proc = launch(
+            tree,
+            cache,
+            "--config",
+            "configs/portrait3d-tiny.yaml",
+            "--train",
+            "tag=badrefine",
+            "use_timestamp=false",
+            override,
+        )
         assert proc.returncode != 0 and message in proc.stderr, _tail(proc)
-        assert not os.path.isdir(os.path.join(tree, "outputs", "portrait3d-tiny", "badrefine", "save", "init"))
+        assert not os.path.isdir(
+            os.path.join(tree, "outputs", "portrait3d-tiny", "badrefine", "save", "init")
+        )
 
 
 def test_swap_guidance_to_vsd_trains_its_lora_and_resumes(run, tmp_path):
     """threestudio's VSD guidance by config only: its LoRA is optimised, checkpointed and resumed."""
     tree, cache, trial, launch = run
-    path = swapped_guidance_config(tree, tmp_path, "vsd", "stable-diffusion-vsd-guidance",
-                                   {"pretrained_model_name_or_path_lora":
-                                    "${system.prompt_processor.pretrained_model_name_or_path}",
-                                    "guidance_scale": 7.5},
-                                   {"lambda_vsd": 1.0, "lambda_lora": 1.0}, trained=True)
+    path = swapped_guidance_config(
+        tree,
+        tmp_path,
+        "vsd",
+        "stable-diffusion-vsd-guidance",
+        {
+            "pretrained_model_name_or_path_lora": "${system.prompt_processor.pretrained_model_name_or_path}",
+            "guidance_scale": 7.5,
+        },
+        {"lambda_vsd": 1.0, "lambda_lora": 1.0},
+        trained=True,
+    )
     proc = launch(tree, cache, "--config", path, "--train", *SHORT)
     assert proc.returncode == 0, _tail(proc)
     out = os.path.join(tree, "outputs", "portrait3d-tiny", "vsd")
-    state = torch.load(os.path.join(out, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)["state_dict"]
-    lora_up = [v for k, v in state.items() if k.startswith("guidance.") and "lora" in k and k.endswith("up.weight")]
+    state = torch.load(os.path.join(out, "ckpts", "last.ckpt"), map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+    lora_up = [
+        v for k, v in state.items() if k.startswith("guidance.") and "lora" in k and k.endswith("up.weight")
+    ]
     assert lora_up and any(v.abs().sum() > 0 for v in lora_up)  # LoRA "up" starts at 0: it was trained
-    proc = launch(tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train",
-                  f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}", "trainer.max_steps=3")
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        os.path.join(out, "configs", "parsed.yaml"),
+        "--train",
+        f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}",
+        "trainer.max_steps=3",
+    )
     assert proc.returncode == 0, _tail(proc)

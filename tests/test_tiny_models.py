@@ -1,4 +1,5 @@
 """Tests for gan_prior.tiny_models: the tiny random Stable Diffusion and its build cache."""
+
 import json
 import os
 import subprocess
@@ -6,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from gan_prior import tiny_models

@@ -1,5 +1,6 @@
 """Helpers for tests that run threestudio: an isolated work tree with this extension installed, the
 launch environment, and the extension imported in the test process as launch.py imports it."""
+
 import os
 import subprocess
 import sys
@@ -29,14 +30,24 @@ def launch_env(cache: str) -> dict:
     installer's start-up file supplies them where CUDA-only packages are missing)."""
     env = dict(os.environ)
     paths = [ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    env.update(PYTHONPATH=os.pathsep.join(paths), PORTRAIT3D_CACHE=cache, WANDB_MODE="disabled",
-               PYTHONWARNINGS="ignore")
+    env.update(
+        PYTHONPATH=os.pathsep.join(paths),
+        PORTRAIT3D_CACHE=cache,
+        WANDB_MODE="disabled",
+        PYTHONWARNINGS="ignore",
+    )
     return env
 
 
 def launch(worktree: str, cache: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "launch.py", *args], cwd=worktree, env=launch_env(cache),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", *args],
+        cwd=worktree,
+        env=launch_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc
 
 
@@ -52,8 +63,9 @@ def import_extension():
     name = "threestudio-portrait3d"
     if name not in sys.modules:
         folder = os.path.join(ROOT, "custom", name)
-        spec = importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
-                                                      submodule_search_locations=[folder])
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

@@ -7,6 +7,7 @@ Loaded by threestudio's ``launch.py`` from ``custom/threestudio-portrait3d`` (mo
 ``portrait3d-prompt-processor``; and the config resolver
 ``${p3d_tiny:NAME}`` (a tiny random model built on first use, for smoke runs).
 """
+
 import threestudio
 from packaging.version import Version
 

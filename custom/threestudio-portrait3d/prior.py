@@ -1,11 +1,11 @@
 """One frozen GAN prior per checkpoint path, shared by the geometry, material, background and
 initializer (so ``model_512.pkl`` is read once per process), and the ``${p3d_tiny:NAME}`` resolver."""
+
 import copy
 import os
 from typing import Dict
 
 import torch
-
 from omegaconf import OmegaConf
 
 from gan_prior import CheckpointError, PortraitGAN
@@ -21,8 +21,10 @@ def load_prior(path: str, option: str = "checkpoint") -> PortraitGAN:
     key = os.path.abspath(os.path.expanduser(path))
     if key not in _PRIORS:
         if not os.path.exists(key):
-            raise ValueError(f"{option}: {path} not found; set system.prior_checkpoint=/path/to/model_512.pkl "
-                             "(or the environment variable PORTRAIT3D_GAN_CHECKPOINT)")
+            raise ValueError(
+                f"{option}: {path} not found; set system.prior_checkpoint=/path/to/model_512.pkl "
+                "(or the environment variable PORTRAIT3D_GAN_CHECKPOINT)"
+            )
         try:
             _PRIORS[key] = PortraitGAN.from_checkpoint(key)
         except CheckpointError as e:

@@ -14,6 +14,7 @@ with ``tests.parity.weights.fill_state_dict(..., seed=0)``, the renderer is made
 runtime patches, and all intermediate outputs are written to one safetensors file together with a
 JSON description (metadata key ``"config"``). See tests/parity/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,12 @@ NRR = 16  # neural rendering resolution of the fixture renders
 # The official import, its runtime patches and the model keyword arguments live in
 # bench/official.py (the renderer benchmark imports them at run time too).
 from official import (  # noqa: E402  (bench/official.py: shared with bench_renderer)
-    BACKBONE_KWARGS, PATCHES, RENDER_GEN_KWARGS, RENDERING_KWARGS, SYNTHESIS_KWARGS, build_models,
+    BACKBONE_KWARGS,
+    PATCHES,
+    RENDER_GEN_KWARGS,
+    RENDERING_KWARGS,
+    SYNTHESIS_KWARGS,
+    build_models,
     import_official,
 )
 
@@ -52,14 +58,29 @@ PIVOT = (0.0, 0.0649, 0.0)
 CAMERAS_HV = [(math.pi / 2, math.pi / 2), (math.pi / 2 + 0.6, math.pi / 2 - 0.3)]
 # Camera-label checks: front, sides, back, high / low, and the refinement / video extremes.
 CAMERA_GRID_HV = [
-    (math.pi / 2, math.pi / 2), (0.0, math.pi / 2), (math.pi, math.pi / 2), (-math.pi / 2, math.pi / 2),
-    (math.pi / 2, math.pi / 3), (math.pi / 2, 2 * math.pi / 3), (1.0, 0.4), (2.5, 2.7),
-    (2 * math.pi * 3 / 7, math.pi / 2 + 0.05), (math.pi / 2 + 0.6, math.pi / 2 - 0.3),
+    (math.pi / 2, math.pi / 2),
+    (0.0, math.pi / 2),
+    (math.pi, math.pi / 2),
+    (-math.pi / 2, math.pi / 2),
+    (math.pi / 2, math.pi / 3),
+    (math.pi / 2, 2 * math.pi / 3),
+    (1.0, 0.4),
+    (2.5, 2.7),
+    (2 * math.pi * 3 / 7, math.pi / 2 + 0.05),
+    (math.pi / 2 + 0.6, math.pi / 2 - 0.3),
 ]
 SDS_FOV_DEG = 12.447863  # official FOV_to_intrinsics argument (SDS stage, refinement views)
-SR_KWARGS = dict(channels=32, img_resolution=512, sr_num_fp16_res=4, sr_antialias=True,
-                 channel_base=18432, channel_max=144, fused_modconv_default="inference_only")
+SR_KWARGS = dict(
+    channels=32,
+    img_resolution=512,
+    sr_num_fp16_res=4,
+    sr_antialias=True,
+    channel_base=18432,
+    channel_max=144,
+    fused_modconv_default="inference_only",
+)
 SR_STRIDE = 5  # stored subsample of the 512² SR outputs (odd: covers every upsampling phase)
+
 
 @contextlib.contextmanager
 def capture_interpolate(store: list):
@@ -107,9 +128,7 @@ def fill_models(backbone, render):
         filled = fill_state_dict({prefix + k: v for k, v in own.items()}, seed=SEED)
         for k, v in own.items():
             shapes[prefix + k] = list(v.shape)
-        missing, unexpected = module.load_state_dict(
-            {k: filled[prefix + k] for k in own}, strict=False
-        )
+        missing, unexpected = module.load_state_dict({k: filled[prefix + k] for k in own}, strict=False)
         assert not unexpected and set(missing) <= {k for k in sd if k not in own}, (missing, unexpected)
     return shapes, skipped
 
@@ -145,7 +164,11 @@ def render(render_mod, ws, planes, c, render_bg, capture=None):
     try:
         with capture_interpolate(interp):
             out = render_mod.render_planes(
-                ws=ws, planes=planes, c=c, neural_rendering_resolution=NRR, render_bg=render_bg,
+                ws=ws,
+                planes=planes,
+                c=c,
+                neural_rendering_resolution=NRR,
+                render_bg=render_bg,
                 noise_mode="const",
             )
     finally:
@@ -195,8 +218,12 @@ def main(argv=None):
     # --- per-point features / decoder --------------------------------------------------------------
     plane_axes = mods.rend.generate_planes()
     feats = mods.rend.sample_from_planes(
-        plane_axes, dict(planes), points, padding_mode="zeros",
-        box_warp=RENDERING_KWARGS["box_warp"], triplane_depth=RENDERING_KWARGS["triplane_depth"],
+        plane_axes,
+        dict(planes),
+        points,
+        padding_mode="zeros",
+        box_warp=RENDERING_KWARGS["box_warp"],
+        triplane_depth=RENDERING_KWARGS["triplane_depth"],
     )
     T["features"] = feats
     dirs = torch.zeros_like(points)
@@ -210,16 +237,24 @@ def main(argv=None):
     t1 = time.time()
     out_bg, ex_bg = render(render_mod, ws, planes, c, render_bg=True)
     t_bg = time.time() - t1
-    T["image_bg"], T["depth_bg"], T["mask_bg"] = out_bg["image_raw"], out_bg["image_depth"], out_bg["image_mask"]
+    T["image_bg"], T["depth_bg"], T["mask_bg"] = (
+        out_bg["image_raw"],
+        out_bg["image_depth"],
+        out_bg["image_mask"],
+    )
     T["feature_image_bg"] = ex_bg["feature_image"]
     T["bcg_resized"] = ex_bg["bcg_resized"]
     bcg = ex_bg["bcg_feature"]
-    T["bcg_feature_sub4"] = bcg[0:1, :, ::4, ::4].contiguous()       # [1,32,32,32], rows/cols 0,4,..,124
-    T["bcg_feature_crop"] = bcg[0:1, :, 48:80, 48:80].contiguous()   # [1,32,32,32], centre crop
-    T["bcg_feature_sum"] = bcg.sum(dim=(2, 3))                       # [2,32] per-channel sums
+    T["bcg_feature_sub4"] = bcg[0:1, :, ::4, ::4].contiguous()  # [1,32,32,32], rows/cols 0,4,..,124
+    T["bcg_feature_crop"] = bcg[0:1, :, 48:80, 48:80].contiguous()  # [1,32,32,32], centre crop
+    T["bcg_feature_sum"] = bcg.sum(dim=(2, 3))  # [2,32] per-channel sums
 
     out_nobg, ex_nobg = render(render_mod, ws, planes, c, render_bg=False)
-    T["image_nobg"], T["depth_nobg"], T["mask_nobg"] = out_nobg["image_raw"], out_nobg["image_depth"], out_nobg["image_mask"]
+    T["image_nobg"], T["depth_nobg"], T["mask_nobg"] = (
+        out_nobg["image_raw"],
+        out_nobg["image_depth"],
+        out_nobg["image_mask"],
+    )
     T["feature_image_nobg"] = ex_nobg["feature_image"]
 
     # determinism check: a second identical render must be bit-identical
@@ -229,28 +264,37 @@ def main(argv=None):
     # partial pyramid (official sample_from_planes averages over whatever levels the dict holds)
     partial_keys = [k for k in planes if planes[k].shape[-1] in (8, 16)]
     out_p, ex_p = render(render_mod, ws, {k: planes[k] for k in partial_keys}, c, render_bg=False)
-    T["image_l8_16"], T["depth_l8_16"], T["mask_l8_16"] = out_p["image_raw"], out_p["image_depth"], out_p["image_mask"]
+    T["image_l8_16"], T["depth_l8_16"], T["mask_l8_16"] = (
+        out_p["image_raw"],
+        out_p["image_depth"],
+        out_p["image_mask"],
+    )
 
     # --- w-routing checks with distinct per-index ws (mapping broadcasts one w to all indices,
     #     so the outputs above cannot detect a wrong w index) --------------------------------------
-    ws_mix = ws[0:1] + 0.5 * ws_mix_noise                               # [1, 6, 512]
+    ws_mix = ws[0:1] + 0.5 * ws_mix_noise  # [1, 6, 512]
     T["ws_mix"] = ws_mix
     fmap_mix = to5d(backbone.synthesis(ws_mix, noise_mode="const"), 1)
     for k, v in fmap_mix.items():
         T[f"mix_trigrids_{v.shape[-1]}"] = v
-    ws14_mix = ws[0:1, :1].repeat(1, 14, 1) + 0.5 * ws14_mix_noise      # [1, 14, 512]
+    ws14_mix = ws[0:1, :1].repeat(1, 14, 1) + 0.5 * ws14_mix_noise  # [1, 14, 512]
     T["ws14_mix"] = ws14_mix
     planes0 = {k: v[0:1] for k, v in planes.items()}
     out_m, ex_m = render(render_mod, ws14_mix, planes0, c[0:1], render_bg=True)
-    T["mix_image_bg"], T["mix_depth_bg"], T["mix_mask_bg"] = out_m["image_raw"], out_m["image_depth"], out_m["image_mask"]
+    T["mix_image_bg"], T["mix_depth_bg"], T["mix_mask_bg"] = (
+        out_m["image_raw"],
+        out_m["image_depth"],
+        out_m["image_mask"],
+    )
     T["mix_feature_image_bg"] = ex_m["feature_image"]
     T["mix_bcg_resized"] = ex_m["bcg_resized"]
 
     # --- camera labels (official LookAtPoseSampler / FOV_to_intrinsics) -------------------------
     pivot = torch.tensor(PIVOT)
     T["cameras_hv"] = torch.tensor(CAMERA_GRID_HV, dtype=torch.float32)
-    T["cameras_c2w"] = torch.cat([mods.cam.LookAtPoseSampler.sample(h, v, pivot, radius=2.7).reshape(1, 16)
-                                  for h, v in CAMERA_GRID_HV])
+    T["cameras_c2w"] = torch.cat(
+        [mods.cam.LookAtPoseSampler.sample(h, v, pivot, radius=2.7).reshape(1, 16) for h, v in CAMERA_GRID_HV]
+    )
     T["sds_intrinsics"] = mods.cam.FOV_to_intrinsics(SDS_FOV_DEG).reshape(9)
 
     # --- superresolution (full size) ---------------------------------------------------------
@@ -290,9 +334,9 @@ def main(argv=None):
         "noise_mode": "const",
         "inputs": {
             "z": "torch.Generator().manual_seed(0): randn(2,512), then points = rand(2,500,3)*0.9-0.45, "
-                 "then ws_mix_noise randn(1,6,512), then ws14_mix_noise randn(1,14,512)",
+            "then ws_mix_noise randn(1,6,512), then ws14_mix_noise randn(1,14,512)",
             "c": "LookAtPoseSampler.sample(h, v, (0,0.0649,0), radius=2.7) for (h,v) in "
-                 f"{CAMERAS_HV}, + intrinsics [[{FOCAL},0,0.5],[0,{FOCAL},0.5],[0,0,1]] row-major",
+            f"{CAMERAS_HV}, + intrinsics [[{FOCAL},0,0.5],[0,{FOCAL},0.5],[0,0,1]] row-major",
             "mapping_c": "cat(c, zeros(2,6)) * c_scale(1)",
         },
         "pyramid_dict_keys_to_size": level_of_key,
@@ -301,7 +345,7 @@ def main(argv=None):
             "ws_trunc": "same with truncation_psi=0.7 (cutoff None)",
             "trigrids_R": "backbone.synthesis(ws, noise_mode='const')[r] viewed [B,3,36,2r,2r] (r=4,8,16)",
             "features": "renderer.sample_from_planes(generate_planes(), pyramid, points, box_warp=0.7, "
-                        "triplane_depth=3): mean over levels, before plane mean  [2,3,500,12]",
+            "triplane_depth=3): mean over levels, before plane mean  [2,3,500,12]",
             "sigma/rgb": "TriPlaneGenerator.sample_trigrid(points, dirs=(0,0,-1), pyramid) -> run_model -> OSGDecoder",
             "image/depth/mask_bg": "render_planes(ws, pyramid, c, neural_rendering_resolution=16, render_bg=True, noise_mode='const'): image_raw/image_depth/image_mask",
             "image/depth/mask_nobg": "same with render_bg=False",
@@ -318,7 +362,8 @@ def main(argv=None):
         },
         "bcg_feature_note": "full bcg feature is [2,32,128,128] fp32 = 4 MiB; stored as subsample + crop + sums of sample 0 to keep the file < 3 MiB",
         "patches": PATCHES,
-        "skipped_state": skipped + [
+        "skipped_state": skipped
+        + [
             "renderer.shaped_smpl / renderer.align_points (float, SMPL) and renderer.face_mask / "
             "renderer.head_face_mask (bool): not constructed (SMPL stubbed)"
         ],
@@ -330,7 +375,7 @@ def main(argv=None):
             "call": "sr(rgb, features, ws, noise_mode='none') (official superresolution_noise_mode), eval()",
             "inputs": "tests/parity/weights.py sr_inputs(seed=0), regenerated by the test; *_head = [:, :, 0, :8]",
             "outputs": f"sr{{R}}_sub = out[:, :, ::{SR_STRIDE}, ::{SR_STRIDE}], sr{{R}}_crop = out[:, :, 229:293, 229:293], "
-                       "sr{R}_sum = per-channel sums, for inputs at R = 128 and 256",
+            "sr{R}_sum = per-channel sums, for inputs at R = 128 and 256",
         },
         "cameras": {
             "cameras_hv": "(h, v) radians",
@@ -338,8 +383,12 @@ def main(argv=None):
             "sds_intrinsics": f"FOV_to_intrinsics({SDS_FOV_DEG}).reshape(9)",
         },
         "density_bias": DENSITY_BIAS,
-        "timing_s": {"build_and_fill": round(t_build, 2), "render_bg": round(t_bg, 2), "superresolution": round(t_sr, 2),
-                     "total": round(t_total, 2)},
+        "timing_s": {
+            "build_and_fill": round(t_build, 2),
+            "render_bg": round(t_bg, 2),
+            "superresolution": round(t_sr, 2),
+            "total": round(t_total, 2),
+        },
     }
     from safetensors.torch import save_file
 

@@ -24,6 +24,7 @@ Rules, tested in this order on the key name:
 tensor with a non-floating dtype (integer / bool buffers) raises ``ValueError``: such buffers are
 not weights and must be left out of the dict by the caller.
 """
+
 from __future__ import annotations
 
 import re

@@ -8,10 +8,11 @@
 
 The latent ``ws`` is the material's (``portrait3d-gan-material``): ``portrait3d-renderer`` passes it.
 """
+
 from dataclasses import dataclass
 
-import torch
 import threestudio
+import torch
 from threestudio.models.background.base import BaseBackground
 from threestudio.utils.typing import *
 
@@ -36,7 +37,9 @@ class GANBackground(BaseBackground):
             raise ValueError(f"system.background.mode must be 'torgb-bias' or 'gan', got {self.cfg.mode!r}")
         prior = load_prior(self.cfg.checkpoint, "system.background.checkpoint")
         if self.cfg.mode == "gan" and prior.bcg_synthesis is None:
-            raise ValueError(f"system.background.mode=gan but {self.cfg.checkpoint} has no background generator")
+            raise ValueError(
+                f"system.background.mode=gan but {self.cfg.checkpoint} has no background generator"
+            )
         self.torgb = frozen_copy(prior.torgb)
         # the refinement views and the official videos use the GAN background whatever the mode
         self.bcg_synthesis = frozen_copy(prior.bcg_synthesis) if prior.bcg_synthesis is not None else None
@@ -48,7 +51,9 @@ class GANBackground(BaseBackground):
         if not gan:
             return (self.torgb.bias * 0.5 + 0.5).to(ws).expand(1, size, size, 3)
         if self.bcg_synthesis is None:
-            raise ValueError(f"{self.cfg.checkpoint} has no background generator; the GAN background is unavailable")
+            raise ValueError(
+                f"{self.cfg.checkpoint} has no background generator; the GAN background is unavailable"
+            )
         key = (size, ws.data_ptr(), ws._version, ws.device)  # ws changes in place on set_ws / resume
         if key not in self._cache:
             with torch.no_grad():
@@ -56,13 +61,16 @@ class GANBackground(BaseBackground):
                 self._cache = {key: (to_rgb(self.torgb, feats, ws) * 0.5 + 0.5).permute(0, 2, 3, 1)}
         return self._cache[key]
 
-    def forward(self, dirs: Float[Tensor, "B H W 3"], ws: Optional[Float[Tensor, "1 N D"]] = None
-                ) -> Float[Tensor, "B H W 3"]:
+    def forward(
+        self, dirs: Float[Tensor, "B H W 3"], ws: Optional[Float[Tensor, "1 N D"]] = None
+    ) -> Float[Tensor, "B H W 3"]:
         b, h, w, _ = dirs.shape
         if self.cfg.mode == "torgb-bias":
             return (self.torgb.bias * 0.5 + 0.5).to(dirs).expand(b, h, w, 3)
         if ws is None:
-            raise ValueError("portrait3d-gan-background (mode gan) needs the latent ws: use it with portrait3d-renderer")
+            raise ValueError(
+                "portrait3d-gan-background (mode gan) needs the latent ws: use it with portrait3d-renderer"
+            )
         if h != w:
             raise ValueError(f"portrait3d-gan-background (mode gan) renders square images, got {h}x{w}")
         return self.image(ws, h, gan=True).to(dirs).expand(b, -1, -1, -1)

@@ -5,11 +5,12 @@ The official cameras sit on a radius-2.7 sphere about the origin and look at the
 origin, so this subclass keeps its camera positions and re-aims every camera (c2w, ray
 directions, MVP) at ``look_at`` — exact, where shifting the geometry would tilt views by ~1.4°.
 """
+
 from dataclasses import dataclass
 
+import threestudio
 import torch
 import torch.nn.functional as F
-import threestudio
 from threestudio.data.uncond import RandomCameraDataModule, RandomCameraDataModuleConfig
 from threestudio.utils.config import parse_structured
 from threestudio.utils.ops import get_mvp_matrix
@@ -48,7 +49,9 @@ def aim_cameras(batch: Dict[str, Any], look_at: Tensor) -> Dict[str, Any]:
     rays_d = torch.einsum("...hwj,...ij->...hwi", dirs_cam, new[..., :3, :3])
     batch = dict(batch)
     batch["c2w"], batch["rays_d"] = new, F.normalize(rays_d, dim=-1)
-    batch["mvp_mtx"] = get_mvp_matrix(new.reshape(-1, 4, 4), batch["proj_mtx"].reshape(-1, 4, 4)).reshape(c2w.shape)
+    batch["mvp_mtx"] = get_mvp_matrix(new.reshape(-1, 4, 4), batch["proj_mtx"].reshape(-1, 4, 4)).reshape(
+        c2w.shape
+    )
     return batch
 
 
@@ -60,8 +63,10 @@ class Portrait3DCameraDataModule(RandomCameraDataModule):
         super(RandomCameraDataModule, self).__init__()
         self.cfg = parse_structured(Portrait3DCameraConfig, cfg)
         if self.cfg.center_perturb or self.cfg.up_perturb:
-            raise ValueError("data.center_perturb and data.up_perturb must be 0 for portrait3d-camera-datamodule "
-                             "(cameras are aimed at data.look_at)")
+            raise ValueError(
+                "data.center_perturb and data.up_perturb must be 0 for portrait3d-camera-datamodule "
+                "(cameras are aimed at data.look_at)"
+            )
         self.look_at = torch.tensor(self.cfg.look_at, dtype=torch.float32)
 
     def setup(self, stage=None) -> None:
@@ -73,6 +78,8 @@ class Portrait3DCameraDataModule(RandomCameraDataModule):
         for name in ("val_dataset", "test_dataset"):
             ds = getattr(self, name, None)
             if ds is not None and not getattr(ds, "_p3d_aimed", False):
-                aimed = aim_cameras({"c2w": ds.c2w, "rays_d": ds.rays_d, "proj_mtx": ds.proj_mtx}, self.look_at)
+                aimed = aim_cameras(
+                    {"c2w": ds.c2w, "rays_d": ds.rays_d, "proj_mtx": ds.proj_mtx}, self.look_at
+                )
                 ds.c2w, ds.rays_d, ds.mvp_mtx = aimed["c2w"], aimed["rays_d"], aimed["mvp_mtx"]
                 ds._p3d_aimed = True

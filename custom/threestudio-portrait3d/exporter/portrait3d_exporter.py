@@ -10,10 +10,11 @@
   ``gan_prior.load_pyramid`` and by the official visualiser.
 The system saves them (``save_trimesh`` / ``save_pyramid``) under ``save/it{step}-export/``.
 """
+
 from dataclasses import dataclass, field
 
-import torch
 import threestudio
+import torch
 from threestudio.models.exporters.base import Exporter, ExporterOutput
 from threestudio.utils.typing import *
 
@@ -37,10 +38,14 @@ class Portrait3DExporter(Exporter):
         super().configure(geometry, material, background)
         for fmt in self.cfg.mesh_formats:
             if fmt not in MESH_FORMATS:
-                raise ValueError(f"system.exporter.mesh_formats: unknown format {fmt!r}; use {list(MESH_FORMATS)}")
+                raise ValueError(
+                    f"system.exporter.mesh_formats: unknown format {fmt!r}; use {list(MESH_FORMATS)}"
+                )
         for fmt in self.cfg.pyramid_formats:
             if fmt not in PYRAMID_FILES:
-                raise ValueError(f"system.exporter.pyramid_formats: unknown format {fmt!r}; use {list(PYRAMID_FILES)}")
+                raise ValueError(
+                    f"system.exporter.pyramid_formats: unknown format {fmt!r}; use {list(PYRAMID_FILES)}"
+                )
 
     @torch.no_grad()
     def __call__(self) -> List[ExporterOutput]:
@@ -48,15 +53,28 @@ class Portrait3DExporter(Exporter):
         if self.cfg.mesh_formats:
             mesh = self.geometry.isosurface()
             colors = self.material.export(**self.geometry.export(mesh.v_pos))["albedo"]
-            params = {"vertices": threestudio_to_gan_points(mesh.v_pos).cpu().numpy(),
-                      "faces": mesh.t_pos_idx.cpu().numpy(),
-                      "colors": (colors.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()}
+            params = {
+                "vertices": threestudio_to_gan_points(mesh.v_pos).cpu().numpy(),
+                "faces": mesh.t_pos_idx.cpu().numpy(),
+                "colors": (colors.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(),
+            }
             threestudio.info(f"Mesh: {len(params['vertices'])} vertices, {len(params['faces'])} faces")
-            outputs += [ExporterOutput(f"{self.cfg.save_name}.{fmt}", "trimesh", params)
-                        for fmt in self.cfg.mesh_formats]
+            outputs += [
+                ExporterOutput(f"{self.cfg.save_name}.{fmt}", "trimesh", params)
+                for fmt in self.cfg.mesh_formats
+            ]
         levels = {r: t.detach() for r, t in self.geometry.levels.items()}
         for fmt in self.cfg.pyramid_formats:
-            outputs.append(ExporterOutput(PYRAMID_FILES[fmt], "pyramid",
-                                          {"levels": levels, "ws": self.material.ws, "fmt": fmt,
-                                           "metadata": {"source": "portrait3d-system export"}}))
+            outputs.append(
+                ExporterOutput(
+                    PYRAMID_FILES[fmt],
+                    "pyramid",
+                    {
+                        "levels": levels,
+                        "ws": self.material.ws,
+                        "fmt": fmt,
+                        "metadata": {"source": "portrait3d-system export"},
+                    },
+                )
+            )
         return outputs

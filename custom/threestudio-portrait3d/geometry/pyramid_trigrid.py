@@ -9,10 +9,11 @@ once into the GAN world.
 ``density`` is the *raw* σ (the renderer applies ``softplus(σ − 1)``); the isosurface is taken on
 raw σ, as the official shape export (level 15 there), with the official x/z crop applied.
 """
+
 from dataclasses import dataclass, field
 
-import torch
 import threestudio
+import torch
 from threestudio.models.geometry.base import BaseImplicitGeometry
 from threestudio.utils.typing import *
 
@@ -55,21 +56,29 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
     def set_levels(self, levels: Dict[int, Tensor]) -> None:
         """Fill the grid; ``levels`` must hold exactly the configured sizes."""
         if sorted(levels) != sorted(self.cfg.level_sizes):
-            raise ValueError(f"pyramid levels {sorted(levels)} do not match system.geometry.level_sizes "
-                             f"{sorted(self.cfg.level_sizes)}; set level_sizes to the file's levels")
+            raise ValueError(
+                f"pyramid levels {sorted(levels)} do not match system.geometry.level_sizes "
+                f"{sorted(self.cfg.level_sizes)}; set level_sizes to the file's levels"
+            )
         for r, t in levels.items():
             getattr(self, level_key(r)).copy_(t[:1].to(self.decoder.net[0].weight))
 
-    def gan_field(self, points_e: Float[Tensor, "*N 3"]) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
+    def gan_field(
+        self, points_e: Float[Tensor, "*N 3"]
+    ) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
         """GAN-world points → (raw σ, 32-channel features): the decoder on the sampled pyramid."""
         shape = points_e.shape[:-1]
-        sigma, feats = self.decoder(sample_pyramid(self.levels, points_e.reshape(1, -1, 3), self.box_warp, self.depth))
+        sigma, feats = self.decoder(
+            sample_pyramid(self.levels, points_e.reshape(1, -1, 3), self.box_warp, self.depth)
+        )
         return sigma.reshape(*shape, 1), feats.reshape(*shape, -1)
 
     def _field(self, points: Float[Tensor, "*N 3"]) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
         return self.gan_field(threestudio_to_gan_points(points))
 
-    def forward(self, points: Float[Tensor, "*N Di"], output_normal: bool = False) -> Dict[str, Float[Tensor, "..."]]:
+    def forward(
+        self, points: Float[Tensor, "*N Di"], output_normal: bool = False
+    ) -> Dict[str, Float[Tensor, "..."]]:
         if output_normal:
             raise ValueError("pyramid-trigrid has no normals; use a material with requires_normal = False")
         sigma, feats = self._field(points)
@@ -78,7 +87,9 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
     def forward_density(self, points: Float[Tensor, "*N Di"]) -> Float[Tensor, "*N 1"]:
         return self._field(points)[0]
 
-    def forward_field(self, points: Float[Tensor, "*N Di"]) -> Tuple[Float[Tensor, "*N 1"], Optional[Float[Tensor, "*N 3"]]]:
+    def forward_field(
+        self, points: Float[Tensor, "*N Di"]
+    ) -> Tuple[Float[Tensor, "*N 1"], Optional[Float[Tensor, "*N 3"]]]:
         sigma = self._field(points)[0]
         cropped = crop_mask(threestudio_to_gan_points(points), self.crop)
         return torch.where(cropped, torch.full_like(sigma, self.crop.crop_density), sigma), None

@@ -13,11 +13,12 @@ Sources:
 - ``pyramid``: any file :func:`gan_prior.load_pyramid` reads (ours, ``inversion_trigrid.pkl``,
   ``df.pth``, ``epoch_*.pth``, the gallery's ``NNN_pyramid_trigrid.pth``).
 """
+
 import os
 from dataclasses import dataclass, field
 
-import torch
 import threestudio
+import torch
 from threestudio.utils.base import BaseObject
 from threestudio.utils.typing import *
 
@@ -49,21 +50,27 @@ class GANPriorInitializer(BaseObject):
 
     def configure(self) -> None:
         if self.cfg.source not in SOURCES:
-            raise ValueError(f"system.initializer.source must be one of {list(SOURCES)}, got {self.cfg.source!r}")
+            raise ValueError(
+                f"system.initializer.source must be one of {list(SOURCES)}, got {self.cfg.source!r}"
+            )
 
     def portrait_config(self) -> PortraitInitConfig:
         """``portrait`` as a :class:`PortraitInitConfig`, for this ``source`` (prompt or image)."""
         d = dict(self.cfg.portrait)
         if self.cfg.source == "prompt":
             if not (d.get("prompt") or "").strip():
-                raise ValueError("system.initializer.portrait.prompt is empty; set system.prompt_processor.prompt=\""
-                                 "upper body photo, ...\" (the initializer uses it) or system.initializer.portrait.prompt")
+                raise ValueError(
+                    'system.initializer.portrait.prompt is empty; set system.prompt_processor.prompt="'
+                    'upper body photo, ..." (the initializer uses it) or system.initializer.portrait.prompt'
+                )
             d["image"] = None
         else:
             d["prompt"] = None
         return PortraitInitConfig.from_dict(d, "system.initializer.portrait")
 
-    def __call__(self, save_dir: Optional[str] = None, device: str = "cpu") -> Tuple[Dict[int, Tensor], Tensor]:
+    def __call__(
+        self, save_dir: Optional[str] = None, device: str = "cpu"
+    ) -> Tuple[Dict[int, Tensor], Tensor]:
         """→ (levels ``{R: [1, 3, 36, R, R]}``, ws ``[1, num_ws, w_dim]``)."""
         prior = load_prior(self.cfg.checkpoint, "system.initializer.checkpoint")
         if self.cfg.source in ("prompt", "image"):
@@ -83,7 +90,9 @@ class GANPriorInitializer(BaseObject):
             if parent is None:
                 raise ValueError("system.initializer: no folder for the initialisation; set cache_dir")
             out_dir = os.path.join(parent, init_key(cfg, self.cfg.checkpoint))
-            levels, ws = initialize_portrait(prior, self.cfg.checkpoint, cfg, out_dir, device, log=threestudio.info)
+            levels, ws = initialize_portrait(
+                prior, self.cfg.checkpoint, cfg, out_dir, device, log=threestudio.info
+            )
         except (ValueError, CheckpointError) as e:
             message = str(e)
             if message.split(":")[0] in PortraitInitConfig.__dataclass_fields__:
@@ -103,10 +112,14 @@ class GANPriorInitializer(BaseObject):
         except CheckpointError as e:
             raise ValueError(f"system.initializer.pyramid_path: {e}") from None
         if ws is None:
-            raise ValueError(f"system.initializer.pyramid_path: {self.cfg.pyramid_path} holds no 'ws'; "
-                             "the ToRGB needs the latent the pyramid was made from")
+            raise ValueError(
+                f"system.initializer.pyramid_path: {self.cfg.pyramid_path} holds no 'ws'; "
+                "the ToRGB needs the latent the pyramid was made from"
+            )
         if ws.shape[-1] != prior.cfg.w_dim:
-            raise ValueError(f"system.initializer.pyramid_path: ws width {ws.shape[-1]} does not match the "
-                             f"checkpoint's w_dim {prior.cfg.w_dim}")
+            raise ValueError(
+                f"system.initializer.pyramid_path: ws width {ws.shape[-1]} does not match the "
+                f"checkpoint's w_dim {prior.cfg.w_dim}"
+            )
         threestudio.info(f"Initialised the pyramid tri-grid from {self.cfg.pyramid_path}")
         return {r: t[:1] for r, t in levels.items()}, ws[:1]

@@ -5,10 +5,11 @@ each sample's 32-channel feature and compositing equals the official "composite 
 ToRGB". Colours are returned as ``(A f + b)·0.5 + 0.5`` (the SDS stage's ``[0, 1]`` mapping); the
 renderer clamps only after compositing, as the official code.
 """
+
 from dataclasses import dataclass
 
-import torch
 import threestudio
+import torch
 from threestudio.models.materials.base import BaseMaterial
 from threestudio.utils.typing import *
 

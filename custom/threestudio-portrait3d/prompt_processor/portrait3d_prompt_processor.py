@@ -16,13 +16,19 @@ Azimuths are threestudio's (degrees, 0 = the face: the GAN's +z is threestudio's
 the official SDS azimuths up to the sign (the official SDS renders are mirrored, see
 ``gan_prior.camera``); the interpolation depends on |azimuth| only.
 """
+
 from dataclasses import dataclass
 
-import torch
-
 import threestudio
-from threestudio.models.prompt_processors.base import DirectionConfig, PromptProcessorOutput, shift_azimuth_deg
-from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import StableDiffusionPromptProcessor
+import torch
+from threestudio.models.prompt_processors.base import (
+    DirectionConfig,
+    PromptProcessorOutput,
+    shift_azimuth_deg,
+)
+from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import (
+    StableDiffusionPromptProcessor,
+)
 from threestudio.utils.typing import Float, Tensor
 
 VIEWS = ("front", "side", "back")  # order of the rows of ``view_weights`` and ``text_embeddings_vd``
@@ -40,9 +46,13 @@ def view_weights(azimuth_deg: Float[Tensor, "B"]) -> Float[Tensor, "B 3"]:
 
 @dataclass
 class Portrait3DPromptProcessorOutput(PromptProcessorOutput):
-    def get_text_embeddings(self, elevation: Float[Tensor, "B"], azimuth: Float[Tensor, "B"],
-                            camera_distances: Float[Tensor, "B"],
-                            view_dependent_prompting: bool = True) -> Float[Tensor, "BB N Nf"]:
+    def get_text_embeddings(
+        self,
+        elevation: Float[Tensor, "B"],
+        azimuth: Float[Tensor, "B"],
+        camera_distances: Float[Tensor, "B"],
+        view_dependent_prompting: bool = True,
+    ) -> Float[Tensor, "BB N Nf"]:
         """``[2B, 77, C]``: the interpolated conditional embeddings, then the unconditional ones."""
         batch = elevation.shape[0]
         uncond = self.uncond_text_embeddings.expand(batch, -1, -1)
@@ -66,11 +76,15 @@ class Portrait3DPromptProcessor(StableDiffusionPromptProcessor):
 
     def configure(self) -> None:
         if self.cfg.use_perp_neg:
-            raise ValueError("system.prompt_processor.use_perp_neg: the official Portrait3D SDS has no Perp-Neg; "
-                             "set it to false, or use prompt_processor_type=stable-diffusion-prompt-processor")
+            raise ValueError(
+                "system.prompt_processor.use_perp_neg: the official Portrait3D SDS has no Perp-Neg; "
+                "set it to false, or use prompt_processor_type=stable-diffusion-prompt-processor"
+            )
         if self.cfg.use_prompt_debiasing or self.cfg.view_dependent_prompt_front:
-            raise ValueError("system.prompt_processor: use_prompt_debiasing / view_dependent_prompt_front belong to "
-                             "threestudio's discrete scheme; use prompt_processor_type=stable-diffusion-prompt-processor")
+            raise ValueError(
+                "system.prompt_processor: use_prompt_debiasing / view_dependent_prompt_front belong to "
+                "threestudio's discrete scheme; use prompt_processor_type=stable-diffusion-prompt-processor"
+            )
         super().configure()
 
     # threestudio's configure() builds its own four directions; ours are the official three.
@@ -82,8 +96,12 @@ class Portrait3DPromptProcessor(StableDiffusionPromptProcessor):
     @directions.setter
     def directions(self, _value) -> None:
         self._official_directions = [
-            DirectionConfig(v, lambda s, v=v: f"{v} view {s}", lambda s: s,
-                            lambda ele, azi, dis: torch.zeros_like(ele, dtype=torch.bool))
+            DirectionConfig(
+                v,
+                lambda s, v=v: f"{v} view {s}",
+                lambda s: s,
+                lambda ele, azi, dis: torch.zeros_like(ele, dtype=torch.bool),
+            )
             for v in VIEWS
         ]
 

@@ -9,10 +9,11 @@ quadrature. Training jitters (as the official renderer always does); evaluation 
 ``render_labels`` renders official camera labels through the same components: stage 2 of
 ``portrait3d-system`` (refinement views, fit, official videos) has no other render path.
 """
+
 from dataclasses import dataclass
 
-import torch
 import threestudio
+import torch
 from threestudio.models.renderers.base import VolumeRenderer
 from threestudio.utils.typing import *
 
@@ -43,16 +44,33 @@ class Portrait3DRenderer(VolumeRenderer):
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
         self.render_cfg = RenderConfig().replace(
-            **{f: getattr(self.cfg, f) for f in ("ray_start", "ray_end", "depth_resolution",
-                                                 "depth_resolution_importance", "box_warp", "triplane_crop")})
+            **{
+                f: getattr(self.cfg, f)
+                for f in (
+                    "ray_start",
+                    "ray_end",
+                    "depth_resolution",
+                    "depth_resolution_importance",
+                    "box_warp",
+                    "triplane_crop",
+                )
+            }
+        )
 
-    def _field(self, points_e: Float[Tensor, "B N 3"]) -> Tuple[Float[Tensor, "B N 1"], Float[Tensor, "B N 3"]]:
+    def _field(
+        self, points_e: Float[Tensor, "B N 3"]
+    ) -> Tuple[Float[Tensor, "B N 1"], Float[Tensor, "B N 3"]]:
         sigma, feats = self.geometry.gan_field(points_e)  # samples stay in the GAN world
         return sigma, self.material(features=feats)
 
-    def forward(self, rays_o: Float[Tensor, "B H W 3"], rays_d: Float[Tensor, "B H W 3"],
-                light_positions: Optional[Float[Tensor, "B 3"]] = None, bg_color: Optional[Tensor] = None,
-                **kwargs) -> Dict[str, Float[Tensor, "..."]]:
+    def forward(
+        self,
+        rays_o: Float[Tensor, "B H W 3"],
+        rays_d: Float[Tensor, "B H W 3"],
+        light_positions: Optional[Float[Tensor, "B 3"]] = None,
+        bg_color: Optional[Tensor] = None,
+        **kwargs,
+    ) -> Dict[str, Float[Tensor, "..."]]:
         b, h, w, _ = rays_o.shape
         origins = threestudio_to_gan_points(rays_o.reshape(b, h * w, 3))
         dirs = threestudio_to_gan_points(torch.nn.functional.normalize(rays_d.reshape(b, h * w, 3), dim=-1))
@@ -68,15 +86,27 @@ class Portrait3DRenderer(VolumeRenderer):
         else:
             bg = bg_color.reshape(b, 1, 1, -1).expand(b, h, w, -1) if bg_color.ndim == 2 else bg_color
         comp = fg + (1.0 - opacity) * bg
-        out = {"comp_rgb": comp.clamp(0.0, 1.0), "comp_rgb_fg": fg, "comp_rgb_bg": bg, "opacity": opacity,
-               "depth": depth}
+        out = {
+            "comp_rgb": comp.clamp(0.0, 1.0),
+            "comp_rgb_fg": fg,
+            "comp_rgb_bg": bg,
+            "opacity": opacity,
+            "depth": depth,
+        }
         if self.training:
             out["weights"] = rendered["weights"]  # [B, HW, S-1, 1], for the entropy loss
         return out
 
-    def render_labels(self, labels: Float[Tensor, "B 25"], resolution: int, deterministic: bool = True,
-                      background: bool = True, patch: Optional[Tuple[int, int, int]] = None,
-                      chunk: Optional[int] = None, **render_options) -> Dict[str, Float[Tensor, "..."]]:
+    def render_labels(
+        self,
+        labels: Float[Tensor, "B 25"],
+        resolution: int,
+        deterministic: bool = True,
+        background: bool = True,
+        patch: Optional[Tuple[int, int, int]] = None,
+        chunk: Optional[int] = None,
+        **render_options,
+    ) -> Dict[str, Float[Tensor, "..."]]:
         """The official cameras' view (``PortraitGAN.render``'s contract) through this renderer's
         geometry, material and background: the refinement views, the fit and the official videos.
 
@@ -87,8 +117,10 @@ class Portrait3DRenderer(VolumeRenderer):
         :class:`~gan_prior.renderer.RenderConfig` fields (e.g. ``depth_resolution``).
         """
         if not isinstance(self.background, GANBackground):
-            raise ValueError("system.background_type must be portrait3d-gan-background for the refinement and the "
-                             "official videos (they composite the GAN background or the ToRGB bias)")
+            raise ValueError(
+                "system.background_type must be portrait3d-gan-background for the refinement and the "
+                "official videos (they composite the GAN background or the ToRGB bias)"
+            )
         cfg = self.render_cfg.replace(**render_options) if render_options else self.render_cfg
         origins, dirs = rays_from_label(labels.float(), resolution, patch)
         rendered = render_rays(self._field, origins, dirs, cfg, deterministic, chunk)
@@ -101,7 +133,11 @@ class Portrait3DRenderer(VolumeRenderer):
         bg = self.background.image(self.material.ws, resolution, gan=background).permute(0, 3, 1, 2)
         if patch:
             top, left, size = patch
-            bg = bg[:, :, top:top + size, left:left + size]
+            bg = bg[:, :, top : top + size, left : left + size]
         comp = fg + (1 - opacity) * bg.to(fg)  # = (ToRGB(features + (1 − opacity)·background) + 1) / 2
-        return {"image": comp * 2 - 1, "mask": opacity_to_mask(opacity), "opacity": opacity,
-                "depth": image(rendered["depth"])}
+        return {
+            "image": comp * 2 - 1,
+            "mask": opacity_to_mask(opacity),
+            "opacity": opacity,
+            "depth": image(rendered["depth"]),
+        }

@@ -13,11 +13,12 @@ The refined targets and their cameras travel in the checkpoints, so a run resume
 of the boundary. Tests and exports use the refined pyramid (the official export reads the last
 fit epoch, not an EMA); an SDS-only run uses the EMA.
 """
+
 import difflib
 from dataclasses import dataclass, field
 
-import torch
 import threestudio
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from threestudio.systems.base import BaseLift3DSystem
 from threestudio.utils.config import parse_structured
@@ -27,10 +28,16 @@ from gan_prior.pyramid_trigrid import level_key
 from gan_prior.refinement import RefineFitConfig
 
 from ..prior import load_prior
-from .refinement_stage import RefineConfig, RefinementStage
-from .safeguards import NonFiniteGuard, NonFiniteStepError, check_level_sizes, check_optimizer_levels, check_positive
-from .test_outputs import EvaluationConfig, TestOutputs, VideoConfig
 from ..utils.report_hook import write_run_report
+from .refinement_stage import RefineConfig, RefinementStage
+from .safeguards import (
+    NonFiniteGuard,
+    NonFiniteStepError,
+    check_level_sizes,
+    check_optimizer_levels,
+    check_positive,
+)
+from .test_outputs import EvaluationConfig, TestOutputs, VideoConfig
 
 
 def _plain(obj: Any) -> Any:
@@ -58,7 +65,9 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         refine: RefineConfig = field(default_factory=RefineConfig)
         videos: VideoConfig = field(default_factory=VideoConfig)
         evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-        max_nonfinite_steps: int = 10  # skipped steps (NaN/Inf loss or gradient) in a row before the run stops
+        max_nonfinite_steps: int = (
+            10  # skipped steps (NaN/Inf loss or gradient) in a row before the run stops
+        )
 
     cfg: Config
 
@@ -66,15 +75,23 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
     def configure(self) -> None:
         # threestudio's parse_structured builds Config(**cfg), which leaves nested sections as plain
         # dicts: type them here (defaults filled, unknown keys refused)
-        for name, kind in (("refine", RefineConfig), ("videos", VideoConfig), ("evaluation", EvaluationConfig)):
+        for name, kind in (
+            ("refine", RefineConfig),
+            ("videos", VideoConfig),
+            ("evaluation", EvaluationConfig),
+        ):
             setattr(self.cfg, name, parse_structured(kind, getattr(self.cfg, name)))
         self.check_registered_names()
         self.check_run_config()
         self.check_refine_config()
         c = self.cfg.refine
-        self.fit_cfg = RefineFitConfig(resolution=c.resolution, patch_resolution=c.patch_resolution,
-                                       depth_resolution=c.fit_samples[0], depth_resolution_importance=c.fit_samples[1],
-                                       loss_weight=c.loss_weight)
+        self.fit_cfg = RefineFitConfig(
+            resolution=c.resolution,
+            patch_resolution=c.patch_resolution,
+            depth_resolution=c.fit_samples[0],
+            depth_resolution_importance=c.fit_samples[1],
+            loss_weight=c.loss_weight,
+        )
         self.check_evaluation_config()
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
@@ -91,8 +108,16 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
 
     def check_registered_names(self) -> None:
         """One clear line for a misspelt or unavailable component name (threestudio: KeyError)."""
-        for option in ("geometry_type", "material_type", "background_type", "renderer_type", "guidance_type",
-                       "prompt_processor_type", "exporter_type", "initializer_type"):
+        for option in (
+            "geometry_type",
+            "material_type",
+            "background_type",
+            "renderer_type",
+            "guidance_type",
+            "prompt_processor_type",
+            "exporter_type",
+            "initializer_type",
+        ):
             name = getattr(self.cfg, option)
             if name not in threestudio.__modules__:
                 close = difflib.get_close_matches(name, list(threestudio.__modules__), n=3)
@@ -103,18 +128,29 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         """Settings that would fail late (after the initialisation, at the end of the test stage) or
         silently (a level never optimised): checked before anything expensive runs."""
         c = self.cfg
-        check_positive({"system.ema_every_n_steps": c.ema_every_n_steps, "system.refine.chunk": c.refine.chunk,
-                        "system.videos.chunk": c.videos.chunk, "system.videos.sheet_views": c.videos.sheet_views,
-                        "system.videos.fps": c.videos.fps, "system.videos.resolution": c.videos.resolution,
-                        "system.max_nonfinite_steps": c.max_nonfinite_steps})
+        check_positive(
+            {
+                "system.ema_every_n_steps": c.ema_every_n_steps,
+                "system.refine.chunk": c.refine.chunk,
+                "system.videos.chunk": c.videos.chunk,
+                "system.videos.sheet_views": c.videos.sheet_views,
+                "system.videos.fps": c.videos.fps,
+                "system.videos.resolution": c.videos.resolution,
+                "system.max_nonfinite_steps": c.max_nonfinite_steps,
+            }
+        )
         if not 0.0 < c.ema_decay <= 1.0:
             raise ValueError(f"system.ema_decay={c.ema_decay} must be in (0, 1]; the official value is 0.95")
         if c.sds_steps < 0 or c.refine.steps < 0:
-            raise ValueError(f"system.sds_steps={c.sds_steps} and system.refine.steps={c.refine.steps} must be ≥ 0")
+            raise ValueError(
+                f"system.sds_steps={c.sds_steps} and system.refine.steps={c.refine.steps} must be ≥ 0"
+            )
         self.max_nonfinite_steps = c.max_nonfinite_steps
         level_sizes = list(c.geometry.get("level_sizes") or [])
         if level_sizes:
-            prior = load_prior(c.geometry.get("checkpoint") or c.prior_checkpoint, "system.geometry.checkpoint")
+            prior = load_prior(
+                c.geometry.get("checkpoint") or c.prior_checkpoint, "system.geometry.checkpoint"
+            )
             check_level_sizes(level_sizes, prior.cfg.level_sizes, str(c.initializer.get("source", "seed")))
             check_optimizer_levels(c.optimizer.get("params"), level_sizes)
 
@@ -134,23 +170,33 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         if not self.resumed:
             self.initialize_from_prior()
         if self.refine_targets is None:  # the prompt processor and a frozen guidance serve only the SDS stage
-            self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+            self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(
+                self.cfg.prompt_processor
+            )
             if not self.guidance_is_trained:
                 self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
         max_steps = self.trainer.max_steps
         if self.cfg.refine.steps > 0 and 0 <= max_steps <= self.cfg.sds_steps:
-            threestudio.warn(f"trainer.max_steps={max_steps} <= system.sds_steps={self.cfg.sds_steps}: "
-                             "the refinement stage will not run")
+            threestudio.warn(
+                f"trainer.max_steps={max_steps} <= system.sds_steps={self.cfg.sds_steps}: "
+                "the refinement stage will not run"
+            )
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # a frozen guidance is rebuilt in on_fit_start: keeping it out of the checkpoint keeps files
         # small and lets resume=/--export load strictly (a trained guidance, e.g. VSD's LoRA, stays)
         state = checkpoint["state_dict"]
         for key, value in state.items():  # the guard keeps these finite: a checkpoint never stores NaN
-            if key.startswith(("geometry.trigrids_", "ema_", "material.")) and torch.is_tensor(value) and \
-                    value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise NonFiniteStepError(f"{key} holds NaN/Inf at step {self.true_global_step}; not saving a "
-                                         "checkpoint of it (resume from an earlier one with a lower learning rate)")
+            if (
+                key.startswith(("geometry.trigrids_", "ema_", "material."))
+                and torch.is_tensor(value)
+                and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())
+            ):
+                raise NonFiniteStepError(
+                    f"{key} holds NaN/Inf at step {self.true_global_step}; not saving a "
+                    "checkpoint of it (resume from an earlier one with a lower learning rate)"
+                )
         dropped = ("prompt_processor.",) if self.guidance_is_trained else ("guidance.", "prompt_processor.")
         for key in [k for k in state if k.startswith(dropped)]:
             del state[key]
@@ -158,8 +204,10 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         # torch.load(weights_only=True) — the default since torch 2.6 — refuses on resume
         checkpoint["optimizer_states"] = _plain(checkpoint.get("optimizer_states", []))
         if self.refine_targets is not None:  # so a resume inside the refinement needs no other file
-            checkpoint["portrait3d_refine"] = {"targets": self.refine_targets.cpu(),
-                                               "labels": self.refine_labels.cpu()}
+            checkpoint["portrait3d_refine"] = {
+                "targets": self.refine_targets.cpu(),
+                "labels": self.refine_labels.cpu(),
+            }
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         refine = checkpoint.get("portrait3d_refine")
@@ -186,9 +234,11 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.numel() == 1):
                 self.log(f"train/{name}", value)  # guidances also return images/latents: not logged
             if name.startswith("loss_"):
-                lambda_name = "lambda_" + name[len("loss_"):]
+                lambda_name = "lambda_" + name[len("loss_") :]
                 if lambda_name not in self.cfg.loss:
-                    raise ValueError(f"the guidance returns {name}; add system.loss.{lambda_name} to the config")
+                    raise ValueError(
+                        f"the guidance returns {name}; add system.loss.{lambda_name} to the config"
+                    )
                 loss = loss + value * self.C(self.cfg.loss[lambda_name])
         w = out["weights"].clamp(1e-5, 1 - 1e-5)
         loss_entropy = (-w * torch.log(w) - (1 - w) * torch.log(1 - w)).mean()
@@ -229,9 +279,17 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
     def _save_views(self, out: Dict[str, Any], filename: str, name: str) -> None:
         self.save_image_grid(
             filename,
-            [{"type": "rgb", "img": out["comp_rgb"][0], "kwargs": {"data_format": "HWC"}},
-             {"type": "grayscale", "img": out["opacity"][0, :, :, 0], "kwargs": {"cmap": None, "data_range": (0, 1)}}],
-            name=name, step=self.true_global_step)
+            [
+                {"type": "rgb", "img": out["comp_rgb"][0], "kwargs": {"data_format": "HWC"}},
+                {
+                    "type": "grayscale",
+                    "img": out["opacity"][0, :, :, 0],
+                    "kwargs": {"cmap": None, "data_range": (0, 1)},
+                },
+            ],
+            name=name,
+            step=self.true_global_step,
+        )
 
     def validation_step(self, batch, batch_idx):
         self._save_views(self(batch), f"it{self.true_global_step}-{batch['index'][0]}.png", "validation_step")
@@ -247,8 +305,15 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         self._save_views(self(batch), f"it{self.true_global_step}-test/{batch['index'][0]}.png", "test_step")
 
     def on_test_epoch_end(self):
-        self.save_img_sequence(f"it{self.true_global_step}-test", f"it{self.true_global_step}-test", r"(\d+)\.png",
-                               save_format="mp4", fps=30, name="test", step=self.true_global_step)
+        self.save_img_sequence(
+            f"it{self.true_global_step}-test",
+            f"it{self.true_global_step}-test",
+            r"(\d+)\.png",
+            save_format="mp4",
+            fps=30,
+            name="test",
+            step=self.true_global_step,
+        )
         self.save_official_videos()
         self.save_metrics()
 
@@ -263,4 +328,3 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
     def on_predict_end(self) -> None:
         super().on_predict_end()
         write_run_report(self.get_save_dir())  # now with the exported mesh's 3D view
-

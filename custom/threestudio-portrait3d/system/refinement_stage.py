@@ -5,15 +5,22 @@ The EMA pyramid renders the 21 official views with the GAN background, SDEdit (a
 model) refines them — both written to ``save/refine/`` — and a masked patch-L2 fit with a fresh
 Adan at ``refine.lr`` for every level pulls the pyramid toward them (:mod:`gan_prior.refinement`).
 """
+
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import threestudio
+import torch
 from threestudio.utils.typing import *
 
-from gan_prior.diffusion import (REFINE_NEGATIVE_PROMPT, SDEditConfig, check_pipeline_source, clear_pipeline_cache,
-                                 load_pipeline, sdedit)
+from gan_prior.diffusion import (
+    REFINE_NEGATIVE_PROMPT,
+    SDEditConfig,
+    check_pipeline_source,
+    clear_pipeline_cache,
+    load_pipeline,
+    sdedit,
+)
 from gan_prior.files import write_json
 from gan_prior.media import contact_sheet, from_uint8, to_uint8
 from gan_prior.media import save_image as write_image
@@ -49,17 +56,25 @@ class RefinementStage:
         if c.steps <= 0:
             return
         if c.resolution % 8:
-            raise ValueError(f"system.refine.resolution={c.resolution}: SDEdit needs a multiple of 8 (the VAE's "
-                             "downsampling); the official value is 512")
+            raise ValueError(
+                f"system.refine.resolution={c.resolution}: SDEdit needs a multiple of 8 (the VAE's "
+                "downsampling); the official value is 512"
+            )
         if not 0 < c.patch_resolution <= c.resolution:
-            raise ValueError(f"system.refine.patch_resolution={c.patch_resolution} must be in 1..system.refine."
-                             f"resolution ({c.resolution}); the official value is 256")
+            raise ValueError(
+                f"system.refine.patch_resolution={c.patch_resolution} must be in 1..system.refine."
+                f"resolution ({c.resolution}); the official value is 256"
+            )
         if not 0 <= c.noise_step < 1000:
-            raise ValueError(f"system.refine.noise_step={c.noise_step} must be a diffusion timestep in 0..999; "
-                             "the official value is 200")
+            raise ValueError(
+                f"system.refine.noise_step={c.noise_step} must be a diffusion timestep in 0..999; "
+                "the official value is 200"
+            )
         model = c.model or self.cfg.prompt_processor.get("pretrained_model_name_or_path")
-        check_pipeline_source(model, "system.refine.model" if c.model else
-                              "system.prompt_processor.pretrained_model_name_or_path")
+        check_pipeline_source(
+            model,
+            "system.refine.model" if c.model else "system.prompt_processor.pretrained_model_name_or_path",
+        )
 
     @torch.no_grad()
     def prepare_refinement(self) -> None:
@@ -80,10 +95,19 @@ class RefinementStage:
     def render_refinement_views(self, labels: Float[Tensor, "V 25"]) -> Float[Tensor, "V 3 H W"]:
         """The pyramid from the official 21 cameras, with the GAN background (ToRGB range)."""
         c = self.cfg.refine
-        return torch.cat([self.renderer.render_labels(label[None], c.resolution, deterministic=True, chunk=c.chunk,
-                                                      depth_resolution=c.view_samples[0],
-                                                      depth_resolution_importance=c.view_samples[1])["image"]
-                          for label in labels])
+        return torch.cat(
+            [
+                self.renderer.render_labels(
+                    label[None],
+                    c.resolution,
+                    deterministic=True,
+                    chunk=c.chunk,
+                    depth_resolution=c.view_samples[0],
+                    depth_resolution_importance=c.view_samples[1],
+                )["image"]
+                for label in labels
+            ]
+        )
 
     def sdedit_views(self, views: Float[Tensor, "V 3 H W"]) -> Tuple[str, str, Float[Tensor, "V 3 H W"]]:
         """``(model, prompt, refined views)``: SDEdit of ``views``; the pipeline is freed afterwards."""
@@ -93,9 +117,18 @@ class RefinementStage:
         prompt = c.prompt or pp.get("prompt")
         threestudio.info(f"Refinement: SDEdit of the 21 views with {model} (t = {c.noise_step})")
         pipe = load_pipeline(model, device=self.device, option="system.refine.model")
-        refined = sdedit(pipe, views, prompt, SDEditConfig(strength_t=c.noise_step, steps=c.sdedit_steps,
-                                                           guidance_scale=c.guidance_scale,
-                                                           negative_prompt=c.negative_prompt, seed=c.sdedit_seed))
+        refined = sdedit(
+            pipe,
+            views,
+            prompt,
+            SDEditConfig(
+                strength_t=c.noise_step,
+                steps=c.sdedit_steps,
+                guidance_scale=c.guidance_scale,
+                negative_prompt=c.negative_prompt,
+                seed=c.sdedit_seed,
+            ),
+        )
         del pipe
         clear_pipeline_cache()  # the fit needs only the GAN
         return model, prompt, refined
@@ -117,24 +150,44 @@ class RefinementStage:
         for i, (a, b) in enumerate(zip(rendered, refined)):
             write_image(self.get_save_path(f"refine/view_{i:02d}.png"), a)
             write_image(self.get_save_path(f"refine/refined_{i:02d}.png"), b)
-        write_image(self.get_save_path("refine/comparison.png"),  # rows: render over refined, 7 per row
-                    np.concatenate([contact_sheet(rendered[k:k + 7] + refined[k:k + 7], 7)
-                                    for k in range(0, len(rendered), 7)], 0))
-        write_json(self.get_save_path("refine/cameras.json"), {
-            "model": model, "prompt": prompt,
-            "labels": {f"view_{i:02d}.png": c.tolist() for i, c in enumerate(self.refine_labels)}})
+        write_image(
+            self.get_save_path("refine/comparison.png"),  # rows: render over refined, 7 per row
+            np.concatenate(
+                [
+                    contact_sheet(rendered[k : k + 7] + refined[k : k + 7], 7)
+                    for k in range(0, len(rendered), 7)
+                ],
+                0,
+            ),
+        )
+        write_json(
+            self.get_save_path("refine/cameras.json"),
+            {
+                "model": model,
+                "prompt": prompt,
+                "labels": {f"view_{i:02d}.png": c.tolist() for i, c in enumerate(self.refine_labels)},
+            },
+        )
 
     def refine_step(self):
         if self.refine_targets is None:
             self.prepare_refinement()
         step = self.true_global_step - self.cfg.sds_steps
-        view, top, left = fit_schedule(step, self.cfg.refine.view_seed, len(self.refine_targets), self.fit_cfg)
-        target = from_uint8(self.refine_targets[view:view + 1].to(self.device))
-        label = self.refine_labels[view:view + 1].to(self.device)
+        view, top, left = fit_schedule(
+            step, self.cfg.refine.view_seed, len(self.refine_targets), self.fit_cfg
+        )
+        target = from_uint8(self.refine_targets[view : view + 1].to(self.device))
+        label = self.refine_labels[view : view + 1].to(self.device)
         f, p = self.fit_cfg, self.fit_cfg.patch_resolution
-        out = self.renderer.render_labels(label, f.resolution, deterministic=False, background=False,
-                                          patch=(top, left, p), depth_resolution=f.depth_resolution,
-                                          depth_resolution_importance=f.depth_resolution_importance)
+        out = self.renderer.render_labels(
+            label,
+            f.resolution,
+            deterministic=False,
+            background=False,
+            patch=(top, left, p),
+            depth_resolution=f.depth_resolution,
+            depth_resolution_importance=f.depth_resolution_importance,
+        )
         loss = masked_patch_l2(out["image"], out["mask"], target, top, left, f)
         self.log("train/loss_refine", loss)
         self.log("train/loss", loss, prog_bar=True)

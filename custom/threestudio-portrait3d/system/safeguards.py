@@ -6,6 +6,7 @@ The guard skips such a step (no optimizer update; the EMA only averages finite p
 with the step and the running count, and stops the run with one clear error after
 ``max_nonfinite_steps`` skipped steps in a row.
 """
+
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -22,17 +23,23 @@ def check_level_sizes(level_sizes: Sequence, prior_levels: Sequence[int], source
     initializer makes the pyramid from the prior (``source`` prompt, image or seed)."""
     sizes = list(level_sizes)
     if not sizes or not all(isinstance(r, int) and not isinstance(r, bool) for r in sizes):
-        raise ValueError(f"system.geometry.level_sizes={sizes}: give a list of tri-grid sizes, e.g. {list(prior_levels)}")
+        raise ValueError(
+            f"system.geometry.level_sizes={sizes}: give a list of tri-grid sizes, e.g. {list(prior_levels)}"
+        )
     duplicates = sorted({r for r in sizes if sizes.count(r) > 1})
     if duplicates:
         raise ValueError(f"system.geometry.level_sizes={sizes} lists {duplicates} twice; each level once")
     unknown = sorted(set(sizes) - set(prior_levels))
     if unknown:
-        raise ValueError(f"system.geometry.level_sizes={sizes}: the prior has no level {unknown}; its levels are "
-                         f"{list(prior_levels)}")
+        raise ValueError(
+            f"system.geometry.level_sizes={sizes}: the prior has no level {unknown}; its levels are "
+            f"{list(prior_levels)}"
+        )
     if source != "pyramid" and sorted(sizes) != sorted(prior_levels):
-        raise ValueError(f"system.geometry.level_sizes={sizes}: the initializer (source {source!r}) makes the prior's "
-                         f"levels {list(prior_levels)}; list all of them (a subset needs source=pyramid)")
+        raise ValueError(
+            f"system.geometry.level_sizes={sizes}: the initializer (source {source!r}) makes the prior's "
+            f"levels {list(prior_levels)}; list all of them (a subset needs source=pyramid)"
+        )
 
 
 def check_optimizer_levels(params: Optional[Mapping], level_sizes: Iterable[int]) -> None:
@@ -44,12 +51,16 @@ def check_optimizer_levels(params: Optional[Mapping], level_sizes: Iterable[int]
     named = {k.split(".", 1)[1] for k in keys if k.startswith("geometry.")}
     extra = sorted(named - levels)
     if extra:
-        raise ValueError(f"system.optimizer.params lists {['geometry.' + k for k in extra]}, which "
-                         f"system.geometry.level_sizes={sorted(level_sizes)} does not have; remove them or add the levels")
+        raise ValueError(
+            f"system.optimizer.params lists {['geometry.' + k for k in extra]}, which "
+            f"system.geometry.level_sizes={sorted(level_sizes)} does not have; remove them or add the levels"
+        )
     missing = sorted(levels - named, key=lambda k: int(k.rsplit("_", 1)[1]))
     if missing:
-        raise ValueError(f"system.optimizer.params has no entry for {['geometry.' + k for k in missing]}: those levels "
-                         "would never be optimised; add e.g. geometry." + missing[0] + ": {lr: 1.0}")
+        raise ValueError(
+            f"system.optimizer.params has no entry for {['geometry.' + k for k in missing]}: those levels "
+            "would never be optimised; add e.g. geometry." + missing[0] + ": {lr: 1.0}"
+        )
 
 
 def check_positive(values: Mapping[str, Any]) -> None:
@@ -88,10 +99,13 @@ class NonFiniteGuard:
             raise NonFiniteStepError(
                 f"step {step}: {self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
                 f"({why}); stopping. The pyramid and checkpoints hold only finite values: resume from "
-                "ckpts/last.ckpt with a lower learning rate or guidance scale")
+                "ckpts/last.ckpt with a lower learning rate or guidance scale"
+            )
         import warnings
 
-        warnings.warn(f"step {step}: {why}; step skipped ({self.nonfinite_total} skipped so far)", RuntimeWarning)
+        warnings.warn(
+            f"step {step}: {why}; step skipped ({self.nonfinite_total} skipped so far)", RuntimeWarning
+        )
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Lightning's step, run only when the loss and every gradient are finite."""

@@ -7,6 +7,7 @@ it constructs but does nothing). :func:`apply_vsd_lora_compat` puts a working Lo
 only. The UNet drops ``cross_attention_kwargs["scale"]`` before processors see it, so the scale is
 carried by a ContextVar set around the guidance's ``forward_unet`` / ``_sample`` calls.
 """
+
 import contextvars
 import functools
 from typing import Optional
@@ -19,7 +20,9 @@ _LORA_SCALE = contextvars.ContextVar("portrait3d_lora_scale", default=1.0)
 
 
 class _LoRALinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, rank: int = 4, network_alpha: Optional[float] = None):
+    def __init__(
+        self, in_features: int, out_features: int, rank: int = 4, network_alpha: Optional[float] = None
+    ):
         super().__init__()
         self.down = nn.Linear(in_features, rank, bias=False)
         self.up = nn.Linear(rank, out_features, bias=False)
@@ -38,8 +41,13 @@ class _LoRALinear(nn.Module):
 class LoRAAttnProcessor(nn.Module):
     """Attention processor with trainable LoRA on q/k/v/out (diffusers-0.19 semantics, SDPA)."""
 
-    def __init__(self, hidden_size: int, cross_attention_dim: Optional[int] = None, rank: int = 4,
-                 network_alpha: Optional[float] = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        cross_attention_dim: Optional[int] = None,
+        rank: int = 4,
+        network_alpha: Optional[float] = None,
+    ):
         super().__init__()
         self.hidden_size, self.cross_attention_dim, self.rank = hidden_size, cross_attention_dim, rank
         self.to_q_lora = _LoRALinear(hidden_size, hidden_size, rank, network_alpha)
@@ -47,8 +55,16 @@ class LoRAAttnProcessor(nn.Module):
         self.to_v_lora = _LoRALinear(cross_attention_dim or hidden_size, hidden_size, rank, network_alpha)
         self.to_out_lora = _LoRALinear(hidden_size, hidden_size, rank, network_alpha)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 scale: Optional[float] = None, **kwargs):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        scale: Optional[float] = None,
+        **kwargs,
+    ):
         s = _LORA_SCALE.get() if scale is None else scale
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -58,7 +74,8 @@ class LoRAAttnProcessor(nn.Module):
             b, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
         batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape)
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
@@ -75,8 +92,9 @@ class LoRAAttnProcessor(nn.Module):
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                       dropout_p=0.0, is_causal=False)
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states) + s * self.to_out_lora(hidden_states)
@@ -97,6 +115,7 @@ def _carry_scale(fn):
             return fn(*args, **kwargs)
         finally:
             _LORA_SCALE.reset(token)
+
     wrapper._portrait3d_lora_scale = True
     return wrapper
 
@@ -104,8 +123,9 @@ def _carry_scale(fn):
 def apply_vsd_lora_compat() -> bool:
     """Patch threestudio's VSD guidance module if diffusers' LoRAAttnProcessor is the empty stub."""
     import inspect
-    from diffusers.models import attention_processor as ap
+
     import threestudio.models.guidance.stable_diffusion_vsd_guidance as vsd
+    from diffusers.models import attention_processor as ap
 
     if "hidden_size" in inspect.signature(ap.LoRAAttnProcessor.__init__).parameters:
         return False  # old diffusers with a working (or at least constructible) processor
