@@ -81,8 +81,19 @@ def main() -> None:
     p.add_argument(
         "--no-unet", action="store_true", help="skip the SD-1.5-size UNet (3.4 GB of random weights)"
     )
+    p.add_argument(
+        "--only",
+        nargs="*",
+        choices=("pyramid", "inversion", "sds", "view", "fit", "unet"),
+        default=None,
+        help="time only these steps",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
+
+    def want(step: str) -> bool:
+        return args.only is None or step in args.only
+
     dev = args.device
     torch.manual_seed(0)
     G = PortraitGAN.random(PortraitGANConfig()).to(dev).eval().requires_grad_(False)
@@ -92,7 +103,8 @@ def main() -> None:
 
     with torch.no_grad():
         ws = G.mapping(z, c)
-    rows["pyramid"] = (timed(lambda: G.synthesize_pyramid(G.mapping(z, c)), dev, args.repeats), 1, "")
+    if want("pyramid"):
+        rows["pyramid"] = (timed(lambda: G.synthesize_pyramid(G.mapping(z, c)), dev, args.repeats), 1, "")
     pyramid = {r: t.detach().requires_grad_(True) for r, t in G.synthesize_pyramid(ws).items()}
 
     vgg = VGG16Distance.load(None).to(dev)
@@ -103,32 +115,36 @@ def main() -> None:
         img = synthesize_for_distance(G, w_opt, c, InversionConfig(mode=mode))
         vgg(img, target).sum().backward()
 
-    rows["inversion step"] = (timed(lambda: inversion_step("official"), dev, args.repeats), 500, "")
-    rows["inversion step (raw 256²)"] = (timed(lambda: inversion_step("raw"), dev, args.repeats), 500, "")
-    inversion_ratio = rows["inversion step"][0] / rows["inversion step (raw 256²)"][0]
+    inversion_ratio = None
+    if want("inversion"):
+        rows["inversion step"] = (timed(lambda: inversion_step("official"), dev, args.repeats), 500, "")
+        rows["inversion step (raw 256²)"] = (timed(lambda: inversion_step("raw"), dev, args.repeats), 500, "")
+        inversion_ratio = rows["inversion step"][0] / rows["inversion step (raw 256²)"][0]
 
     def sds_render():
         G.render(pyramid, ws, c, resolution=128, background=False)["image"].square().mean().backward()
 
-    rows["sds render"] = (timed(sds_render, dev, args.repeats), 2000, "")
+    if want("sds"):
+        rows["sds render"] = (timed(sds_render, dev, args.repeats), 2000, "")
 
-    v = args.view_resolution
-    with torch.no_grad():
-        t = timed(
-            lambda: G.render(
-                pyramid,
-                ws,
-                c,
-                resolution=v,
-                deterministic=True,
-                chunk=16384,
-                depth_resolution=96,
-                depth_resolution_importance=96,
-            ),
-            dev,
-            1,
-        )
-    rows["view render"] = (t * (512 / v) ** 2, 21, "~" if v != 512 else "")
+    if want("view"):
+        v = args.view_resolution
+        with torch.no_grad():
+            t = timed(
+                lambda: G.render(
+                    pyramid,
+                    ws,
+                    c,
+                    resolution=v,
+                    deterministic=True,
+                    chunk=16384,
+                    depth_resolution=96,
+                    depth_resolution_importance=96,
+                ),
+                dev,
+                1,
+            )
+        rows["view render"] = (t * (512 / v) ** 2, 21, "~" if v != 512 else "")
 
     s = args.patch_resolution
 
@@ -137,9 +153,10 @@ def main() -> None:
             "image"
         ].square().mean().backward()
 
-    rows["fit step"] = (timed(fit_step, dev, args.repeats) * (256 / s) ** 2, 399, "~" if s != 256 else "")
+    if want("fit"):
+        rows["fit step"] = (timed(fit_step, dev, args.repeats) * (256 / s) ** 2, 399, "~" if s != 256 else "")
 
-    if not args.no_unet:
+    if not args.no_unet and want("unet"):
         unet = sd15_unet().to(dev)
         lat = torch.randn(2, 4, 64, 64, device=dev)
         text = torch.randn(2, 77, 768, device=dev)
@@ -150,7 +167,8 @@ def main() -> None:
         rows["sd unet (SDEdit)"] = (t, 21 * 10, "")
 
     print(f"device: {dev}   peak memory: {peak_mib(dev):.0f} MiB")
-    print(f"inversion step, official (128² + SR 512² → 256²) / raw 256²: {inversion_ratio:.2f}×")
+    if inversion_ratio is not None:
+        print(f"inversion step, official (128² + SR 512² → 256²) / raw 256²: {inversion_ratio:.2f}×")
     print(f"{'step':<22} {'one unit (s)':>13} {'count':>6} {'projected (min)':>16}")
     for name, (sec, count, mark) in rows.items():
         print(
