@@ -58,10 +58,14 @@ def sd_pipeline(dry_run: bool, device: str):
     a 12-layer 768-wide CLIP text tower), or the tests' tiny one for the dry run. The tokenizer is
     the tiny models' byte-level one (no vocabulary files exist offline; the text tower's cost does
     not depend on its vocabulary size)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from gan_prior.tiny_models import _byte_level_tokenizer, build_tiny_stable_diffusion
+    from gan_prior.tiny_models import (
+        _byte_level_tokenizer,
+        build_tiny_stable_diffusion,
+        stable_diffusion_from_parts,
+    )
 
     torch.manual_seed(0)
     if dry_run:
@@ -102,24 +106,7 @@ def sd_pipeline(dry_run: bool, device: str):
             block_out_channels=(320, 640, 1280, 1280),
             layers_per_block=2,
         )
-        sched = DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        )
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text,
-            tokenizer=tok,
-            unet=unet,
-            scheduler=sched,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = stable_diffusion_from_parts(vae, text, tok, unet)
     pipe = pipe.to(device)
     for m in (pipe.text_encoder, pipe.vae, pipe.unet):
         m.eval().requires_grad_(False)

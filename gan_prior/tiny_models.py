@@ -123,6 +123,32 @@ def _byte_level_tokenizer():
         )
 
 
+def stable_diffusion_from_parts(vae, text_encoder, tokenizer, unet):
+    """A ``StableDiffusionPipeline`` of these modules with SD 1.x's DDIM schedule (scaled-linear
+    betas 0.00085…0.012, ``steps_offset=1``) and no safety checker (tiny and real-size random builds)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
     """Build a tiny random SD-1.x-style diffusers pipeline and save it to ``path``.
 
@@ -150,8 +176,6 @@ def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
     """
     from diffusers import (
         AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -203,25 +227,7 @@ def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
             norm_num_groups=4,
             sample_size=512,
         )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = stable_diffusion_from_parts(vae, text_encoder, tokenizer, unet)
     pipe.save_pretrained(str(out), safe_serialization=True)
 
 
