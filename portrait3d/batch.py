@@ -157,7 +157,8 @@ def read_prompts(path: str, default_seed: int = 0) -> List[Job]:
 
 # ---------------------------------------------------------------------------------------- manifest
 def read_manifest(out: str) -> Dict[str, dict]:
-    """``<out>/manifest.jsonl`` by name ({} when there is none)."""
+    """``<out>/manifest.jsonl`` by name ({} when there is none); a later line for the same name
+    replaces an earlier one. Raises :class:`UsageError` naming a line that is not a JSON object."""
     path = os.path.join(out, MANIFEST)
     entries: Dict[str, dict] = {}
     if not os.path.isfile(path):
@@ -169,11 +170,13 @@ def read_manifest(out: str) -> Dict[str, dict]:
             try:
                 entry = json.loads(line)
             except ValueError:
+                entry = None
+            if not isinstance(entry, dict):
                 raise UsageError(
-                    f"{path}:{i} is not JSON; fix or delete that line (or the file, to start "
+                    f"{path}:{i} is not a JSON object; fix or delete that line (or the file, to start "
                     "the bookkeeping again: finished trials are found again)"
-                ) from None
-            entries[str(entry.get("name"))] = entry
+                )
+            entries[str(entry.get("name") or entry.get("trial") or entry.get("prompt") or i)] = entry
     return entries
 
 

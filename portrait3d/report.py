@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 import time
@@ -27,6 +26,7 @@ from urllib.parse import quote
 
 from gan_prior.files import atomic_path, read_json
 
+from .batch import MANIFEST, read_manifest  # the batch writes it (importing it starts no Ray)
 from .cli import UsageError
 
 ASSETS = "_report"  # beside index.html: the viewer bundle and the mesh as a script
@@ -34,7 +34,6 @@ VIEWER_PACKAGE = "@google/model-viewer"
 VIEWER_DIST = "dist/model-viewer-umd.min.js"  # a classic script (a module script is blocked on file://)
 VIEWER_FILE = "model-viewer.min.js"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MANIFEST = "manifest.jsonl"
 
 
 class ViewerMissing(UsageError):
@@ -611,25 +610,6 @@ def find_trials(folder: str, max_depth: int = 4) -> List[str]:
     return sorted(found)
 
 
-def read_manifest(path: str) -> List[dict]:
-    """A batch's ``manifest.jsonl``: one entry per prompt (a later line for the same name or trial
-    replaces an earlier one). Raises :class:`UsageError` naming the line that is not JSON."""
-    entries: Dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                raise UsageError(f"{path}:{i} is not a JSON object; fix or delete that line") from None
-            if not isinstance(entry, dict):
-                raise UsageError(f"{path}:{i} is not a JSON object; fix or delete that line")
-            key = str(entry.get("name") or entry.get("trial") or entry.get("prompt") or i)
-            entries[key] = entry
-    return list(entries.values())
-
-
 def _seconds(entry: dict) -> Optional[float]:
     """The run's wall time from a manifest entry: the sum of its stage times, or its total."""
     for key in ("times", "stage_times", "seconds"):
@@ -762,7 +742,7 @@ def write_gallery(folder: str, reports: bool = True) -> str:
         )
     manifest = os.path.join(folder, MANIFEST)
     if os.path.isfile(manifest):
-        entries = read_manifest(manifest)
+        entries = list(read_manifest(folder).values())
         source = f"{MANIFEST} ({len(entries)} prompts)"
     else:
         entries = [{"trial": t} for t in find_trials(folder)]
