@@ -110,13 +110,13 @@ def test_sample_never_replaces_a_result_silently(model_dir, tmp_path):
     video, pyramid = (out / "turntable.mp4").read_bytes(), (out / "pyramid.safetensors").read_bytes()
     r = run(*base, "--frames", "0", "--seed", "2")  # the data loss: replaced the video by 0 bytes
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
-        f"error: --out: {out} already holds pyramid.safetensors, front.png; pass --overwrite to replace them, "
-        "or choose another folder"
+        f"error: --out: {out} already holds pyramid.safetensors, front.png, image.png; pass --overwrite to "
+        "replace them, or choose another folder"
     )
     assert (out / "pyramid.safetensors").read_bytes() == pyramid
     r = run(*base, "--frames", "0", "--seed", "2", "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert f"replacing pyramid.safetensors, front.png in {out} (--overwrite)" in r.stderr
+    assert f"replacing pyramid.safetensors, front.png, image.png in {out} (--overwrite)" in r.stderr
     assert "turntable" not in r.stdout  # not asked for, not written, not claimed
     assert (out / "turntable.mp4").read_bytes() == video  # untouched
     assert (out / "pyramid.safetensors").read_bytes() != pyramid

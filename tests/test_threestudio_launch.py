@@ -348,6 +348,8 @@ def test_swap_prompt_processor_options_negative_prompt_and_perp_neg(run):
         "--train",
         "tag=perpneg",
         "use_timestamp=false",
+        # threestudio's own processor (the official one, our default, has no Perp-Neg)
+        "system.prompt_processor_type=stable-diffusion-prompt-processor",
         "system.prompt_processor.negative_prompt=blurry, low quality",
         "system.prompt_processor.use_perp_neg=true",
         *SHORT,

@@ -7,11 +7,14 @@ with the step and the running count, and stops the run with one clear error afte
 ``max_nonfinite_steps`` skipped steps in a row.
 """
 
+import logging
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 
 from gan_prior.pyramid_trigrid import level_key
+
+LOG = logging.getLogger("pytorch_lightning")  # threestudio's logger
 
 
 class NonFiniteStepError(RuntimeError):
@@ -101,11 +104,8 @@ class NonFiniteGuard:
                 f"({why}); stopping. The pyramid and checkpoints hold only finite values: resume from "
                 "ckpts/last.ckpt with a lower learning rate or guidance scale"
             )
-        import warnings
-
-        warnings.warn(
-            f"step {step}: {why}; step skipped ({self.nonfinite_total} skipped so far)", RuntimeWarning
-        )
+        # the logger threestudio.warn writes to, not the warnings module: warning filters must not hide it
+        LOG.warning(f"step {step}: {why}; step skipped ({self.nonfinite_total} skipped so far)")
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Lightning's step, run only when the loss and every gradient are finite."""
