@@ -22,6 +22,9 @@ except ThreestudioError as _e:
 else:
     _NOT_FOUND = ""
 
+# the one skip reason a threestudio test may have under CI=true: CI machines have no GPU
+NEEDS_CUDA = "needs a CUDA GPU (bench/gpu_check.sh)"
+
 # what `import threestudio` needs beyond requirements.txt (see requirements-threestudio.txt)
 THREESTUDIO_DEPS = ("pytorch_lightning", "torchvision", "nerfacc", "envlight", "igl", "wandb", "IPython")
 

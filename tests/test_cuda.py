@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from helpers import requires_threestudio
+from helpers import NEEDS_CUDA, requires_threestudio
 
 from gan_prior import PortraitGAN, canonical_label, tiny_config
 from gan_prior.inversion import InversionConfig, inversion_step
@@ -18,7 +18,7 @@ from gan_prior.refinement import RefineFitConfig, patch_loss, refinement_labels
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)"),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA),
 ]
 CUDA = torch.device("cuda")
 
