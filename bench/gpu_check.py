@@ -331,8 +331,9 @@ def run(args) -> dict:
     frozen = {r: t.detach() for r, t in levels.items()}
 
     def view():
+        """One 512² view (the refinement views and the video frames render the same way)."""
         with torch.no_grad():
-            G.render(
+            return G.render(
                 frozen,
                 ws,
                 labels[:1],
@@ -341,7 +342,7 @@ def run(args) -> dict:
                 chunk=chunk,
                 depth_resolution=samples[0],
                 depth_resolution_importance=samples[1],
-            )
+            )["image"]
 
     rows.append(m("refinement views (render)", view, dev, n["views"], 21, "view"))
     img = torch.rand(1, 3, sd_res, sd_res, device=dev) * 2 - 1
@@ -364,17 +365,7 @@ def run(args) -> dict:
 
     # ---- videos
     def frame():
-        with torch.no_grad():
-            G.render(
-                frozen,
-                ws,
-                labels[:1],
-                resolution=view_res,
-                deterministic=True,
-                chunk=chunk,
-                depth_resolution=samples[0],
-                depth_resolution_importance=samples[1],
-            )["image"].cpu()
+        view().cpu()
 
     rows.append(m("videos (frame)", frame, dev, n["videos"], 240 + 120, "frame"))
     return {
