@@ -212,23 +212,63 @@ def test_a_second_run_reuses_the_cached_initialisation(run):
     assert not os.path.exists(os.path.join(tree, "outputs", "portrait3d-tiny", "again", "save", "init"))
 
 
-def test_killed_during_refinement_then_resumed_finishes(run):
-    tree, cache, trial, launch = run
-    from threestudio_env import launch_env
+# 12 SDS + 12 refinement steps; a checkpoint every 2 steps and an EMA update every 3, so that a
+# checkpoint falls on a step that updates the EMA (step 6: the update must be in that checkpoint)
+RESUMABLE = [
+    "system.sds_steps=12",
+    "system.refine.steps=12",
+    "system.ema_every_n_steps=3",
+    "checkpoint.every_n_train_steps=2",
+    "trainer.val_check_interval=100",
+    "data.n_test_views=1",
+    "system.videos.large_frames=2",
+    "system.videos.small_frames=0",
+]
 
-    out = os.path.join(tree, "outputs", "portrait3d-tiny", "kill")
-    args = [
+
+def _resumable_args(trial, tag):
+    return [
         "--config",
         "configs/portrait3d-tiny.yaml",
         "--train",
-        "tag=kill",
+        f"tag={tag}",
         "use_timestamp=false",
         f"system.initializer.cache_dir={os.path.dirname(_init_dir(trial))}",
-        "system.refine.steps=400",
-        "checkpoint.every_n_train_steps=6",
-        "trainer.val_check_interval=100",
-        "data.n_test_views=2",
+        *RESUMABLE,
     ]
+
+
+def _final_state(out):
+    path = os.path.join(out, "ckpts", "epoch=0-step=24.ckpt")  # last.ckpt may be last-v1.ckpt after a resume
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 24
+    return state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(run):
+    tree, cache, trial, launch = run
+    proc = launch(tree, cache, *_resumable_args(trial, "straight"))
+    assert proc.returncode == 0, _tail(proc)
+    return os.path.join(tree, "outputs", "portrait3d-tiny", "straight")
+
+
+def test_every_checkpoint_holds_the_ema_updates_of_its_steps(uninterrupted):
+    """The EMA update of a step is in the checkpoint saved at that step (Lightning saves before
+    the module's on_train_batch_end), so a run resumed from it does not miss one: after SDS
+    steps 3, 6, 9 and 12, with checkpoints every 2 steps (they coincide at steps 6 and 12)."""
+    for step in range(2, 25, 2):
+        path = os.path.join(uninterrupted, "ckpts", f"epoch=0-step={step}.ckpt")
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        assert int(state["ema_updates"]) == min(step, 12) // 3, step
+
+
+def _kill_after_checkpoint(tree, cache, args, out, step):
+    """Start launch.py, SIGKILL it once the step-``step`` checkpoint is on disk; then the
+    checkpoint to resume from and its contents: last.ckpt, or the newest that loads if the kill cut
+    it short."""
+    from threestudio_env import launch_env
+
     proc = subprocess.Popen(
         [sys.executable, "launch.py", *args],
         cwd=tree,
@@ -237,40 +277,62 @@ def test_killed_during_refinement_then_resumed_finishes(run):
         stderr=subprocess.PIPE,
         text=True,
     )
-    step6, last = os.path.join(out, "ckpts", "epoch=0-step=6.ckpt"), os.path.join(out, "ckpts", "last.ckpt")
-    deadline = time.time() + 600
-    while not (
-        os.path.isfile(step6) and os.path.isfile(last) and os.path.getmtime(last) >= os.path.getmtime(step6)
-    ):
+    ckpt, deadline = os.path.join(out, "ckpts", f"epoch=0-step={step}.ckpt"), time.time() + 600
+    while not os.path.isfile(ckpt):
         assert proc.poll() is None and time.time() < deadline, (
-            proc.stderr.read()[-3000:] if proc.poll() else "timeout"
+            proc.stderr.read()[-3000:] if proc.poll() is not None else "timeout"
         )
-        time.sleep(0.05)
-    time.sleep(0.5)  # let the write finish, then kill hard, mid-refinement
+        time.sleep(0.02)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed = torch.load(last, map_location="cpu", weights_only=True)
+    found = glob.glob(os.path.join(out, "ckpts", "epoch=*-step=*.ckpt"))
+    newest = sorted(found, key=lambda p: int(p.rsplit("=", 1)[1][: -len(".ckpt")]), reverse=True)
+    for path in [os.path.join(out, "ckpts", "last.ckpt"), *newest]:  # last.ckpt, as a user would
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # cut short by the kill
+            continue
+    raise AssertionError(f"no readable checkpoint in {found}")
+
+
+@pytest.mark.parametrize("phase, kill_after", [("sds", 2), ("refinement", 14)])
+def test_killed_then_resumed_ends_with_the_uninterrupted_pyramid(run, uninterrupted, phase, kill_after):
+    """SIGKILL during SDS or during the refinement, resume from the last checkpoint: the final
+    pyramid, its EMA and ws are bitwise those of the same run never interrupted (every random draw
+    comes from the run seed and the step; same machine, same threads, same operations)."""
+    tree, cache, trial, launch = run
+    tag = f"kill-{phase}"
+    out = os.path.join(tree, "outputs", "portrait3d-tiny", tag)
+    ckpt, killed = _kill_after_checkpoint(tree, cache, _resumable_args(trial, tag), out, kill_after)
     k = killed["global_step"]
-    assert 6 <= k < 404  # inside the refinement (steps 4 ... 403)
-    views = os.path.join(out, "save", "refine", "refined_00.png")
-    stamp = os.path.getmtime(views)
+    if phase == "sds":
+        assert kill_after <= k < 12 and "portrait3d_refine" not in killed, k
+    else:
+        assert 12 < k < 24 and "portrait3d_refine" in killed, k
+        views = os.path.join(out, "save", "refine", "refined_00.png")
+        stamp = os.path.getmtime(views)
     proc = launch(
-        tree,
-        cache,
-        "--config",
-        os.path.join(out, "configs", "parsed.yaml"),
-        "--train",
-        f"resume={last}",
-        f"trainer.max_steps={k + 3}",
+        tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train", f"resume={ckpt}"
     )
     assert proc.returncode == 0, _tail(proc)
-    done = torch.load(last, map_location="cpu", weights_only=True)
-    assert done["global_step"] == k + 3
-    assert torch.equal(done["portrait3d_refine"]["targets"], killed["portrait3d_refine"]["targets"])
-    assert os.path.getmtime(views) == stamp  # the targets came from the checkpoint, not a second SDEdit
-    assert os.path.isfile(os.path.join(out, "save", f"it{k + 3}-large_pose.mp4"))
-    refine_rows = [r for r in _metrics(out) if r.get("train/loss_refine")]
-    assert any(int(r["step"]) == k + 2 for r in refine_rows)
+    resumed = _final_state(out)
+    if phase == "refinement":  # the targets came from the checkpoint, not from a second SDEdit
+        assert torch.equal(resumed["portrait3d_refine"]["targets"], killed["portrait3d_refine"]["targets"])
+        assert os.path.getmtime(views) == stamp
+    assert os.path.isfile(os.path.join(out, "save", "it24-large_pose.mp4"))
+    uninterrupted = _final_state(uninterrupted)
+    keys = [
+        k for k in uninterrupted["state_dict"] if k.startswith(("geometry.trigrids_", "ema_", "material.ws"))
+    ]
+    assert len(keys) == 3 + 3 + 1 + 1, keys  # 3 levels, their EMA, the EMA's update count, ws
+    assert int(uninterrupted["state_dict"]["ema_updates"]) == 4  # after SDS steps 3, 6, 9 and 12
+    for key in keys:
+        a, b = resumed["state_dict"][key], uninterrupted["state_dict"][key]
+        assert torch.equal(a, b), (
+            f"{key}: max |resumed - uninterrupted| = {(a.double() - b.double()).abs().max()}"
+        )
+    assert torch.equal(resumed["portrait3d_refine"]["targets"], uninterrupted["portrait3d_refine"]["targets"])
 
 
 def test_refinement_alone_from_an_exported_official_format_pyramid(run):

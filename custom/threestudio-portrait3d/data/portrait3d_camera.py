@@ -4,6 +4,11 @@ The official cameras sit on a radius-2.7 sphere about the origin and look at the
 (0, 0.0649, 0)_GAN = (0, 0, 0.0649)_threestudio. threestudio's datamodule always looks at the
 origin, so this subclass keeps its camera positions and re-aims every camera (c2w, ray
 directions, MVP) at ``look_at`` — exact, where shifting the geometry would tilt views by ~1.4°.
+
+The training camera of step ``s`` is drawn from a seed of (run seed, ``s``), with the dataset's
+schedule (progressive views, resolution milestones) set for ``s`` itself — not for the step
+before, as Lightning's one-batch-ahead fetching leaves it — so a resumed run sees the cameras of
+the uninterrupted one (:mod:`..utils.step_seed`).
 """
 
 from dataclasses import dataclass
@@ -17,6 +22,8 @@ from threestudio.utils.ops import get_mvp_matrix
 from threestudio.utils.typing import *
 
 from gan_prior.camera import CANONICAL_RADIUS, SDS_FOVY_DEG, threestudio_pivot
+
+from ..utils.step_seed import CAMERA, run_seed, seeded_cpu_draws
 
 
 @dataclass
@@ -68,13 +75,23 @@ class Portrait3DCameraDataModule(RandomCameraDataModule):
                 "(cameras are aimed at data.look_at)"
             )
         self.look_at = torch.tensor(self.cfg.look_at, dtype=torch.float32)
+        self.seed = run_seed()
+        self.next_train_step: Optional[int] = None  # the step the next training batch is for
 
     def setup(self, stage=None) -> None:
         super().setup(stage)
+        self.next_train_step = None  # set from the trainer's (restored) step at the first batch
         if hasattr(self, "train_dataset") and not getattr(self.train_dataset, "_p3d_aimed", False):
-            collate = self.train_dataset.collate
-            self.train_dataset.collate = lambda batch: aim_cameras(collate(batch), self.look_at)
-            self.train_dataset._p3d_aimed = True
+            dataset, collate = self.train_dataset, self.train_dataset.collate
+
+            def collate_step(batch):
+                step = self.take_train_step()
+                dataset.update_step(0, step)
+                with seeded_cpu_draws(self.seed, step, CAMERA):
+                    return aim_cameras(collate(batch), self.look_at)
+
+            dataset.collate = collate_step
+            dataset._p3d_aimed = True
         for name in ("val_dataset", "test_dataset"):
             ds = getattr(self, name, None)
             if ds is not None and not getattr(ds, "_p3d_aimed", False):
@@ -83,3 +100,12 @@ class Portrait3DCameraDataModule(RandomCameraDataModule):
                 )
                 ds.c2w, ds.rays_d, ds.mvp_mtx = aimed["c2w"], aimed["rays_d"], aimed["mvp_mtx"]
                 ds._p3d_aimed = True
+
+    def take_train_step(self) -> int:
+        """The step of the batch being collated: one batch per step, counted from the trainer's
+        global step at the first batch of a fit (0 on a fresh run, the checkpoint's on resume)."""
+        if self.next_train_step is None:
+            trainer = getattr(self, "trainer", None)
+            self.next_train_step = trainer.global_step if trainer is not None else 0
+        step, self.next_train_step = self.next_train_step, self.next_train_step + 1
+        return step

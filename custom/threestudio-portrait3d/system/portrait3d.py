@@ -29,6 +29,7 @@ from gan_prior.refinement import RefineFitConfig
 
 from ..prior import load_prior
 from ..utils.report_hook import write_run_report
+from ..utils.step_seed import run_seed, seed_step
 from .refinement_stage import RefineConfig, RefinementStage
 from .safeguards import (
     NonFiniteGuard,
@@ -95,6 +96,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         self.check_evaluation_config()
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
+        self.seed = run_seed()
         super().configure()
         for r, t in self.geometry.levels.items():
             self.register_buffer(f"ema_{level_key(r)}", t.detach().clone())
@@ -222,6 +224,9 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         return self.cfg.refine.steps > 0 and self.true_global_step >= self.cfg.sds_steps
 
     def training_step(self, batch, batch_idx):
+        # every draw of the step (guidance timestep and noise, ray jitter) comes from (seed, step):
+        # a resumed run repeats the uninterrupted one (utils/step_seed.py)
+        seed_step(self.seed, self.true_global_step)
         # a non-finite loss returns None: Lightning skips the update (see safeguards.NonFiniteGuard)
         return self.guard_loss(self.refine_step() if self.refining else self.sds_step(batch))
 
@@ -249,9 +254,14 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss}
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        if not self.refining and (self.true_global_step + 1) % self.cfg.ema_every_n_steps == 0:
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        step, sds = self.true_global_step, not self.refining  # Lightning counts the step once this returns
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # NonFiniteGuard's
+        # the EMA after every ema_every_n_steps-th SDS step, as the official trainer after each
+        # 100-step epoch; here and not in on_train_batch_end, which Lightning runs after the
+        # ModelCheckpoint callback's: a checkpoint saved at that step would lack the update, and so
+        # would the run resumed from it
+        if sds and (step + 1) % self.cfg.ema_every_n_steps == 0:
             self.update_ema()
 
     @torch.no_grad()
