@@ -16,6 +16,7 @@ setup(
         "imageio>=2.30",
         "imageio-ffmpeg>=0.4.9",
         "scipy>=1.10",
+        "numba>=0.60",
         "opencv-python-headless>=4.8,<5",
         "PyYAML>=6.0",
     ],

@@ -16,6 +16,7 @@ Level keys are the spatial size R (8, 16, …, 512). Any subset of levels is val
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Mapping, Optional
 
 import torch
@@ -77,9 +78,9 @@ def trilinear_sample(volume: Tensor, grid: Tensor) -> Tensor:
 def pyramid_volumes(levels: Mapping[int, Tensor], batch: int, depth: int = TRIGRID_DEPTH) -> list[Tensor]:
     """The levels ``{R: [B, 3, C·D, R, R]}`` as ``grid_sample`` volumes ``[batch·3, C, D, R, R]``.
 
-    On the CPU they are laid out channels-last (``[N, D, R, R, C]`` in memory): a trilinear lookup
-    then reads each corner's 12 channels from one cache line instead of 12 planes apart (the
-    512² level samples ~1.7× faster; identical values). The copy is differentiable; make the
+    On the CPU they are laid out channels-last (``[N, D, R, R, C]`` in memory), the layout of the
+    compiled kernels of :mod:`gan_prior.trilinear_cpu` (and of ``grid_sample``'s fastest CPU
+    lookups): each corner's 12 channels in one cache line. The copy is differentiable; make the
     volumes once per render and sample them for both passes (:func:`sample_volumes`).
     """
     volumes = []
@@ -94,6 +95,17 @@ def pyramid_volumes(levels: Mapping[int, Tensor], batch: int, depth: int = TRIGR
     return volumes
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_kernels():
+    """:mod:`gan_prior.trilinear_cpu` (imported on first use), or None where numba is missing:
+    then ``grid_sample`` serves the CPU as it serves CUDA."""
+    try:
+        from . import trilinear_cpu
+    except ImportError:
+        return None
+    return trilinear_cpu
+
+
 def sample_volumes(volumes: list[Tensor], points: Tensor, box_warp: float = BOX_WARP) -> Tensor:
     """Sample :func:`pyramid_volumes` at ``points`` ``[B, M, 3]`` (GAN world) → ``[B, 3, M, C]``,
     level-averaged."""
@@ -103,6 +115,9 @@ def sample_volumes(volumes: list[Tensor], points: Tensor, box_warp: float = BOX_
     scaled = points * (2.0 / box_warp)
     grid = torch.stack([scaled[..., list(order)] for order in PLANE_COORDINATES], 1)  # [B, 3, M, 3]
     grid = grid.reshape(b * 3, 1, 1, m, 3)
+    kernels = _cpu_kernels() if grid.device.type == "cpu" else None
+    if kernels is not None and kernels.supports(volumes, grid):
+        return kernels.sample_pyramid(volumes, grid.reshape(b * 3, m, 3)).reshape(b, 3, m, -1)
     total = None
     for volume in volumes:
         out = trilinear_sample(volume, grid.to(volume.dtype))  # [B·3, C, 1, 1, M]

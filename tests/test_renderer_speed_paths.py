@@ -2,16 +2,20 @@
 
 * cropped samples are not evaluated (their composite weight is exactly 0);
 * the trilinear lookup's backward skips the unused grid gradient;
-* on the CPU the levels are sampled channels-last.
+* on the CPU the levels are sampled channels-last;
+* on the CPU the levels are looked up and scattered by compiled kernels (gan_prior.trilinear_cpu),
+  split over threads.
 Each is compared bit for bit (values and gradients) with the plain path."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import gan_prior.pyramid_trigrid as pyramid_trigrid
 import gan_prior.renderer as renderer
+import gan_prior.trilinear_cpu as trilinear_cpu
 from gan_prior import PortraitGAN, RenderConfig, canonical_label, tiny_config
-from gan_prior.pyramid_trigrid import pyramid_volumes, trilinear_sample
+from gan_prior.pyramid_trigrid import pyramid_volumes, sample_volumes, trilinear_sample
 from gan_prior.refinement import refinement_labels
 
 
@@ -85,3 +89,44 @@ def test_trilinear_backward_and_channels_last_are_exact():
         out.backward(grad_out)
         results.append((out.detach(), lv.grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def _lookups(levels, points, batch):
+    lv = {r: t.clone().requires_grad_(True) for r, t in levels.items()}
+    out = sample_volumes(pyramid_volumes(lv, batch), points)
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    return [out.detach()] + [lv[r].grad for r in sorted(lv)]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_cpu_lookups_equal_grid_sample_bit_for_bit(monkeypatch, threads):
+    g = torch.Generator().manual_seed(5)
+    levels = {r: torch.randn(1, 3, 36, r, r, generator=g) for r in (8, 16, 32)}  # one pyramid, batch 2
+    points = torch.rand(2, 3001, 3, generator=g) * 0.9 - 0.45  # some outside the ±0.35 box
+    points[0, :4] = torch.tensor([[0.35, 0.35, 0.35], [-0.35, 0.0, 0.1], [0.0, 0.0, 0.0], [0.1, -0.35, 0.35]])
+    monkeypatch.setattr(trilinear_cpu, "POINTS_PER_TASK", 700)  # several slices per plane, uneven
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        calls = []
+        real = trilinear_cpu.sample_levels
+        monkeypatch.setattr(trilinear_cpu, "sample_levels", lambda *a: calls.append(1) or real(*a))
+        fast = _lookups(levels, points, 2)
+        assert calls, "the compiled kernels were not used"
+        monkeypatch.setattr(pyramid_trigrid, "_cpu_kernels", lambda: None)
+        plain = _lookups(levels, points, 2)
+    finally:
+        torch.set_num_threads(old)
+    assert fast[0].shape == (2, 3, 3001, 12)
+    for a, b in zip(fast, plain):
+        assert torch.equal(a, b)
+
+
+def test_points_that_need_a_gradient_take_grid_sample():
+    g = torch.Generator().manual_seed(6)
+    level = torch.randn(1, 3, 36, 8, 8, generator=g, requires_grad=True)
+    points = (torch.rand(1, 50, 3, generator=g) * 0.6 - 0.3).requires_grad_(True)
+    volumes = pyramid_volumes({8: level}, 1)
+    assert not trilinear_cpu.supports(volumes, points)
+    sample_volumes(volumes, points).sum().backward()
+    assert points.grad is not None and points.grad.abs().sum() > 0 and level.grad.abs().sum() > 0
