@@ -41,7 +41,7 @@ Memory:
 
 Usage::
 
-    PYTHONPATH=. python bench/bench_renderer.py                  # full run (2-core CPU: ~4 min idle)
+    PYTHONPATH=. python bench/bench_renderer.py                  # full run (2-core CPU: ~3.5 min idle)
     PYTHONPATH=. python bench/bench_renderer.py --quick --no-official   # smoke run
     PYTHONPATH=. python bench/bench_renderer.py --device cuda --repeats 10 --json out.json
 """
