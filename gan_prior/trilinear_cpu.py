@@ -130,7 +130,8 @@ def sample_levels(volumes: Sequence[Tensor], points: Tensor) -> Tensor:
     """Level-averaged lookups: volumes ``[N, C, D, H, W]`` (channels-last, float32), points
     ``[N, M, 3]`` → ``[N, M, C]``."""
     n, m, _ = points.shape
-    levels = numba.typed.List([_planes(v) for v in volumes])
+    arrays = [_planes(v) for v in volumes]
+    planes = [numba.typed.List([a[i] for a in arrays]) for i in range(n)]  # plane i of every level
     pts = points.detach().contiguous().numpy()
     out = torch.empty((n, m, volumes[0].shape[1]), dtype=torch.float32)
     out_np = out.numpy()
@@ -139,9 +140,7 @@ def sample_levels(volumes: Sequence[Tensor], points: Tensor) -> Tensor:
     bounds = [m * k // parts for k in range(parts + 1)]
 
     def task(i: int, lo: int, hi: int) -> Callable[[], None]:
-        return lambda: _sample_levels(
-            numba.typed.List([lv[i] for lv in levels]), pts[i], out_np[i], lo, hi, scale
-        )
+        return lambda: _sample_levels(planes[i], pts[i], out_np[i], lo, hi, scale)
 
     _run([task(i, lo, hi) for i in range(n) for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
     return out

@@ -197,6 +197,22 @@ def install_extension(root: str, copy: bool = False) -> List[str]:
     return done
 
 
+def load_extension(repo_root: str = REPO_ROOT):
+    """Import ``custom/threestudio-portrait3d`` of ``repo_root`` as threestudio's ``launch.py`` does
+    (module name ``threestudio-portrait3d``), once; threestudio must be importable."""
+    import importlib.util
+
+    if EXTENSION not in sys.modules:
+        folder = os.path.join(repo_root, "custom", EXTENSION)
+        spec = importlib.util.spec_from_file_location(
+            EXTENSION, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[EXTENSION] = module
+        spec.loader.exec_module(module)
+    return sys.modules[EXTENSION]
+
+
 def write_startup_file(site_packages: Optional[str] = None) -> str:
     """Write the ``.pth`` that runs :mod:`portrait3d.startup` at interpreter start (default: this
     Python's site-packages); returns its path."""

@@ -46,6 +46,13 @@ def _metrics(trial):
     return [row for path in paths for row in csv.DictReader(open(path))]
 
 
+def _resume(launch, tree, cache, trial, *overrides, ckpt=None):
+    """``launch.py --train`` resumed from the trial's parsed config and ``ckpt`` (default last.ckpt)."""
+    ckpt = ckpt or os.path.join(trial, "ckpts", "last.ckpt")
+    config = os.path.join(trial, "configs", "parsed.yaml")
+    return launch(tree, cache, "--config", config, "--train", f"resume={ckpt}", *overrides)
+
+
 def _init_dir(trial):
     found = glob.glob(os.path.join(trial, "save", "init", "*", "inversion.json"))
     assert len(found) == 1, found
@@ -166,7 +173,7 @@ def test_resume_then_export_mesh_and_pyramids(run):
 
     parsed = os.path.join(trial, "configs", "parsed.yaml")
     last = os.path.join(trial, "ckpts", "last.ckpt")
-    proc = launch(tree, cache, "--config", parsed, "--train", f"resume={last}", "trainer.max_steps=10")
+    proc = _resume(launch, tree, cache, trial, "trainer.max_steps=10")
     assert proc.returncode == 0, _tail(proc)
     state = torch.load(last, weights_only=True)
     assert state["global_step"] == 10  # continued the refinement from step 8
@@ -312,9 +319,7 @@ def test_killed_then_resumed_ends_with_the_uninterrupted_pyramid(run, uninterrup
         assert 12 < k < 24 and "portrait3d_refine" in killed, k
         views = os.path.join(out, "save", "refine", "refined_00.png")
         stamp = os.path.getmtime(views)
-    proc = launch(
-        tree, cache, "--config", os.path.join(out, "configs", "parsed.yaml"), "--train", f"resume={ckpt}"
-    )
+    proc = _resume(launch, tree, cache, out, ckpt=ckpt)
     assert proc.returncode == 0, _tail(proc)
     resumed = _final_state(out)
     if phase == "refinement":  # the targets came from the checkpoint, not from a second SDEdit
@@ -441,15 +446,7 @@ def test_swap_guidance_to_unified_guidance_and_resume(run, tmp_path):
     metrics = glob.glob(os.path.join(out, "csv_logs", "**", "metrics.csv"), recursive=True)
     rows = list(csv.DictReader(open(metrics[0])))
     assert any(r.get("train/loss_sd") for r in rows)  # the swapped guidance's loss was used
-    proc = launch(
-        tree,
-        cache,
-        "--config",
-        os.path.join(out, "configs", "parsed.yaml"),
-        "--train",
-        f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}",
-        "trainer.max_steps=3",
-    )
+    proc = _resume(launch, tree, cache, out, "trainer.max_steps=3")
     assert proc.returncode == 0, _tail(proc)
 
 
@@ -618,13 +615,5 @@ def test_swap_guidance_to_vsd_trains_its_lora_and_resumes(run, tmp_path):
         v for k, v in state.items() if k.startswith("guidance.") and "lora" in k and k.endswith("up.weight")
     ]
     assert lora_up and any(v.abs().sum() > 0 for v in lora_up)  # LoRA "up" starts at 0: it was trained
-    proc = launch(
-        tree,
-        cache,
-        "--config",
-        os.path.join(out, "configs", "parsed.yaml"),
-        "--train",
-        f"resume={os.path.join(out, 'ckpts', 'last.ckpt')}",
-        "trainer.max_steps=3",
-    )
+    proc = _resume(launch, tree, cache, out, "trainer.max_steps=3")
     assert proc.returncode == 0, _tail(proc)

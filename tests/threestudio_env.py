@@ -8,7 +8,7 @@ import sys
 from helpers import ROOT, THREESTUDIO_ROOT
 
 from portrait3d import cpu_compat
-from portrait3d.threestudio_env import install_extension
+from portrait3d.threestudio_env import install_extension, load_extension
 
 
 def make_worktree(dest: str) -> str:
@@ -53,20 +53,10 @@ def launch(worktree: str, cache: str, *args: str, timeout: int = 900) -> subproc
 
 def import_extension():
     """Import threestudio and this extension in the test process, as launch.py does (once)."""
-    import importlib.util
-
     cpu_compat.install()
     if THREESTUDIO_ROOT not in sys.path:
         sys.path.insert(0, THREESTUDIO_ROOT)
     import threestudio
 
-    name = "threestudio-portrait3d"
-    if name not in sys.modules:
-        folder = os.path.join(ROOT, "custom", name)
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+    load_extension()
     return threestudio
