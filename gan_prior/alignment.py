@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from .camera import canonical_label
-from .files import cache_root, read_json, write_json
+from .files import cache_root, fingerprint, read_json, write_json
 from .media import as_rgb, to_uint8
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"  # ships in opencv-python(-headless) 4.x wheels
@@ -329,23 +329,10 @@ def measure_framing(
 _FRAMING_SETTINGS = ("n", "seed", "resolution", "truncation_psi")  # what a stored framing depends on
 
 
-def _fingerprint(path: str) -> dict:
-    """Size and mtime (ns) of a checkpoint file, or the total size and newest mtime of a folder."""
-    if os.path.isdir(path):
-        size, mtime = 0, os.stat(path).st_mtime_ns
-        for root, _, files in os.walk(path):
-            for f in files:
-                st = os.stat(os.path.join(root, f))
-                size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
-        return {"size": size, "mtime_ns": mtime}
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def framing_paths(checkpoint: str) -> tuple[str, str]:
     """(beside the checkpoint, the fallback in the cache) for the framing record of ``checkpoint``."""
     path = os.path.abspath(checkpoint).rstrip(os.sep)
-    fp = _fingerprint(path)
+    fp = fingerprint(path)
     key = hashlib.sha1(f"{path}\n{fp['size']}\n{fp['mtime_ns']}".encode()).hexdigest()
     # the fallback stays where earlier versions kept it
     return path + FRAMING_SUFFIX, str(cache_root() / "tiny" / "framing" / f"{key}.json")
@@ -372,8 +359,8 @@ def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kw
     settings = {k: measure_kwargs.get(k, v) for k, v in defaults.items()}
     cascade = getattr(detector, "path", None)  # a cascade file edited in place keeps its name: key on it too
     if isinstance(cascade, str) and os.path.isfile(cascade):
-        settings["detector_file"] = _fingerprint(cascade)
-    fp = _fingerprint(checkpoint)
+        settings["detector_file"] = fingerprint(cascade)
+    fp = fingerprint(checkpoint)
     beside, cached = framing_paths(checkpoint)
     record = None
     for path in (beside, cached):

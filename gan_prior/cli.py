@@ -26,7 +26,7 @@ from .diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
-from .pyramid_files import load_pyramid, save_pyramid
+from .pyramid_files import load_pyramid_for, save_pyramid
 from .tiny_models import tiny_model_path
 
 DEBUG_ENV = "GAN_PRIOR_DEBUG"  # set to 1 to see the traceback of an unexpected error
@@ -111,13 +111,7 @@ def check_out(out: str, outputs: Sequence[str], overwrite: bool, option: str = "
 
 
 def _load_pyramid_for(G: PortraitGAN, path: str):
-    pyramid, ws = load_pyramid(path)
-    if ws is None:
-        raise UsageError(
-            f"{path} holds no 'ws'; the ToRGB and background need the latent it was made from (files "
-            "from `sample`, inversion_trigrid.pkl, df.pth, epoch_*.pth and the gallery have it)"
-        )
-    check_pyramid(pyramid, ws, G, path)
+    pyramid, ws = load_pyramid_for(G, path)
     if ws.shape[0] != 1 or next(iter(pyramid.values())).shape[0] != 1:
         raise UsageError(
             f"{path} holds {max(ws.shape[0], next(iter(pyramid.values())).shape[0])} pyramids; "

@@ -119,6 +119,13 @@ def write_json(path: str, data: dict) -> None:
             )
 
 
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
+    with atomic_path(path, os.path.splitext(path)[1]) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
 def read_json(path: str) -> Optional[dict]:
     """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
     try:
@@ -131,6 +138,19 @@ def read_json(path: str) -> Optional[dict]:
 
 #: Environment variable that overrides the cache root (default ``~/.cache/portrait3d``).
 CACHE_ENV_VAR = "PORTRAIT3D_CACHE"
+
+
+def fingerprint(path: str) -> dict:
+    """Size and mtime (ns) of a checkpoint file, or the total size and newest mtime of a folder."""
+    if os.path.isdir(path):
+        size, mtime = 0, os.stat(path).st_mtime_ns
+        for root, _, files in os.walk(path):
+            for f in files:
+                st = os.stat(os.path.join(root, f))
+                size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
+        return {"size": size, "mtime_ns": mtime}
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def cache_root() -> Path:

@@ -45,7 +45,7 @@ from .files import atomic_path
 from .generator_config import PortraitGANConfig, config_from_init_kwargs, infer_config, tiny_config
 from .layers import ToRGBLayer
 from .mapping import MappingNetwork
-from .pyramid_trigrid import pyramid_volumes, sample_volumes
+from .pyramid_trigrid import pyramid_field
 from .renderer import rays_from_label, render_rays
 from .superresolution import Superresolution
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
@@ -171,17 +171,7 @@ class PortraitGAN(nn.Module):
 
     def field(self, pyramid: Mapping[int, Tensor]):
         """The renderer's field for a pyramid: points ``[B, N, 3]`` → (σ_raw, 32-ch features)."""
-        if not pyramid:
-            raise ValueError("sample_pyramid needs at least one tri-grid level")
-        volumes: dict[int, list[Tensor]] = {}  # per batch size: laid out once, sampled by every pass
-
-        def evaluate(points: Tensor) -> tuple[Tensor, Tensor]:
-            b = points.shape[0]
-            if b not in volumes:
-                volumes[b] = pyramid_volumes(pyramid, b, self.cfg.trigrid_depth)
-            return self.decoder(sample_volumes(volumes[b], points, self.cfg.render.box_warp))
-
-        return evaluate
+        return pyramid_field(pyramid, self.decoder, self.cfg.render.box_warp, self.cfg.trigrid_depth)
 
     def background_features(self, ws: Tensor, size: int, noise_mode: str = "const") -> Tensor:
         """The background generator's feature image resized to ``size²``: ``[B, 32, size, size]``."""
@@ -364,15 +354,15 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
                 "not a generator checkpoint; expected model_512.pkl, an official-key "
                 "state dict, or a PortraitGAN.save folder",
             )
-    check_generator_config(cfg.to_dict(), path)  # also a config inferred from a file's shapes or kwargs
-    check_generator_size(cfg, path)  # before anything is allocated
+        check_generator_config(cfg.to_dict(), path)  # a config inferred from a file's shapes or kwargs
+        check_generator_size(cfg, path)  # before anything is allocated
     g = PortraitGAN(cfg)
     load_state_into(g, state, path)
     return g.to(map_location).eval().requires_grad_(False)
 
 
-# Official entries that this port does not build (super-resolution, body-pose branch, SMPL
-# buffers, the dataset label statistics).
+# Official entries that this port does not build (body-pose branch, SMPL buffers, the dataset
+# label statistics).
 _UNUSED_PREFIXES = ("pose_branch.", "renderer.", "dataset_label_std")
 
 

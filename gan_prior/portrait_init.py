@@ -46,7 +46,7 @@ from .alignment import (
 )
 from .camera import canonical_label
 from .checkpoint import CheckpointError, read_safetensors
-from .checks import check_pyramid, require_finite
+from .checks import require_finite
 from .diffusion import (
     DEFAULT_TEXT_TO_IMAGE_MODEL,
     TextToImageConfig,
@@ -55,12 +55,12 @@ from .diffusion import (
     load_pipeline,
     portrait_prompt,
 )
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, fingerprint, read_json, write_json
 from .generator import PortraitGAN
 from .inversion import InversionConfig, estimate_camera, invert
 from .media import as_rgb, from_uint8, save_image
 from .perceptual import VGG16Distance
-from .pyramid_files import load_pyramid, save_pyramid
+from .pyramid_files import load_pyramid_for, save_pyramid
 
 ProgressFn = Callable[[str], None]
 
@@ -193,9 +193,7 @@ def file_stamp(path: Optional[str], content: bool = False) -> Optional[dict]:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return {"sha1": digest.hexdigest()}
-    from .alignment import _fingerprint
-
-    return {"path": os.path.abspath(path), **_fingerprint(path)}
+    return {"path": os.path.abspath(path), **fingerprint(path)}
 
 
 def _canonical(inputs: dict) -> dict:
@@ -325,14 +323,6 @@ def _check_alignment(out_dir: str, record: dict, n_sources: int) -> Optional[str
     return None
 
 
-def _load_checked_pyramid(G: PortraitGAN, path: str) -> tuple[dict, torch.Tensor]:
-    levels, ws = load_pyramid(path)
-    if ws is None:
-        raise CheckpointError(f"{path}: holds no ws")
-    check_pyramid(levels, ws, G, path)
-    return levels, ws
-
-
 def initialize_portrait(
     G: PortraitGAN,
     checkpoint: str,
@@ -383,9 +373,11 @@ def initialize_portrait(
     )
     inversion = read_json(os.path.join(out_dir, "inversion.json")) if aligned_ok else None
 
+    reused: list = []  # the checked pyramid, loaded once
+
     def check_inversion(record: dict) -> Optional[str]:
         try:
-            _load_checked_pyramid(G, pyramid_path)
+            reused.append(load_pyramid_for(G, pyramid_path))
         except (CheckpointError, ValueError) as e:
             return f"{os.path.basename(pyramid_path)} cannot be used ({str(e).splitlines()[0][:160]})"
         return None
@@ -398,7 +390,7 @@ def initialize_portrait(
         ("w_plus.safetensors", "pyramid.safetensors", "comparison.png"),
     ):
         log(f"Reusing the initialisation in {out_dir}")
-        return _load_checked_pyramid(G, pyramid_path)
+        return reused[-1]
 
     G = G.to(device)
     distance = VGG16Distance.load(cfg.vgg16).to(device)  # camera estimate and inversion
@@ -463,7 +455,7 @@ def initialize_portrait(
 
     if pyramid_from_wplus() is None:
         timer("inversion", run_inversion)
-    levels, ws = _load_checked_pyramid(G, pyramid_path)
+    levels, ws = load_pyramid_for(G, pyramid_path)
     log(f"Initialisation written to {out_dir} (candidates, aligned.png, w_plus, pyramid, comparison.png)")
     return levels, ws
 

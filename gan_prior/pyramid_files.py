@@ -19,7 +19,7 @@ from .checkpoint import (
     read_checkpoint,
     read_safetensors,
 )
-from .checks import SAVE_FIX, require_finite, require_own_storage
+from .checks import SAVE_FIX, check_pyramid, require_finite, require_own_storage
 from .files import atomic_path
 from .pyramid_trigrid import level_key
 
@@ -80,6 +80,19 @@ def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Ten
     except ValueError as e:
         raise CheckpointError.at(path, str(e)) from None
     return out, ws
+
+
+def load_pyramid_for(G, path: str) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """:func:`load_pyramid` of a file ``G`` can render, with its ``ws``; one-line errors
+    (:func:`gan_prior.checks.check_pyramid`)."""
+    levels, ws = load_pyramid(path)
+    if ws is None:
+        raise CheckpointError(
+            f"{path} holds no 'ws'; the ToRGB and background need the latent it was made from (files "
+            "from `sample`, inversion_trigrid.pkl, df.pth, epoch_*.pth and the gallery have it)"
+        )
+    check_pyramid(levels, ws, G, path)
+    return levels, ws
 
 
 def save_pyramid(

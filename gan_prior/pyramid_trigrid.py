@@ -128,6 +128,25 @@ def sample_volumes(volumes: list[Tensor], points: Tensor, box_warp: float = BOX_
     return total.reshape(b, 3, -1, m).transpose(-1, -2)
 
 
+def pyramid_field(
+    levels: Mapping[int, Tensor], decoder: nn.Module, box_warp: float = BOX_WARP, depth: int = TRIGRID_DEPTH
+):
+    """The renderer's field of a pyramid: points ``[B, M, 3]`` (GAN world) → ``decoder`` of the
+    level-averaged features (σ_raw, features). The levels are laid out (:func:`pyramid_volumes`) once
+    per batch size and shared by every call: make one field per render, not per pass."""
+    if not levels:
+        raise ValueError("sample_pyramid needs at least one tri-grid level")
+    volumes: dict[int, list[Tensor]] = {}
+
+    def evaluate(points: Tensor):
+        b = points.shape[0]
+        if b not in volumes:
+            volumes[b] = pyramid_volumes(levels, b, depth)
+        return decoder(sample_volumes(volumes[b], points, box_warp))
+
+    return evaluate
+
+
 def sample_pyramid(
     levels: Mapping[int, Tensor], points: Tensor, box_warp: float = BOX_WARP, depth: int = TRIGRID_DEPTH
 ) -> Tensor:

@@ -50,10 +50,6 @@ class Superresolution(nn.Module):
             c0, c1, w_dim, 4 * input_resolution, img_channels=3, conv_clamp=conv_clamp
         )
 
-    @property
-    def output_resolution(self) -> int:
-        return 4 * self.input_resolution
-
     def resize(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` → ``[B, C, input_resolution, input_resolution]`` (official resize)."""
         size = (self.input_resolution, self.input_resolution)

@@ -3,7 +3,7 @@
 Parameters: one tensor per level, ``trigrids_{R}`` ``[1, 3, 36, R, R]`` (learning rates per level
 are plain optimizer config: ``system.optimizer.params.geometry.trigrids_256.lr``). The frozen GAN
 decoder maps the level- and plane-averaged features to a raw density σ and a 32-channel feature.
-``gan_field`` takes GAN-world points (y up, face +z), as ``portrait3d-renderer`` samples them;
+``gan_field()`` is the field over GAN-world points (y up, face +z), as ``portrait3d-renderer`` samples them;
 threestudio's own calls (``forward``, the isosurface) pass threestudio-world points (z up), rotated
 once into the GAN world.
 ``density`` is the *raw* σ (the renderer applies ``softplus(σ − 1)``); the isosurface is taken on
@@ -18,7 +18,7 @@ from threestudio.models.geometry.base import BaseImplicitGeometry
 from threestudio.utils.typing import *
 
 from gan_prior.camera import threestudio_to_gan_points
-from gan_prior.pyramid_trigrid import level_key, sample_pyramid
+from gan_prior.pyramid_trigrid import level_key, pyramid_field
 from gan_prior.renderer import RenderConfig, crop_mask
 
 from ..prior import frozen_copy, load_prior
@@ -63,18 +63,23 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
         for r, t in levels.items():
             getattr(self, level_key(r)).copy_(t[:1].to(self.decoder.net[0].weight))
 
-    def gan_field(
-        self, points_e: Float[Tensor, "*N 3"]
-    ) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
-        """GAN-world points → (raw σ, 32-channel features): the decoder on the sampled pyramid."""
-        shape = points_e.shape[:-1]
-        sigma, feats = self.decoder(
-            sample_pyramid(self.levels, points_e.reshape(1, -1, 3), self.box_warp, self.depth)
-        )
-        return sigma.reshape(*shape, 1), feats.reshape(*shape, -1)
+    def gan_field(self) -> Callable[[Tensor], Tuple[Tensor, Tensor]]:
+        """The field of the current levels over GAN-world points ``[*N, 3]`` → (raw σ ``[*N, 1]``,
+        32-channel features ``[*N, 32]``): the decoder on the sampled pyramid. The levels are laid
+        out once per field (:func:`gan_prior.pyramid_trigrid.pyramid_field`): one per render."""
+        evaluate = pyramid_field(self.levels, self.decoder, self.box_warp, self.depth)
+
+        def gan_points_field(
+            points_e: Float[Tensor, "*N 3"],
+        ) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
+            shape = points_e.shape[:-1]
+            sigma, feats = evaluate(points_e.reshape(1, -1, 3))
+            return sigma.reshape(*shape, 1), feats.reshape(*shape, -1)
+
+        return gan_points_field
 
     def _field(self, points: Float[Tensor, "*N 3"]) -> Tuple[Float[Tensor, "*N 1"], Float[Tensor, "*N Nf"]]:
-        return self.gan_field(threestudio_to_gan_points(points))
+        return self.gan_field()(threestudio_to_gan_points(points))
 
     def forward(
         self, points: Float[Tensor, "*N Di"], output_normal: bool = False

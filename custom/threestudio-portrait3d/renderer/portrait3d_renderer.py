@@ -1,7 +1,7 @@
 """``portrait3d-renderer``: the official importance-sampling renderer in threestudio's contract.
 
 Rays (threestudio world, unit directions) are rotated once into the GAN world and rendered by
-:func:`gan_prior.renderer.render_rays` with the geometry (its GAN-world ``gan_field``) + material as
+:func:`gan_prior.renderer.render_rays` with the geometry (its GAN-world ``gan_field()``) + material as
 the field: stratified +
 importance samples on ``[ray_start, ray_end]`` along unit rays from the same camera centre (exact
 for threestudio cameras on the radius-2.7 sphere, see camera-check.md), the x/z crop, midpoint
@@ -57,11 +57,18 @@ class Portrait3DRenderer(VolumeRenderer):
             }
         )
 
-    def _field(
-        self, points_e: Float[Tensor, "B N 3"]
-    ) -> Tuple[Float[Tensor, "B N 1"], Float[Tensor, "B N 3"]]:
-        sigma, feats = self.geometry.gan_field(points_e)  # samples stay in the GAN world
-        return sigma, self.material(features=feats)
+    def field(self) -> Callable[[Tensor], Tuple[Tensor, Tensor]]:
+        """The render field: GAN-world points ``[B, N, 3]`` → (raw σ, the material's colour); the
+        geometry's levels laid out once for all of one render's passes and chunks."""
+        geometry_field = self.geometry.gan_field()  # samples stay in the GAN world
+
+        def evaluate(
+            points_e: Float[Tensor, "B N 3"],
+        ) -> Tuple[Float[Tensor, "B N 1"], Float[Tensor, "B N 3"]]:
+            sigma, feats = geometry_field(points_e)
+            return sigma, self.material(features=feats)
+
+        return evaluate
 
     def forward(
         self,
@@ -76,7 +83,7 @@ class Portrait3DRenderer(VolumeRenderer):
         dirs = threestudio_to_gan_points(torch.nn.functional.normalize(rays_d.reshape(b, h * w, 3), dim=-1))
         deterministic = not (self.training and self.cfg.randomized)
         chunk = None if self.training else self.cfg.eval_chunk_size
-        rendered = render_rays(self._field, origins, dirs, self.render_cfg, deterministic, chunk)
+        rendered = render_rays(self.field(), origins, dirs, self.render_cfg, deterministic, chunk)
         fg = rendered["features"].reshape(b, h, w, 3)
         opacity = rendered["opacity"].reshape(b, h, w, 1)
         depth = rendered["depth"].reshape(b, h, w, 1)
@@ -123,7 +130,7 @@ class Portrait3DRenderer(VolumeRenderer):
             )
         cfg = self.render_cfg.replace(**render_options) if render_options else self.render_cfg
         origins, dirs = rays_from_label(labels.float(), resolution, patch)
-        rendered = render_rays(self._field, origins, dirs, cfg, deterministic, chunk)
+        rendered = render_rays(self.field(), origins, dirs, cfg, deterministic, chunk)
         b, side = labels.shape[0], patch[2] if patch else resolution
 
         def image(x: Tensor) -> Tensor:
