@@ -5,7 +5,7 @@
 Creates ``custom/threestudio-portrait3d`` and ``configs/portrait3d*.yaml`` in the checkout as
 symbolic links to this repository (``--copy`` copies instead), so that, from the threestudio root,
 ``python launch.py --config configs/portrait3d.yaml --train system.prompt_processor.prompt="..."``
-resolves; and writes ``portrait3d-cpu-compat.pth`` into this Python's site-packages (the import
+resolves; and writes ``portrait3d-startup.pth`` into this Python's site-packages (the import
 stand-ins threestudio needs where CUDA-only packages are missing; a real package always wins).
 ``gan_prior`` itself must be importable there: ``pip install -e .`` in this repository.
 """

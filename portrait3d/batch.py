@@ -23,15 +23,24 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from gan_prior.checks import bounded_int
 from gan_prior.files import atomic_path, read_json
 
 from .cli import UsageError
-from .run import LaunchKilled, Trial, find_trial, resolve_config, train_and_export, yaml_quote
-from .threestudio_env import REPO_ROOT, ThreestudioError, extension_installed, find_threestudio
+from .launch_errors import PROMPT
+from .run import (
+    LaunchKilled,
+    Trial,
+    find_trial,
+    require_threestudio,
+    resolve_config,
+    train_and_export,
+    yaml_quote,
+)
+from .threestudio_env import REPO_ROOT, ThreestudioError
 
 MANIFEST = "manifest.jsonl"
 LOGS = "logs"  # <out>/logs/<name>.log: launch.py's output, every attempt appended
-PROMPT_KEY = "system.prompt_processor.prompt"
 JSONL_KEYS = ("prompt", "name", "seed", "overrides")
 # the manifest's fields, in the order a line shows them (portrait3d report reads them)
 FIELDS = (
@@ -76,7 +85,7 @@ class Job:
     def launch_overrides(self, common: Sequence[str]) -> List[str]:
         """threestudio overrides: the batch's, then this prompt's (which win)."""
         return [
-            f"{PROMPT_KEY}={yaml_quote(self.prompt)}",
+            f"{PROMPT}={yaml_quote(self.prompt)}",
             f"seed={self.seed}",
             *common,
             *self.overrides,
@@ -226,12 +235,7 @@ def run_prompt(job: dict, config: str, common: Sequence[str], out: str, batch_id
     stats: dict = {}
     record = {"node": node, "attempts": attempts, "log": _relative(out, log)}
     try:
-        root = find_threestudio()
-        if not extension_installed(root):
-            raise UsageError(
-                f"the Portrait3D extension is not installed in {root} on {node}: run "
-                f"`python install_extension.py {root}` there"
-            )
+        root = require_threestudio(node=node)
         trial = train_and_export(
             config,
             Job(**job).launch_overrides(common),
@@ -396,15 +400,7 @@ def run_batch(
             write_manifest(out, list(entries.values()))
         return list(entries.values())
     if address is None:  # on this machine: check the set-up before starting anything
-        try:
-            root = find_threestudio()
-        except ThreestudioError as e:
-            raise UsageError(str(e)) from None
-        if not extension_installed(root):
-            raise UsageError(
-                f"the Portrait3D extension is not installed in {root}: run "
-                f"`python install_extension.py {root}` (or `make demo`)"
-            )
+        require_threestudio()
     write_manifest(out, list(entries.values()))
 
     import ray
@@ -501,8 +497,6 @@ def cmd_batch(args) -> int:
             raise UsageError(
                 f"{o!r}: overrides are key=value (threestudio's syntax), e.g. system.refine.steps=100"
             )
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: give 1 or more")
     jobs = read_prompts(args.prompts, args.seed)
     if args.evaluate:  # its options are checked before the portraits are made
         from .evaluate import check_options
@@ -546,7 +540,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs", help="folder for the trial folders, logs/ and manifest.jsonl")
     p.add_argument(
         "--workers",
-        type=int,
+        type=bounded_int(1),
         default=None,
         help="prompts at a time (default: the cluster's GPUs, or CPUs without GPUs)",
     )
@@ -556,7 +550,7 @@ def add_parser(sub) -> None:
         help="a running Ray cluster: auto, or ray://host:10001 (default: start Ray on this machine)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts that give none")
-    p.add_argument("--retries", type=int, default=3, help="retries of a prompt whose worker dies")
+    p.add_argument("--retries", type=bounded_int(0), default=3, help="retries of a prompt whose worker dies")
     p.add_argument(
         "--retry-failed",
         action="store_true",

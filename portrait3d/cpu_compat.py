@@ -72,9 +72,3 @@ def install() -> None:
     if "torchvision" not in sys.modules and not any(isinstance(f, _TorchvisionFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchvisionFinder())
     quiet_known_warnings()
-
-
-def is_stand_in(module) -> bool:
-    """True if ``module`` was served from ``portrait3d/cpu_stubs`` (not a real installed package)."""
-    origin = getattr(getattr(module, "__spec__", None), "origin", None) or ""
-    return os.path.abspath(origin).startswith(STUBS_DIR + os.sep)

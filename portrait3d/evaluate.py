@@ -18,12 +18,11 @@ import os
 import sys
 from typing import List, Optional
 
-import yaml
-
-from gan_prior.files import atomic_path, write_json
+from gan_prior.files import atomic_path, write_json, write_text
 
 from .batch import MANIFEST, read_manifest
 from .cli import UsageError
+from .report import config_value, read_yaml
 from .run import Trial
 
 
@@ -39,12 +38,8 @@ def check_options(clip: Optional[str], inception: Optional[str]) -> None:
 
 
 def _config_evaluation(trial: Trial) -> dict:
-    try:
-        with open(trial.config, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f) or {}
-        return dict((cfg.get("system") or {}).get("evaluation") or {})
-    except (OSError, yaml.YAMLError, AttributeError):
-        return {}
+    evaluation = config_value(read_yaml(trial.config), "system.evaluation")
+    return dict(evaluation) if isinstance(evaluation, dict) else {}
 
 
 def _latest(paths: List[str]) -> Optional[str]:
@@ -197,12 +192,10 @@ def _write_tables(out: str, r: dict) -> None:
             "",
             "Not evaluated: " + "; ".join(f"{s['name']} ({s['reason']})" for s in r["skipped"]),
         ]
-    with atomic_path(os.path.join(out, "metrics.md"), ".md") as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(out, "metrics.md"), "\n".join(lines) + "\n")
 
 
-def print_summary(r: dict, out: Optional[str] = None) -> None:
+def print_summary(r: dict) -> None:
     fid = "" if r["fid"] is None else f", FID {r['fid']:.2f}, KID {r['kid_mean']:.4f}"
     print(
         f"CLIP score {r['clip_score']:.2f} over {r['num_portraits']} portraits ({r['num_views']} views; "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 from urllib.parse import quote
 
-from gan_prior.files import atomic_path, read_json
+from gan_prior.files import read_json, write_text
 
 from .batch import MANIFEST, read_manifest  # the batch writes it (importing it starts no Ray)
 from .cli import UsageError
@@ -80,7 +80,8 @@ def _latest(save: str, pattern: str, check=None) -> Optional[str]:
     return None
 
 
-def _yaml(path: str) -> dict:
+def read_yaml(path: str) -> dict:
+    """A YAML mapping (a trial's configs/parsed.yaml), or {} when it cannot be read."""
     import yaml
 
     try:
@@ -91,7 +92,8 @@ def _yaml(path: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _get(cfg: dict, dotted: str):
+def config_value(cfg: dict, dotted: str):
+    """``cfg["a"]["b"]`` for ``"a.b"``, or None."""
     for key in dotted.split("."):
         if not isinstance(cfg, dict) or key not in cfg:
             return None
@@ -141,7 +143,9 @@ class Trial:
 
     @property
     def prompt(self) -> str:
-        return str(_get(self.config, "system.prompt_processor.prompt") or os.path.basename(self.folder))
+        return str(
+            config_value(self.config, "system.prompt_processor.prompt") or os.path.basename(self.folder)
+        )
 
     @property
     def poster(self) -> Optional[str]:
@@ -214,13 +218,13 @@ def collect(folder: str) -> Trial:
             f"{folder} is not a threestudio trial folder (no configs/parsed.yaml and save/); "
             "pass outputs/<experiment>/<trial>"
         )
-    t = Trial(folder=folder, config=_yaml(os.path.join(folder, "configs", "parsed.yaml")))
+    t = Trial(folder=folder, config=read_yaml(os.path.join(folder, "configs", "parsed.yaml")))
     save = t.save
     for label, key in SETTINGS:
         value = (
-            (" × " if label == "render size" else " … ").join(str(_get(t.config, k)) for k in key)
+            (" × " if label == "render size" else " … ").join(str(config_value(t.config, k)) for k in key)
             if isinstance(key, tuple)
-            else _get(t.config, key)
+            else config_value(t.config, key)
         )
         if value not in (None, ""):
             t.settings.append((label, value))
@@ -551,19 +555,13 @@ def render_report(t: Trial, viewer: Optional[str]) -> str:
     return _page(title, header + "<main>" + "\n".join(sections) + "</main>" + body_end, head)
 
 
-def _write_text(path: str, text: str) -> None:
-    with atomic_path(path, os.path.splitext(path)[1]) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-
-def write_report(folder: str, require_viewer: bool = True, warn=None) -> str:
+def write_report(folder: str, require_viewer: bool = True, warn=None, trial: Optional[Trial] = None) -> str:
     """Write ``<folder>/save/index.html`` (and ``save/_report/``); returns the page's path.
 
     With a mesh to show and no viewer bundle, raises :class:`ViewerMissing` when
     ``require_viewer``, else writes the page with a note in place of the 3D view (and calls
-    ``warn(message)``)."""
-    t = collect(folder)
+    ``warn(message)``). ``trial``: ``collect(folder)`` when the caller has it already."""
+    t = trial or collect(folder)
     viewer = None
     if t.mesh:
         try:
@@ -579,16 +577,16 @@ def write_report(folder: str, require_viewer: bool = True, warn=None) -> str:
             os.makedirs(assets, exist_ok=True)
             with open(bundle, encoding="utf-8") as f:  # without its source map link (not shipped)
                 code = re.sub(r"\n//# sourceMappingURL=\S+\s*$", "\n", f.read())
-            _write_text(os.path.join(assets, VIEWER_FILE), code)
+            write_text(os.path.join(assets, VIEWER_FILE), code)
             with open(os.path.join(t.save, t.mesh), "rb") as f:
                 data = base64.b64encode(f.read()).decode("ascii")
-            _write_text(
+            write_text(
                 os.path.join(assets, os.path.basename(t.mesh) + ".js"),
                 f'window.P3D_MODEL="data:model/gltf-binary;base64,{data}";\n',
             )
             viewer = f"{ASSETS}/{VIEWER_FILE}"
     path = os.path.join(t.save, "index.html")
-    _write_text(path, render_report(t, viewer))
+    write_text(path, render_report(t, viewer))
     return path
 
 
@@ -611,17 +609,10 @@ def find_trials(folder: str, max_depth: int = 4) -> List[str]:
 
 
 def _seconds(entry: dict) -> Optional[float]:
-    """The run's wall time from a manifest entry: the sum of its stage times, or its total."""
-    for key in ("times", "stage_times", "seconds"):
-        value = entry.get(key)
-        if isinstance(value, dict):
-            nums = [v for v in value.values() if isinstance(v, (int, float))]
-            if nums:
-                return float(sum(nums))
-    for key in ("wall_time", "seconds", "time"):
-        if isinstance(entry.get(key), (int, float)):
-            return float(entry[key])
-    return None
+    """The run's wall time from a manifest entry: the sum of its stage ``times`` (portrait3d batch)."""
+    value = entry.get("times")
+    nums = [v for v in value.values() if isinstance(v, (int, float))] if isinstance(value, dict) else []
+    return float(sum(nums)) if nums else None
 
 
 def _trial_seconds(folder: str) -> Optional[float]:
@@ -653,7 +644,7 @@ def _resolve_trial(folder: str, path: Optional[str]) -> Optional[str]:
     return found[-1] if found else None
 
 
-def _card(folder: str, entry: dict, trial: Optional[Trial], page_dir: str) -> str:
+def _card(entry: dict, trial: Optional[Trial], page_dir: str) -> str:
     status = str(entry.get("status") or ("done" if trial else "unknown"))
     prompt = str(entry.get("prompt") or (trial.prompt if trial else entry.get("name") or "?"))
     name = str(entry.get("name") or (os.path.basename(trial.folder) if trial else ""))
@@ -755,14 +746,14 @@ def write_gallery(folder: str, reports: bool = True) -> str:
         trial_dir = _resolve_trial(folder, entry.get("trial"))
         trial = collect(trial_dir) if trial_dir else None
         if trial is not None and reports:
-            write_report(trial.folder, require_viewer=False)
+            write_report(trial.folder, require_viewer=False, trial=trial)
         seconds = _seconds(entry)
         if seconds is None and trial is not None and entry.get("status", "done") == "done":
             seconds = _trial_seconds(trial.folder)
         entry = {**entry, "_order": order, "_seconds": seconds}
         status = str(entry.get("status") or ("done" if trial else "unknown"))
         counts[status] = counts.get(status, 0) + 1
-        cards.append(_card(folder, entry, trial, folder))
+        cards.append(_card(entry, trial, folder))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     body = (
         f'<header><h1>Portraits</h1><p class="muted">{_e(folder)} — {_e(source)}: {_e(summary)}</p>'
@@ -774,7 +765,7 @@ def write_gallery(folder: str, reports: bool = True) -> str:
         f'<main><div class="cards" id="cards">{"".join(cards)}</div></main>{GALLERY_SCRIPT}'
     )
     path = os.path.join(folder, "index.html")
-    _write_text(path, _page("Portraits", body, f"<style>{GALLERY_CSS}</style>"))
+    write_text(path, _page("Portraits", body, f"<style>{GALLERY_CSS}</style>"))
     return path
 
 

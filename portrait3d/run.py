@@ -58,7 +58,7 @@ class Trial:
 
 
 def resolve_config(path: str) -> str:
-    """``path`` as given (from the current folder), else inside the threestudio root; absolute."""
+    """``path`` (from the current folder) as an absolute path; a missing file is one UsageError line."""
     if os.path.isfile(path):
         return os.path.abspath(path)
     raise UsageError(f"--config {path}: no such file (e.g. configs/portrait3d-tiny.yaml in this repository)")
@@ -159,6 +159,22 @@ def _failed(step: str, code: int, log: Optional[str], trial: Optional[Trial] = N
     )
 
 
+def require_threestudio(root: Optional[str] = None, node: Optional[str] = None) -> str:
+    """threestudio's root (``root``, else :func:`find_threestudio`) with the extension installed,
+    or a one-line :class:`UsageError` saying what to run (on worker ``node``, when given)."""
+    try:
+        root = root or find_threestudio()
+    except ThreestudioError as e:
+        raise UsageError(str(e)) from None
+    if not extension_installed(root):
+        where, fix = (f" on {node}", "there") if node else ("", "(or `make demo`)")
+        raise UsageError(
+            f"the Portrait3D extension is not installed in {root}{where}: run "
+            f"`python install_extension.py {root}` {fix}"
+        )
+    return root
+
+
 def train_and_export(
     config: str,
     overrides: Sequence[str],
@@ -177,15 +193,7 @@ def train_and_export(
     (``stages.json``), and the initialisation is reused from ``save/init/<key>``. ``stats`` receives
     ``times`` (seconds per stage of this call), ``peak_memory_mb`` and ``resumed_from_step``.
     """
-    try:
-        root = root or find_threestudio()
-    except ThreestudioError as e:
-        raise UsageError(str(e)) from e
-    if not extension_installed(root):
-        raise UsageError(
-            f"the Portrait3D extension is not installed in {root}: run "
-            f"`python install_extension.py {root}` (or `make demo`)"
-        )
+    root = require_threestudio(root)
     stats = {} if stats is None else stats
     stats.setdefault("times", {})
     stats.setdefault("resumed_from_step", None)

@@ -1,4 +1,4 @@
-"""Run at interpreter start by ``portrait3d-cpu-compat.pth`` (written by the setup): the import
+"""Run at interpreter start by ``portrait3d-startup.pth`` (written by the setup): the import
 stand-ins threestudio needs where CUDA-only packages are missing, and one-line ``launch.py`` errors.
 Cheap: imports no torch."""
 
