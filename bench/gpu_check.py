@@ -45,7 +45,10 @@ for _p in (ROOT, BENCH):
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bench_renderer import PeakMemory, machine_info, make_renderers, sync  # noqa: E402
+from bench_pipeline import sd15_unet  # noqa: E402
+from bench_renderer import PeakMemory, _stepper, machine_info, make_renderers, sync  # noqa: E402
+
+from gan_prior.files import write_json, write_text  # noqa: E402
 
 # Paper Table / §4 (RTX 4090, minutes): inversion ≈ 4, SDS ≈ 22, refinement ≈ 5, whole ≈ 30.
 PAPER_4090_MIN = {"inversion": 4.0, "sds": 22.0, "fit": 5.0, "total": 30.0}
@@ -58,7 +61,7 @@ def sd_pipeline(dry_run: bool, device: str):
     a 12-layer 768-wide CLIP text tower), or the tests' tiny one for the dry run. The tokenizer is
     the tiny models' byte-level one (no vocabulary files exist offline; the text tower's cost does
     not depend on its vocabulary size)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from gan_prior.tiny_models import (
@@ -99,14 +102,7 @@ def sd_pipeline(dry_run: bool, device: str):
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
         )
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-        )
-        pipe = stable_diffusion_from_parts(vae, text, tok, unet)
+        pipe = stable_diffusion_from_parts(vae, text, tok, sd15_unet())
     pipe = pipe.to(device)
     for m in (pipe.text_encoder, pipe.vae, pipe.unet):
         m.eval().requires_grad_(False)
@@ -140,10 +136,7 @@ class Adan(torch.optim.Optimizer):
 # ---------------------------------------------------------------------------------- timing
 def _write_partial(out: str, rows: list) -> None:
     """The rows so far, in case the call is cut short (the device run's time limit)."""
-    tmp = os.path.join(out, "gpu_check.partial.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(rows, f, indent=1, default=str)
-    os.replace(tmp, os.path.join(out, "gpu_check.partial.json"))
+    write_json(os.path.join(out, "gpu_check.partial.json"), rows)
 
 
 def measure(name, step, device, n_steps, count, unit, notes="", warmup=True):
@@ -407,21 +400,13 @@ def renderer_vs_official(args) -> dict:
         a, b = renders["ours"](levels, res, False, True), renders["official"](levels, res, False, True)
         agreement = (a - b).abs().max().item()
     times = {impl: {"forward_s": [], "fwd_bwd_s": []} for impl in renders}
+    steps = {impl: _stepper(render, levels, dev, False) for impl, render in renders.items()}
     for i in range(repeats + 1):
         for impl in ("ours", "official") if i % 2 == 0 else ("official", "ours"):
-            for t in levels.values():
-                t.grad = None
-            sync(dev)
-            t0 = time.perf_counter()
-            loss = renders[impl](levels, res, False, False).square().mean()
-            sync(dev)
-            t1 = time.perf_counter()
-            loss.backward()
-            sync(dev)
-            t2 = time.perf_counter()
+            forward_s, fwd_bwd_s, _, _ = steps[impl](res)
             if i > 0:  # the first round warms up
-                times[impl]["forward_s"].append(t1 - t0)
-                times[impl]["fwd_bwd_s"].append(t2 - t0)
+                times[impl]["forward_s"].append(forward_s)
+                times[impl]["fwd_bwd_s"].append(fwd_bwd_s)
     med = {impl: {k: statistics.median(v) for k, v in d.items()} for impl, d in times.items()}
     return {
         "resolution": res,
@@ -539,15 +524,10 @@ def main(argv=None) -> int:
         ),
         "wall_s": time.time() - t0,
     }
-    for name, text in (
-        ("gpu_check.json", json.dumps(result, indent=1, default=str)),
-        ("gpu_check.md", table(result)),
-    ):
-        tmp = os.path.join(args.out, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(args.out, name))
-    print(table(result))
+    markdown = table(result)
+    write_json(os.path.join(args.out, "gpu_check.json"), result)
+    write_text(os.path.join(args.out, "gpu_check.md"), markdown)
+    print(markdown)
     print(f"(wall {result['wall_s']:.0f} s; written {args.out}/gpu_check.md and .json)")
     return 1 if result["failed_stages"] else 0
 

@@ -52,7 +52,8 @@ done
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   > "$OUT/pip.log" 2>&1 || { echo "gpu_check.sh: wheel install failed (see pip.log)"; cat "$OUT/pip.log"; exit 1; }
-# carried wheels first, then the repo, then the import-only stand-ins (last: real packages win)
+# carried wheels first, then the repo, then the import-only stand-ins (only of packages the image
+# lacks: on PYTHONPATH a stand-in would hide an installed package of the same name)
 export PYTHONPATH="/tmp/site:$ROOT:$ROOT/.device/stubs"
 export THREESTUDIO_ROOT="$ROOT/.device/threestudio" PORTRAIT3D_OFFICIAL_ROOT="$ROOT/.device/official"
 export PORTRAIT3D_CACHE=/tmp/portrait3d-cache

@@ -36,8 +36,9 @@ if [[ -z "$OFFICIAL" || ! -f "$OFFICIAL/training/neural_renderer.py" ]]; then
        "(fetch oneThousand1000/Portrait3D and pass its 3DPortraitGAN_pyramid folder)" >&2
   exit 2
 fi
-VENDORED="$ROOT/../shared/vendor/threestudio-28d9d80.tar.gz"
-[[ -f "$VENDORED" ]] || VENDORED="/work/shared/vendor/threestudio-28d9d80.tar.gz"
+COMMIT=$(sed -n 's/^THREESTUDIO_COMMIT := //p' "$ROOT/Makefile")  # the pin's one home
+VENDORED="$ROOT/../shared/vendor/threestudio-$COMMIT.tar.gz"
+[[ -f "$VENDORED" ]] || VENDORED="/work/shared/vendor/threestudio-$COMMIT.tar.gz"
 if [[ -n "$TS" && ! -f "$TS/launch.py" ]]; then
   echo "prepare_device.sh: --threestudio '$TS' has no launch.py" >&2; exit 2
 fi
