@@ -18,6 +18,18 @@ MAX_FRAMES = 100_000
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (not argparse's usage block) and whose
+    ``--help`` shows the defaults; pass it as ``parser_class`` to ``add_subparsers`` too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def bounded_int(low: int, high: Optional[int] = None, what: str = "") -> callable:
     """An ``argparse`` type: an integer in ``[low, high]`` (``high`` None: no upper bound)."""
 

@@ -16,12 +16,20 @@ import argparse
 import os
 import sys
 from functools import partial
-from typing import NoReturn, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from .camera import GAN_FOCAL, camera_label, canonical_label, elevation_azimuth_to_hv, lookat_pose
-from .checks import MAX_FRAMES, MAX_RESOLUTION, MAX_SEED, bounded_int, check_pyramid, finite_float
+from .checks import (
+    MAX_FRAMES,
+    MAX_RESOLUTION,
+    MAX_SEED,
+    OneLineParser,
+    bounded_int,
+    check_pyramid,
+    finite_float,
+)
 from .diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .evaluation import add_cli as add_evaluate_cli
 from .generator import PortraitGAN
@@ -48,15 +56,6 @@ def checkpoint_path(value: str) -> str:
     if value == TINY_CHECKPOINT:
         return tiny_model_path("portrait-gan")
     return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)  # --help shows defaults
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:  # one line instead of argparse's usage block
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def write_turntable(
@@ -239,8 +238,8 @@ def cmd_invert(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m gan_prior", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog="python -m gan_prior", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     resolution = bounded_int(1, MAX_RESOLUTION)
 
     def common(sp):

@@ -17,12 +17,14 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from gan_prior.checks import OneLineParser
+
+    parser = OneLineParser(
         prog="portrait3d",
         description="Portrait3D with threestudio: one portrait (run), many on Ray (batch), their "
         "metrics (evaluate) and pages (report, gallery).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").add_parser(sub)
     return parser
