@@ -23,7 +23,9 @@ pixels ``x_min … x_max`` is ``x0 = x_min, x1 = x_max + 1`` (OpenCV's ``(x, y, 
 square and exact for the area of the box.
 
 A detector is any callable ``uint8 [H, W, 3] → list[FaceBox]`` with a ``name``;
-:func:`make_detector` builds one from a string ("haar", a cascade ``.xml``, ``module:attr``, "none").
+:func:`make_detector` builds one from a string ("haar", "none", a registered name, a cascade ``.xml``, or
+``module:attr`` where the user allowed it: strings may come from files others wrote, so a string never
+reaches code that is not a detector).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import importlib
 import inspect
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional, Sequence
 
@@ -53,7 +56,10 @@ DEFAULT_MIN_FACE_PX = 32  # quoted in the "no face" message for detectors that s
 AMBIGUOUS_FACE_RATIO = 0.5  # a second face at least this size × the largest makes a photo ambiguous
 NONE_FRAMING_SIZE = 1.0  # Framing.size recorded for detector "none" (unused: the whole image is the crop)
 FRAMING_SUFFIX = ".framing.json"
-DETECTOR_CHOICES = "'haar', a path to an OpenCV cascade .xml, 'module:attr' (a callable or class), or 'none'"
+DETECTOR_CHOICES = (
+    "'haar', 'none', a registered detector name, a path to an OpenCV cascade .xml, or 'module:attr' "
+    "(a FaceDetector or @face_detector function; from your command line or PORTRAIT3D_DETECTORS)"
+)
 
 Detector = Callable[[np.ndarray], "list[FaceBox]"]
 
@@ -77,6 +83,11 @@ class FaceBox:
     def size(self) -> float:
         """``sqrt(w·h)``: the side of the square with the box's area."""
         return math.sqrt(max(self.x1 - self.x0, 0.0) * max(self.y1 - self.y0, 0.0))
+
+
+class FramingError(ValueError):
+    """The detector finds no face in the GAN's own renders (:func:`measure_framing`; remembered with
+    the framing records, so a retry with the same detector fails at once)."""
 
 
 class NoFaceError(ValueError):
@@ -109,7 +120,17 @@ def _is_none_detector(detector: Detector) -> bool:
 
 
 # --------------------------------------------------------------------------- detectors
-class HaarCascadeDetector:
+class FaceDetector:
+    """Base of the detectors: ``name``, and ``__call__(image uint8 [H, W, 3]) → list[FaceBox]``.
+    Subclass it (or mark a function with :func:`face_detector`) so that a string may name it."""
+
+    name: str = ""
+
+    def __call__(self, image: np.ndarray) -> list[FaceBox]:
+        raise NotImplementedError
+
+
+class HaarCascadeDetector(FaceDetector):
     """OpenCV's Viola–Jones cascade; by default the frontal-face model inside the opencv wheel.
 
     ``min_size_fraction`` is the smallest face searched for, as a fraction of the image's shorter
@@ -158,7 +179,7 @@ class HaarCascadeDetector:
         ]
 
 
-class NoDetector:
+class NoDetector(FaceDetector):
     """Detector "none": the image is already aligned (a GAN render, a pre-cropped square photo).
 
     :func:`align_image` does not call it: the whole (square) image is the crop. Called directly it
@@ -172,7 +193,7 @@ class NoDetector:
         return [FaceBox(0.0, 0.0, float(w), float(h))]
 
 
-class _NamedDetector:
+class _NamedDetector(FaceDetector):
     """A user callable without a ``name``, named after where it was imported from."""
 
     def __init__(self, fn: Callable, name: str):
@@ -208,40 +229,166 @@ def detect(detector: Detector, image: np.ndarray) -> list[FaceBox]:
     return list(boxes)
 
 
-def make_detector(spec: str = "haar") -> Detector:
-    """A detector from a string: "haar" (OpenCV's default frontal cascade), a path to a cascade
-    ``.xml``, "module:attr" (a callable, or a class instantiated without arguments) or "none"."""
+def other_detectors(failed: str) -> str:
+    """The detector choices, less the one named ``failed`` (a :func:`detector_name`) that just failed."""
+    choices = [
+        None if failed == f"haar:{DEFAULT_CASCADE}" else "'haar'",
+        "another OpenCV cascade .xml" if failed.startswith("haar:") else "an OpenCV cascade .xml",
+        "a registered detector name",
+        "'module:attr' (a FaceDetector or @face_detector function; from your command line or "
+        "PORTRAIT3D_DETECTORS)",
+        "or 'none' (images already cropped like the GAN's renders)",
+    ]
+    return "another detector: " + ", ".join(c for c in choices if c)
+
+
+# --------------------------------------------------------------------------- naming detectors
+# A detector named by a string may come from data a user received (a config, a prompt file's
+# overrides, a trial's parsed.yaml), so a string reaches only detectors that are safe by design:
+# the built-in ones, registered ones, cascade files, and a "module:attr" only where the user opted
+# in on their own command line (``python -m gan_prior invert --detector``) or environment
+# (:data:`DETECTORS_ENV`). Whatever "module:attr" names must be a detector (:func:`is_detector`),
+# so that it never calls ``pickle.loads`` or ``os.system`` on an image.
+DETECTOR_ENTRY_POINTS = "gan_prior.detectors"  # installed packages register detectors by name here
+DETECTORS_ENV = "PORTRAIT3D_DETECTORS"  # "module:attr" detectors a config may name, comma-separated
+_REGISTRY: dict[str, object] = {"haar": HaarCascadeDetector, "none": NoDetector}
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_IMPORT = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
+
+
+def face_detector(fn: Callable) -> Callable:
+    """Mark a function ``image uint8 [H, W, 3] → list[FaceBox]`` as a face detector, so that
+    ``module:attr`` may name it (an unmarked callable is refused without being called)."""
+    fn.is_face_detector = True
+    return fn
+
+
+def is_detector(target) -> bool:
+    """A :class:`FaceDetector` subclass or instance, or a function marked with :func:`face_detector`."""
+    if isinstance(target, type):
+        return issubclass(target, FaceDetector)
+    return isinstance(target, FaceDetector) or (
+        inspect.isfunction(target) and target.__dict__.get("is_face_detector") is True
+    )
+
+
+def register_detector(name: str, target) -> None:
+    """Make ``name`` (letters, digits, ``_.-``) a detector name for :func:`make_detector` and every
+    config: ``target`` is a :class:`FaceDetector` subclass (instantiated without arguments) or
+    instance, or a :func:`face_detector` function."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"detector name {name!r}: use letters, digits, '_', '.' and '-'")
+    if not is_detector(target):
+        raise ValueError(
+            f"detector {name!r}: {target!r:.60} is not a FaceDetector or a @face_detector function"
+        )
+    _REGISTRY[name] = target
+
+
+def _entry_point(name: str):
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=DETECTOR_ENTRY_POINTS) if ep.name == name]
+    return found[0] if found else None
+
+
+_ALLOWED_HERE: set[str] = set()  # "module:attr" given on this process's own command line
+
+
+def allow_detector_import(spec: str) -> None:
+    """The user's own command line names ``spec`` ("module:attr"): allow it in this process (as
+    if listed in :data:`DETECTORS_ENV`), so that the configs it builds may name it."""
+    _ALLOWED_HERE.add((spec or "").strip())
+
+
+def _allowed_imports() -> set[str]:
+    listed = os.environ.get(DETECTORS_ENV, "").replace(";", ",").split(",")
+    return {s.strip() for s in listed if s.strip()} | _ALLOWED_HERE
+
+
+def _refused_import(spec: str) -> ValueError:
+    return ValueError(
+        f"detector {spec!r}: a 'module:attr' detector is code, and configs, prompt files and overrides "
+        f"may not name code; give it on your own command line (python -m gan_prior invert --detector "
+        f"{spec}) or allow it in your environment ({DETECTORS_ENV}={spec}), or register it by name "
+        f"(entry point group {DETECTOR_ENTRY_POINTS!r})"
+    )
+
+
+def check_detector_spec(spec: str, allow_import: bool = False) -> None:
+    """Refuse, without importing or running anything, a detector string :func:`make_detector`
+    would refuse for where it came from (``allow_import``: the user's own command line)."""
     spec = (spec or "").strip()
-    if spec == "haar":
-        return HaarCascadeDetector()
-    if spec == "none":
-        return NoDetector()
+    if spec in _REGISTRY or spec.lower().endswith(".xml") or os.path.isfile(spec):
+        return
+    if ":" in spec:
+        if not _IMPORT.match(spec):
+            raise ValueError(f"detector {spec!r}: not of the form module:attr; use {DETECTOR_CHOICES}")
+        if not (allow_import or spec in _allowed_imports()):
+            raise _refused_import(spec)
+        return
+    if _NAME.match(spec) and _entry_point(spec) is not None:
+        return
+    raise ValueError(f"unknown detector {spec!r}; use {DETECTOR_CHOICES}")
+
+
+def _import(spec: str):
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as e:  # ImportError, AttributeError, or the module failing as it is imported
+        raise ValueError(
+            f"detector {spec!r}: cannot import it ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:160]})"
+        ) from None
+    return obj
+
+
+def _instantiate(target, spec: str) -> Detector:
+    if not is_detector(target):
+        what = "not callable" if not callable(target) else f"a {type(target).__name__}, not a face detector"
+        raise ValueError(
+            f"detector {spec!r} is {what}; refused without calling it: a detector is a "
+            "gan_prior.alignment.FaceDetector subclass or a function marked @face_detector "
+            "(image [H, W, 3] uint8 → list of FaceBox)"
+        )
+    if isinstance(target, type):
+        try:
+            target = target()
+        except Exception as e:
+            raise ValueError(
+                f"detector {spec!r}: the class cannot be instantiated without arguments "
+                f"({type(e).__name__}); give a callable image → list of FaceBox"
+            ) from None
+    name = getattr(target, "name", None)
+    return target if isinstance(name, str) and name else _NamedDetector(target, spec)
+
+
+def make_detector(spec: str = "haar", allow_import: bool = False) -> Detector:
+    """A detector from a string: a registered name ("haar": OpenCV's default frontal cascade,
+    "none", :func:`register_detector` names, entry points of :data:`DETECTOR_ENTRY_POINTS`), a
+    path to a cascade ``.xml``, or "module:attr" (a :class:`FaceDetector` or a
+    :func:`face_detector` function) — the last only with ``allow_import`` (the user's own command
+    line) or when listed in :data:`DETECTORS_ENV`."""
+    spec = (spec or "").strip()
+    check_detector_spec(spec, allow_import)
+    if spec in _REGISTRY:
+        return _instantiate(_REGISTRY[spec], spec)
     if spec.lower().endswith(".xml") or os.path.isfile(spec):
         return HaarCascadeDetector(spec)
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            obj = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except Exception as e:  # ImportError, AttributeError, or the module failing as it is imported
-            raise ValueError(
-                f"detector {spec!r}: cannot import it ({type(e).__name__}: "
-                f"{(str(e).splitlines() or [''])[0][:160]})"
-            ) from None
-        if isinstance(obj, type):
-            try:
-                obj = obj()
-            except Exception as e:
-                raise ValueError(
-                    f"detector {spec!r}: the class cannot be instantiated without arguments "
-                    f"({type(e).__name__}); give a callable image → list of FaceBox"
-                ) from None
-        if not callable(obj):
-            raise ValueError(f"detector {spec!r} is not callable; give a function image → list of FaceBox")
-        name = getattr(obj, "name", None)
-        return obj if isinstance(name, str) and name else _NamedDetector(obj, spec)
-    raise ValueError(f"unknown detector {spec!r}; use {DETECTOR_CHOICES}")
+        return _instantiate(_import(spec), spec)
+    try:
+        target = _entry_point(spec).load()
+    except Exception as e:
+        raise ValueError(
+            f"detector {spec!r}: its entry point cannot be loaded ({type(e).__name__}: {e})"
+        ) from None
+    return _instantiate(target, spec)
 
 
 # --------------------------------------------------------------------------- framing
@@ -318,9 +465,9 @@ def measure_framing(
             cx, cy = box.center
             found.append((cx / resolution, cy / resolution, box.size / resolution))
     if 2 * len(found) < n:
-        raise ValueError(
+        raise FramingError(
             f"detector {name!r} found a face in only {len(found)} of {n} frontal renders of the GAN: "
-            f"it does not find faces in the GAN's renders; use another detector ({DETECTOR_CHOICES})"
+            f"it does not find faces in the GAN's renders; use {other_detectors(name)}"
         )
     cx, cy, size = np.median(np.asarray(found), axis=0)
     return Framing(float(cx), float(cy), float(size), name, len(found))
@@ -346,7 +493,8 @@ def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kw
     holds the checkpoint's size and mtime and one entry per detector name with the measurement
     settings; an entry is reused when the checkpoint is unchanged and the settings are the same,
     otherwise the framing is measured (:func:`measure_framing` with ``measure_kwargs``) and stored.
-    Detector "none" needs no framing and renders nothing.
+    A detector that finds no face in the renders is recorded too: asked again, it fails at once
+    (:class:`FramingError`). Detector "none" needs no framing and renders nothing.
     """
     if _is_none_detector(detector):
         return none_framing()
@@ -369,19 +517,30 @@ def load_or_measure_framing(G, checkpoint: str, detector: Detector, **measure_kw
             record = data
             entry = data["framings"].get(name)
             if isinstance(entry, dict) and entry.get("settings") == settings:
+                if isinstance(entry.get("failed"), str):  # measured before, with no faces found
+                    raise FramingError(f"{entry['failed']} (found earlier, recorded in {path})")
                 try:
                     return Framing.from_dict(entry)
                 except ValueError:
                     pass
             break
-    framing = measure_framing(G, detector, **measure_kwargs)
     record = record or {"checkpoint": fp, "framings": {}}
+    try:
+        framing = measure_framing(G, detector, **measure_kwargs)
+    except FramingError as e:
+        record["framings"][name] = {"failed": str(e), "settings": settings}
+        _write_framing_record(beside, cached, record)
+        raise
     record["framings"][name] = {**framing.to_dict(), "settings": settings}
+    _write_framing_record(beside, cached, record)
+    return framing
+
+
+def _write_framing_record(beside: str, cached: str, record: dict) -> None:
     try:
         write_json(beside, record)
     except OSError:
         write_json(cached, record)
-    return framing
 
 
 # --------------------------------------------------------------------------- alignment
@@ -572,3 +731,28 @@ def select_candidate(
             else f"kept but not selected: {summary} (selected {report[best]['name']!r})"
         )
     return best, aligned, report
+
+
+# ---------------------------------------------------------------------------- person mask
+def person_mask(image: np.ndarray, prior: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """A person mask ``[H, W]`` in {0, 1} of an aligned crop ``image`` (uint8 ``[H, W, 3]``) for the
+    pose predictor's ``image_mask``.
+
+    The official pipeline segments the crop with DeepLabV3-ResNet101 (person class,
+    ``segmentation_example.py``), whose weights cannot be had here. Instead: OpenCV's GrabCut, started
+    from ``prior`` ``[H, W]`` in [0, 1] — the mask of the GAN's average portrait rendered from the
+    estimated camera, which the crop is framed to match — as "probably person" (> 0.5) and "probably
+    background", with the image corners outside it as certain background. Seeded, so repeatable.
+    """
+    h, w = image.shape[:2]
+    prior = cv2.resize(prior.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    state = np.where(prior > 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    state[(prior < 0.02)] = cv2.GC_BGD
+    if not (state == cv2.GC_PR_FGD).any() or not np.isin(state, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
+        return (prior > 0.5).astype(np.float32)
+    cv2.setRNGSeed(0)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(
+        np.ascontiguousarray(image[..., ::-1]), state, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK
+    )
+    return np.isin(state, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)

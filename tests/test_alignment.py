@@ -18,15 +18,19 @@ import pytest
 from gan_prior import PortraitGAN, tiny_config
 from gan_prior import alignment as al
 from gan_prior.alignment import (
+    DETECTORS_ENV,
     AlignedImage,
     FaceBox,
+    FaceDetector,
     Framing,
     HaarCascadeDetector,
     NoFaceError,
     align_image,
+    face_detector,
     load_or_measure_framing,
     make_detector,
     measure_framing,
+    register_detector,
     select_candidate,
 )
 
@@ -34,7 +38,7 @@ MAGENTA = (255, 0, 255)
 GRAY = 128
 
 
-class MarkerDetector:
+class MarkerDetector(FaceDetector):
     """Finds solid pure-magenta rectangles; score = fill ratio of the component's bounding box."""
 
     name = "marker"
@@ -48,6 +52,7 @@ class MarkerDetector:
         ]
 
 
+@face_detector
 def marker_function(image):  # a detector given as a plain function (no .name)
     return MarkerDetector()(image)
 
@@ -241,21 +246,56 @@ def test_make_detector_specs(tmp_path):
     corrupt.write_text("<opencv_storage><cascade>not a cascade</cascade></opencv_storage>")
     with pytest.raises(ValueError, match="corrupt.xml"):
         HaarCascadeDetector(str(corrupt))
-    with pytest.raises(ValueError, match="'haar', a path to an OpenCV cascade .xml, 'module:attr'"):
+    with pytest.raises(ValueError, match="unknown detector 'retinaface'; use 'haar', 'none', a registered"):
         make_detector("retinaface")
     with pytest.raises(ValueError, match="cannot import"):
-        make_detector("tests.test_alignment:NoSuchDetector")
+        make_detector("tests.test_alignment:NoSuchDetector", allow_import=True)
     assert (
         make_detector(cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml").name
         == "haar:haarcascade_frontalface_alt2.xml"
     )
-    cls = make_detector("tests.test_alignment:MarkerDetector")  # a class: instantiated
+    cls = make_detector("tests.test_alignment:MarkerDetector", allow_import=True)  # a class: instantiated
     assert type(cls).__name__ == "MarkerDetector" and cls.name == "marker"
-    fn = make_detector("tests.test_alignment:marker_function")  # a function: wrapped and named
+    fn = make_detector("tests.test_alignment:marker_function", allow_import=True)  # wrapped and named
     assert fn.name == "tests.test_alignment:marker_function"
     img = draw(canvas(100, 100), 10, 20, 50, 60)
     assert fn(img) == cls(img) == [FaceBox(10, 20, 50, 60, 1.0)]
-    assert make_detector("gan_prior.alignment:HaarCascadeDetector").name.startswith("haar:")
+    assert make_detector("gan_prior.alignment:HaarCascadeDetector", allow_import=True).name.startswith(
+        "haar:"
+    )
+
+
+def unmarked_function(image):  # a callable that does not say it is a detector
+    raise AssertionError("called")
+
+
+def test_a_string_names_code_only_where_the_user_allowed_it(monkeypatch):
+    """A detector string may come from a config someone sent: "module:attr" is refused unless the
+    user's own command line (allow_import) or environment lists it, and whatever it names must be a
+    detector, refused before it is called (``pickle:loads`` on an image's bytes ran a payload)."""
+    monkeypatch.delenv(DETECTORS_ENV, raising=False)
+    spec = "tests.test_alignment:MarkerDetector"
+    with pytest.raises(ValueError, match=f"a 'module:attr' detector is code.*{DETECTORS_ENV}={spec}"):
+        make_detector(spec)
+    monkeypatch.setenv(DETECTORS_ENV, f"other:thing, {spec}")
+    assert make_detector(spec).name == "marker"
+    with pytest.raises(ValueError, match="a 'module:attr' detector is code"):
+        make_detector("tests.test_alignment:marker_function")  # listed specs only
+    for bad, what in (
+        ("pickle:loads", "a builtin_function_or_method, not a face detector"),
+        ("os:system", "a builtin_function_or_method, not a face detector"),
+        ("tests.test_alignment:unmarked_function", "a function, not a face detector"),
+        ("os:sep", "not callable"),
+    ):
+        with pytest.raises(ValueError, match=f"is {what}; refused without calling it"):
+            make_detector(bad, allow_import=True)
+    with pytest.raises(ValueError, match="not of the form module:attr"):
+        make_detector("os:system; rm", allow_import=True)
+    # a registered name is what a config names; only detectors can be registered
+    register_detector("marker-test", MarkerDetector)
+    assert make_detector("marker-test").name == "marker"
+    with pytest.raises(ValueError, match="not a FaceDetector"):
+        register_detector("loads", __import__("pickle").loads)
 
 
 def test_haar_finds_and_frames_a_real_face():
@@ -414,3 +454,48 @@ def test_measure_framing_with_haar_on_random_renders_fails_clearly(gan):
     # the tiny random GAN renders no faces: the real detector must say so, not return garbage
     with pytest.raises(ValueError, match="haar:haarcascade_frontalface_default.xml"):
         measure_framing(gan, make_detector("haar"), n=2, resolution=32, progress=False)
+
+
+def test_a_detector_that_finds_no_face_in_the_gan_is_remembered_and_not_suggested_again(
+    gan, tmp_path, monkeypatch
+):
+    """The framing's failure is recorded with the checkpoint: asked again, the same detector fails at
+    once (no renders) with the same line; the line never suggests the detector that failed."""
+    monkeypatch.setenv("PORTRAIT3D_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "model_512.pkl"
+    ckpt.write_bytes(b"weights")
+    haar = make_detector("haar")
+    calls = []
+    real = type(haar).__call__
+    monkeypatch.setattr(type(haar), "__call__", lambda self, image: calls.append(1) or real(self, image))
+    kw = dict(n=4, resolution=32, progress=False)
+    with pytest.raises(al.FramingError) as first:
+        load_or_measure_framing(gan, str(ckpt), haar, **kw)
+    message = str(first.value)
+    assert len(calls) == 4 and "found a face in only 0 of 4 frontal renders" in message
+    assert "'haar'" not in message.split("use another detector")[1] and "'none'" in message
+    with pytest.raises(al.FramingError) as again:
+        load_or_measure_framing(gan, str(ckpt), haar, **kw)
+    assert len(calls) == 4  # not measured again
+    assert str(again.value).startswith(message) and "model_512.pkl.framing.json" in str(again.value)
+    # a working detector for the same checkpoint is still measured and stored beside the failure
+    assert load_or_measure_framing(gan, str(ckpt), FixedBoxDetector(name="a"), **kw).renders == 4
+    # another cascade than the default one: 'haar' is still a choice
+    assert "'haar'" in al.other_detectors("haar:my_cascade.xml")
+
+
+def test_a_face_detector_with_the_tiny_gan_is_refused_at_once(tmp_path, monkeypatch):
+    from gan_prior.portrait_init import PortraitInitConfig
+    from gan_prior.tiny_models import tiny_model_path
+
+    monkeypatch.setenv("PORTRAIT3D_CACHE", str(tmp_path / "cache"))
+    tiny = tiny_model_path("portrait-gan")
+    photo = tmp_path / "me.png"
+    cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
+    cfg = PortraitInitConfig.from_dict({"image": str(photo), "vgg16": "random", "detector": "haar"})
+    with pytest.raises(
+        ValueError, match=r"^detector: 'haar' cannot be used with the tiny GAN .*detector 'none'"
+    ):
+        cfg.validate(tiny)
+    cfg.validate(str(photo))  # any other checkpoint: the framing decides
+    PortraitInitConfig.from_dict({"image": str(photo), "vgg16": "random", "detector": "none"}).validate(tiny)

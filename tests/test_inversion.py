@@ -162,8 +162,12 @@ def test_official_mode_compares_the_area_resized_superresolved_image(setup):
     G, c, _ = setup
     ws = G.mapping(torch.randn(1, G.cfg.z_dim), c)
     cfg = InversionConfig(resolution=64, deterministic=True)
+    samples = {  # official sampling_multiplier 2.0: twice the generator's samples
+        "depth_resolution": 2 * G.cfg.render.depth_resolution,
+        "depth_resolution_importance": 2 * G.cfg.render.depth_resolution_importance,
+    }
     with torch.no_grad():
-        full = G.synthesize(ws, c, deterministic=True)
+        full = G.synthesize(ws, c, deterministic=True, **samples)
         seen = synthesize_for_distance(G, ws, c, cfg)
         raw = synthesize_for_distance(
             G, ws, c, InversionConfig(resolution=64, deterministic=True, mode="raw")
@@ -189,3 +193,94 @@ def test_official_mode_needs_superresolution_weights(setup):
             InversionConfig(steps=1, mode="sr"),
             progress=False,
         )
+
+
+# ---------------------------------------------------------------------------- body pose, camera
+@pytest.fixture(scope="module")
+def posable():
+    """A tiny generator with the pose branch and a small SMPL-like body (the released file has both)."""
+    from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template
+
+    cfg = tiny_config(pose_branch=True, smpl_vertices=8 * 10 + 2, smpl_faces=2 * 8 * 10)
+    G = PortraitGAN.random(cfg, seed=4)
+    fill_deformation(G.renderer, smpl_like_template(0, 8, 10), cfg.render.box_warp)
+    return G
+
+
+def test_inversion_optimises_the_body_pose_with_the_deformation(posable):
+    G, c = posable, canonical_label(1)
+    truth = torch.tensor([[0.3, 0.2, -0.2, 0.3, -0.3, 0.2]])
+    z = torch.randn(1, G.cfg.z_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ws = G.mapping(z, c, truth)
+        target = G.synthesize(ws, c, deterministic=True, pose=truth)["image"]
+        canonical = G.synthesize(ws, c, deterministic=True)["image"]
+    assert (target - canonical).abs().max() > 0.05  # the pose shows in the image
+    cfg = InversionConfig(steps=6, resolution=32, deterministic=True)
+    start = torch.zeros(1, 6)
+    out = invert(G, target, c, mse, cfg, progress=False, pose=start)
+    assert out["pose"].shape == (1, 6) and (out["pose"] - start).abs().max() > 1e-4  # p was optimised
+    fixed = invert(
+        G, target, c, mse, InversionConfig(steps=2, resolution=32, optimize_pose=False), False, pose=start
+    )
+    assert torch.equal(fixed["pose"], start)  # rendered posed, p not optimised
+    plain = invert(G, target, c, mse, InversionConfig(steps=2, resolution=32), progress=False)
+    assert plain["pose"] is None  # no starting pose: canonical renders, as before
+
+
+def test_w_statistics_are_mapped_with_the_starting_pose(posable):
+    a, _ = w_statistics(posable, n=20)
+    b, _ = w_statistics(posable, n=20, pose=torch.full((1, 6), 0.3))
+    assert not torch.allclose(a, b)
+
+
+def test_generator_without_smpl_buffers_cannot_render_posed(setup):
+    G, c, _ = setup
+    ws = G.mapping(torch.randn(1, G.cfg.z_dim), c)
+    with pytest.raises(ValueError, match="no SMPL buffers.*pass pose=None"):
+        G.render(G.synthesize_pyramid(ws), ws, c, resolution=8, pose=torch.zeros(1, 6))
+
+
+def test_camera_estimate_is_refined_off_the_grid(setup):
+    """The average portrait seen from an off-grid camera: the grid is off by up to half its step, the
+    continuous refinement lands within a degree."""
+    from gan_prior.camera import GAN_FOCAL, camera_label, elevation_azimuth_to_hv, lookat_pose
+    from gan_prior.inversion import estimate_camera
+
+    G, _, _ = setup
+    w_avg, _ = w_statistics(G)
+    ws = w_avg.repeat(1, G.num_ws, 1)
+    h, v = elevation_azimuth_to_hv(torch.tensor([4.0]), torch.tensor([-8.0]))
+    with torch.no_grad():
+        target = G.render(G.synthesize_pyramid(ws), ws, camera_label(lookat_pose(h, v), GAN_FOCAL), 32, True)[
+            "image"
+        ]
+    grid = estimate_camera(G, target, mse, resolution=32, refine_to_deg=0)
+    fine = estimate_camera(G, target, mse, resolution=32)
+    assert (grid["yaw"], grid["elevation"]) != (-8.0, 4.0)
+    assert abs(fine["yaw"] + 8.0) <= 1.0 and abs(fine["elevation"] - 4.0) <= 1.0, fine
+
+
+def test_camera_steps_move_the_camera_during_the_first_steps(setup):
+    from gan_prior.inversion import camera_angles
+
+    G, c, target = setup
+    moved = invert(G, target, c, mse, InversionConfig(steps=3, resolution=32, camera_steps=2), progress=False)
+    still = invert(G, target, c, mse, InversionConfig(steps=3, resolution=32), progress=False)
+    assert torch.equal(still["camera"], c)
+    assert camera_angles(moved["camera"]) != pytest.approx(camera_angles(c), abs=1e-6)
+
+
+def test_out_of_range_pose_is_clamped_with_a_notice_and_nan_is_an_error():
+    from gan_prior.pose import POSE_LIMIT, clamp_pose
+
+    notes = []
+    p = clamp_pose(torch.tensor([[2.0, 0.1, -3.0, 0.0, 0.2, 0.3]]), log=notes.append)
+    assert p.abs().max().item() == pytest.approx(POSE_LIMIT) and p[0, 1].item() == pytest.approx(0.1)
+    assert len(notes) == 1 and "clamped" in notes[0] and "\n" not in notes[0]
+    assert (
+        clamp_pose(torch.full((1, 6), 0.1), log=notes.append).equal(torch.full((1, 6), 0.1))
+        and len(notes) == 1
+    )
+    with pytest.raises(ValueError, match="predicted body pose holds 1 NaN"):
+        clamp_pose(torch.tensor([[float("nan"), 0, 0, 0, 0, 0]]))
