@@ -13,54 +13,26 @@ finish) holds one entry per prompt; running the same command again skips finishe
 
 from __future__ import annotations
 
-import json
 import os
-import re
+import shlex
 import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from gan_prior.checks import bounded_int
-from gan_prior.files import atomic_path, read_json
+from gan_prior.files import require_output_folder
 
-from .cli import UsageError
-from .launch_errors import PROMPT
-from .run import (
-    LaunchKilled,
-    Trial,
-    find_trial,
-    require_threestudio,
-    resolve_config,
-    train_and_export,
-    yaml_quote,
-)
+from .batch_metrics import check_options, evaluate_runs, print_summary
+from .errors import LaunchKilled, UsageError
+from .manifest import MANIFEST, finished, read_manifest, write_manifest
+from .prompt_file import MAX_SEED, Job, check_batch_overrides, read_prompts
+from .run import require_threestudio, resolve_config, train_and_export
 from .threestudio_env import REPO_ROOT, ThreestudioError
+from .trial import Trial, find_trial
 
-MANIFEST = "manifest.jsonl"
 LOGS = "logs"  # <out>/logs/<name>.log: launch.py's output, every attempt appended
-JSONL_KEYS = ("prompt", "name", "seed", "overrides")
-# the manifest's fields, in the order a line shows them (portrait3d report reads them)
-FIELDS = (
-    "name",
-    "status",
-    "prompt",
-    "seed",
-    "trial",
-    "error",
-    "times",
-    "peak_memory_mb",
-    "node",
-    "attempts",
-    "resumed_from_step",
-    "files",
-    "log",
-    "started",
-    "inputs",
-)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # environment a worker needs on another node (a local cluster inherits the driver's anyway)
 FORWARDED_ENV = (
     "THREESTUDIO_ROOT",
@@ -72,151 +44,12 @@ FORWARDED_ENV = (
 )
 
 
-@dataclass
-class Job:
-    """One line of the prompt file."""
-
-    prompt: str
-    name: str
-    seed: int
-    overrides: List[str] = field(default_factory=list)
-    line: int = 0
-
-    def launch_overrides(self, common: Sequence[str]) -> List[str]:
-        """threestudio overrides: the batch's, then this prompt's (which win)."""
-        return [
-            f"{PROMPT}={yaml_quote(self.prompt)}",
-            f"seed={self.seed}",
-            *common,
-            *self.overrides,
-        ]
-
-    def inputs(self, config: str, common: Sequence[str]) -> dict:
-        """What makes a trial: a finished or failed entry with other inputs is run again."""
-        return {"config": config, "overrides": self.launch_overrides(common)}
-
-
-def slug(prompt: str) -> str:
-    """A folder name from a prompt: letters, digits and ``_`` (at most 80 characters)."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:80].strip("_") or "prompt"
-
-
-def _overrides(value, where: str) -> List[str]:
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [
-            f"{k}={json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else v}"
-            for k, v in value.items()
-        ]
-    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
-        return list(value)
-    raise UsageError(f'{where}: "overrides" must be an object {{"key": value}} or a list of "key=value"')
-
-
-def read_prompts(path: str, default_seed: int = 0) -> List[Job]:
-    """Jobs from a text file (one prompt a line) or JSONL (``prompt``, optional ``seed``, ``name``,
-    ``overrides``); empty lines and ``#`` comments are skipped. Raises UsageError naming the line."""
-    if not os.path.isfile(path):
-        raise UsageError(f'{path}: no such prompt file (one prompt a line, or JSONL with "prompt")')
-    jobs: List[Job] = []
-    with open(path, encoding="utf-8") as f:
-        for i, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            where = f"{path}:{i}"
-            if line.startswith("{"):
-                try:
-                    entry = json.loads(line)
-                except ValueError as e:
-                    raise UsageError(f"{where}: not valid JSON ({e.msg}); one JSON object a line") from None
-                unknown = sorted(set(entry) - set(JSONL_KEYS))
-                if unknown:
-                    raise UsageError(
-                        f"{where}: unknown key {unknown[0]!r}; a line may have {', '.join(JSONL_KEYS)}"
-                    )
-                prompt = entry.get("prompt")
-                if not isinstance(prompt, str) or not prompt.strip():
-                    raise UsageError(f'{where}: no "prompt" (a non-empty string)')
-                seed = entry.get("seed", default_seed)
-                if not isinstance(seed, int) or isinstance(seed, bool):
-                    raise UsageError(f'{where}: "seed" must be an integer, not {seed!r}')
-                name = entry.get("name") or slug(prompt)
-                job = Job(prompt.strip(), str(name), seed, _overrides(entry.get("overrides"), where), i)
-            else:
-                job = Job(line, slug(line), default_seed, [], i)
-            if not NAME_RE.match(job.name):
-                raise UsageError(
-                    f"{where}: name {job.name!r} is not a folder name; use letters, digits, . _ -"
-                )
-            jobs.append(job)
-    if not jobs:
-        raise UsageError(f"{path}: no prompts (empty lines and # comments are skipped)")
-    seen: Dict[str, int] = {}
-    for job in jobs:
-        if job.name in seen:
-            raise UsageError(
-                f"{path}:{job.line}: name {job.name!r} is also line {seen[job.name]}'s; give each "
-                'prompt its own "name" (JSONL) or remove the duplicate'
-            )
-        seen[job.name] = job.line
-    return jobs
-
-
-# ---------------------------------------------------------------------------------------- manifest
-def read_manifest(out: str) -> Dict[str, dict]:
-    """``<out>/manifest.jsonl`` by name ({} when there is none); a later line for the same name
-    replaces an earlier one. Raises :class:`UsageError` naming a line that is not a JSON object."""
-    path = os.path.join(out, MANIFEST)
-    entries: Dict[str, dict] = {}
-    if not os.path.isfile(path):
-        return entries
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = None
-            if not isinstance(entry, dict):
-                raise UsageError(
-                    f"{path}:{i} is not a JSON object; fix or delete that line (or the file, to start "
-                    "the bookkeeping again: finished trials are found again)"
-                )
-            entries[str(entry.get("name") or entry.get("trial") or entry.get("prompt") or i)] = entry
-    return entries
-
-
-def write_manifest(out: str, entries: Sequence[dict]) -> None:
-    """All entries, one JSON object a line, replacing the file atomically."""
-    path = os.path.join(out, MANIFEST)
-    with atomic_path(path, ".jsonl") as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for e in entries:
-                ordered = {
-                    **{k: e[k] for k in FIELDS if k in e},
-                    **{k: v for k, v in sorted(e.items())},
-                }
-                f.write(json.dumps(ordered) + "\n")
-
-
 def _relative(out: str, path: str) -> str:
     return os.path.relpath(path, out)
 
 
 def _files(out: str, trial: Trial) -> Dict[str, List[str]]:
     return {k: [_relative(out, p) for p in v] for k, v in trial.files().items()}
-
-
-def finished(out: str, entry: Optional[dict]) -> bool:
-    """A ``done`` entry whose trial finished its export and whose listed files are still on disk."""
-    if not entry or entry.get("status") != "done" or not entry.get("trial"):
-        return False
-    stages = read_json(Trial(os.path.join(out, entry["trial"])).stages) or {}
-    listed = [p for kind in (entry.get("files") or {}).values() for p in kind]
-    return "export" in stages and all(os.path.isfile(os.path.join(out, p)) for p in listed)
 
 
 # ---------------------------------------------------------------------------------------- the task
@@ -354,11 +187,12 @@ def run_batch(
     retry_failed: bool = False,
     progress: bool = True,
 ) -> List[dict]:
-    """Run every unfinished prompt; returns the manifest entries (input order)."""
+    """Run every unfinished prompt; returns this prompt file's manifest entries (input order). The
+    manifest keeps the entries of other prompt files run into the same ``out`` (merged by name)."""
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     previous = read_manifest(out)
-    entries: Dict[str, dict] = {}
+    entries: Dict[str, dict] = dict(previous)  # earlier batches' prompts stay in the bookkeeping
     todo: List[Job] = []
     skipped_failed = 0
     for job in jobs:
@@ -385,7 +219,8 @@ def run_batch(
                 "trial": (old or {}).get("trial"),
             }
             todo.append(job)
-    done_before = sum(e["status"] == "done" for e in entries.values())
+    mine = [entries[job.name] for job in jobs]  # this prompt file's entries (the dicts are shared)
+    done_before = sum(e["status"] == "done" for e in mine)
     note = (
         f" ({skipped_failed} failed earlier with the same inputs: --retry-failed runs them again)"
         if skipped_failed
@@ -398,7 +233,7 @@ def run_batch(
         )
         if list(previous) != list(entries) or any(previous.get(k) != v for k, v in entries.items()):
             write_manifest(out, list(entries.values()))
-        return list(entries.values())
+        return mine
     if address is None:  # on this machine: check the set-up before starting anything
         require_threestudio()
     write_manifest(out, list(entries.values()))
@@ -424,7 +259,7 @@ def run_batch(
             file=sys.stderr,
         )
         bar = Progress(len(jobs), done_before, progress)
-        bar.failed = sum(e["status"] == "failed" for e in entries.values())
+        bar.failed = sum(e["status"] == "failed" for e in mine)
         queue, running = list(todo), {}
         try:
             while queue or running:
@@ -471,7 +306,7 @@ def run_batch(
     finally:
         if started:
             ray.shutdown()
-    return list(entries.values())
+    return [entries[job.name] for job in jobs]
 
 
 def _task_error(e: Exception, retries: int) -> str:
@@ -492,16 +327,14 @@ def _task_error(e: Exception, retries: int) -> str:
 
 def cmd_batch(args) -> int:
     config = resolve_config(args.config)
-    for o in args.overrides:
-        if "=" not in o:
-            raise UsageError(
-                f"{o!r}: overrides are key=value (threestudio's syntax), e.g. system.refine.steps=100"
-            )
+    check_batch_overrides(args.overrides)
+    try:
+        require_output_folder(args.out)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     jobs = read_prompts(args.prompts, args.seed)
     if args.evaluate:  # its options are checked before the portraits are made
-        from .evaluate import check_options
-
-        check_options(args.clip, args.inception)
+        check_options(args.clip, args.inception, args.out, args.overwrite, out_option="--out")
     entries = run_batch(
         jobs,
         config,
@@ -515,9 +348,11 @@ def cmd_batch(args) -> int:
     )
     failed = [e for e in entries if e["status"] != "done"]
     if args.evaluate:
-        from .evaluate import evaluate_runs, print_summary
-
-        print_summary(evaluate_runs(args.out, args.clip, args.inception))
+        print_summary(evaluate_runs(args.out, args.clip, args.inception, args.overwrite))
+    # the page that shows them all (README: Look at the results)
+    print(
+        f"all of them on one page: portrait3d gallery {shlex.quote(args.out)}  (then open {args.out}/index.html)"
+    )
     if failed:
         print(
             f"{len(failed)} of {len(entries)} prompts failed ({', '.join(e['name'] for e in failed[:5])}"
@@ -549,7 +384,9 @@ def add_parser(sub) -> None:
         default=None,
         help="a running Ray cluster: auto, or ray://host:10001 (default: start Ray on this machine)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the prompts that give none")
+    p.add_argument(
+        "--seed", type=bounded_int(0, MAX_SEED), default=0, help="seed of the prompts that give none"
+    )
     p.add_argument("--retries", type=bounded_int(0), default=3, help="retries of a prompt whose worker dies")
     p.add_argument(
         "--retry-failed",
@@ -571,6 +408,7 @@ def add_parser(sub) -> None:
         default=None,
         help="--evaluate: FID Inception weights (pt_inception-2015-12-05-6726825d.pth) for FID/KID",
     )
+    p.add_argument("--overwrite", action="store_true", help="--evaluate: replace OUT's metrics.json/.md/.csv")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs)")
     p.add_argument("overrides", nargs="*", help="config overrides for every prompt, key=value")
     p.set_defaults(func=cmd_batch)

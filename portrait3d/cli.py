@@ -8,12 +8,20 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# modules of this package that each add one or more subcommands
-COMMAND_MODULES: tuple = ("run", "batch", "evaluate", "report")
+from .errors import UsageError
+
+# modules of this package that each add one or more subcommands (batch_metrics: `portrait3d evaluate`)
+DEBUG_ENV = "PORTRAIT3D_DEBUG"  # set to 1 to see the traceback of an unexpected error
+COMMAND_MODULES: tuple = ("run", "batch", "batch_metrics", "report")
 
 
-class UsageError(Exception):
-    """A bad input the user can fix: printed as one ``error:`` line, exit code 2."""
+def _where(args) -> str:
+    """The file or folder a command works on, for an ``OSError`` that names none."""
+    for name in ("out", "folder", "runs", "prompts"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            return value
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    from gan_prior.checks import one_line, report_error
+
     # key=value overrides may come after options (argparse takes consecutive positionals only once)
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -41,11 +51,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # python -m gan_prior's contract: exit 2 for a bad input, 1 for a bug
+        return report_error(
+            e, DEBUG_ENV, "use a smaller input or a machine with more memory", where=_where(args)
+        )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ threestudio's ``launch.py`` lets every exception end in a traceback. :func:`inst
 - a misspelt config key: the key, with the closest valid names;
 - our configs used where the extension is not installed (``p3d_tiny`` resolver / component names missing).
 Anything else keeps its full traceback (a bug to report). A trial folder the failed run left empty
-is removed. Installed at interpreter start by the setup's
-``.pth`` (see :mod:`portrait3d.cpu_compat`) and by the extension itself.
+is removed; one with files records the failure (its line, step and stage) in its ``status.json``
+(:mod:`portrait3d.trial`), so that the report, the gallery and ``portrait3d run`` say what failed.
+Installed at interpreter start by the setup's ``.pth`` (see :mod:`portrait3d.stand_ins`) and by the
+extension itself.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import shutil
 import sys
 import traceback
 from typing import Optional
+
+from .errors import TrialInUse
 
 OUR_DIRS = ("gan_prior", os.path.join("custom", "threestudio-portrait3d"), "portrait3d")
 OUR_COMPONENTS = ("portrait3d-", "pyramid-trigrid", "gan-prior-initializer")
@@ -82,6 +86,14 @@ def one_line(exc: BaseException) -> Optional[str]:
     """The one-line message for ``exc``, or None to keep the traceback."""
     name, text = type(exc).__name__, str(exc)
     first = text.strip().splitlines()[0] if text.strip() else name
+    if isinstance(exc, (MemoryError, RuntimeError)):
+        from gan_prior.checks import is_out_of_memory  # torch is loaded in launch.py already
+
+        if is_out_of_memory(exc):  # CPU too: torch's "DefaultCPUAllocator: can't allocate memory"
+            return (
+                f"out of memory ({name}); lower the render sizes (data.width/height, system.videos.resolution, "
+                "samples per ray: system.videos.samples, system.refine.*_samples) or use a larger machine"
+            )
     missing = name in ("MissingMandatoryValue", "InterpolationToMissingValueError")
     if missing and (getattr(exc, "full_key", None) in ("tag", PROMPT) or PROMPT in text):
         return f'{PROMPT} is not set: add {PROMPT}="upper body photo, portrait of ..." to the command'
@@ -103,16 +115,60 @@ def one_line(exc: BaseException) -> Optional[str]:
     return None
 
 
+def _launch_locals(exc: BaseException, name: str):
+    """The last local ``name`` along the traceback (launch.py's main() holds ``cfg`` and ``trainer``)."""
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        value = tb.tb_frame.f_locals.get(name)
+        found = value if value is not None else found
+        tb = tb.tb_next
+    return found
+
+
+def _trial_dir(exc: BaseException) -> Optional[str]:
+    """launch.py's ``cfg.trial_dir``: the first ``cfg`` along the traceback that has one (deeper
+    frames have their own ``cfg``, e.g. threestudio's ``parse_structured(fields, cfg)``)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        found = getattr(tb.tb_frame.f_locals.get("cfg"), "trial_dir", None)
+        if isinstance(found, str) and found:
+            return found
+        tb = tb.tb_next
+    return None
+
+
 def remove_empty_trial(exc: BaseException) -> None:
     """Remove the trial folder launch.py made for this run if the error left no file in it."""
-    tb, trial = exc.__traceback__, None
-    while tb is not None:  # launch.py's main() holds the ExperimentConfig as `cfg`
-        found = getattr(tb.tb_frame.f_locals.get("cfg"), "trial_dir", None)
-        trial = found if isinstance(found, str) and found else trial
-        tb = tb.tb_next
+    trial = _trial_dir(exc)
     if isinstance(trial, str) and os.path.isdir(trial):
         if not any(files for _, _, files in os.walk(trial)):
             shutil.rmtree(trial, ignore_errors=True)
+
+
+def record_failure(exc: BaseException, line: str) -> None:
+    """Record in the trial's ``status.json`` that this run failed, with ``line`` (the error a user
+    saw), the step and the stage (:mod:`portrait3d.trial`)."""
+    from .trial import Trial, is_trial, write_status  # only now: start-up stays cheap
+
+    folder = _trial_dir(exc)
+    if not folder or not is_trial(folder) or isinstance(exc, TrialInUse):
+        return  # (a refused run never ran in the folder: its status is the earlier run's)
+    trainer = _launch_locals(exc, "trainer")
+    module = getattr(trainer, "lightning_module", None)
+    step = getattr(module, "true_global_step", getattr(trainer, "global_step", None))
+    record = Trial(folder).status_record()
+    ours = record.get("state") == "running" and record.get("pid") == os.getpid()
+    stage = record.get("stage") if ours else None
+    if stage is None:
+        args = set(sys.argv[1:])
+        stage = "export" if "--export" in args else "test" if "--test" in args else "train"
+    write_status(folder, "failed", stage=stage, step=step if isinstance(step, int) else None, error=line)
+
+
+def error_line(exc: BaseException) -> str:
+    """The last line of ``exc``'s traceback: ``TypeName: first line of its message``."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def install() -> None:
@@ -131,8 +187,13 @@ def install() -> None:
         if line is None:
             previous(exc_type, exc, tb)
         else:
-            print(f"[ERROR] {line}", file=sys.stderr)
+            print(f"\n[ERROR] {line}", file=sys.stderr)  # on a line of its own, after any progress bar
             remove_empty_trial(exc)
+        if exc is not None and os.path.basename(sys.argv[0] if sys.argv else "") == "launch.py":
+            try:
+                record_failure(exc, line or error_line(exc))
+            except Exception:  # never hide the original error
+                pass
 
     hook._portrait3d = True
     sys.excepthook = hook

@@ -15,46 +15,13 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from gan_prior.files import read_json, write_json
 
-from .cli import UsageError
+from .errors import LaunchKilled, UsageError
 from .threestudio_env import ThreestudioError, extension_installed, find_threestudio, launch_command
-
-
-@dataclass
-class Trial:
-    """A threestudio trial folder and what a finished Portrait3D run leaves in it."""
-
-    folder: str
-    config: str = field(init=False)
-    last_ckpt: str = field(init=False)
-    stages: str = field(init=False)
-
-    def __post_init__(self):
-        self.folder = os.path.abspath(self.folder)
-        self.config = os.path.join(self.folder, "configs", "parsed.yaml")
-        self.last_ckpt = os.path.join(self.folder, "ckpts", "last.ckpt")
-        self.stages = os.path.join(self.folder, "stages.json")  # seconds of each finished stage
-
-    def files(self) -> Dict[str, List[str]]:
-        """Products by kind (newest step last): videos, meshes, views sheets, metrics."""
-        save = os.path.join(self.folder, "save")
-
-        def find(pattern: str) -> List[str]:
-            return sorted(glob.glob(os.path.join(save, pattern)), key=os.path.getmtime)
-
-        return {
-            "videos": find("it*-large_pose.mp4") + find("it*-small_pose.mp4") + find("it*-test.mp4"),
-            "meshes": find("it*-export/portrait.glb") + find("it*-export/portrait.obj"),
-            "views": find("it*-views.png"),
-            "metrics": find("it*-eval/metrics.json"),
-        }
-
-    def resume_args(self, mode: str = "--train") -> List[str]:
-        return ["--config", self.config, mode, f"resume={self.last_ckpt}"]
+from .trial import Trial, checkpoint_step, find_trial
 
 
 def resolve_config(path: str) -> str:
@@ -62,11 +29,6 @@ def resolve_config(path: str) -> str:
     if os.path.isfile(path):
         return os.path.abspath(path)
     raise UsageError(f"--config {path}: no such file (e.g. configs/portrait3d-tiny.yaml in this repository)")
-
-
-class LaunchKilled(UsageError):
-    """``launch.py`` was killed by a signal (out of memory, a preempted node, a user's kill): running
-    it again resumes the trial from its last checkpoint (``portrait3d batch`` retries it)."""
 
 
 # ``python -c DIE_WITH_PARENT PID CMD...``: SIGKILL this process when its parent dies (Linux
@@ -134,24 +96,17 @@ def yaml_quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def find_trial(outputs: str, tag: str) -> Optional[Trial]:
-    """The trial folder ``<outputs>/<config name>/<tag>`` a fixed-tag run made, if any."""
-    found = [
-        d
-        for d in glob.glob(os.path.join(os.path.abspath(outputs), "*", tag))
-        if os.path.isfile(os.path.join(d, "configs", "parsed.yaml"))
-    ]
-    return Trial(found[0]) if len(found) == 1 else None
-
-
 def _failed(step: str, code: int, log: Optional[str], trial: Optional[Trial] = None) -> UsageError:
     if code < 0:
         return LaunchKilled(
             f"{step}: launch.py was killed by signal {-code}"
             + (f"; its trial {trial.folder} resumes from its last checkpoint" if trial else "")
         )
-    reason = last_error(log)
+    status = trial.status() if trial else None
+    reason = last_error(log) or (status.error if status else "")
     where = f"see {log}" if log else "see the messages above"
+    if trial is not None:
+        where += f"; its trial {trial.folder} is {status.label}"
     return UsageError(
         f"{step} failed (launch.py exit code {code}): {reason}; {where}"
         if reason
@@ -242,29 +197,26 @@ def train_and_export(
     return trial
 
 
-def checkpoint_step(path: str) -> Optional[int]:
-    """The ``global_step`` a Lightning checkpoint holds (read without executing code), or None."""
-    try:
-        import torch
-
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:
-        return None
-
-
 def describe(trial: Trial, root: str) -> str:
     """What a user needs next: where the results are, and the resume / export commands."""
-    lines = [f"trial folder: {trial.folder}"]
+    lines = [f"trial folder: {trial.folder} ({trial.status().label})"]
     page = os.path.join(trial.folder, "save", "index.html")  # portrait3d.report, written by the run
     if os.path.isfile(page):
         lines.append(f"  {'report':<8} {os.path.relpath(page, trial.folder)}  (open it in a browser)")
     for kind, paths in trial.files().items():
         for path in paths:
             lines.append(f"  {kind:<8} {os.path.relpath(path, trial.folder)}")
-    resume = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args()])
-    export = " ".join(shlex.quote(a) for a in ["python", "launch.py", *trial.resume_args("--export")])
-    lines += [f"resume (from {root}):", f"  {resume}", "export again:", f"  {export}"]
+    lines += ["resume:", f"  {pasteable(root, trial.resume_args())}"]
+    lines += ["export again:", f"  {pasteable(root, trial.resume_args('--export'))}"]
     return "\n".join(lines)
+
+
+def pasteable(root: str, args: Sequence[str]) -> str:
+    """``launch.py ARGS`` as one shell line that works pasted into a fresh shell: from threestudio's
+    root, with this environment's interpreter (a fresh shell has no ``python``, or one without the
+    packages)."""
+    command = " ".join(shlex.quote(a) for a in launch_command(*args))
+    return f"cd {shlex.quote(root)} && {command}"
 
 
 def cmd_run(args) -> int:

@@ -2,7 +2,7 @@
 stand-ins threestudio needs where CUDA-only packages are missing, and one-line ``launch.py`` errors.
 Cheap: imports no torch."""
 
-from . import cpu_compat, launch_errors
+from . import launch_errors, stand_ins
 
-cpu_compat.install()
+stand_ins.install()
 launch_errors.install()

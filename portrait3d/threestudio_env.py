@@ -197,6 +197,22 @@ def install_extension(root: str, copy: bool = False) -> List[str]:
     return done
 
 
+def make_worktree(dest: str, source: Optional[str] = None) -> str:
+    """A threestudio tree at ``dest`` to run in without touching ``source`` (default: the one
+    :func:`find_threestudio` finds): links to its entries, its own ``custom/``, ``configs/`` and
+    ``outputs/``, and this extension installed into it. Used by the tests and the benchmarks."""
+    source = source or find_threestudio()
+    os.makedirs(dest, exist_ok=True)
+    for name in os.listdir(source):
+        if name in ("custom", "configs", "outputs", ".threestudio_cache"):
+            continue
+        os.symlink(os.path.join(source, name), os.path.join(dest, name))
+    os.makedirs(os.path.join(dest, "custom"))
+    os.makedirs(os.path.join(dest, "configs"))
+    install_extension(dest)
+    return dest
+
+
 def load_extension(repo_root: str = REPO_ROOT):
     """Import ``custom/threestudio-portrait3d`` of ``repo_root`` as threestudio's ``launch.py`` does
     (module name ``threestudio-portrait3d``), once; threestudio must be importable."""
@@ -211,6 +227,21 @@ def load_extension(repo_root: str = REPO_ROOT):
         sys.modules[EXTENSION] = module
         spec.loader.exec_module(module)
     return sys.modules[EXTENSION]
+
+
+def import_threestudio(root: Optional[str] = None):
+    """``threestudio`` imported from ``root`` (default: :func:`find_threestudio`) with this extension
+    loaded, as ``launch.py`` has them (the CPU stand-ins armed first); returns the module."""
+    from . import stand_ins
+
+    stand_ins.install()
+    root = root or find_threestudio()
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import threestudio
+
+    load_extension()
+    return threestudio
 
 
 def write_startup_file(site_packages: Optional[str] = None) -> str:

@@ -18,7 +18,7 @@ from helpers import ROOT, random_inception_weights, requires_threestudio
 
 from portrait3d.batch import MANIFEST, read_prompts, worker_runtime_env
 from portrait3d.cli import main
-from portrait3d.run import checkpoint_step
+from portrait3d.trial import checkpoint_step
 
 CONFIG = os.path.join(ROOT, "configs", "portrait3d-tiny.yaml")
 SHORT = [
@@ -70,9 +70,10 @@ def manifest(out):
 
 # ------------------------------------------------------------------------ prompt files (no Ray)
 def test_prompt_files_text_and_jsonl(tmp_path):
-    path = tmp_path / "p.txt"
+    path = tmp_path / "p.jsonl"
     path.write_text(
-        "# a set\n\nupper body photo, a man\n  \n"
+        "# a set\n\n"
+        '{"prompt": "upper body photo, a man"}\n  \n'
         '{"prompt": "a woman", "name": "w", "seed": 3, "overrides": {"system.refine.steps": 5}}\n'
         '{"prompt": "a child", "overrides": ["system.sds_steps=1"]}\n'
     )
@@ -82,6 +83,16 @@ def test_prompt_files_text_and_jsonl(tmp_path):
         ("w", 3, 5),
         ("a_child", 7, 6),
     ]
+    # the format is the file's, not the line's: in a text file a line starting with "{" is a prompt
+    text = tmp_path / "p.txt"
+    text.write_text("{best quality}, portrait of a man\n# a comment\nupper body photo, a woman\n")
+    assert [(j.prompt, j.name, j.line) for j in read_prompts(str(text))] == [
+        ("{best quality}, portrait of a man", "best_quality_portrait_of_a_man", 1),
+        ("upper body photo, a woman", "upper_body_photo_a_woman", 3),
+    ]
+    # … and a .txt whose first prompt line is a JSON object is JSONL
+    text.write_text('{"prompt": "a man", "seed": 2}\n')
+    assert [(j.prompt, j.seed) for j in read_prompts(str(text))] == [("a man", 2)]
     assert jobs[1].launch_overrides(["data.width=32"]) == [
         "system.prompt_processor.prompt='a woman'",
         "seed=3",
@@ -101,9 +112,9 @@ def test_prompt_files_text_and_jsonl(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('a man\n{"prompt": "a man"}\n', "p.txt:2: name 'a_man' is also line 1's"),
+        ('{"prompt": "a man"}\n{"prompt": "a man"}\n', "p.txt:2: name 'a_man' is also line 1's"),
         ('{"prompt": "x", "nmae": "y"}\n', "p.txt:1: unknown key 'nmae'"),
-        ('{"prompt": "x"\n', "p.txt:1: not valid JSON"),
+        ('{"prompt": "x"}\n{"prompt": "x"\n', "p.txt:2: not valid JSON"),
         ('{"name": "x"}\n', 'p.txt:1: no "prompt"'),
         ('{"prompt": "x", "seed": "1"}\n', 'p.txt:1: "seed" must be an integer'),
         ('{"prompt": "x", "name": "../up"}\n', "p.txt:1: name '../up' is not a folder name"),
@@ -117,6 +128,154 @@ def test_bad_prompt_files_get_one_line(tmp_path, text, message):
     code, out, err, _ = cli("batch", str(path), "--config", CONFIG, "--out", str(tmp_path / "runs"))
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()  # refused before anything was made
+
+
+def _write(path, data):
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        # items that reach threestudio only as literal text
+        (
+            "p.txt",
+            "portrait of ${oc.env:SECRET_TOKEN}\n",
+            "p.txt:1: the prompt holds '${', which threestudio's",
+        ),
+        ("p.txt", "portrait of ${oops\n", "p.txt:1: the prompt holds '${'"),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"system.refine.prompt": "${oc.env:HOME}"}}\n',
+            "p.jsonl:1: override system.refine.prompt holds '${'",
+        ),
+        ("p.txt", "a portrait\x00of a man\n", "p.txt:1: the prompt holds the control character '\\x00'"),
+        ("p.jsonl", '{"prompt": "a\\nb"}\n', "p.jsonl:1: the prompt holds the control character '\\n'"),
+        ("p.txt", "x" * 200_000 + "\n", "p.txt:1: the prompt has 200000 characters; at most 2000"),
+        # overrides that decide where files go or what is loaded
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"exp_root_dir": "/tmp/elsewhere"}}\n',
+            "p.jsonl:1: override 'exp_root_dir' decides where files go",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"tag": "../../../x"}}\n',
+            "override 'tag' decides where files go",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": ["--config=/etc/passwd"]}\n',
+            "override '--config' decides where files go",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"resume": "http://example.com/x.ckpt"}}\n',
+            "override 'resume' decides",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"system.initializer.cache_dir": "/tmp"}}\n',
+            "override 'system.initializer.cache_dir' decides",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"use_timestamp": true}}\n',
+            "override 'use_timestamp' decides",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"checkpoint.filename": "../../x"}}\n',
+            "override 'checkpoint.filename'",
+        ),
+        # seeds and names
+        (
+            "p.jsonl",
+            '{"prompt": "a", "seed": %d}\n' % 2**80,
+            'p.jsonl:1: "seed" 1208925819614629174706176 is out of range',
+        ),
+        ("p.jsonl", '{"prompt": "a", "seed": -5}\n', 'p.jsonl:1: "seed" -5 is out of range'),
+        ("p.jsonl", '{"prompt": "a", "name": "abc\\n"}\n', "p.jsonl:1: name 'abc\\n' is not a folder name"),
+        ("p.jsonl", '{"prompt": "a", "name": 5}\n', 'p.jsonl:1: "name" must be a string'),
+        # the file itself
+        ("p.txt", b"a portrait\n\xff\xfe of a man\n", "p.txt:2: not UTF-8 text (byte 0xff)"),
+        ("p.jsonl", "[" * 100_000 + "]" * 100_000 + "\n", "p.jsonl:1: not valid JSON (nested too deeply)"),
+        ("p.jsonl", "[1, 2]\n", "p.jsonl:1: a list, not a JSON object"),
+        ("p.txt", "huge", "p.txt is 300 MiB; a prompt file holds at most 16 MiB"),
+        ("p.txt", "fifo", "p.txt is not a regular file (a pipe or a device)"),
+        ("p.txt", "folder", "p.txt is a folder"),
+    ],
+)
+def test_hostile_prompt_files_are_refused_before_anything_starts(tmp_path, name, make, message):
+    """Each is one line naming the file's line and the reason, before Ray or any trial folder
+    (the issue: secrets read into parsed.yaml, trials written outside --out, a FIFO read as
+    "no such file", a NUL or 200 KB prompt or a seed of 2**80 failing only inside the run)."""
+    path = tmp_path / name
+    if make == "huge":
+        with open(path, "wb") as f:
+            f.truncate(300 << 20)  # sparse: takes no disk
+    elif make == "fifo":
+        os.mkfifo(path)
+    elif make == "folder":
+        path.mkdir()
+    else:
+        _write(path, make)
+    code, out, err, seconds = cli("batch", str(path), "--config", CONFIG, "--out", str(tmp_path / "runs"))
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists() and seconds < 10
+
+
+@pytest.mark.parametrize("override", ["tag=x", "exp_root_dir=/tmp", "resume=/tmp/x.ckpt", "name=other"])
+def test_the_batch_keeps_its_own_keys(tmp_path, override):
+    """The batch decides where its trials go: its own command line may not move them either."""
+    (tmp_path / "p.txt").write_text("a man\n")
+    code, _, err, _ = cli(
+        "batch", str(tmp_path / "p.txt"), "--config", CONFIG, "--out", str(tmp_path / "r"), override
+    )
+    key = override.split("=")[0]
+    assert code == 2 and f"override {override!r}: override '{key}' decides where files go" in err, err
+
+
+def test_a_second_prompt_file_keeps_the_first_ones_entries(tmp_path):
+    """Another prompt file into the same --out merges into manifest.jsonl by name (the issue: 16
+    entries cut to 1, their trials gone from the gallery and evaluate)."""
+    out = tmp_path / "runs"
+    trial = out / "portrait3d-tiny" / "a_man"
+    (trial / "configs").mkdir(parents=True)
+    (trial / "configs" / "parsed.yaml").write_text("{}")
+    (trial / "stages.json").write_text('{"train": 1.0, "export": 1.0}')
+    (tmp_path / "p.txt").write_text("a man\n")
+    job = read_prompts(str(tmp_path / "p.txt"))[0]
+    earlier = [
+        {"name": f"earlier{i}", "prompt": f"portrait {i}", "status": "done", "trial": f"portrait3d-tiny/e{i}"}
+        for i in range(15)
+    ]
+    mine = {
+        "name": "a_man",
+        "prompt": "a man",
+        "seed": 0,
+        "status": "done",
+        "trial": "portrait3d-tiny/a_man",
+        "files": {},
+        "inputs": job.inputs(os.path.abspath(CONFIG), []),
+    }
+    (out / MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in earlier[:7] + [mine] + earlier[7:]))
+    code, _, err, _ = cli("batch", str(tmp_path / "p.txt"), "--config", CONFIG, "--out", str(out))
+    assert code == 0 and "nothing to do: 1 of 1 prompts done" in err, err
+    assert [e["name"] for e in manifest(out)] == [e["name"] for e in earlier[:7]] + ["a_man"] + [
+        e["name"] for e in earlier[7:]
+    ]
+
+
+def test_an_out_that_cannot_be_one_is_refused_before_ray(tmp_path):
+    (tmp_path / "p.txt").write_text("a man\n")
+    (tmp_path / "afile").write_text("x")
+    for out, message in (
+        (tmp_path / "afile", "afile is a file, not a folder"),
+        (tmp_path / "afile" / "runs", "cannot be created: " + str(tmp_path / "afile") + " is a file"),
+    ):
+        code, _, err, seconds = cli("batch", str(tmp_path / "p.txt"), "--config", CONFIG, "--out", str(out))
+        assert code == 2 and f"error: --out: {out}" in err and message in err and err.count("\n") == 1, err
 
 
 def test_bad_options_get_one_line(tmp_path):
@@ -134,7 +293,7 @@ def test_bad_options_get_one_line(tmp_path):
         "--inception",
         str(tmp_path / "fid.pth"),
     )
-    assert code == 2 and "--inception" in err and "fid.pth: no such file" in err
+    assert code == 2 and "--inception" in err and "fid.pth not found" in err
     code, _, err, _ = cli("evaluate", str(tmp_path))
     assert code == 2 and f"no {MANIFEST}" in err
 
@@ -231,6 +390,7 @@ def test_four_prompts_make_four_trials_and_a_complete_manifest(batch):
         "bad",
     ]
     assert code == 1 and "1 of 5 prompts failed (bad)" in stderr, stderr[-3000:]
+    assert f"all of them on one page: portrait3d gallery {out}" in stdout  # where to look next
     assert "batch: " in stderr and "running" in stderr and "failed" in stderr  # the progress bar
     for e, p in zip(entries[:4], PROMPTS):
         assert e["status"] == "done" and e["error"] is None, e

@@ -280,3 +280,56 @@ def test_tiny_checkpoint_random_vgg16_and_defaults_in_help(tmp_path, monkeypatch
     assert "randomly initialised VGG16" in r.stderr
     help_text = " ".join(run("sample", "--help").stdout.split())  # argparse wraps lines
     assert "(default: 120)" in help_text and "(default: 0.7)" in help_text
+
+
+@pytest.mark.parametrize(
+    "package, debug_env", [("gan_prior.cli", "GAN_PRIOR_DEBUG"), ("portrait3d.cli", "PORTRAIT3D_DEBUG")]
+)
+def test_one_contract_for_both_commands(package, debug_env, monkeypatch, capsys):
+    """`python -m gan_prior` and `portrait3d` end the same way: a bad input (ValueError, a file that
+    cannot be read, nesting too deep) is one `error:` line and exit 2, out of memory (CPU too) exit 2
+    saying so, a bug one line and exit 1 naming the debug variable, which shows the traceback."""
+    import argparse
+    import importlib
+
+    cli = importlib.import_module(package)
+    args = argparse.Namespace(command="report", out="o", overrides=[])
+
+    class Parser:  # the parsed command line: the command itself is what fails
+        def parse_args(self, argv=None):
+            return args
+
+        def parse_known_args(self, argv=None):
+            return args, []
+
+    monkeypatch.setattr(cli, "build_parser", Parser)
+    if package == "gan_prior.cli":
+        monkeypatch.setattr(cli, "_check_args", lambda args: None)
+    monkeypatch.delenv(debug_env, raising=False)
+    argv = ["report"]
+
+    def ends_with(error, code, *expect):
+        def fail(args):
+            raise error
+
+        args.func = fail
+        assert cli.main(argv) == code
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        for text in expect:
+            assert text in lines[0], err
+
+    ends_with(ValueError("t: bad value\nsecond line"), 2, "t: bad value second line")
+    ends_with(PermissionError(13, "Permission denied", "t/save"), 2, "t/save: Permission denied")
+    ends_with(RecursionError("maximum recursion depth exceeded"), 2, "nested too deeply")
+    ends_with(
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+        2,
+        "out of memory (RuntimeError)",
+    )
+    ends_with(KeyError("name"), 1, "unexpected KeyError", f"set {debug_env}=1 for the traceback")
+    monkeypatch.setenv(debug_env, "1")
+    args.func = lambda args: {}["name"]
+    with pytest.raises(KeyError):
+        cli.main(argv)

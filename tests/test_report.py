@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from helpers import ROOT, requires_threestudio
+from helpers import ROOT, fake_trial, requires_threestudio
 
 CHROMIUM = os.environ.get("PORTRAIT3D_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("PORTRAIT3D_SCREENSHOTS", os.path.join(ROOT, "tests", "screenshots"))
@@ -70,34 +70,6 @@ def portrait3d(*args, env=None):
         env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
         timeout=300,
     )
-
-
-# --------------------------------------------------------------------------- a small fake trial
-def fake_trial(folder, prompt="a portrait", clip=None, mesh=True):
-    """A trial folder with a parsed config, two images and (optionally) a coloured mesh."""
-    import imageio.v2 as imageio
-    import trimesh
-
-    os.makedirs(os.path.join(folder, "configs"))
-    with open(os.path.join(folder, "configs", "parsed.yaml"), "w") as f:
-        json.dump({"seed": 0, "system": {"prompt_processor": {"prompt": prompt}}}, f)  # JSON is YAML
-    save = os.path.join(folder, "save")
-    os.makedirs(os.path.join(save, "refine"))
-    imageio.imwrite(os.path.join(save, "it4-0.png"), np.full((8, 16, 3), 90, np.uint8))
-    imageio.imwrite(os.path.join(save, "refine", "view_00.png"), np.full((8, 8, 3), 30, np.uint8))
-    imageio.imwrite(os.path.join(save, "refine", "refined_00.png"), np.full((8, 8, 3), 60, np.uint8))
-    if clip is not None:
-        os.makedirs(os.path.join(save, "it8-eval"))
-        with open(os.path.join(save, "it8-eval", "metrics.json"), "w") as f:
-            json.dump({"clip_score": clip, "num_renders": 8}, f)
-    if mesh:
-        box = trimesh.creation.box(extents=(0.3, 0.4, 0.2))
-        colours = np.tile(np.array([[200, 40, 40, 255]], np.uint8), (len(box.vertices), 1))
-        os.makedirs(os.path.join(save, "it8-export"))
-        trimesh.Trimesh(box.vertices, box.faces, vertex_colors=colours).export(
-            os.path.join(save, "it8-export", "portrait.glb")
-        )
-    return folder
 
 
 def test_report_lists_every_file_and_links_them_relatively(tmp_path):
@@ -174,6 +146,207 @@ def test_gallery_reads_the_manifest_or_finds_the_trials(tmp_path):
     assert 'data-time="60.0"' in page and "system.bad_key: no such option" in page
     assert 'href="b/c/t/save/index.html"' in page
     assert "2 done, 1 failed" in page
+
+
+def _write_json(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def test_values_a_page_does_not_expect_show_as_they_are(tmp_path):
+    """A metrics value "n/a", a yaw given as a string, None, a list, a time as a word: the report and
+    the gallery show them as they are (None as "–"), never a traceback."""
+    runs = tmp_path / "runs"
+    trial = fake_trial(str(runs / "exp" / "t"), prompt="odd values", clip=None, mesh=False)
+    save = os.path.join(trial, "save")
+    _write_json(
+        os.path.join(save, "it8-eval", "metrics.json"), {"clip_score": "n/a", "fid": None, "kid": [1]}
+    )
+    init = os.path.join(save, "init", "k1")
+    _write_json(os.path.join(init, "alignment.json"), {"camera": {"yaw": "left", "elevation": None}})
+    _write_json(os.path.join(init, "timings.json"), {"inversion": {"seconds": "slow"}})
+    _write_json(
+        os.path.join(init, "inversion.json"), {"steps": "three", "distance_first": [2], "distance_last": 1}
+    )
+    manifest = {"prompt": "odd values", "name": "t", "trial": "exp", "status": "done", "seed": "abc"}
+    (runs / "manifest.jsonl").write_text(json.dumps({**manifest, "times": {"train": "fast"}}) + "\n")
+    r = portrait3d("gallery", str(runs))  # also writes the report
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    page = open(os.path.join(save, "index.html")).read()
+    assert "<th>clip_score</th><td>n/a</td>" in page and "<th>fid</th><td>–</td>" in page
+    assert "camera estimate: yaw left°, elevation –°" in page and "inversion slow s" in page
+    assert "inversion: three steps, distance [2] → 1" in page
+    gallery = open(runs / "index.html").read()
+    assert "CLIP n/a" in gallery and 'data-clip=""' in gallery and "seed abc" in gallery
+
+
+def test_the_3d_view_shows_the_exports_clean_up_and_fidelity(tmp_path):
+    """The export's mesh_fidelity.json beside the GLB: the report says the mesh is textured and shows
+    its clean-up and the PSNR / SSIM / IoU of each mesh against the neural renders, with a link to
+    the file; values it does not expect show as they are."""
+    import html
+
+    trial = fake_trial(str(tmp_path / "exp" / "t"), prompt="fidelity")
+    export = os.path.join(trial, "save", "it8-export")
+    report = {
+        "mesh": {
+            "vertices": 25059,
+            "faces": 49999,
+            "components": 3,
+            "components_dropped": 2,
+            "faces_dropped_in_components": 120,
+            "decimated_from_faces": 637112,
+            "textured": True,
+            "texture_size": 2048,
+            "charts": 812,
+        },
+        "cameras": {"views": "the 21 refinement cameras", "resolution": 128},
+        "mask_opacity": 0.125,
+        "textured": {"psnr": 27.31, "ssim": 0.8123, "iou": 0.95},
+        "vertex_colours": {"psnr": 24.02, "ssim": 0.7, "iou": 0.95},
+        "isosurface_vertex_colours": {"psnr": None, "ssim": "n/a", "iou": 0.9},
+    }
+    _write_json(os.path.join(export, "mesh_fidelity.json"), report)
+    page = html.unescape(_page(trial))
+    assert "its baked texture, marching cubes" in page
+    assert "25059 vertices, 49999 faces: the largest of 3 components (2 dropped, 120 faces)" in page
+    assert "decimated from 637112 faces; 2048² texture, 812 charts." in page
+    assert "<tr><th>textured mesh</th><td>27.31</td><td>0.812</td><td>0.950</td></tr>" in page
+    assert "<tr><th>vertex colours (same bake)</th><td>24.02</td><td>0.700</td>" in page
+    assert "<td>–</td><td>n/a</td><td>0.900</td>" in page  # raw isosurface colours: None, a string
+    assert "the 21 refinement cameras at 128²" in page and 'href="it8-export/mesh_fidelity.json"' in page
+    # a vertex-coloured export (texture: false), and a file that holds no mapping
+    _write_json(
+        os.path.join(export, "mesh_fidelity.json"), {**report, "mesh": {**report["mesh"], "textured": False}}
+    )
+    page = html.unescape(_page(trial))
+    assert "its vertex colours, marching cubes" in page and "texture," not in page.split("3D view")[-1][:2000]
+    _write_json(os.path.join(export, "mesh_fidelity.json"), {"mesh": [1], "textured": "x"})
+    page = html.unescape(_page(trial))
+    assert "its vertex colours" in page and 'id="mesh-fidelity"' not in page
+
+
+HOSTILE = (
+    "<script>window.__pwned=(window.__pwned||[]).concat('script')</script>",
+    '"><img src=x onerror="window.__pwned=(window.__pwned||[]).concat(\'img\')">',
+    "'><svg onload=window.__pwned=1>",
+    "javascript:window.__pwned=1",
+)
+# file and folder names cannot hold '/'
+HOSTILE_NAME = "<img src=x onerror=window.__pwned=1>"
+
+
+def hostile_trial(folder: str) -> str:
+    """A trial whose every field a page shows holds hostile text: the config's settings and prompt,
+    the initialisation's files and JSON, the metrics, the status' error, file and folder names."""
+    s = HOSTILE
+    fake_trial(folder, prompt=s[0] + s[1], clip=None, mesh=True)
+    config = {
+        "seed": s[2],
+        "data": {"width": s[1], "height": s[3]},
+        "system": {
+            "prompt_processor": {
+                "prompt": s[0] + s[1],
+                "negative_prompt": s[2],
+                "pretrained_model_name_or_path": s[3],
+            },
+            "initializer": {"source": s[1]},
+            "guidance_type": s[0],
+            "guidance": {"guidance_scale": s[2], "min_step_percent": s[1], "max_step_percent": s[0]},
+            "sds_steps": s[3],
+            "refine": {"steps": s[1]},
+            "prior_checkpoint": s[0],
+        },
+    }
+    _write_json(os.path.join(folder, "configs", "parsed.yaml"), config)  # JSON is YAML
+    save = os.path.join(folder, "save")
+    init = os.path.join(save, "init", HOSTILE_NAME)
+    os.makedirs(os.path.join(init, "candidates"))
+    shutil.copy(os.path.join(save, "it4-0.png"), os.path.join(init, "candidates", HOSTILE_NAME + ".png"))
+    shutil.copy(os.path.join(save, "it4-0.png"), os.path.join(save, HOSTILE[3]))  # a javascript: name
+    _write_json(os.path.join(init, "candidates.json"), {"files": [f"candidates/{HOSTILE_NAME}.png", s[0]]})
+    _write_json(
+        os.path.join(init, "alignment.json"),
+        {
+            "report": [{"name": f"candidates/{HOSTILE_NAME}.png", "kept": True, "reason": s[1]}],
+            "chosen": 0,
+            "camera": {"yaw": s[0], "elevation": s[2]},
+        },
+    )
+    _write_json(os.path.join(init, "timings.json"), {s[1]: {"seconds": s[0]}})
+    _write_json(
+        os.path.join(init, "inversion.json"), {"steps": s[0], "distance_first": s[1], "distance_last": s[2]}
+    )
+    _write_json(os.path.join(save, "it8-eval", "metrics.json"), {s[0]: s[1], "clip_score": s[2], s[3]: None})
+    from portrait3d.trial import write_status
+
+    write_status(folder, "failed", stage="test", step=8, error=s[0] + s[1])
+    return folder
+
+
+def _no_script_ran(page, html_path: str, scripts: int):
+    page.goto("file://" + html_path)
+    page.wait_for_timeout(1500)
+    assert page.evaluate("window.__pwned === undefined"), page.evaluate("window.__pwned")
+    found = page.evaluate(
+        """() => ({
+        scripts: document.querySelectorAll('script').length,
+        handlers: Array.from(document.querySelectorAll('*')).flatMap(e =>
+            Array.from(e.attributes).filter(a => a.name.startsWith('on')).map(a => e.tagName + ' ' + a.name)),
+        links: Array.from(document.querySelectorAll('a[href], [src]')).map(e => e.href || e.src),
+        })"""
+    )
+    assert found["scripts"] == scripts and found["handlers"] == [], found
+    assert all(url.startswith("file:") for url in found["links"]), [
+        u for u in found["links"] if not u.startswith("file:")
+    ]
+    return page.inner_text("body")
+
+
+@in_a_browser
+def test_hostile_strings_show_as_text_and_run_nothing(tmp_path):
+    """Hostile strings (<script>, "><img onerror=…>, javascript: links) in every field of a report
+    and a gallery: in Chromium no script runs, no element gets an event handler, every link stays a
+    file, and the strings show as text."""
+    from playwright.sync_api import sync_playwright
+
+    runs = tmp_path / "runs"
+    trial = hostile_trial(str(runs / HOSTILE_NAME / HOSTILE_NAME))
+    s = HOSTILE
+    entries = [
+        {
+            "name": s[0],
+            "prompt": s[1],
+            "seed": s[2],
+            "status": s[3],
+            "error": s[0],
+            "node": s[1],
+            "trial": s[3],
+            "times": {"train": s[2]},
+        },
+        {"name": "ok", "prompt": s[0], "status": "failed", "error": s[1], "trial": HOSTILE_NAME},
+    ]
+    (runs / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    r = portrait3d("gallery", str(runs))
+    assert r.returncode == 0, r.stderr
+    dialogs = []
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        text = _no_script_ran(
+            page, os.path.join(trial, "save", "index.html"), scripts=3
+        )  # viewer, mesh, page
+        for value in s:
+            assert value in text, value
+        assert HOSTILE_NAME in text and "(test stage): " + s[0] + s[1] in text  # the status' error
+        text = _no_script_ran(page, str(runs / "index.html"), scripts=1)
+        for value in s:
+            assert value in text, value
+        page.screenshot(path=os.path.join(SHOTS, "gallery-hostile.png"), full_page=True)
+        browser.close()
+    assert dialogs == []
 
 
 # ------------------------------------------------------------------------------- the real run
@@ -399,3 +572,250 @@ def test_gallery_in_a_browser(run, tmp_path):
         page.screenshot(path=os.path.join(SHOTS, "gallery.png"), full_page=True)
         watch.check()
         browser.close()
+
+
+def _vertex_coloured_twin(glb: str, out: str) -> None:
+    """The same mesh as the textured ``glb`` with its texture sampled at the vertices (what a
+    vertex-coloured export of this run holds), written as a GLB."""
+    import trimesh
+
+    from gan_prior.mesh import vertex_normals
+    from gan_prior.mesh_export import ExportedMesh
+    from gan_prior.mesh_files import write_mesh
+
+    mesh = trimesh.load(glb, force="mesh", process=False)
+    texture = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))
+    h, w = texture.shape[:2]
+    uv = np.asarray(mesh.visual.uv)  # trimesh: v up
+    colours = texture[
+        ((1 - uv[:, 1]) * h).astype(int).clip(0, h - 1), (uv[:, 0] * w).astype(int).clip(0, w - 1)
+    ]
+    v, f = np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces)
+    write_mesh(
+        os.path.dirname(out),
+        os.path.basename(out)[:-4],
+        ExportedMesh(v, f, vertex_normals(v, f), colours),
+        ("glb",),
+    )
+
+
+def _scales(textured: np.ndarray, vertex: np.ndarray, block: int = 16) -> tuple:
+    """(mean |difference| of the 16×16-pixel block means, mean |difference| of the pixels) of two
+    screenshots, over the blocks that lie wholly on both meshes: how far the two differ at the
+    scale of the triangles, and with the texture's own detail."""
+    vals, counts = np.unique(textured.reshape(-1, 3), axis=0, return_counts=True)
+    background = vals[counts.argmax()]
+    on = (abs(textured - background).sum(-1) > 30) & (abs(vertex - background).sum(-1) > 30)
+    h, w = (np.array(on.shape) // block) * block
+
+    def blocks(x):
+        return x[:h, :w].reshape(h // block, block, w // block, block, -1).astype(float)
+
+    inside = blocks(on[..., None]).mean((1, 3))[..., 0] == 1
+    coarse = abs(blocks(textured).mean((1, 3)) - blocks(vertex).mean((1, 3))).mean(-1)[inside].mean()
+    pixels = np.repeat(np.repeat(inside, block, 0), block, 1)
+    fine = abs(textured[:h, :w] - vertex[:h, :w]).mean(-1)[pixels].mean()
+    return float(coarse), float(fine), int(inside.sum())
+
+
+SIDE_BY_SIDE = """([url, width, height]) => {
+  const mv = document.getElementById('mesh');
+  for (const [id, src] of [['textured', window.P3D_MODEL], ['vertex', url]]) {
+    const c = document.createElement('model-viewer');
+    for (const a of mv.getAttributeNames()) if (!['id', 'src'].includes(a)) c.setAttribute(a, mv.getAttribute(a));
+    Object.assign(c.style, {width: width + 'px', height: height + 'px'});
+    c.id = id;
+    c.addEventListener('load', () => { c.dataset.loaded = '1'; }, {once: true});
+    c.src = src;
+    mv.parentElement.appendChild(c);
+  }
+}"""
+
+
+@in_a_browser
+def test_the_3d_view_shows_the_texture_detail(run, tmp_path):
+    """The report's model-viewer draws the baked texture: beside the vertex-coloured GLB of the
+    same mesh (its texture sampled at the vertices), in two viewers framed alike, the textured one
+    has the same silhouette, brightness and colours at the scale of the triangles (the texture is
+    where its UVs say, sRGB decoded like the linear vertex colours), and detail within them."""
+    import base64
+
+    from playwright.sync_api import sync_playwright
+
+    tree, trial, _ = run
+    save = os.path.join(trial, "save")
+    export = sorted(d for d in os.listdir(save) if d.endswith("-export"))[-1]
+    report = json.load(open(os.path.join(save, export, "mesh_fidelity.json")))
+    assert report["mesh"]["textured"] and report["textured"]["psnr"] > report["vertex_colours"]["psnr"]
+    twin = str(tmp_path / "vertex.glb")
+    _vertex_coloured_twin(os.path.join(save, export, "portrait.glb"), twin)
+    twin_url = "data:model/gltf-binary;base64," + base64.b64encode(open(twin, "rb").read()).decode()
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        watch = PageWatch(page)
+        page.goto("file://" + os.path.join(save, "index.html"))
+        page.wait_for_function("document.getElementById('mesh').dataset.loaded === '1'", timeout=90000)
+        text = page.inner_text("#view3d")
+        assert (
+            "its baked texture" in text and "textured mesh" in text and "vertex colours (same bake)" in text
+        )
+        page.evaluate(SIDE_BY_SIDE, [twin_url, 640, 480])
+        page.wait_for_function(
+            "['textured', 'vertex'].every(id => document.getElementById(id).dataset.loaded === '1')",
+            timeout=90000,
+        )
+        page.wait_for_timeout(1500)
+        shots = [
+            _png(page.locator(f"#{name}").screenshot(path=os.path.join(SHOTS, f"3d-{name}.png")))
+            for name in ("textured", "vertex")
+        ]
+        watch.check()
+        browser.close()
+    h, w = min(x.shape[0] for x in shots), min(x.shape[1] for x in shots)
+    textured, vertex = (x[:h, :w] for x in shots)
+    vals, counts = np.unique(textured.reshape(-1, 3), axis=0, return_counts=True)
+    background = vals[counts.argmax()]
+    on_t, on_v = (abs(x - background).sum(-1) > 30 for x in (textured, vertex))
+    assert on_t.mean() > 0.05 and (on_t ^ on_v).mean() < 0.05 * on_t.mean()  # the same mesh, framed alike
+    assert abs(textured[on_t].mean() - vertex[on_v].mean()) < 0.05 * textured[on_t].mean()
+    coarse, fine, blocks = _scales(textured, vertex)
+    assert blocks > 50 and coarse < 8, (coarse, blocks)  # the same colours where the triangles are
+    assert fine > 1.4 * coarse, (fine, coarse)  # and the texture's detail within them
+
+
+def test_metrics_not_computed_show_a_dash_not_none(tmp_path):
+    trial = fake_trial(str(tmp_path / "exp" / "t1"), clip=31.5, mesh=False)
+    with open(os.path.join(trial, "save", "it8-eval", "metrics.json"), "w") as f:
+        json.dump({"clip_score": 31.5, "fid": None, "kid_mean": None, "num_renders": 8}, f)
+    assert portrait3d("report", trial).returncode == 0
+    page = open(os.path.join(trial, "save", "index.html")).read()
+    assert "<td>None</td>" not in page and "<th>fid</th><td>–</td>" in page
+
+
+@pytest.mark.skipif(bool(browser_missing()), reason=browser_missing() or "-")
+def test_long_trial_names_stay_inside_their_gallery_cards(tmp_path):
+    """A trial folder name has no spaces (threestudio's tag): it wraps inside its card."""
+    from playwright.sync_api import sync_playwright
+
+    runs = tmp_path / "runs"
+    name = "upper_body_photo,_portrait_of_a_woman_with_long_red_hair_in_a_garden@20261130-050748"
+    fake_trial(str(runs / "portrait3d-tiny" / name), prompt="upper body photo", mesh=False)
+    assert portrait3d("gallery", str(runs), "--no-reports").returncode == 0
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 390, "height": 800})  # a phone
+        page.goto("file://" + str(runs / "index.html"))
+        overflow = page.evaluate(
+            "Array.from(document.querySelectorAll('.card')).map(c => c.scrollWidth - c.clientWidth)"
+        )
+        browser.close()
+    assert overflow and max(overflow) <= 0, overflow
+
+
+def _copy_trial(trial: str, dest: str, ckpts: bool = True) -> str:
+    ignore = ["code", "index.html", "_report"] + ([] if ckpts else ["ckpts"])
+    shutil.copytree(trial, dest, symlinks=True, ignore=shutil.ignore_patterns(*ignore))
+    return dest
+
+
+def _page(trial: str) -> str:
+    r = portrait3d("report", trial)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(trial, "save", "index.html")) as f:
+        return f.read()
+
+
+@in_a_browser
+def test_a_trials_status_is_read_from_what_it_holds(run, tmp_path):
+    """Real trials of the tiny run: done; failed in its test stage (a CLIP folder that holds no CLIP),
+    with and without its checkpoint; running, then killed. The report, the gallery and `portrait3d
+    run`'s message say the same: what failed and where it stopped, and --export only with a checkpoint."""
+    import html
+    import signal
+    import time
+
+    from threestudio_env import launch, launch_env
+
+    from portrait3d.run import _failed
+    from portrait3d.trial import Trial
+
+    tree, trial, _ = run
+    cache = os.path.join(os.path.dirname(tree), "cache")
+    outputs = os.path.join(tree, "outputs", "portrait3d-tiny")
+    done = Trial(trial).status()
+    assert (done.state, done.step, done.stage, done.label) == ("done", 8, "export", "done at step 8")
+
+    # failed in the test stage, at step 8, with its checkpoints
+    crashed = _copy_trial(trial, os.path.join(outputs, "crashed"))
+    not_clip = tmp_path / "not-a-clip"
+    not_clip.mkdir()
+    args = ["--config", os.path.join(crashed, "configs", "parsed.yaml"), "--test"]
+    proc = launch(
+        tree,
+        cache,
+        *args,
+        f"resume={os.path.join(crashed, 'ckpts', 'last.ckpt')}",
+        "tag=crashed",
+        f"system.evaluation.clip_model={not_clip}",
+    )
+    assert proc.returncode != 0 and "cannot load a CLIP model" in proc.stderr, proc.stderr[-3000:]
+    status = Trial(crashed).status()
+    assert (status.state, status.step, status.stage) == ("failed", 8, "test"), status
+    assert status.error.startswith("--clip: cannot load a CLIP model from") and str(not_clip) in status.error
+    page = html.unescape(_page(crashed))
+    assert "failed</span> at step 8 (test stage): <strong>" + status.error in page
+    assert "resume=" + os.path.join(crashed, "ckpts", "last.ckpt") in page  # how to continue
+    message = str(_failed("training", 1, None, Trial(crashed)))
+    assert status.error in message and f"its trial {crashed} is failed at step 8" in message
+
+    # the same failure without a checkpoint (and no export): nothing to resume or export
+    truncated = _copy_trial(crashed, os.path.join(outputs, "no-checkpoint"), ckpts=False)
+    shutil.rmtree(os.path.join(truncated, "save", "it8-export"))
+    status = Trial(truncated).status()
+    assert (status.state, status.step, status.checkpoint) == ("failed", 8, None)
+    page = html.unescape(_page(truncated))
+    assert "It saved no checkpoint" in page and "the run saved no checkpoint to export from" in page
+    assert "--export" not in page and "resume=" not in page
+
+    # running, then killed without a word: stopped at its last checkpoint
+    killed = _copy_trial(trial, os.path.join(outputs, "killed"))
+    os.remove(os.path.join(killed, "status.json"))
+    proc = subprocess.Popen(
+        [sys.executable, "launch.py", *args[:1], os.path.join(killed, "configs", "parsed.yaml"), "--test"]
+        + [f"resume={os.path.join(killed, 'ckpts', 'last.ckpt')}", "tag=killed"],
+        cwd=tree,
+        env=launch_env(cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 600
+        while Trial(killed).status_record().get("state") != "running" and proc.poll() is None:
+            assert time.time() < deadline, "the test stage never started"
+            time.sleep(0.1)
+        status = Trial(killed).status()
+        assert (status.state, status.stage) == ("running", "test"), (status, proc.poll())
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    status = Trial(killed).status()
+    assert (status.state, status.step, status.label) == ("stopped", 8, "stopped at step 8"), status
+    page = html.unescape(_page(killed))
+    assert "stopped</span> at step 8: the run ended without finishing" in page and "resume=" in page
+
+    # the gallery: every trial, with the status it holds
+    r = portrait3d("gallery", outputs, "--no-reports")
+    assert r.returncode == 0, r.stderr
+    gallery = html.unescape(open(os.path.join(outputs, "index.html")).read())
+    assert "4 trial folders found: 1 done, 2 failed, 1 stopped" in gallery
+    for name, state in (
+        ("report", "done"),
+        ("crashed", "failed"),
+        ("no-checkpoint", "failed"),
+        ("killed", "stopped"),
+    ):
+        card = gallery.split(f'data-name="{name}"')[1].split("</article>")[0]
+        assert f'data-status="{state}"' in card, (name, card)
+    assert gallery.count("--clip: cannot load a CLIP model") == 2

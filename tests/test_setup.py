@@ -1,14 +1,17 @@
 """The setup a new user runs (``make`` → ``portrait3d.threestudio_env``): threestudio from a local
 archive, the extension linked into it, the start-up file that supplies the CPU import stand-ins and
-one-line ``launch.py`` errors."""
+one-line ``launch.py`` errors; and a non-editable install (``pip install .``) whose report pages have
+their templates and the 3D viewer."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, fake_trial
 
 from portrait3d import launch_errors, threestudio_env
 from portrait3d.threestudio_env import ThreestudioError
@@ -124,7 +127,7 @@ def test_start_up_file_serves_stand_ins_only_where_the_real_package_is_missing(t
 
 def test_stand_ins_raise_with_the_install_hint():
     r = run_python(
-        "import portrait3d.cpu_compat as c; c.install()\n"
+        "import portrait3d.stand_ins as c; c.install()\n"
         "import tinycudann\n"
         "try:\n tinycudann.Encoding(3, {})\nexcept RuntimeError as e:\n print(e)\n"
     )
@@ -147,10 +150,17 @@ def test_one_line_messages_for_known_launch_errors():
             "system": {"prompt_processor": {"prompt": "???"}},
         }
     )
-    if not OmegaConf.has_resolver("rmspace"):
+    # threestudio's resolver, registered here only for this test when threestudio is not imported
+    # (left registered, it would make a later `import threestudio` in this process fail)
+    ours = not OmegaConf.has_resolver("rmspace")
+    if ours:
         OmegaConf.register_new_resolver("rmspace", lambda s, sub: s.replace(" ", sub))
-    with pytest.raises(OmegaConfBaseException) as e:
-        OmegaConf.to_container(cfg, resolve=True)
+    try:
+        with pytest.raises(OmegaConfBaseException) as e:
+            OmegaConf.to_container(cfg, resolve=True)
+    finally:
+        if ours:
+            OmegaConf.clear_resolver("rmspace")
     assert launch_errors.one_line(e.value).startswith("system.prompt_processor.prompt is not set")
 
     from dataclasses import dataclass
@@ -185,3 +195,125 @@ def test_an_archive_with_paths_outside_is_refused(tmp_path, pinned, monkeypatch,
     with pytest.raises(ThreestudioError):
         threestudio_env.provision("abc1234", str(evil))
     assert not (tmp_path / "escaped").exists() and not (pinned.parent.parent / "escaped").exists()
+
+
+def test_known_noise_of_a_run_is_quiet_and_the_rest_kept():
+    """The start-up file quiets what a run printed that a user can do nothing about (CUDA-toolkit
+    notices on a CPU torch, Lightning's cloud tips, its eval-mode and pytree notices, emitted as they
+    are), and keeps other warnings."""
+    code = (
+        "import logging, sys, warnings\n"
+        "if sys.argv[1] == 'startup':\n"
+        "    import portrait3d.startup\n"
+        "logging.getLogger('torch.utils.cpp_extension').warning(\"No CUDA runtime is found, using CUDA_HOME='/x'\")\n"
+        "logging.getLogger('pytorch_lightning.utilities.rank_zero').warning('💡 Tip: try litlogger')\n"
+        "warnings.warn('Found 36 module(s) in eval mode at the start of training. If ...', UserWarning)\n"
+        "warnings.warn('`isinstance(treespec, LeafSpec)` is deprecated, use ...', FutureWarning)\n"
+        "warnings.warn('Be aware that when using `ckpt_path`, callbacks used to create the checkpoint ...')\n"
+        "warnings.warn('predict returned None if it was on purpose, ignore this warning...')\n"
+        "logging.getLogger('pytorch_lightning.utilities.rank_zero').warning('a warning to keep')\n"
+    )
+    noisy, quiet = (
+        # -S: without site-packages' .pth files, so that only the "startup" run has the start-up file
+        subprocess.run(
+            [sys.executable, "-S", "-c", code, mode], capture_output=True, text=True, cwd=ROOT
+        ).stderr
+        for mode in ("plain", "startup")
+    )
+    noise = ("No CUDA runtime", "💡 Tip", "eval mode", "LeafSpec", "Be aware", "predict returned None")
+    for line in (*noise, "a warning to keep"):
+        assert line in noisy, noisy  # (what each line looks like without the start-up file)
+    assert "a warning to keep" in quiet
+    assert not any(line in quiet for line in noise), quiet
+
+
+VIEWER_BUNDLE = os.path.join(
+    ROOT, "node_modules", "@google", "model-viewer", "dist", "model-viewer-umd.min.js"
+)
+
+
+def test_the_viewer_version_is_package_jsons():
+    from portrait3d.report import VIEWER_PACKAGE, VIEWER_VERSION
+
+    with open(os.path.join(ROOT, "package.json")) as f:
+        assert json.load(f)["dependencies"][VIEWER_PACKAGE] == VIEWER_VERSION
+
+
+def test_a_non_editable_install_writes_reports_with_templates_and_the_3d_view(tmp_path):
+    """``pip install .`` (a wheel, not -e) of a checkout where ``npm ci`` ran: the installed
+    ``portrait3d report``, run away from the checkout, finds its templates and its copy of the viewer;
+    without that copy it says in one line how to get one, and PORTRAIT3D_VIEWER_JS serves."""
+    assert os.path.isfile(VIEWER_BUNDLE), "run `npm ci` (make setup) first"
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".deps",
+            "node_modules",
+            "build",
+            "dist",
+            "outputs",
+            "tests",
+            "*.egg-info",
+            "__pycache__",
+        ),
+    )
+    os.symlink(os.path.join(ROOT, "node_modules"), src / "node_modules")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", str(src), "-w", str(tmp_path / "wheel")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("portrait3d_threestudio-*.whl")
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    trial = fake_trial(str(tmp_path / "runs" / "exp" / "t"), prompt="an installed portrait")
+    env = {k: v for k, v in os.environ.items() if k != "PORTRAIT3D_VIEWER_JS"}
+    env["PYTHONPATH"] = str(site)  # before the editable install of this checkout
+
+    def report(**extra):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import portrait3d, sys; print(portrait3d.__file__, file=sys.stderr); "
+                "from portrait3d.cli import main; sys.exit(main())",
+                "report",
+                trial,
+            ],
+            cwd=str(tmp_path),
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    r = report()
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(str(site / "portrait3d" / "__init__.py")), r.stderr  # the installed copy
+    page = open(os.path.join(trial, "save", "index.html")).read()
+    assert "<model-viewer" in page and "an installed portrait" in page
+    copied = os.path.join(trial, "save", "_report", "model-viewer.min.js")
+    with open(VIEWER_BUNDLE) as a, open(copied) as b:
+        original, shipped = a.read(), b.read()
+    assert len(shipped) > 100_000 and shipped.split("//# sourceMappingURL")[0].strip() in original
+
+    shutil.rmtree(site / "portrait3d" / "viewer")  # a wheel built without node_modules
+    r = report()
+    assert r.returncode == 2 and r.stderr.count("\n") == 2, r.stderr  # the module path, then one line
+    line = r.stderr.splitlines()[1]
+    assert "npm install @google/model-viewer@" in line and "PORTRAIT3D_VIEWER_JS" in line, line
+    r = report(PORTRAIT3D_VIEWER_JS=VIEWER_BUNDLE)
+    assert r.returncode == 0, r.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import sys
 import warnings
@@ -31,6 +32,22 @@ QUIET_WARNINGS = (
     (FutureWarning, r".*is deprecated and will be removed in version 0\.\d+\.\d+ of diffusers"),
     (UserWarning, r"TypedStorage is deprecated"),
     (UserWarning, r"Using torch\.cross without specifying the dim arg is deprecated"),
+    # Lightning 2.6 on torch 2.13 (pytorch_lightning/utilities/_pytree.py), at every training step
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # the frozen GAN decoder, ToRGB and background are in eval mode on purpose
+    (UserWarning, r"Found \d+ module\(s\) in eval mode at the start of training"),
+    # launch.py --export resume=...: Lightning's notes on what export does not need
+    (UserWarning, r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"),
+    (UserWarning, r"predict returned None if it was on purpose"),
+)
+# log lines of no use to a user of this extension: (logger, start of the message)
+QUIET_LOGS = (
+    # torch.utils.cpp_extension at import (nerfacc, envlight) on a CPU-only torch with a CUDA toolkit
+    # installed: only matters for building CUDA extensions, which these runs never do
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    # Lightning's advertisements for its cloud services, at every launch
+    ("pytorch_lightning.utilities.rank_zero", "💡 Tip:"),
+    ("lightning_fabric.utilities.rank_zero", "💡 Tip:"),
 )
 
 
@@ -43,9 +60,23 @@ class _StandInFinder(importlib.abc.MetaPathFinder):
         return importlib.machinery.PathFinder.find_spec(fullname, [STUBS_DIR])
 
 
+class _DropLines(logging.Filter):
+    def __init__(self, starts: tuple):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
 def quiet_known_warnings() -> None:
+    """Warnings and log lines a user can do nothing about (idempotent)."""
     for category, message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name in {name for name, _ in QUIET_LOGS}:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in logger.filters):
+            logger.addFilter(_DropLines(tuple(start for n, start in QUIET_LOGS if n == name)))
 
 
 class _TorchvisionFinder(importlib.abc.MetaPathFinder):

@@ -8,60 +8,64 @@
 Written to ``RUNS/metrics.json``, ``RUNS/metrics.md`` and ``RUNS/metrics.csv``, with the CLIP model,
 the Inception weights and the sample counts. The paper gives neither its CLIP variant nor its view
 set (its supplementary has the details); numbers compare between runs of this code.
+
+This module holds a batch's metrics; :mod:`gan_prior.evaluation` computes them (and those of one
+portrait: ``python -m gan_prior evaluate``).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import os
 import sys
-from typing import List, Optional
+from typing import Optional
 
-from gan_prior.files import atomic_path, write_json, write_text
+from gan_prior.files import atomic_path, check_out, write_json, write_text
 
-from .batch import MANIFEST, read_manifest
-from .cli import UsageError
-from .report import config_value, read_yaml
-from .run import Trial
+from .errors import UsageError
+from .manifest import MANIFEST, entry_trial, read_manifest
+from .trial import config_value
 
-
-def check_options(clip: Optional[str], inception: Optional[str]) -> None:
-    """Fail before any work on a CLIP folder or Inception file that is not there."""
-    if clip and clip.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(clip)):
-        raise UsageError(
-            f"--clip {clip}: no such folder; give a CLIP model folder or a hub id "
-            "(e.g. openai/clip-vit-large-patch14)"
-        )
-    if inception and not os.path.isfile(inception):
-        raise UsageError(f"--inception {inception}: no such file; give pt_inception-2015-12-05-6726825d.pth")
+OUTPUTS = ("metrics.json", "metrics.md", "metrics.csv")  # what evaluate_runs writes into RUNS
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
 
 
-def _config_evaluation(trial: Trial) -> dict:
-    evaluation = config_value(read_yaml(trial.config), "system.evaluation")
-    return dict(evaluation) if isinstance(evaluation, dict) else {}
+def check_options(
+    clip: Optional[str],
+    inception: Optional[str],
+    out: Optional[str] = None,
+    overwrite: bool = False,
+    out_option: str = "RUNS",
+) -> None:
+    """Fail before any work on a CLIP folder or Inception file that is not there and, given ``out``,
+    on metrics files already there without ``overwrite`` (one line each)."""
+    from gan_prior.evaluation import check_weights
+
+    try:
+        check_weights(clip, inception)
+        if out is not None:
+            check_out(out, OUTPUTS, overwrite, option=out_option)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
-def _latest(paths: List[str]) -> Optional[str]:
-    return max(paths, key=os.path.getmtime) if paths else None
+def csv_cell(value) -> str:
+    """``value`` as a CSV cell a spreadsheet shows as text: one starting with ``= + - @`` (or a tab or
+    carriage return) would be run as a formula (``=HYPERLINK(…)``), so it gets a leading ``'``."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
-def _views(trial: Trial) -> Optional[str]:
-    return _latest(glob.glob(os.path.join(trial.folder, "save", "it*-large_pose.mp4")))
+def md_cell(value) -> str:
+    """``value`` as one cell of a Markdown table: ``|`` escaped, line breaks as spaces."""
+    return " ".join(str(value).split()).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def _reference(trial: Trial) -> Optional[str]:
-    return _latest(
-        [
-            d
-            for d in glob.glob(os.path.join(trial.folder, "save", "init", "*", "candidates"))
-            if os.path.isdir(d) and os.listdir(d)
-        ]
-    )
-
-
-def evaluate_runs(out: str, clip: Optional[str] = None, inception: Optional[str] = None) -> dict:
-    """The metrics of the finished portraits in ``out`` (its manifest); writes metrics.json/.md/.csv."""
+def evaluate_runs(
+    out: str, clip: Optional[str] = None, inception: Optional[str] = None, overwrite: bool = False
+) -> dict:
+    """The metrics of the finished portraits in ``out`` (its manifest); writes metrics.json/.md/.csv,
+    replacing them only with ``overwrite``."""
     import numpy as np
 
     from gan_prior import evaluation as E
@@ -71,27 +75,28 @@ def evaluate_runs(out: str, clip: Optional[str] = None, inception: Optional[str]
         raise UsageError(
             f"{out}: no {MANIFEST}; make the portraits with `portrait3d batch PROMPTS --out {out}` first"
         )
-    check_options(clip, inception)
-    done = [e for e in read_manifest(out).values() if e.get("status") == "done" and e.get("trial")]
+    check_options(clip, inception, out, overwrite)
+    done = [
+        {**e, "name": str(e.get("name") or e["trial"]), "prompt": str(e.get("prompt") or "")}
+        for e in read_manifest(out).values()
+        if e.get("status") == "done" and e.get("trial") and isinstance(e.get("trial"), str)
+    ]
     if not done:
         raise UsageError(f"{os.path.join(out, MANIFEST)}: no finished portraits to evaluate")
     rows, skipped, pooled_views, pooled_ref = [], [], [], []
     for entry in done:
-        trial = Trial(os.path.join(out, entry["trial"]))
-        video = _views(trial)
+        trial = entry_trial(out, entry)
+        video = trial.latest(r"it(\d+)-large_pose\.mp4") if trial else None
         if video is None:
-            skipped.append(
-                {
-                    "name": entry["name"],
-                    "reason": "no large-pose video (system.videos.large_frames=0)",
-                }
-            )
+            reason = "no large-pose video (system.videos.large_frames=0)" if trial else "no trial folder"
+            skipped.append({"name": entry["name"], "reason": reason})
             continue
-        cfg = _config_evaluation(trial)
+        cfg = config_value(trial.config, "system.evaluation")
+        cfg = cfg if isinstance(cfg, dict) else {}
         clip = clip or cfg.get("clip_model")
         inception = inception or cfg.get("inception")
-        views = E.load_images(video, f"{entry['name']}: large-pose video")
-        ref_dir = cfg.get("reference") or _reference(trial)
+        views = E.load_images(os.path.join(trial.save, video), f"{entry['name']}: large-pose video")
+        ref_dir = trial.fid_reference()
         refs = E.load_images(ref_dir, f"{entry['name']}: diffusion images") if ref_dir else []
         pooled_views += views
         pooled_ref += refs
@@ -160,8 +165,8 @@ def _write_tables(out: str, r: dict) -> None:
             for p in r["portraits"]:
                 w.writerow(
                     [
-                        p["name"],
-                        p["prompt"],
+                        csv_cell(p["name"]),
+                        csv_cell(p["prompt"]),
                         f"{p['clip_score']:.4f}",
                         p["num_views"],
                         p["num_reference"],
@@ -183,7 +188,7 @@ def _write_tables(out: str, r: dict) -> None:
         "| name | prompt | CLIP score | views |",
         "|---|---|---|---|",
         *[
-            f"| {p['name']} | {p['prompt'].replace('|', '/')} | {p['clip_score']:.2f} | {p['num_views']} |"
+            f"| {md_cell(p['name'])} | {md_cell(p['prompt'])} | {p['clip_score']:.2f} | {p['num_views']} |"
             for p in r["portraits"]
         ],
     ]
@@ -206,7 +211,7 @@ def print_summary(r: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    print_summary(evaluate_runs(args.runs, args.clip, args.inception))
+    print_summary(evaluate_runs(args.runs, args.clip, args.inception, args.overwrite))
     print(f"written: {os.path.join(os.path.abspath(args.runs), 'metrics.json')}, metrics.md, metrics.csv")
     return 0
 
@@ -228,4 +233,5 @@ def add_parser(sub) -> None:
         default=None,
         help="pt_inception-2015-12-05-6726825d.pth for FID/KID (default: system.evaluation.inception)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace RUNS/metrics.json/.md/.csv")
     p.set_defaults(func=cmd_evaluate)
