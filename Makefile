@@ -30,6 +30,9 @@ help:  ## list the targets
 $(INSTALLED): requirements.txt requirements-threestudio.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "Installing PyTorch, diffusers, transformers, Lightning, Ray and the rest of requirements*.txt into $(VENV)/"
+	@echo "(first time only: about 2 min with a fast network; 2.7 GB with PyTorch's CPU build, 6.5 GB with"
+	@echo " PyPI's CUDA build; README: the CPU build)"
 	$(PY) -m pip install -q -r requirements.txt -r requirements-threestudio.txt
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
@@ -43,6 +46,9 @@ $(VIEWER): package.json package-lock.json
 setup: $(INSTALLED) $(VIEWER)  ## the virtualenv, threestudio and the viewer (done once; later runs take seconds)
 	@THREESTUDIO_ARCHIVE="$(THREESTUDIO_ARCHIVE)" $(PY) -m portrait3d.threestudio_env --commit $(THREESTUDIO_COMMIT) >/dev/null
 
+# one thread per process for the tiny models: their tensors are too small to gain from torch's thread
+# pool, and on a busy CPU its spinning threads slow the run several times (README: Time and memory)
+demo: export OMP_NUM_THREADS ?= 1
 demo: setup  ## the whole pipeline on tiny random models: prompt ... videos, .obj/.glb
 	$(PY) -m portrait3d run --config configs/portrait3d-tiny.yaml
 
@@ -51,7 +57,7 @@ portrait: setup  ## one real portrait: make portrait PROMPT="..." (weights: see 
 	$(PY) -m portrait3d run --config $(CONFIG) system.prompt_processor.prompt="$(PROMPT)"
 
 test: setup  ## the README's test command (CI runs this)
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs -n 2 --dist loadfile --durations=20 tests  # two workers, one test file each
 
 lint: $(INSTALLED)  ## ruff check + ruff format --check (pyproject.toml); CI runs it
 	$(PY) -m ruff check .

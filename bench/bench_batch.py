@@ -97,14 +97,11 @@ def main(argv=None) -> int:
     if "tiny" in os.path.basename(args.config):  # build the tiny models before timing anything
         for name in ("portrait-gan", "stable-diffusion", "clip"):
             tiny_model_path(name)
-    from portrait3d.threestudio_env import extension_installed, find_threestudio
+    from portrait3d.threestudio_env import extension_installed, find_threestudio, make_worktree
 
     base = args.keep or tempfile.mkdtemp(prefix="bench_batch_")
     if not extension_installed(find_threestudio()):
         # a read-only checkout without the extension: a work tree linking to it (as the tests do)
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from threestudio_env import make_worktree
-
         os.environ["THREESTUDIO_ROOT"] = make_worktree(os.path.join(base, "threestudio"))
     overrides = ([] if args.no_short else SHORT) + args.overrides
     prompts = [f"upper body photo, portrait of person number {i}" for i in range(args.prompts)]

@@ -17,7 +17,7 @@ Times one unit of every step with the real architectures and random weights (no 
 
 then multiplies by the official counts (500 inversion steps, 300 UNet calls for candidates, 2000
 SDS steps, 21 views, 210 SDEdit UNet calls, 399 fit steps) and prints the projected minutes, with
-the process's peak memory (RSS; CUDA peak allocated on a GPU). Projections from scaled-down timings
+the true peak memory of the whole run (bench/harness.py). Projections from scaled-down timings
 are marked ``~``.
 
     PYTHONPATH=. python bench/bench_pipeline.py                              # CPU: ~5 min
@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import time
 
+import harness  # bench/harness.py (the script's folder is on sys.path)
 import torch
 
 from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label
@@ -38,27 +37,13 @@ from gan_prior.inversion import InversionConfig, synthesize_for_distance
 from gan_prior.perceptual import VGG16Distance
 
 
-def peak_mib(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def timed(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    """The median of ``repeats`` timed calls after a warm-up (bench/harness.py)."""
+    return harness.timed(fn, device, repeats)["median_s"]
 
 
 def sd15_unet():
+    """The SD-1.5 UNet's architecture (860 M parameters), random weights."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -68,6 +53,54 @@ def sd15_unet():
         block_out_channels=(320, 640, 1280, 1280),
         layers_per_block=2,
     ).eval()
+
+
+def sd15_pipeline(device, tiny: bool = False):
+    """A Stable Diffusion pipeline with random weights of SD-1.5's sizes (the UNet above, the VAE
+    128…512, a 12-layer 768-wide CLIP text tower), frozen, on ``device``; ``tiny``: the tests' tiny
+    SD. The tokenizer is the tiny models' byte-level one (no vocabulary files exist offline; the text
+    tower's cost does not depend on its vocabulary size)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from gan_prior.tiny_models import byte_level_tokenizer, stable_diffusion_from_parts, tiny_model_path
+
+    torch.manual_seed(0)
+    if tiny:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            tiny_model_path("stable-diffusion"), safety_checker=None, requires_safety_checker=False
+        )
+    else:
+        tok = byte_level_tokenizer()
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tok),
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=512,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        pipe = stable_diffusion_from_parts(vae, text, tok, sd15_unet())
+    pipe = pipe.to(device)
+    for m in (pipe.text_encoder, pipe.vae, pipe.unet):
+        m.eval().requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def main() -> None:
@@ -95,6 +128,7 @@ def main() -> None:
         return args.only is None or step in args.only
 
     dev = args.device
+    mem = harness.PeakMemory(dev).start()  # the run's true peak (bench/harness.py)
     torch.manual_seed(0)
     G = PortraitGAN.random(PortraitGANConfig()).to(dev).eval().requires_grad_(False)
     c = canonical_label(1).to(dev)
@@ -166,7 +200,8 @@ def main() -> None:
         rows["sd unet (SDS)"] = (t, 2000, "")
         rows["sd unet (SDEdit)"] = (t, 21 * 10, "")
 
-    print(f"device: {dev}   peak memory: {peak_mib(dev):.0f} MiB")
+    peak = mem.result()
+    print(f"device: {dev}   peak memory: {harness.fmt_mib(peak['peak_bytes'])} ({peak['method']})")
     if inversion_ratio is not None:
         print(f"inversion step, official (128² + SR 512² → 256²) / raw 256²: {inversion_ratio:.2f}×")
     print(f"{'step':<22} {'one unit (s)':>13} {'count':>6} {'projected (min)':>16}")
@@ -179,7 +214,7 @@ def main() -> None:
             json.dump(
                 {
                     "device": dev,
-                    "peak_mib": peak_mib(dev),
+                    "peak_mib": peak["peak_bytes"] / 2**20,
                     "inversion_official_over_raw": inversion_ratio,
                     "rows": {
                         k: {"seconds": s_, "count": n, "scaled": bool(m)} for k, (s_, n, m) in rows.items()

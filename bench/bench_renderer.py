@@ -26,18 +26,13 @@ weights, same pyramid, same camera, same rendering kwargs), imported and patched
 ``bench/official.py`` (nothing official lives in this repository). Before
 timing, a jitter-off render of both is compared (max abs difference printed).
 
-Memory:
-* CPU: peak resident-set increase of the memory worker during one forward+backward, i.e.
-  ``VmHWM − VmRSS_before`` from /proc/self/status, with the high-water mark reset just before
-  (``echo 5 > /proc/self/clear_refs``) after model, pyramid and warm-up are in memory and the
-  gradients freed. It counts everything the step makes resident (activations, autograd buffers,
-  the pyramid gradients), not the model or pyramid. The memory worker runs with glibc's mmap and
-  trim thresholds fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``) so
-  freed tensors leave the resident set at once and the figure tracks live memory, not heap
-  caching (timing workers run with the default allocator). Where clear_refs is not writable it
-  falls back to ``ru_maxrss`` growth (a lower bound) and says so.
-* CUDA: ``torch.cuda.max_memory_allocated() − memory_allocated()`` before the step (after
-  ``reset_peak_memory_stats``).
+Memory (bench/harness.py's convention, for each (case, impl) in its own fresh subprocess): the
+true peak of one forward+backward and what was resident before it (model, pyramid, warm-up done,
+gradients freed); the table shows the part the step added (peak − resident). On the CPU the memory
+worker runs with glibc's mmap and trim thresholds fixed at 128 KiB
+(``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``) so freed tensors leave the resident set at
+once and the figure tracks live memory, not heap caching (timing workers run with the default
+allocator).
 
 Usage::
 
@@ -49,13 +44,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import gc
-import inspect
 import json
 import math
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,14 +54,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+import official  # bench/official.py (the script's folder is on sys.path)
+import torch
+from harness import OtherLoad, PeakMemory, fmt_mib, fmt_ratio, fmt_s, machine_info, markdown_table, sync
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-BENCH_DIR = os.path.join(ROOT, "bench")
-
-import torch  # noqa: E402
-
-DEFAULT_OFFICIAL_ROOT = "/work/official/3DPortraitGAN_pyramid"
 RESULT_TAG = "BENCH_RESULT "
 SEED = 0
 CPU_WARMUP_RESOLUTION = 32  # see --full-warmup
@@ -92,143 +80,10 @@ FULL_CASES = (Case("64 no-bg", 64, False), Case("128 no-bg", 128, False), Case("
 QUICK_CASES = (Case("32 no-bg", 32, False), Case("32 bg", 32, True))
 
 
-# ---------------------------------------------------------------------------------- helpers
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def machine_info(device: str) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    info = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class PeakMemory:
-    """Peak memory growth of this process over a region (see module docstring)."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.method = None
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.startswith("cuda"):
-            sync(self.device)
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            self.method = "cuda max_memory_allocated - memory_allocated before"
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
-            self.base = _proc_status_kib("VmRSS") * 1024
-            self.method = "VmHWM - VmRSS before (HWM reset via /proc/self/clear_refs)"
-        except OSError:
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            self.method = "ru_maxrss growth (lower bound: clear_refs not writable)"
-
-    def peak_bytes(self) -> int:
-        if self.device.startswith("cuda"):
-            sync(self.device)
-            return torch.cuda.max_memory_allocated() - self.base
-        if self.method.startswith("VmHWM"):
-            return _proc_status_kib("VmHWM") * 1024 - self.base
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
-
-
-class OtherLoad:
-    """Average number of CPUs busy with *other* processes (and VM steal) over a region:
-    Δ(busy jiffies in /proc/stat) − Δ(this process's utime+stime), per wall second. Timings
-    taken while this is well above 0 are contaminated by concurrent work. None if unavailable."""
-
-    def __init__(self):
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample():
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-            busy = v[0] + v[1] + v[2] + sum(v[5:8])  # user nice system irq softirq steal
-            with open("/proc/self/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            own = int(fields[11]) + int(fields[12])  # utime stime (all threads)
-            return busy, own, time.perf_counter()
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def cores(self):
-        end = self._sample()
-        if self.start is None or end is None:
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        wall = end[2] - self.start[2]
-        return max(0.0, ((end[0] - self.start[0]) - (end[1] - self.start[1])) / hz / wall)
-
-
 # ---------------------------------------------------------------------------------- official side
-_ORIGINAL_SAMPLERS = {}
-
-
-def import_official(root: str):
-    """The official modules, imported and runtime-patched by the parity harness."""
-    if BENCH_DIR not in sys.path:
-        sys.path.insert(0, BENCH_DIR)
-    import official as harness
-
-    mods = harness.import_official(root)
-    ir = mods.rend.ImportanceRenderer
-    # The harness makes the renderer deterministic (no stratified jitter, det=True inverse CDF)
-    # by wrapping two methods; keep the official originals to restore the training behaviour.
-    _ORIGINAL_SAMPLERS["patched"] = (ir.sample_stratified, ir.sample_pdf)
-    _ORIGINAL_SAMPLERS["official"] = (
-        inspect.getclosurevars(ir.sample_stratified).nonlocals["orig_stratified"],
-        inspect.getclosurevars(ir.sample_pdf).nonlocals["orig_pdf"],
-    )
-    return harness, mods
-
-
-def official_jitter(mods, on: bool) -> None:
-    """on: the official sampling (stratified jitter + random inverse CDF), as in training;
-    off: the harness's deterministic patches (linspace depths, det=True)."""
-    ir = mods.rend.ImportanceRenderer
-    ir.sample_stratified, ir.sample_pdf = _ORIGINAL_SAMPLERS["official" if on else "patched"]
-
-
-def build_official(harness, mods, ours, device: str):
+def build_official(mods, ours, device: str):
     """The official render-only TriPlaneGenerator with our model's decoder/torgb/bcg weights."""
-    _, render_mod = harness.build_models(mods)  # (tiny backbone is discarded)
+    _, render_mod = official.build_models(mods)  # (tiny backbone is discarded)
     rk = render_mod.rendering_kwargs
     rc = ours.cfg.render
     mine = dict(
@@ -272,21 +127,23 @@ def make_renderers(impl: str, ours, ws, c, official_root, device):
             return ours.render(pyr, ws, c, resolution=res, deterministic=det, background=bg)["image"]
 
         return render
-    harness, mods = import_official(official_root)
-    official = build_official(harness, mods, ours, device)
+    mods = official.import_official(official_root)
+    generator = build_official(mods, ours, device)
 
     def render(pyr, res, bg, det):
-        official_jitter(mods, on=not det)
+        # deterministic: the harness's patched samplers; else the official ones (training behaviour)
+        official.make_deterministic(mods) if det else official.restore(mods)
         planes = {r // 2: t for r, t in pyr.items()}  # official keys: 2-D resolution R/2
-        return official.render_planes(
+        return generator.render_planes(
             ws=ws, planes=planes, c=c, neural_rendering_resolution=res, render_bg=bg, noise_mode="const"
         )["image_raw"]
 
     return render
 
 
-def _stepper(render, levels, device, background):
-    """One iteration: (forward s, forward+backward s, loss, image shape)."""
+def render_step(render, levels, device, background):
+    """``step(resolution)`` → (forward s, forward+backward s, loss, image shape) of one iteration:
+    ``render`` + ``image.square().mean()``, then its backward into ``levels`` (grads reset first)."""
 
     def step(resolution):
         for t in levels.values():
@@ -311,7 +168,7 @@ def _setup(spec: dict, impls):
     ours, ws, c, pyramid = load_inputs(spec["inputs"], device)
     renders = {impl: make_renderers(impl, ours, ws, c, spec.get("official_root"), device) for impl in impls}
     levels = {r: t.detach().clone().requires_grad_(True) for r, t in pyramid.items()}
-    steps = {impl: _stepper(fn, levels, device, spec["background"]) for impl, fn in renders.items()}
+    steps = {impl: render_step(fn, levels, device, spec["background"]) for impl, fn in renders.items()}
     for impl in impls:
         steps[impl](spec["warmup_resolution"])  # warm-up (lazy init, kernels; allocator on CUDA)
     for t in levels.values():
@@ -354,10 +211,9 @@ def worker_memory(spec: dict) -> dict:
     """Peak memory of one forward+backward of one impl, in this fresh process."""
     impl = spec["impls"][0]
     steps, _ = _setup(spec, [impl])
-    mem = PeakMemory(spec["device"])
-    mem.start()
-    steps[impl](spec["resolution"])
-    return {"peak_mem_bytes": mem.peak_bytes(), "peak_mem_method": mem.method}
+    with PeakMemory(spec["device"]) as mem:
+        steps[impl](spec["resolution"])
+    return mem.final
 
 
 def worker_parity(spec: dict) -> dict:
@@ -400,28 +256,7 @@ def run_worker(spec: dict, threads, extra_env=None) -> dict:
 
 # ---------------------------------------------------------------------------------- main
 def resolve_official(args):
-    if args.no_official:
-        return None
-    root = args.official_root or os.environ.get("PORTRAIT3D_OFFICIAL_ROOT")
-    if root:
-        if not os.path.isfile(os.path.join(root, "training", "neural_renderer.py")):
-            raise SystemExit(f"--official-root {root}: not a 3DPortraitGAN_pyramid checkout")
-        return os.path.abspath(root)
-    if os.path.isfile(os.path.join(DEFAULT_OFFICIAL_ROOT, "training", "neural_renderer.py")):
-        return DEFAULT_OFFICIAL_ROOT
-    return None
-
-
-def fmt_s(x) -> str:
-    return "–" if x is None else (f"{x * 1e3:.0f} ms" if x < 1 else f"{x:.2f} s")
-
-
-def fmt_mib(x) -> str:
-    return "–" if x is None else f"{x / 2**20:.0f} MiB"
-
-
-def fmt_ratio(a, b) -> str:
-    return "–" if a is None or b is None else f"{a / b:.2f}×"
+    return None if args.no_official else official.find_root(args.official_root)
 
 
 def fmt_load(x) -> str:
@@ -441,8 +276,8 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
         f"loss = image.square().mean(), backward into the {len(meta['levels'])} pyramid levels",
         f"- median of {meta['repeats']} repeats after 1 warm-up ({meta['warmup']}); each case in a "
         f"fresh subprocess, ours and official interleaved (order alternating each round)",
-        f"- peak memory of one forward+backward, each case and impl in its own fresh subprocess: "
-        f"{meta['mem_method']}"
+        f"- memory of one forward+backward, each case and impl in its own fresh subprocess: the peak "
+        f"it added to what was resident (model, pyramid) and the true peak; {meta['mem_method']}"
         + (
             ""
             if info["device"].startswith("cuda")
@@ -450,25 +285,45 @@ def make_table(info: dict, meta: dict, rows: list[dict], parity) -> str:
         ),
         f"- official: {meta['official'] or 'not run'}",
         "",
-        "| case | ours fwd | ours fwd+bwd | official fwd | official fwd+bwd | "
-        "ratio fwd (official/ours) | ratio fwd+bwd (official/ours) | ours peak mem | official peak mem | "
-        "other load (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    table = []
     for r in rows:
         o, f = r["ours"], r.get("official")
 
         def g(k, f=f):
             return f[k] if f else None
 
-        lines.append(
-            f"| {r['case']} | {fmt_s(o['forward_median_s'])} | {fmt_s(o['fwd_bwd_median_s'])} | "
-            f"{fmt_s(g('forward_median_s'))} | {fmt_s(g('fwd_bwd_median_s'))} | "
-            f"{fmt_ratio(g('forward_median_s'), o['forward_median_s'])} | "
-            f"{fmt_ratio(g('fwd_bwd_median_s'), o['fwd_bwd_median_s'])} | "
-            f"{fmt_mib(o['peak_mem_bytes'])} | {fmt_mib(g('peak_mem_bytes'))} | "
-            f"{fmt_load(o['other_load_cores'])} |"
+        table.append(
+            [
+                r["case"],
+                fmt_s(o["forward_median_s"]),
+                fmt_s(o["fwd_bwd_median_s"]),
+                fmt_s(g("forward_median_s")),
+                fmt_s(g("fwd_bwd_median_s")),
+                fmt_ratio(g("forward_median_s"), o["forward_median_s"]),
+                fmt_ratio(g("fwd_bwd_median_s"), o["fwd_bwd_median_s"]),
+                fmt_mib(o["added_bytes"]),
+                fmt_mib(g("added_bytes")),
+                fmt_mib(o["peak_bytes"]),
+                fmt_mib(g("peak_bytes")),
+                fmt_load(o["other_load_cores"]),
+            ]
         )
+    header = (
+        "case",
+        "ours fwd",
+        "ours fwd+bwd",
+        "official fwd",
+        "official fwd+bwd",
+        "ratio fwd (official/ours)",
+        "ratio fwd+bwd (official/ours)",
+        "ours added peak",
+        "official added peak",
+        "ours true peak",
+        "official true peak",
+        "other load (cores)",
+    )
+    lines += markdown_table(header, table)
     loads = [
         r[i]["other_load_cores"]
         for r in rows
@@ -507,7 +362,7 @@ def main(argv=None) -> int:
         "--official-root",
         default=None,
         help=f"3DPortraitGAN_pyramid checkout (default: $PORTRAIT3D_OFFICIAL_ROOT, "
-        f"else {DEFAULT_OFFICIAL_ROOT} if present)",
+        f"else {official.DEFAULT_ROOT} if present)",
     )
     ap.add_argument("--no-official", action="store_true", help="do not time the official renderer")
     ap.add_argument(
@@ -630,7 +485,7 @@ def main(argv=None) -> int:
         "synthesis_s": synthesis_s,
         "repeats": repeats,
         "warmup": warm_desc,
-        "mem_method": rows[0]["ours"]["peak_mem_method"],
+        "mem_method": rows[0]["ours"]["method"],
         "official": official_root,
         "total_s": time.time() - t_start,
     }

@@ -2,25 +2,27 @@
 """The whole Portrait3D pipeline at the paper's settings, timed per stage, plus our renderer against
 the official one: the measuring half of ``bench/gpu_check.sh`` (see bench/README.md).
 
-Every stage runs a few real steps with random weights of the real sizes (the released generator
-``PortraitGANConfig()``, an SD-1.5-size UNet / VAE / CLIP text encoder built from their configs,
-the LPIPS VGG16) on ``--device``; the table gives the median time of one step, the projected time
-of the full stage at the official counts, and the stage's peak memory
-(``torch.cuda.max_memory_allocated`` on CUDA; on CPU the growth of the resident set, see
-bench_renderer.PeakMemory). ``--dry-run`` runs the same code with tiny models (tiny generator,
-tiny SD, 32² renders) on the CPU in about a minute: the table's shape and the code paths are the
-real ones, the numbers are not.
+Random weights of the real sizes (the released generator ``PortraitGANConfig()``, an SD-1.5-size
+UNet / VAE / CLIP text encoder, the LPIPS VGG16) on ``--device``:
 
-Stages and official counts (paper §3–3.5, official scripts):
+* ``candidates``: one CFG UNet call (batch 2) and one VAE decode, timed; 6 images × 50 PLMS steps;
+* ``inversion``: ``gan_prior.inversion.inversion_step`` + backward + Adam, timed; 500 steps;
+* the extension's own run (bench/extension_run.py): ``configs/portrait3d.yaml`` with these weights,
+  ``launch.py --train`` then ``--export`` as threestudio sets them up, shortened (a few SDS and fit
+  steps, one validation, a few test views and video frames), each stage timed where the user's run
+  executes it: start-up, the SDS training step (render, the guidance's VAE encode + UNet + its
+  per-step VAE decode, losses, backward, Adan, logging), validation, the refinement's 21 views +
+  SDEdit, the fit step, checkpoint writes, the test views, the official video frames, the rest of
+  the test stage, the export; projected to the full configuration's counts;
+* on CUDA, the SDS step with ``system.guidance.half_precision_weights=true`` (the fp16 option);
+* our renderer against the official one at 128², same inputs, same process (when the official code
+  is on disk: ``--official-root``, ``$PORTRAIT3D_OFFICIAL_ROOT`` or /work/official/3DPortraitGAN_pyramid).
 
-* ``candidates``: 6 images × 50 PLMS steps, each a UNet call on batch 2 (CFG), + 6 VAE decodes;
-* ``inversion``: 500 steps of synthesis → 256² render (48+48) → LPIPS-VGG16 → backward → Adam;
-* ``sds``: 2000 steps of 128² render → 512² → VAE encode → UNet (batch 2, CFG 100) → SDS loss →
-  backward into the pyramid → Adan (fp32, the official setting, and fp16 guidance as an option);
-* ``views + sdedit``: 21 views at 512² (96+96 samples, GAN background), each refined by SDEdit
-  (t = 200: the DDIM steps ≤ 200 of a 50-step schedule, CFG 7.5);
-* ``fit``: 399 steps of a 256² patch (48+48, no background) → masked L2 → backward → Adan;
-* ``videos``: 240 + 120 frames at 512² (96+96, background).
+Each stage's row: the median time of one unit (the first unit of a stage is a warm-up and not
+counted), the count in a full run, the projection, and its memory (bench/harness.py): the true peak
+while the stage ran and what was resident when it started. ``--dry-run`` runs the same code with
+the tiny models (tiny config, tiny SD, 16–64² images) on the CPU: the table's shape and the code
+paths are the real ones, the numbers are not.
 
     python bench/gpu_check.py --device cuda --out OUT          # on the GPU (gpu_check.sh)
     python bench/gpu_check.py --dry-run --out OUT              # on the CPU, tiny models
@@ -29,7 +31,6 @@ Stages and official counts (paper §3–3.5, official scripts):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,344 +38,317 @@ import tempfile
 import time
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-for _p in (ROOT, BENCH):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+import extension_run  # bench/ (this script's folder is on sys.path)
+import official
+import torch
+from bench_pipeline import sd15_pipeline
+from bench_renderer import make_renderers, render_step
+from harness import PeakMemory, fmt_gib, fmt_min, fmt_s, machine_info, markdown_table, timed
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from bench_pipeline import sd15_unet  # noqa: E402
-from bench_renderer import PeakMemory, _stepper, machine_info, make_renderers, sync  # noqa: E402
+from gan_prior.files import write_json, write_text
 
-from gan_prior.files import write_json, write_text  # noqa: E402
-
-# Paper Table / §4 (RTX 4090, minutes): inversion ≈ 4, SDS ≈ 22, refinement ≈ 5, whole ≈ 30.
+# Paper §4 (RTX 4090, minutes): inversion ≈ 4, SDS ≈ 22, refinement ≈ 5, whole ≈ 30.
 PAPER_4090_MIN = {"inversion": 4.0, "sds": 22.0, "fit": 5.0, "total": 30.0}
 TARGET_MIN, TARGET_GIB = 6.0, 10.0
+# the full configuration's counts (configs/portrait3d.yaml, the official scripts)
+FULL = {
+    "sds_steps": 2000,
+    "refine_steps": 399,
+    "val_check_interval": 100,
+    "every_n_train_steps": 100,
+    "n_test_views": 120,
+    "large_frames": 240,
+    "small_frames": 120,
+}
+RUN_STAGES = (
+    "start-up",
+    "sds step",
+    "validation",
+    "refinement views + SDEdit",
+    "refinement fit step",
+    "checkpoint write",
+    "test view",
+    "official video frame",
+    "test stage, rest",
+    "export",
+)
+PROMPT = "upper body photo, portrait of a woman"
 
 
-# ---------------------------------------------------------------------------------- models
-def sd_pipeline(dry_run: bool, device: str):
-    """A Stable Diffusion pipeline with random weights: SD-1.5 sizes (UNet 320…1280, VAE 128…512,
-    a 12-layer 768-wide CLIP text tower), or the tests' tiny one for the dry run. The tokenizer is
-    the tiny models' byte-level one (no vocabulary files exist offline; the text tower's cost does
-    not depend on its vocabulary size)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from gan_prior.tiny_models import (
-        _byte_level_tokenizer,
-        build_tiny_stable_diffusion,
-        stable_diffusion_from_parts,
-    )
-
-    torch.manual_seed(0)
-    if dry_run:
-        folder = tempfile.mkdtemp(prefix="gpu_check_sd_")
-        build_tiny_stable_diffusion(folder)
-        pipe = StableDiffusionPipeline.from_pretrained(
-            folder, safety_checker=None, requires_safety_checker=False
-        )
-    else:
-        tok = _byte_level_tokenizer()
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tok),
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-            )
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            sample_size=512,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-        )
-        pipe = stable_diffusion_from_parts(vae, text, tok, sd15_unet())
-    pipe = pipe.to(device)
-    for m in (pipe.text_encoder, pipe.vae, pipe.unet):
-        m.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-class Adan(torch.optim.Optimizer):
-    """Stand-in with Adan's per-parameter cost (three moment buffers), for timing only."""
-
-    def __init__(self, params, lr=1.0):
-        super().__init__(params, dict(lr=lr))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["m"], st["v"], st["n"], st["prev"] = (torch.zeros_like(p) for _ in range(4))
-                diff = p.grad - st["prev"]
-                st["m"].mul_(0.98).add_(p.grad, alpha=0.02)
-                st["v"].mul_(0.92).add_(diff, alpha=0.08)
-                st["n"].mul_(0.99).addcmul_(p.grad + 0.92 * diff, p.grad + 0.92 * diff, value=0.01)
-                st["prev"].copy_(p.grad)
-                p.addcdiv_(st["m"] + 0.92 * st["v"], st["n"].sqrt().add_(1e-8), value=-group["lr"] * 1e-3)
-
-
-# ---------------------------------------------------------------------------------- timing
-def _write_partial(out: str, rows: list) -> None:
-    """The rows so far, in case the call is cut short (the device run's time limit)."""
-    write_json(os.path.join(out, "gpu_check.partial.json"), rows)
-
-
-def measure(name, step, device, n_steps, count, unit, notes="", warmup=True):
-    """Warm-up once (unless ``warmup`` is False), then time ``n_steps`` calls of ``step``; peak
-    memory over all of them."""
-    mem = PeakMemory(device)
-    mem.start()
-    t0 = time.perf_counter()
-    if warmup:
-        step()
-        sync(device)
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(n_steps):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    per = statistics.median(times)
-    row = {
-        "stage": name,
+# ---------------------------------------------------------------------------------- rows
+def row(stage: str, unit: str, per_unit, count: int, memory: dict, steps_timed: int, notes: str = "") -> dict:
+    return {
+        "stage": stage,
         "unit": unit,
-        "per_step_s": per,
+        "per_step_s": per_unit,
         "count": count,
-        "projected_s": per * count,
-        "warmup_s": warm,
-        "steps_timed": n_steps,
-        "peak_bytes": max(0, mem.peak_bytes()),
+        "projected_s": per_unit * count,
+        "steps_timed": steps_timed,
+        "peak_bytes": memory.get("peak_bytes"),
+        "resident_bytes": memory.get("resident_bytes"),
         "notes": notes,
     }
-    print(
-        f"  {name}: {per:.4f} s/{unit} × {count} = {per * count / 60:.2f} min, "
-        f"peak {row['peak_bytes'] / 2**30:.2f} GiB",
-        flush=True,
-    )
-    return row
 
 
-def run(args) -> dict:
-    from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label, tiny_config
-    from gan_prior.diffusion import SDEditConfig, sdedit, sdedit_timesteps
-    from gan_prior.inversion import InversionConfig, inversion_step
-    from gan_prior.perceptual import VGG16Distance
-    from gan_prior.refinement import RefineFitConfig, patch_loss, refinement_labels
+def failed(stage: str, unit: str, count: int, err: BaseException) -> dict:
+    traceback.print_exc()
+    return {
+        "stage": stage,
+        "unit": unit,
+        "count": count,
+        "per_step_s": None,
+        "projected_s": None,
+        "peak_bytes": None,
+        "resident_bytes": None,
+        "error": f"{type(err).__name__}: {err}"[:300],
+    }
 
-    dev, dry = args.device, args.dry_run
-    torch.manual_seed(0)
-    cfg = tiny_config() if dry else PortraitGANConfig()
-    G = PortraitGAN.random(cfg, seed=0).to(dev)
-    c = canonical_label(1).to(dev)
-    z = torch.randn(1, cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(dev)
-    with torch.no_grad():
-        ws = G.mapping(z, c)
-        pyramid = G.synthesize_pyramid(ws)
-    levels = {r: t.detach().clone().requires_grad_(True) for r, t in pyramid.items()}
-    pipe = sd_pipeline(dry, dev)
-    vae, unet = pipe.vae, pipe.unet
-    # resolutions: the paper's, or scaled down for the dry run (same code paths)
-    inv_res = 32 if dry else InversionConfig().resolution
-    sds_res, view_res, sd_res = (32, 32, 64) if dry else (128, 512, 512)
-    fit_cfg = RefineFitConfig(resolution=32, patch_resolution=16) if dry else RefineFitConfig()
-    samples = (12, 12) if dry else (96, 96)
-    n = (
-        {"candidates": 1, "inversion": 1, "sds": 1, "views": 1, "fit": 1, "videos": 1}
-        if dry
-        else {"candidates": 3, "inversion": 3, "sds": 5, "views": 2, "fit": 3, "videos": 2}
-    )
-    chunk = 16384  # rays per renderer call of views and videos, as the system's default
-    sdedit_steps = len(sdedit_timesteps(pipe.scheduler.config, SDEditConfig()))
-    with torch.no_grad():
-        cond, uncond = pipe.encode_prompt("a portrait", dev, 1, True, negative_prompt="")
-    text = torch.cat([uncond, cond])
-    lat_side = sd_res // 8
+
+def measured(stage, unit, step, device, repeats, count, warmup=True) -> dict:
+    """A stage timed directly: ``step`` warm-up + ``repeats`` timed calls (bench/harness.py)."""
+    with PeakMemory(device) as mem:
+        t = timed(step, device, repeats, warmup)
+    r = row(stage, unit, t["median_s"], count, mem.final, repeats)
+    print(f"  {stage}: {fmt_s(r['per_step_s'])}/{unit} × {count} = {fmt_min(r['projected_s'])}", flush=True)
+    return r
+
+
+def _memory(records: list[dict]) -> dict:
+    return {
+        "peak_bytes": max(r["peak_bytes"] for r in records),
+        "resident_bytes": min(r["resident_bytes"] for r in records),
+    }
+
+
+def run_rows(timer, counts: dict) -> list[dict]:
+    """The rows of the extension's run from its :class:`StageTimer` records."""
+    rec = timer.records
     rows = []
 
-    def m(name, step, device, n_steps, count, unit, **k):
-        """measure(), the dry run without warm-ups (it checks the code, not the numbers); a stage
-        that fails (say, out of memory) is recorded with its error and the others still run."""
+    def steps(stage):
+        later = rec.get(stage, [])
+        return later or rec.get(stage + " (first)", [])  # one step only: the warm-up it is
+
+    per = {
+        "start-up": (sum(r["seconds"] for r in rec["start-up"]), rec["start-up"]),
+        "sds step": (statistics.median(r["seconds"] for r in steps("sds step")), steps("sds step")),
+    }
+    for stage in ("validation", "checkpoint write", "test view", "export", "refinement views + SDEdit"):
+        if rec.get(stage):
+            per[stage] = (statistics.median(r["seconds"] for r in rec[stage]), rec[stage])
+    if rec.get("refinement fit step") or rec.get("refinement fit step (first)"):
+        fit = steps("refinement fit step")
+        per["refinement fit step"] = (statistics.median(r["seconds"] for r in fit), fit)
+    if rec.get("official videos"):
+        videos = rec["official videos"][0]
+        per["official video frame"] = (videos["seconds"] / max(1, videos["units"]), [videos])
+    if rec.get("test stage"):
+        test = rec["test stage"][0]
+        views = sum(r["seconds"] for r in rec.get("test view", []))
+        videos = sum(r["seconds"] for r in rec.get("official videos", []))
+        # the outer record's peak restarts at each inner region (StageTimer), so the stage's memory
+        # is the largest of its own and its inner regions' peaks
+        inner = rec.get("test view", []) + rec.get("official videos", [])
+        per["test stage, rest"] = (max(0.0, test["seconds"] - views - videos), [test] + inner)
+    for stage in RUN_STAGES:
+        if stage not in per:
+            continue
+        seconds, records = per[stage]
+        unit = {"sds step": "step", "refinement fit step": "step", "test view": "view"}.get(stage, "")
+        unit = unit or ("frame" if stage == "official video frame" else "run" if "stage" in stage else "call")
+        rows.append(row(stage, unit, seconds, counts[stage], _memory(records), len(records)))
+    return rows
+
+
+def export_steps(trial_dir: str) -> str:
+    """The export's own steps, from the ``mesh_fidelity.json`` it wrote (its ``timings_s``), and its
+    mesh: what the ``export`` row's time went to."""
+    from portrait3d.trial import MESH_REPORT, Trial
+
+    report = Trial(trial_dir).mesh_fidelity
+    if not isinstance(report, dict):
+        return "no mesh_fidelity.json"
+    steps = ", ".join(f"{k} {fmt_s(v)}" for k, v in (report.get("timings_s") or {}).items())
+    m, t = report.get("mesh") or {}, report.get("textured") or {}
+    return (
+        f"{steps}; {m.get('faces')} faces, {m.get('texture_size')}² texture; "
+        f"{MESH_REPORT}: textured PSNR {t.get('psnr')}, vertex colours {(report.get('vertex_colours') or {}).get('psnr')}"
+    )
+
+
+# ---------------------------------------------------------------------------------- the pipeline
+def pipeline(args, workdir: str) -> dict:
+    dev, dry = args.device, args.dry_run
+    torch.manual_seed(0)
+    rows = []
+
+    def stage(name, unit, count, fn):
+        """A stage that fails (say, out of memory) is recorded with its error; the others still run."""
         try:
-            row = measure(name, step, device, n_steps, count, unit, warmup=not dry, **k)
+            result = fn()
         except Exception as err:  # noqa: BLE001  (reported in the table and the JSON)
-            traceback.print_exc()
-            row = {
-                "stage": name,
-                "unit": unit,
-                "count": count,
-                "per_step_s": None,
-                "projected_s": None,
-                "peak_bytes": None,
-                "error": f"{type(err).__name__}: {err}"[:300],
-            }
-            if device.startswith("cuda"):
+            result = [failed(name, unit, count, err)]
+            if dev.startswith("cuda"):
                 torch.cuda.empty_cache()
-        _write_partial(args.out, rows + [row])
-        return row
+        rows.extend(result if isinstance(result, list) else [result])
+        write_json(os.path.join(args.out, "gpu_check.partial.json"), rows)  # if the call is cut short
 
     print(f"pipeline at {'tiny (dry run)' if dry else 'paper'} settings on {dev}", flush=True)
+    repeats = 1 if dry else 3
+    warm = not dry  # the dry run checks the code, not the numbers
+    sd_folder, prior = os.path.join(workdir, "sd"), os.path.join(workdir, "prior")
+    sd_res, sdedit_steps = candidates(stage, dev, dry, repeats, warm, sd_folder)
+    inv_res = inversion(stage, dev, dry, repeats, warm, prior)
+    _free(dev)
 
-    # ---- candidates: one PLMS step = one CFG UNet call on batch 2; + VAE decode per image
-    lat = torch.randn(2, 4, lat_side, lat_side, device=dev)
+    # ---- the extension's run (launch.py --train, --export)
+    counts = extension_run.full_counts(FULL)
+    if dry:
+        config, short = "configs/portrait3d-tiny.yaml", (2, 2)
+        weights = []
+    else:
+        config, short = "configs/portrait3d.yaml", (4, 3)
+        weights = [
+            f"system.prior_checkpoint={prior}",
+            f"system.prompt_processor.pretrained_model_name_or_path={sd_folder}",
+        ]
+    overrides = weights + [
+        f"system.prompt_processor.prompt={PROMPT}",
+        "system.initializer.source=seed",  # the prompt's initialisation is timed above
+        f"exp_root_dir={os.path.join(workdir, 'outputs')}",
+        "use_timestamp=false",
+        f"system.sds_steps={short[0]}",
+        f"system.refine.steps={short[1]}",
+        f"trainer.val_check_interval={short[0]}",  # one validation, at the end of SDS
+        f"checkpoint.every_n_train_steps={short[0]}",  # last.ckpt once, and the SDS result
+        "data.n_test_views=4",  # (threestudio's eval cameras break at 3 views)
+        "system.videos.large_frames=3",
+        "system.videos.small_frames=2",
+        # random weights make a fog that barely reaches the official level σ = 15: threestudio's mean
+        # positive σ, so that the export meshes, unwraps and bakes a surface as a trained run's does
+        "system.geometry.isosurface_threshold=auto",
+    ]
 
-    def candidate_step():
-        with torch.no_grad():
-            unet(lat, 500, encoder_hidden_states=text)
+    def the_run():
+        timer = extension_run.run(config, overrides + ["tag=run"], dev, workdir)
+        rows = run_rows(timer, counts)
+        for r in rows:
+            if r["stage"] == "export":
+                r["notes"] = export_steps(timer.trial_dir)
+        return rows
 
-    rows.append(m("candidates (UNet CFG call)", candidate_step, dev, n["candidates"], 6 * 50, "call"))
+    stage("sds step", "step", counts["sds step"], the_run)
+    if dev.startswith("cuda"):  # the fp16 option: SDS steps only
 
-    def decode():
-        with torch.no_grad():
-            vae.decode(lat[:1] / 0.18215)
-
-    rows.append(m("candidates (VAE decode)", decode, dev, 1, 6, "image"))
-
-    # ---- inversion
-    vgg = VGG16Distance.load(None).to(dev)
-    inv_cfg = InversionConfig(resolution=inv_res)
-    w_opt = ws.detach().clone().requires_grad_(True)
-    noise = [b for name, b in G.backbone.synthesis.named_buffers() if name.endswith("noise_const")]
-    for b in noise:
-        b.requires_grad_(True)
-    opt = torch.optim.Adam([w_opt] + noise, lr=0.01)
-    target = torch.rand(1, 3, inv_res, inv_res, device=dev) * 2 - 1
-
-    def inversion():
-        _, loss = inversion_step(
-            G, w_opt, noise, target, c, lambda a, b: vgg(a, b), inv_cfg, t=0.3, w_std=1.0
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    rows.append(m("inversion", inversion, dev, n["inversion"], 500, "step"))
-    for b in noise:
-        b.requires_grad_(False)
-    opt = w_opt = None  # free them before the SDS stage
-
-    # ---- SDS (fp32 guidance, the official setting; then fp16 guidance)
-    alphas = torch.linspace(0.9991, 0.0047, 1000, device=dev)  # SD's alphas_cumprod range
-
-    def sds_factory(vae_, unet_, dtype):
-        adan = Adan(list(levels.values()))
-        text_ = text.to(dtype)
-
-        def sds():
-            image = G.render(levels, ws, c, resolution=sds_res, background=False)["image"]
-            rgb = F.interpolate(
-                (image * 0.5 + 0.5).clamp(0, 1), (sd_res, sd_res), mode="bilinear", align_corners=False
-            )
-            latents = vae_.encode((rgb * 2 - 1).to(dtype)).latent_dist.sample() * 0.18215
-            t = torch.randint(20, 400, (1,), device=dev)
-            noise_ = torch.randn_like(latents)
-            a = alphas[t].to(dtype)
-            with torch.no_grad():
-                noisy = a.sqrt() * latents + (1 - a).sqrt() * noise_
-                pred_u, pred_c = unet_(torch.cat([noisy] * 2), t, encoder_hidden_states=text_).sample.chunk(2)
-                grad = (1 - a) * (pred_u + 100.0 * (pred_c - pred_u) - noise_)
-            loss = 0.5 * F.mse_loss(latents.float(), (latents - grad).detach().float(), reduction="sum")
-            for p in levels.values():
-                p.grad = None
-            loss.backward()
-            adan.step()
-
-        return sds
-
-    rows.append(m("sds (fp32 guidance)", sds_factory(vae, unet, torch.float32), dev, n["sds"], 2000, "step"))
-    if dev.startswith("cuda"):
-        vae16, unet16 = (
-            m.__class__.from_config(m.config).half().to(dev).eval().requires_grad_(False) for m in (vae, unet)
-        )
-        rows.append(
-            m(
-                "sds (fp16 guidance, option)",
-                sds_factory(vae16, unet16, torch.float16),
+        def fp16_run():
+            timer = extension_run.run(
+                config,
+                overrides
+                + ["tag=fp16", "system.guidance.half_precision_weights=true", "system.refine.steps=0"],
                 dev,
-                n["sds"],
-                2000,
-                "step",
-                notes="system.guidance.half_precision_weights=true",
+                workdir,
+                test_and_export=False,
             )
-        )
-        del vae16, unet16
+            r = next(r for r in run_rows(timer, counts) if r["stage"] == "sds step")
+            return {
+                **r,
+                "stage": "sds step, fp16 guidance (option)",
+                "notes": "system.guidance.half_precision_weights=true",
+            }
 
-    # ---- refinement: 21 views + SDEdit, then the fit
-    labels = refinement_labels(0).to(dev)
-    frozen = {r: t.detach() for r, t in levels.items()}
-
-    def view():
-        """One 512² view (the refinement views and the video frames render the same way)."""
-        with torch.no_grad():
-            return G.render(
-                frozen,
-                ws,
-                labels[:1],
-                resolution=view_res,
-                deterministic=True,
-                chunk=chunk,
-                depth_resolution=samples[0],
-                depth_resolution_importance=samples[1],
-            )["image"]
-
-    rows.append(m("refinement views (render)", view, dev, n["views"], 21, "view"))
-    img = torch.rand(1, 3, sd_res, sd_res, device=dev) * 2 - 1
-
-    def sdedit_one():
-        sdedit(pipe, img, "a portrait", SDEditConfig(), progress=False)
-
-    rows.append(m(f"refinement SDEdit ({sdedit_steps} CFG steps)", sdedit_one, dev, 1, 21, "view"))
-    targets = torch.rand(1, 3, fit_cfg.resolution, fit_cfg.resolution, device=dev) * 2 - 1
-    adan = Adan(list(levels.values()))
-
-    def fit():
-        loss = patch_loss(G, levels, ws, labels[:1], targets, 0, 0, fit_cfg)
-        for p in levels.values():
-            p.grad = None
-        loss.backward()
-        adan.step()
-
-    rows.append(m("refinement fit", fit, dev, n["fit"], 399, "step"))
-
-    # ---- videos
-    def frame():
-        view().cpu()
-
-    rows.append(m("videos (frame)", frame, dev, n["videos"], 240 + 120, "frame"))
+        stage("sds step, fp16 guidance (option)", "step", counts["sds step"], fp16_run)
     return {
         "rows": rows,
         "settings": {
+            "config": config,
+            "run_overrides": overrides,
+            "full_counts": FULL,
             "inversion_resolution": inv_res,
-            "sds_resolution": sds_res,
-            "view_resolution": view_res,
             "sd_resolution": sd_res,
-            "fit": vars(fit_cfg),
-            "view_samples": samples,
             "sdedit_steps": sdedit_steps,
-            "steps_timed": n,
-            "chunk": chunk,
         },
     }
+
+
+def candidates(stage, dev, dry: bool, repeats: int, warm: bool, sd_folder: str) -> tuple[int, int]:
+    """One PLMS step of the candidates = one CFG UNet call on batch 2; + a VAE decode per image.
+    The SD-1.5-size pipeline is then saved for the run (its guidance, prompt processor and SDEdit
+    load it from disk, as a user's do). Returns (image side, SDEdit's step count)."""
+    from gan_prior.diffusion import SDEditConfig, sdedit_timesteps
+
+    pipe = sd15_pipeline(dev, tiny=dry)
+    sd_res = 64 if dry else 512
+    lat = torch.randn(2, 4, sd_res // 8, sd_res // 8, device=dev)
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt("a portrait", dev, 1, True, negative_prompt="")
+    text = torch.cat([uncond, cond])
+
+    def unet_call():
+        with torch.no_grad():
+            pipe.unet(lat, 500, encoder_hidden_states=text)
+
+    def decode():
+        with torch.no_grad():
+            pipe.vae.decode(lat[:1] / 0.18215)
+
+    name = "candidates (UNet CFG call)"
+    stage(name, "call", 300, lambda: measured(name, "call", unet_call, dev, repeats, 6 * 50, warm))
+    name = "candidates (VAE decode)"
+    stage(name, "image", 6, lambda: measured(name, "image", decode, dev, 1, 6, warm))
+    if not dry:
+        pipe.save_pretrained(sd_folder, safe_serialization=True)
+    return sd_res, len(sdedit_timesteps(pipe.scheduler.config, SDEditConfig()))
+
+
+def inversion(stage, dev, dry: bool, repeats: int, warm: bool, prior: str) -> int:
+    """One inversion step: the official synthesis path (128² render + SR → 256²), LPIPS-VGG16,
+    backward, Adam. The generator is then saved as the run's prior (the released architecture,
+    random weights). Returns the compared resolution."""
+    from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label, tiny_config
+    from gan_prior.inversion import InversionConfig, inversion_step
+    from gan_prior.perceptual import VGG16Distance
+
+    cfg = tiny_config() if dry else PortraitGANConfig()
+    G = PortraitGAN.random(cfg, seed=0).to(dev)
+    c = canonical_label(1).to(dev)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(1, cfg.z_dim, generator=torch.Generator().manual_seed(0)).to(dev), c)
+    res = 32 if dry else InversionConfig().resolution
+    inv_cfg = InversionConfig(resolution=res)
+
+    def measure():
+        vgg = VGG16Distance.load(None).to(dev)
+        w_opt = ws.detach().clone().requires_grad_(True)
+        noise = [b for name, b in G.backbone.synthesis.named_buffers() if name.endswith("noise_const")]
+        for b in noise:
+            b.requires_grad_(True)
+        opt = torch.optim.Adam([w_opt] + noise, lr=0.01)
+        target = torch.rand(1, 3, res, res, device=dev) * 2 - 1
+
+        def step():
+            _, loss = inversion_step(G, w_opt, noise, target, c, lambda a, b: vgg(a, b), inv_cfg, 0.3, 1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        try:
+            return measured("inversion", "step", step, dev, repeats, 500, warm)
+        finally:
+            for b in noise:
+                b.requires_grad_(False)
+
+    stage("inversion", "step", 500, measure)
+    if not dry:
+        G.cpu().save(prior)
+    return res
+
+
+def _free(device) -> None:
+    import gc
+
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def renderer_vs_official(args) -> dict:
@@ -382,9 +356,11 @@ def renderer_vs_official(args) -> dict:
     from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label
 
     dev = args.device
-    root = args.official_root
-    if not root or not os.path.isfile(os.path.join(root, "training", "neural_renderer.py")):
-        return {"skipped": f"no official code at {root!r} (PORTRAIT3D_OFFICIAL_ROOT)"}
+    root = official.find_root(args.official_root)
+    if root is None:
+        return {
+            "skipped": f"no official code (--official-root, $PORTRAIT3D_OFFICIAL_ROOT, {official.DEFAULT_ROOT})"
+        }
     res, repeats = (16, 1) if args.dry_run else (128, 10)
     G = PortraitGAN.random(PortraitGANConfig(), seed=0).to(dev)
     c = canonical_label(1).to(dev)
@@ -400,7 +376,7 @@ def renderer_vs_official(args) -> dict:
         a, b = renders["ours"](levels, res, False, True), renders["official"](levels, res, False, True)
         agreement = (a - b).abs().max().item()
     times = {impl: {"forward_s": [], "fwd_bwd_s": []} for impl in renders}
-    steps = {impl: _stepper(render, levels, dev, False) for impl, render in renders.items()}
+    steps = {impl: render_step(render, levels, dev, False) for impl, render in renders.items()}
     for i in range(repeats + 1):
         for impl in ("ours", "official") if i % 2 == 0 else ("official", "ours"):
             forward_s, fwd_bwd_s, _, _ = steps[impl](res)
@@ -409,6 +385,7 @@ def renderer_vs_official(args) -> dict:
                 times[impl]["fwd_bwd_s"].append(fwd_bwd_s)
     med = {impl: {k: statistics.median(v) for k, v in d.items()} for impl, d in times.items()}
     return {
+        "official_root": root,
         "resolution": res,
         "repeats": repeats,
         "agreement_max_abs": agreement,
@@ -427,33 +404,44 @@ def table(result: dict) -> str:
         f"## Portrait3D GPU check{' (DRY RUN: tiny models on CPU, numbers not meaningful)' if dry else ''}",
         "",
         f"- device: {info['device']}"
-        + (f" ({info['gpu']})" if "gpu" in info else "")
+        + (f" ({info['gpu']}, {info['gpu_memory_bytes'] / gib:.0f} GiB)" if "gpu" in info else "")
         + f"; torch {info['torch']}, Python {info['python']}; CPU {info['cpu']}",
-        f"- settings: {json.dumps(result['pipeline']['settings'])}",
-        f"- peak memory: {result['memory_method']}",
+        f"- settings: {result['pipeline']['settings']['config']}, run shortened and projected to "
+        f"{result['pipeline']['settings']['full_counts']}",
+        f"- memory: true peak while the stage ran, and what was resident when it started "
+        f"({result['memory_method']})",
         "",
-        "| stage | per step | count | projected | peak memory |",
-        "|---|---:|---:|---:|---:|",
     ]
+    body = []
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['stage']} | failed: {r['error']} | {r['count']} | – | – |")
+            body.append([r["stage"], f"failed: {r['error']}", r["count"], "–", "–", "–"])
             continue
-        lines.append(
-            f"| {r['stage']} | {r['per_step_s'] * 1e3:.1f} ms/{r['unit']} | {r['count']} | "
-            f"{r['projected_s'] / 60:.2f} min | {r['peak_bytes'] / gib:.2f} GiB |"
+        body.append(
+            [
+                r["stage"],
+                f"{fmt_s(r['per_step_s'])}/{r['unit']}",
+                r["count"],
+                fmt_min(r["projected_s"]),
+                fmt_gib(r["peak_bytes"]),
+                fmt_gib(r["resident_bytes"]),
+            ]
         )
     total, peak = result["projected_total_s"], result["peak_bytes"]
+    body.append(
+        ["**projected total** (fp32 guidance)", "", "", f"**{fmt_min(total)}**", f"**{fmt_gib(peak)}**", ""]
+    )
+    lines += markdown_table(("stage", "per unit", "count", "projected", "peak", "resident at start"), body)
+    lines += [""] + [f"- {r['stage']}: {r['notes']}" for r in rows if r.get("notes")]
     lines += [
-        f"| **projected total** (fp32 guidance) | | | **{total / 60:.2f} min** | **{peak / gib:.2f} GiB** |",
         "",
         f"Paper (RTX 4090): inversion ≈ {PAPER_4090_MIN['inversion']:.0f} min, SDS ≈ "
         f"{PAPER_4090_MIN['sds']:.0f} min, refinement ≈ {PAPER_4090_MIN['fit']:.0f} min, whole ≈ "
         f"{PAPER_4090_MIN['total']:.0f} min. Target: ≤ {TARGET_MIN:.0f} min, ≤ {TARGET_GIB:.0f} GiB.",
     ]
     gaps = []
-    ok = [r for r in rows if not r.get("error")]
-    if len(ok) < len(rows):
+    ok = [r for r in rows if not r.get("error") and "option" not in r["stage"]]
+    if len(ok) < len([r for r in rows if "option" not in r["stage"]]):
         gaps.append("failed stages: " + ", ".join(r["stage"] for r in rows if r.get("error")))
     if total / 60 > TARGET_MIN:
         big = sorted(ok, key=lambda r: -r["projected_s"])[:3]
@@ -473,14 +461,18 @@ def table(result: dict) -> str:
         m = rv["median"]
         lines += [
             f"{rv['resolution']}², 48+48 samples, jitter on, median of {rv['repeats']}; "
-            f"jitter-off agreement max |ours − official| = {rv['agreement_max_abs']:.3g}",
+            f"jitter-off agreement max |ours − official| = {rv['agreement_max_abs']:.3g} "
+            "(the official custom ops in their reference implementation)",
             "",
-            "| impl | forward | forward+backward |",
-            "|---|---:|---:|",
-            f"| ours | {m['ours']['forward_s'] * 1e3:.1f} ms | {m['ours']['fwd_bwd_s'] * 1e3:.1f} ms |",
-            f"| official | {m['official']['forward_s'] * 1e3:.1f} ms | {m['official']['fwd_bwd_s'] * 1e3:.1f} ms |",
-            f"| ratio (official / ours) | {rv['ratio_forward']:.2f}× | {rv['ratio_fwd_bwd']:.2f}× |",
         ]
+        lines += markdown_table(
+            ("impl", "forward", "forward+backward"),
+            [
+                ["ours", fmt_s(m["ours"]["forward_s"]), fmt_s(m["ours"]["fwd_bwd_s"])],
+                ["official", fmt_s(m["official"]["forward_s"]), fmt_s(m["official"]["fwd_bwd_s"])],
+                ["ratio (official / ours)", f"{rv['ratio_forward']:.2f}×", f"{rv['ratio_fwd_bwd']:.2f}×"],
+            ],
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -489,7 +481,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--dry-run", action="store_true", help="tiny models on the CPU (tests the script)")
     ap.add_argument("--out", required=True, help="folder for gpu_check.md and gpu_check.json")
-    ap.add_argument("--official-root", default=os.environ.get("PORTRAIT3D_OFFICIAL_ROOT"))
+    ap.add_argument(
+        "--official-root",
+        default=None,
+        help=f"default: $PORTRAIT3D_OFFICIAL_ROOT, else {official.DEFAULT_ROOT}",
+    )
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device = args.device or "cpu"
@@ -498,30 +495,27 @@ def main(argv=None) -> int:
         raise SystemExit(
             "gpu_check.py: --device cuda but torch sees no GPU (torch.cuda.is_available() is False)"
         )
+    args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
+    workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="gpu_check_"))
     t0 = time.time()
-    pipeline = run(args)
+    result_pipeline = pipeline(args, workdir)
     try:
         renderer = renderer_vs_official(args)
     except Exception as err:  # noqa: BLE001  (the pipeline's results are written regardless)
         traceback.print_exc()
         renderer = {"skipped": f"failed: {type(err).__name__}: {err}"[:300]}
-    rows = pipeline["rows"]
-    ok = [r for r in rows if not r.get("error")]
-    total = sum(r["projected_s"] for r in ok if "fp16" not in r["stage"])
+    rows = result_pipeline["rows"]
+    ok = [r for r in rows if not r.get("error") and "option" not in r["stage"]]
     result = {
         "dry_run": args.dry_run,
         "machine": machine_info(args.device),
-        "pipeline": pipeline,
+        "pipeline": result_pipeline,
         "renderer": renderer,
-        "projected_total_s": total,
+        "projected_total_s": sum(r["projected_s"] for r in ok),
         "peak_bytes": max((r["peak_bytes"] for r in ok), default=0),
         "failed_stages": [r["stage"] for r in rows if r.get("error")],
-        "memory_method": (
-            "torch.cuda.max_memory_allocated − memory_allocated before, per stage"
-            if args.device.startswith("cuda")
-            else "resident-set growth per stage (VmHWM − VmRSS before)"
-        ),
+        "memory_method": PeakMemory(args.device).start().method,
         "wall_s": time.time() - t0,
     }
     markdown = table(result)

@@ -56,6 +56,7 @@ WHEELS=(
   diffusers==0.32.2 transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.25.2
   omegaconf==2.3.0 typeguard==4.6.1 imageio-ffmpeg==0.4.9 pytorch-fid==0.3.0
   trimesh==5.2.0 PyMCubes==0.1.6 nerfacc==0.5.3 xatlas==0.0.11
+  fast-simplification==0.2.0 scikit-image==0.26.0 lazy-loader==0.4
 )
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux2010_x86_64

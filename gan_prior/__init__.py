@@ -10,6 +10,20 @@ Public entry points::
 
 Names are imported on first use (PEP 562), so ``import gan_prior`` itself does not load torch; it
 arms the CPU torchvision import hook (:mod:`gan_prior.torchvision_compat`).
+
+Layers: a module imports only modules of its own layer or of the layers above it (no cycle;
+tests/test_layering.py reads this list and checks it):
+
+    base          files, checks, checkpoint, camera, torchvision_compat, trilinear_cpu
+    model         layers, mapping, synthesis, superresolution, pyramid_trigrid, decoder, renderer,
+                  generator_config, pose, smpl, mesh_distance, deformation, synthetic_smpl, generator
+    files         pyramid_files, media, tiny_models
+    stages        diffusion, alignment, perceptual, inversion, portrait_init, refinement, evaluation,
+                  mesh, rasterize, texture, mesh_fidelity, mesh_export, mesh_files
+    command line  cli, __main__
+
+``files`` (base) writes atomically and ``checkpoint`` reads safely, knowing no model; the ``files``
+layer holds the project's file formats (pyramids, images and videos, the tiny models' files).
 """
 
 import importlib
@@ -37,6 +51,7 @@ _EXPORTS = {
     "load_pyramid": "pyramid_files",
     "save_pyramid": "pyramid_files",
     "PortraitGAN": "generator",
+    "PosePredictor": "pose",
     "PortraitGANConfig": "generator",
     "tiny_config": "generator",
     "RenderConfig": "renderer",

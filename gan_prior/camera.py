@@ -117,12 +117,14 @@ def fovy_to_focal(fovy_deg: Union[float, Tensor]) -> Tensor:
 
 
 def threestudio_to_gan_points(points_t: Tensor) -> Tensor:
-    """threestudio world points ``[..., 3]`` → GAN world."""
-    return points_t @ T2E.to(points_t).T
+    """threestudio world points ``[..., 3]`` → GAN world: ``T2E @ x`` = (y, z, x), a roll of the
+    coordinates (exact, and no host-made matrix copied to the device on every render)."""
+    return torch.roll(points_t, -1, -1)
 
 
 def gan_to_threestudio_points(points_e: Tensor) -> Tensor:
-    return points_e @ T2E.to(points_e)
+    """GAN world points ``[..., 3]`` → threestudio world: ``T2Eᵀ @ x`` = (z, x, y)."""
+    return torch.roll(points_e, 1, -1)
 
 
 def threestudio_c2w_to_label(c2w_t: Tensor, fovy_deg: Union[float, Tensor]) -> Tensor:

@@ -192,9 +192,16 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def _open(path: str):
+    if os.path.isdir(path):
+        raise CheckpointError.at(path, "is a folder; expected a file")
     if not os.path.isfile(path):
         raise CheckpointError.at(path, "file not found")
-    return open(path, "rb")
+    try:
+        return open(path, "rb")
+    except PermissionError:
+        raise CheckpointError.at(
+            path, "permission denied; make the file readable for you (chmod u+r) or use a copy you can read"
+        ) from None
 
 
 def _torch_load(path: str) -> Any:
@@ -256,6 +263,16 @@ _STORAGE_DTYPES = {
 }
 
 
+_SCRIPT_LISTS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
+
+
+def _plain_list(data):
+    """``torch.jit._pickle.build_*list``: a scripted module's List[int] (e.g. a Conv2d's padding) as data."""
+    if not isinstance(data, list):
+        raise _UnsafePayload("a TorchScript typed list that is not a list")
+    return list(data)
+
+
 class _ScriptUnpickler(RestrictedUnpickler):
     """A TorchScript archive's ``data.pkl`` as data: script classes become inert stubs, tensors are
     rebuilt from the archive's storages; the archive's code is never compiled or run."""
@@ -269,6 +286,8 @@ class _ScriptUnpickler(RestrictedUnpickler):
             return _stub_class(module, name)
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
+        if module == "torch.jit._pickle" and name in _SCRIPT_LISTS:  # typed lists of scripted modules
+            return _plain_list
         return super().find_class(module, name)
 
     def persistent_load(self, pid):
@@ -350,8 +369,7 @@ def flatten_module(node: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file (which holds nothing but tensors and string metadata)."""
-    if not os.path.isfile(path):
-        raise CheckpointError.at(path, "file not found")
+    _open(path).close()  # one line for a missing or unreadable file, not "corrupt"
     try:
         with safe_open(path, framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
@@ -360,7 +378,15 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
 
 
 def looks_like_safetensors(path: str) -> bool:
-    """safetensors files start with an 8-byte header length, then the JSON header's '{'."""
+    """safetensors files start with the JSON header's length (8 bytes, little-endian), then the
+    header: ``{`` … ``}`` (padded with spaces). Checked in full, as the length's first byte may be
+    0x80 or b"P", a pickle's or a zip's first byte."""
     with _open(path) as f:
         head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and head[:2] != b"PK" and head[0] != 0x80
+        if len(head) < 9 or head[8:9] != b"{":
+            return False
+        n = int.from_bytes(head[:8], "little")
+        if not 2 <= n <= min(os.fstat(f.fileno()).st_size - 8, 100 << 20):
+            return False
+        f.seek(8 + max(n - 8, 1))  # the header is padded to a multiple of 8 bytes with spaces
+        return f.read(min(n - 1, 8)).rstrip(b" ").endswith(b"}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Mapping, Optional
 
 import torch
@@ -65,6 +66,57 @@ def finite_float(low: float = -math.inf, high: float = math.inf) -> callable:
 
     parse.__name__ = "number"
     return parse
+
+
+_OOM_MESSAGES = (
+    "DefaultCPUAllocator: can't allocate memory",  # torch on Linux/macOS (also under RLIMIT_AS)
+    "DefaultCPUAllocator: not enough memory",  # torch on Windows
+    "out of memory",  # CUDA, MPS, and "CUDA error: out of memory"
+)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for an allocation that failed: ``MemoryError``, CUDA's ``OutOfMemoryError``, and the
+    ``RuntimeError`` torch raises when a CPU allocation fails."""
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e) for m in _OOM_MESSAGES)
+
+
+def one_line(text) -> str:
+    """A (possibly multi-line) message as one line: its first three non-empty lines joined."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return " ".join(lines) if len(lines) <= 3 else " ".join(lines[:3]) + " …"
+
+
+def report_error(e: BaseException, debug_env: str, oom_fix: str, where: str = "") -> int:
+    """The command-line contract of ``python -m gan_prior`` and ``portrait3d``, in one place: print
+    one ``error:`` line for ``e`` on stderr and return the exit code. A bad input the user can fix
+    (``ValueError`` and its subclasses, a file that cannot be read or written, nesting too deep to
+    read, out of memory, CPU or GPU) is exit 2; anything else is a bug: one line and exit 1, or the
+    traceback when the environment variable ``debug_env`` is set (re-raised: call this inside the
+    ``except`` block). ``where``: the file to name when an ``OSError`` names none."""
+    import sys
+
+    if is_out_of_memory(e):  # MemoryError, CUDA's, and torch's RuntimeError for a failed CPU allocation
+        message, code = f"out of memory ({type(e).__name__}); {oom_fix}", 2
+    elif isinstance(e, ValueError):  # usage errors, damaged files, bad values (UnicodeDecodeError too)
+        message, code = one_line(e), 2
+    elif isinstance(e, OSError):  # unreadable or unwritable files: name the file and the reason
+        message = f"{e.filename or where}: {e.strerror or one_line(e)}; check the path and its permissions"
+        code = 2
+    elif isinstance(e, RecursionError):  # JSON or YAML nested thousands deep
+        message, code = f"an input is nested too deeply to read ({one_line(e)}); check the files given", 2
+    else:
+        if os.environ.get(debug_env):
+            raise e
+        message = (
+            f"unexpected {type(e).__name__}: {one_line(e)} (a bug; set {debug_env}=1 for the traceback "
+            "and report it)"
+        )
+        code = 1
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 LOAD_FIX = "the file is damaged or was saved from a diverged run: use an earlier checkpoint"
@@ -131,8 +183,16 @@ GENERATOR_INT_BOUNDS = {
     "background_resolution": (4, 2048, True),
     "background_channel_base": (1, 1 << 20, False),
     "background_channel_max": (1, 4096, False),
+    "rendering_resolution": (0, 4096, False),
+    "smpl_vertices": (0, 100_000, False),
+    "smpl_faces": (0, 200_000, False),
+    "smpl_joints": (16, 64, False),  # the pose rotates joints 12 and 15
+    "smpl_betas": (0, 300, False),
 }
-RENDER_INT_BOUNDS = {"depth_resolution": (1, 4096), "depth_resolution_importance": (0, 4096)}
+# Samples per ray: the official stages use 48 + 48 (96 + 96 for videos); past 512 a render only costs
+# memory (a 4096-sample config took gigabytes per chunk of rays).
+RENDER_INT_BOUNDS = {"depth_resolution": (1, 512), "depth_resolution_importance": (0, 512)}
+SR_CHANNEL_BOUNDS = (1, 4096)  # each of superresolution_channels (model_512: 256, 128)
 RENDER_FLOATS = ("ray_start", "ray_end", "box_warp", "triplane_crop", "crop_density")
 MAX_GENERATOR_ELEMENTS = 2_000_000_000  # parameters + buffers (8 GB in fp32); model_512 has ≈ 0.036 G
 
@@ -166,28 +226,58 @@ def check_generator_config(config, source: str = "config") -> None:
             raise ValueError(
                 f"{source}: {name} = {value} is out of range; expected {kind}between {low} and {high}"
             )
-    if "background" in config and not isinstance(config["background"], bool):
-        raise ValueError(f"{source}: background is {config['background']!r:.40}, expected true or false")
+    for name in ("background", "pose_branch", "explicitly_symmetry", "superresolution"):
+        if name in config and not isinstance(config[name], bool):
+            raise ValueError(f"{source}: {name} is {config[name]!r:.40}, expected true or false")
+    if "thickness" in config and (not _is_number(config["thickness"]) or not 0 <= config["thickness"] <= 10):
+        raise ValueError(f"{source}: thickness is {config['thickness']!r:.40}, expected a number in [0, 10]")
+    base, res = config.get("background_channel_base", 32768), config.get("background_resolution", 128)
+    if _is_int(base) and _is_int(res) and base < res:  # the last block would have base // res = 0 channels
+        raise ValueError(
+            f"{source}: background_channel_base = {base} is below background_resolution = {res}; every "
+            "background block needs channel_base // resolution ≥ 1 channels"
+        )
+    if "superresolution_channels" in config:
+        channels, (low, high) = config["superresolution_channels"], SR_CHANNEL_BOUNDS
+        if (
+            not isinstance(channels, (list, tuple))
+            or len(channels) != 2
+            or not all(_is_int(c) and low <= c <= high for c in channels)
+        ):
+            raise ValueError(
+                f"{source}: superresolution_channels = {channels!r:.40}; expected two integers between "
+                f"{low} and {high} (model_512: [256, 128])"
+            )
+    clamp = config.get("superresolution_conv_clamp")
+    if clamp is not None and not (_is_number(clamp) and clamp > 0):
+        raise ValueError(
+            f"{source}: superresolution_conv_clamp = {clamp!r:.40}; expected a positive finite number or null"
+        )
     render = config.get("render")
     if render is not None and not isinstance(render, Mapping) and type(render).__name__ != "RenderConfig":
         raise ValueError(f"{source}: render is {render!r:.40}, expected a mapping of renderer options")
     if isinstance(render, Mapping):
-        for name, value in render.items():
-            if name in RENDER_INT_BOUNDS:
-                low, high = RENDER_INT_BOUNDS[name]
-                if not _is_int(value) or not low <= value <= high:
-                    raise ValueError(
-                        f"{source}: render.{name} = {value!r:.40}; expected an integer between "
-                        f"{low} and {high}"
-                    )
-            elif name in RENDER_FLOATS:
-                if not _is_number(value):
-                    raise ValueError(f"{source}: render.{name} = {value!r:.40}; expected a finite number")
-        start, end = render.get("ray_start", 2.35), render.get("ray_end", 3.12)
-        if _is_number(start) and _is_number(end) and not 0 < start < end:
-            raise ValueError(f"{source}: render needs 0 < ray_start < ray_end, got {start} and {end}")
-        if _is_number(render.get("box_warp", 1.0)) and render.get("box_warp", 1.0) <= 0:
-            raise ValueError(f"{source}: render.box_warp must be positive")
+        check_render_options(render, f"{source}: render.")
+
+
+def check_render_options(render: Mapping, prefix: str = "render.") -> None:
+    """Refuse renderer options (:class:`gan_prior.renderer.RenderConfig` fields) of the wrong type or
+    beyond :data:`RENDER_INT_BOUNDS`; messages name each option as ``<prefix><name>``."""
+    for name, value in render.items():
+        if name in RENDER_INT_BOUNDS:
+            low, high = RENDER_INT_BOUNDS[name]
+            if not _is_int(value) or not low <= value <= high:
+                raise ValueError(
+                    f"{prefix}{name} = {value!r:.40}; expected an integer between {low} and {high}"
+                )
+        elif name in RENDER_FLOATS:
+            if not _is_number(value):
+                raise ValueError(f"{prefix}{name} = {value!r:.40}; expected a finite number")
+    start, end = render.get("ray_start", 2.35), render.get("ray_end", 3.12)
+    if _is_number(start) and _is_number(end) and not 0 < start < end:
+        raise ValueError(f"{prefix}ray_start / ray_end: need 0 < ray_start < ray_end, got {start} and {end}")
+    if _is_number(render.get("box_warp", 1.0)) and render.get("box_warp", 1.0) <= 0:
+        raise ValueError(f"{prefix}box_warp must be positive")
 
 
 def require_own_storage(tensor: Tensor, what: str) -> Tensor:

@@ -29,9 +29,11 @@ from .checks import (
     bounded_int,
     check_pyramid,
     finite_float,
+    report_error,
 )
 from .diffusion import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .evaluation import add_cli as add_evaluate_cli
+from .files import check_out
 from .generator import PortraitGAN
 from .media import contact_sheet, render_frames, save_image, save_video, turntable_labels
 from .pyramid_files import load_pyramid_for, save_pyramid
@@ -75,38 +77,6 @@ def write_turntable(
         fps=fps,
     )
     return path
-
-
-def check_out(out: str, outputs: Sequence[str], overwrite: bool, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be one (empty, a file, not writable) and, without
-    ``overwrite``, one that already holds any of ``outputs``; with it, name what will be replaced."""
-    if not out or not out.strip():
-        raise UsageError(f"{option}: empty path; give an output folder")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"{option}: {out} is a file, not a folder; give a folder (it is created if missing)")
-    probe = os.path.abspath(out)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UsageError(f"{option}: {out} cannot be created: {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"{option}: {out} is not writable ({probe}: permission denied); choose another folder"
-        )
-    existing = [name for name in dict.fromkeys(outputs) if os.path.lexists(os.path.join(out, name))]
-    folders = [name for name in existing if os.path.isdir(os.path.join(out, name))]
-    if folders:
-        raise UsageError(
-            f"{option}: {os.path.join(out, folders[0])} is a folder where a file is to be written; "
-            "remove it or choose another folder"
-        )
-    if existing and not overwrite:
-        raise UsageError(
-            f"{option}: {out} already holds {', '.join(existing)}; pass --overwrite to replace "
-            "them, or choose another folder"
-        )
-    if existing:
-        print(f"replacing {', '.join(existing)} in {out} (--overwrite)", file=sys.stderr)
 
 
 def _load_pyramid_for(G: PortraitGAN, path: str):
@@ -191,7 +161,7 @@ def cmd_render(args) -> None:
 
 
 def cmd_invert(args) -> None:
-    from .alignment import make_detector
+    from .alignment import allow_detector_import, make_detector
     from .portrait_init import RANDOM_VGG16, PortraitInitConfig, initialize_portrait
 
     cfg = PortraitInitConfig.from_dict(
@@ -215,15 +185,18 @@ def cmd_invert(args) -> None:
         raise UsageError(
             f"--seed: {args.seed} + {args.candidates} candidates passes the largest seed {MAX_SEED}"
         )
-    try:
-        cfg.validate()
-    except ValueError as e:
-        message = str(e)  # "image: …", "vgg16: …": named as the options
-        raise UsageError(f"--{message}" if message.startswith(("image:", "vgg16:")) else message) from None
-    try:
-        make_detector(args.detector)  # a bad --detector fails here, before any model is loaded
+    try:  # a bad --detector fails here, before any model is loaded
+        if ":" in args.detector:  # "module:attr" on the user's own command line: the explicit opt-in
+            allow_detector_import(args.detector)
+        make_detector(args.detector)
     except ValueError as e:
         raise UsageError(f"--detector: {e}") from None
+    try:
+        cfg.validate(args.checkpoint)
+    except ValueError as e:
+        message = str(e)  # "image: …", "vgg16: …", "detector: …": named as the options
+        named = message.startswith(("image:", "vgg16:", "detector:"))
+        raise UsageError(f"--{message}" if named else message) from None
     G = PortraitGAN.from_checkpoint(args.checkpoint)
     if cfg.allow_random_vgg16:
         print(
@@ -319,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--detector",
         default="haar",
-        help="'haar' (OpenCV, default), an OpenCV cascade .xml, 'module:callable', or 'none' (already aligned)",
+        help="'haar' (OpenCV, default), 'none' (already aligned), a registered detector name, an OpenCV "
+        "cascade .xml, or 'module:attr' (a gan_prior.alignment.FaceDetector or @face_detector function)",
     )
     v.add_argument("--steps", type=bounded_int(0, 100_000), default=500, help="inversion steps")
     v.add_argument(
@@ -367,40 +341,15 @@ def _check_args(args) -> None:
     check_out(args.out, args.outputs(args), args.overwrite)
 
 
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return " ".join(lines) if len(lines) <= 3 else " ".join(lines[:3]) + " …"
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a command; a bad input ends in one ``error:`` line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         _check_args(args)
         args.func(args)
-    except ValueError as e:  # UsageError, CheckpointError, EvaluationError, NoFaceError, bad values in files
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:  # unreadable or unwritable files: name the file and the reason
-        where = e.filename or getattr(args, "out", "")
-        print(
-            f"error: {where}: {e.strerror or _one_line(e)}; check the path and its permissions",
-            file=sys.stderr,
-        )
-        return 2
-    except (MemoryError, torch.cuda.OutOfMemoryError) as e:
-        print(f"error: out of memory ({type(e).__name__}); lower --resolution or --chunk", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug: one line, the traceback on request
-        if os.environ.get(DEBUG_ENV):
-            raise
-        print(
-            f"error: unexpected {type(e).__name__}: {_one_line(e)} (a bug; set {DEBUG_ENV}=1 for the "
-            "traceback and report it)",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as e:  # one line; the traceback of a bug on request (GAN_PRIOR_DEBUG=1)
+        return report_error(e, DEBUG_ENV, "lower --resolution or --chunk", where=getattr(args, "out", ""))
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import warnings
 from typing import Optional, Sequence, Union
@@ -41,9 +42,41 @@ class EvaluationError(ValueError):
 OUTPUTS = ("metrics.json", "contact_sheet.png")  # what :func:`evaluate` writes into its folder
 
 
-def load_images(source: Images, option: str = "--renders", exclude: Sequence[str] = ()) -> list[np.ndarray]:
+MAX_DECODED_BYTES = 1 << 30  # uint8 pixels one set of images may decode to (240 frames of 512² are 0.2 GiB)
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov")
+
+
+def check_weights(
+    clip_model: Optional[str],
+    inception: Optional[str],
+    clip_option: str = "--clip",
+    inception_option: str = "--inception",
+) -> None:
+    """Fail before any work on a CLIP folder or an Inception file that is not there (a hub id is
+    checked when it loads). The one check of these options: the ``gan_prior evaluate`` and
+    ``portrait3d evaluate`` commands and ``system.evaluation`` name their own option."""
+    if clip_model and str(clip_model).startswith((".", "/", "~")):
+        if not os.path.isdir(os.path.expanduser(clip_model)):
+            raise EvaluationError(
+                f"{clip_option}: folder {clip_model} not found; give a CLIP model folder or a hub id "
+                "(e.g. openai/clip-vit-large-patch14), or leave it unset"
+            )
+    if inception and not os.path.isfile(inception):
+        raise EvaluationError(
+            f"{inception_option}: {inception} not found; give pt_inception-2015-12-05-6726825d.pth "
+            "(the FID Inception weights pytorch-fid uses), or leave it unset"
+        )
+
+
+def load_images(
+    source: Images, option: str = "--renders", exclude: Sequence[str] = (), max_bytes: int = MAX_DECODED_BYTES
+) -> list[np.ndarray]:
     """uint8 ``[H, W, 3]`` images from a folder (sorted; hidden files and the paths in ``exclude``,
-    e.g. this command's own outputs, skipped), a video (every frame), files, or arrays."""
+    e.g. this command's own outputs, skipped), a video (every frame), files, or arrays.
+
+    Videos are decoded a frame at a time, and all the images together may decode to at most
+    ``max_bytes``: a small file claiming many large frames is refused (from its header where it
+    states them, else as soon as the frames read pass the bound), never loaded whole."""
     if isinstance(source, (list, tuple)) and source and isinstance(source[0], np.ndarray):
         images = [np.asarray(x) for x in source]
     else:
@@ -69,23 +102,62 @@ def load_images(source: Images, option: str = "--renders", exclude: Sequence[str
                 raise EvaluationError(
                     f"{option}: {p} not found; give a folder of images, image files or a video"
                 )
-        images = []
-        for f in files:
-            try:
-                if f.lower().endswith((".mp4", ".gif", ".webm", ".mov")):
-                    images += [np.asarray(frame) for frame in imageio.mimread(f, memtest=False)]
-                else:
-                    images.append(np.asarray(imageio.imread(f)))
-            except Exception as e:
-                raise EvaluationError(
-                    f"{option}: {f} is not a readable image or video ({type(e).__name__})"
-                ) from None
+        images = _decode(files, option, max_bytes)
     if not images:
         raise EvaluationError(f"{option}: no images found in {source!r}")
     try:
         return [as_rgb(x) for x in images]
     except ValueError as e:
         raise EvaluationError(f"{option}: {e}") from None
+
+
+def _decode(files: Sequence[str], option: str, max_bytes: int) -> list[np.ndarray]:
+    """The images and video frames of ``files``, decoded one at a time within ``max_bytes``."""
+    images: list[np.ndarray] = []
+    total = 0
+
+    def too_much(f: str, what: str) -> EvaluationError:
+        return EvaluationError(
+            f"{option}: {f} decodes to more than {max_bytes >> 20} MiB of pixels{what}; give fewer or "
+            "smaller images (e.g. render the views at a lower resolution or with fewer frames)"
+        )
+
+    for f in files:
+        try:
+            if f.lower().endswith(VIDEO_SUFFIXES):
+                with imageio.get_reader(f) as reader:
+                    meta = reader.get_meta_data()
+                    size, n = meta.get("size"), meta.get("nframes")
+                    if not (isinstance(n, (int, float)) and math.isfinite(n)):  # ffmpeg: from the duration
+                        n = float(meta.get("duration") or 0) * float(meta.get("fps") or 0)
+                    if size and math.isfinite(n) and n > 0:
+                        claimed = round(n) * int(size[0]) * int(size[1]) * 3
+                        if total + claimed > max_bytes:  # refused before any frame is decoded
+                            raise too_much(f, f" ({round(n)} frames of {size[0]}×{size[1]})")
+                    for frame in reader:
+                        total += np.asarray(frame).nbytes
+                        if total > max_bytes:
+                            raise too_much(f, f" (stopped after {len(images)} frames)")
+                        images.append(np.asarray(frame))
+            else:
+                image = np.asarray(imageio.imread(f))
+                total += image.nbytes
+                if total > max_bytes:
+                    raise too_much(f, " (with the images before it)")
+                images.append(image)
+        except EvaluationError:
+            raise
+        except PermissionError:
+            raise EvaluationError(
+                f"{option}: {f}: permission denied; make it readable for you (chmod u+r)"
+            ) from None
+        except MemoryError:
+            raise too_much(f, "") from None
+        except Exception as e:
+            raise EvaluationError(
+                f"{option}: {f} is not a readable image or video ({type(e).__name__})"
+            ) from None
+    return images
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,36 +174,45 @@ def _load_clip(model: str):
         ) from None
 
 
+def default_device() -> torch.device:
+    """Where the metric networks run unless told: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
-def clip_score(images: Sequence[np.ndarray], prompt: str, model: str, batch_size: int = 16) -> dict:
-    """``{"clip_score": mean, "per_image": [...]}``, each ``100 · max(cos(image, text), 0)``."""
+def clip_score(
+    images: Sequence[np.ndarray], prompt: str, model: str, batch_size: int = 16, device=None
+) -> dict:
+    """``{"clip_score": mean, "per_image": [...]}``, each ``100 · max(cos(image, text), 0)``; CLIP
+    runs on ``device`` (default: the GPU when there is one)."""
     if not prompt.strip():
         raise EvaluationError("--prompt is empty; give the prompt the portrait was made from")
+    device = torch.device(device) if device is not None else default_device()
     clip, processor = _load_clip(model)
+    clip.to(device)  # the cached model follows the last caller's device
     max_len = processor.tokenizer.model_max_length
     if len(processor.tokenizer(prompt)["input_ids"]) > max_len:
         warnings.warn(f"the prompt is longer than CLIP's {max_len} tokens; it is truncated", stacklevel=2)
     text = processor(text=[prompt], return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-    t = torch.nn.functional.normalize(clip.get_text_features(**text), dim=-1)
+    t = torch.nn.functional.normalize(clip.get_text_features(**text.to(device)), dim=-1)
     scores = []
     for i in range(0, len(images), batch_size):
         pixels = processor(images=list(images[i : i + batch_size]), return_tensors="pt")["pixel_values"]
-        v = torch.nn.functional.normalize(clip.get_image_features(pixel_values=pixels), dim=-1)
-        scores += (100 * (v @ t.T).squeeze(-1).clamp(min=0)).tolist()
+        v = torch.nn.functional.normalize(clip.get_image_features(pixel_values=pixels.to(device)), dim=-1)
+        scores.append(100 * (v @ t.T).squeeze(-1).clamp(min=0))
+    scores = torch.cat(scores).tolist()  # one read for all the images
     return {"clip_score": float(np.mean(scores)), "per_image": scores}
 
 
 class InceptionFeatures:
     """FID Inception v3 pool3 features ``[N, 2048]`` from uint8 images (any size; resized to 299)."""
 
-    def __init__(self, weights_path: str, device: str = "cpu"):
+    def __init__(self, weights_path: str, device=None):
         import pytorch_fid.inception as fid_inception
 
-        if not weights_path or not os.path.isfile(weights_path):
-            raise EvaluationError(
-                f"--inception: {weights_path} not found; give pt_inception-2015-12-05-6726825d.pth "
-                "(the FID Inception weights pytorch-fid uses)"
-            )
+        if not weights_path:
+            raise EvaluationError("--inception: no file given; give pt_inception-2015-12-05-6726825d.pth")
+        check_weights(None, weights_path)
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -149,16 +230,16 @@ class InceptionFeatures:
             ) from None
         finally:
             fid_inception.load_state_dict_from_url = original
-        self.net = self.net.eval().to(device)
-        self.device = device
+        self.device = torch.device(device) if device is not None else default_device()
+        self.net = self.net.eval().to(self.device)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
         feats = []
         for i in tqdm(range(0, len(images), batch_size), desc="inception", unit="batch"):
             x = torch.from_numpy(np.stack(images[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255
-            feats.append(self.net(x.to(self.device))[0].flatten(1).cpu().double().numpy())
-        return np.concatenate(feats)
+            feats.append(self.net(x.to(self.device))[0].flatten(1))
+        return torch.cat(feats).cpu().double().numpy()  # one read for all the images
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
@@ -210,8 +291,10 @@ def evaluate(
     reference: Optional[Images] = None,
     inception_weights: Optional[str] = None,
     sheet_columns: int = 8,
+    device=None,
 ) -> dict:
-    """Compute the requested metrics; write ``metrics.json`` and ``contact_sheet.png`` to ``out_dir``."""
+    """Compute the requested metrics; write ``metrics.json`` and ``contact_sheet.png`` to ``out_dir``.
+    CLIP and Inception run on ``device`` (default: the GPU when there is one)."""
     if (reference is None) != (inception_weights is None):
         raise EvaluationError(
             "FID/KID need both --reference (images of the diffusion model) and --inception "
@@ -219,6 +302,13 @@ def evaluate(
         )
     if sheet_columns < 1:
         raise EvaluationError(f"--columns: {sheet_columns} is not a positive number of contact-sheet columns")
+    if clip_model is None and reference is None:
+        raise EvaluationError(
+            "nothing to compute: give --clip (the CLIP score) and/or --reference with --inception (FID/KID)"
+        )
+    if clip_model is not None and not (prompt or "").strip():
+        raise EvaluationError("--prompt is empty; give the prompt the portrait was made from")
+    check_weights(clip_model, inception_weights)
     own = [os.path.join(out_dir, name) for name in OUTPUTS]
     views = load_images(renders, "--renders", exclude=own)
     result = {
@@ -233,10 +323,10 @@ def evaluate(
         "kid_std": None,
     }
     if clip_model is not None:
-        result["clip_score"] = clip_score(views, prompt, clip_model)["clip_score"]
+        result["clip_score"] = clip_score(views, prompt, clip_model, device=device)["clip_score"]
     if reference is not None:
         ref = load_images(reference, "--reference", exclude=own)
-        extractor = InceptionFeatures(inception_weights)
+        extractor = InceptionFeatures(inception_weights, device)
         fa, fb = extractor(views), extractor(ref)
         result.update(num_reference=len(ref), fid=frechet_distance(fa, fb))
         result["kid_mean"], result["kid_std"] = kernel_inception_distance(fa, fb)

@@ -8,13 +8,13 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
-TMP_TAG = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<random><suffix>" beside their target
-LEGACY_TMP_AGE_S = 3600.0  # older temps without a pid (".<name>.<random><suffix>") are removed after this
+TMP_TAG = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<8 random><suffix>" beside their target
+_TMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part: 8 of its lower-case letters, digits, "_"
 
 
 def _umask() -> int:
@@ -31,7 +31,8 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,36 +42,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def temp_name_pattern(base: str) -> re.Pattern:
+    """The names :func:`atomic_path` gives its temporary files for a target named ``base``
+    (group 1: the writer's pid)."""
+    return re.compile(
+        re.escape(f".{base}{TMP_TAG}") + r"([1-9][0-9]{0,9})-" + _TMP_RANDOM + r"\.[A-Za-z0-9]{1,12}$"
+    )
+
+
 def remove_stale_temps(path: str) -> list[str]:
     """Delete the temporary files of ``path`` that writers killed mid-way left beside it.
 
-    A temporary file is stale when the process named in it no longer runs; one written by an older
-    version (no pid in its name) when it is older than :data:`LEGACY_TMP_AGE_S`. Returns the removed
-    paths.
+    Only files that are provably ours go: named exactly as :func:`atomic_path` names its temporary
+    files for ``path`` (:func:`temp_name_pattern`), regular files owned by this user, written by a
+    process that no longer runs. Anything else — a user's ``.front.png.original`` or
+    ``.image.png.keepthis.png`` — is never touched. Returns the removed paths.
     """
     folder, base = os.path.split(os.path.abspath(path))
-    ours = re.compile(re.escape(f".{base}{TMP_TAG}") + r"(\d+)-[A-Za-z0-9_]+(\.[A-Za-z0-9]+)?$")
-    legacy = re.compile(re.escape(f".{base}.") + r"[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+    ours = temp_name_pattern(base)
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
-    now = time.time()
     for name in names:
         m = ours.match(name)
+        if not m:
+            continue
         full = os.path.join(folder, name)
         try:
-            if m:
-                pid = int(m.group(1))
-                if pid == os.getpid() or _pid_alive(pid):
-                    continue
-            elif legacy.match(name):
-                if now - os.lstat(full).st_mtime < LEGACY_TMP_AGE_S:
-                    continue
-            else:
+            pid = int(m.group(1))
+            if pid == os.getpid() or pid_alive(pid):
                 continue
-            if stat.S_ISREG(os.lstat(full).st_mode):
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
                 os.remove(full)
                 removed.append(full)
         except OSError:
@@ -78,32 +83,56 @@ def remove_stale_temps(path: str) -> list[str]:
     return removed
 
 
+def _temp_suffix(suffix: str) -> str:
+    return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,12}", suffix or "") else ".tmp"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+def atomic_path(path: str, suffix: str = "", mode_mask: int = 0o777) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
     ``suffix`` keeps the extension for writers that pick a format from it (e.g. ``.mp4``). The new
-    file gets the mode of the file it replaces, or the usual ``0666 & ~umask`` (0644 under umask
-    022) for a new one, as ``open`` would give. Stale temporary files of ``path`` are removed first.
+    file gets the permission bits of the file it replaces (never its setuid, setgid or sticky bit),
+    or the usual ``0666`` (0644 under umask 022) for a new one, as ``open`` would give, masked by
+    the umask either way, and by ``mode_mask`` (e.g. ``0o700`` for a file that holds something only
+    its owner may read). Stale temporary files of ``path`` are removed first.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}{TMP_TAG}{os.getpid()}-", suffix=suffix or ".tmp", dir=folder
+        prefix=f".{os.path.basename(path)}{TMP_TAG}{os.getpid()}-", suffix=_temp_suffix(suffix), dir=folder
     )
     os.close(fd)
     try:
         yield tmp
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
+            mode = os.stat(path).st_mode & 0o777  # permission bits only
         except OSError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
+            mode = 0o666
+        os.chmod(tmp, mode & mode_mask & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def require_output_folder(out: str, option: str = "--out") -> None:
+    """Refuse, with one line naming ``option``, an output folder that cannot be one: an empty path,
+    a file, a path below a file, or a folder (or its nearest existing parent) this user cannot write."""
+    if not out or not out.strip():
+        raise ValueError(f"{option}: empty path; give an output folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{option}: {out} is a file, not a folder; give a folder (it is created if missing)")
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{option}: {out} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{option}: {out} is not writable ({probe}: permission denied); choose another folder"
+        )
 
 
 def write_json(path: str, data: dict) -> None:
@@ -119,11 +148,32 @@ def write_json(path: str, data: dict) -> None:
             )
 
 
-def write_text(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically."""
-    with atomic_path(path, os.path.splitext(path)[1]) as tmp:
+def write_text(path: str, text: str, mode_mask: int = 0o777) -> None:
+    """Write ``text`` (UTF-8) atomically (permissions as :func:`atomic_path`'s)."""
+    with atomic_path(path, os.path.splitext(path)[1], mode_mask) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def check_out(out: str, outputs: Sequence[str], overwrite: bool, option: str = "--out") -> None:
+    """Refuse (``ValueError``, one line) an output folder that cannot be one (empty, a file, not
+    writable) and, without ``overwrite``, one that already holds any of ``outputs`` (names in
+    ``out``); with it, name what will be replaced. The one check of every command's outputs."""
+    require_output_folder(out, option)
+    existing = [name for name in dict.fromkeys(outputs) if os.path.lexists(os.path.join(out, name))]
+    folders = [name for name in existing if os.path.isdir(os.path.join(out, name))]
+    if folders:
+        raise ValueError(
+            f"{option}: {os.path.join(out, folders[0])} is a folder where a file is to be written; "
+            "remove it or choose another folder"
+        )
+    if existing and not overwrite:
+        raise ValueError(
+            f"{option}: {out} already holds {', '.join(existing)}; pass --overwrite to replace "
+            "them, or choose another folder"
+        )
+    if existing:
+        print(f"replacing {', '.join(existing)} in {out} (--overwrite)", file=sys.stderr)
 
 
 def read_json(path: str) -> Optional[dict]:

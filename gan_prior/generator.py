@@ -2,9 +2,11 @@
 
 Module names mirror the official ``TriPlaneGenerator`` so official state dicts load as they
 are: ``backbone.mapping``, ``backbone.synthesis`` (2D blocks ``b{r}`` and 3D-aware blocks
-``b3d{r}``), ``decoder``, ``torgb``, ``bcg_synthesis`` and ``superresolution``. The body-pose
-branch and the SMPL buffers of the official file are not built (every stage renders the
-canonical, undeformed pyramid).
+``b3d{r}``), ``decoder``, ``torgb``, ``bcg_synthesis`` and ``superresolution``; where the file
+holds them, ``pose_branch`` (the generator's body-pose predictor, :mod:`gan_prior.pose`) and
+``renderer`` (the SMPL buffers of the mesh-guided deformation, :mod:`gan_prior.deformation`, under
+the official ``renderer.`` names). Every stage renders the canonical pyramid; only the inversion
+renders posed (``pose=`` in :meth:`PortraitGAN.render` / :meth:`PortraitGAN.synthesize`).
 
     G = PortraitGAN.from_checkpoint(path)
     ws = G.mapping(z, c)                      # [B, 14, 512]
@@ -15,6 +17,7 @@ canonical, undeformed pyramid).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -30,6 +33,7 @@ from .checkpoint import (
     Record,
     Stub,
     flatten_module,
+    looks_like_safetensors,
     read_checkpoint,
     read_safetensors,
 )
@@ -41,12 +45,14 @@ from .checks import (
     require_own_storage,
 )
 from .decoder import TriGridDecoder
+from .deformation import MeshDeformation
 from .files import atomic_path
 from .generator_config import PortraitGANConfig, config_from_init_kwargs, infer_config, tiny_config
 from .layers import ToRGBLayer
 from .mapping import MappingNetwork
+from .pose import PoseBranch
 from .pyramid_trigrid import pyramid_field
-from .renderer import rays_from_label, render_rays
+from .renderer import render_view
 from .superresolution import Superresolution
 from .synthesis import BackgroundSynthesis, PyramidSynthesis
 
@@ -60,7 +66,6 @@ __all__ = [
     "load_decoder_checkpoint",
 ]
 
-MASK_EPS = 0.001  # official image_mask = opacity·(1 + 2·0.001) − 0.001
 MODEL_WEIGHTS = "model.safetensors"  # our generator folder: weights (official key names) …
 MODEL_CONFIG = "config.json"  # … and the architecture
 
@@ -77,11 +82,6 @@ def background_features(
 def to_rgb(torgb: ToRGBLayer, features: Tensor, ws: Tensor) -> Tensor:
     """The w-modulated ToRGB (with ``ws[:, -1]``) on a ``[B, 32, H, W]`` feature image."""
     return torgb(features, ws[:, -1])
-
-
-def opacity_to_mask(opacity: Tensor) -> Tensor:
-    """The official ``image_mask``: ``opacity·(1 + 2·MASK_EPS) − MASK_EPS``."""
-    return opacity * (1 + 2 * MASK_EPS) - MASK_EPS
 
 
 class _Backbone(nn.Module):
@@ -122,6 +122,12 @@ class PortraitGAN(nn.Module):
                 cfg.superresolution_conv_clamp,
             )
             if cfg.superresolution
+            else None
+        )
+        self.pose_branch = PoseBranch(cfg.z_dim, cfg.c_dim) if cfg.pose_branch else None
+        self.renderer = (
+            MeshDeformation(cfg.smpl_vertices, cfg.smpl_faces, cfg.smpl_joints, cfg.smpl_betas, cfg.thickness)
+            if cfg.deformable
             else None
         )
 
@@ -165,6 +171,26 @@ class PortraitGAN(nn.Module):
             pose = torch.zeros(c.shape[0], self.cfg.pose_dim, device=c.device, dtype=c.dtype)
         return self.backbone.mapping(z, torch.cat([c, pose], 1), truncation_psi, truncation_cutoff)
 
+    def pose_params(self, z: Tensor, c: Tensor) -> Tensor:
+        """The generator's body pose for z ``[B, z_dim]`` and label c ``[B, 25]`` → ``[B, 6]``
+        (official ``TriPlaneGenerator.get_pose_params``, with the mirror trick)."""
+        if self.pose_branch is None:
+            raise ValueError(
+                "this generator has no pose branch (its checkpoint holds no 'pose_branch.*' weights)"
+            )
+        return self.pose_branch(z, c, symmetric=self.cfg.explicitly_symmetry)
+
+    def pose_warp(self, pose: Optional[Tensor]):
+        """The render's sample-point warp for body pose ``pose`` ``[B, 6]`` (None: canonical)."""
+        if pose is None:
+            return None
+        if self.renderer is None:
+            raise ValueError(
+                "this generator has no SMPL buffers (its checkpoint holds no 'renderer.aligned_SMPL.*'): "
+                "it renders the canonical pose only; pass pose=None"
+            )
+        return self.renderer.warp_for(pose)
+
     def synthesize_pyramid(self, ws: Tensor, noise_mode: str = "const") -> dict[int, Tensor]:
         """ws ``[B, num_ws, w_dim]`` → ``{R: [B, 3, 36, R, R]}`` for every level size R."""
         return self.backbone.synthesis(ws, noise_mode)
@@ -192,9 +218,13 @@ class PortraitGAN(nn.Module):
         patch: Optional[tuple[int, int, int]] = None,
         chunk: Optional[int] = None,
         noise_mode: str = "const",
+        pose: Optional[Tensor] = None,
         **render_options,
     ) -> dict[str, Tensor]:
         """Render a pyramid (any subset of levels) from cameras ``c`` ``[B, 25]``.
+
+        ``pose`` ``[B, 6]``: render in that body pose with the SMPL mesh-guided deformation (the
+        official ``apply_def=True``, used by the inversion only); None = canonical.
 
         Returns ``image`` ``[B, 3, H, W]`` (the official ``image_raw``: ToRGB output, roughly
         [−1, 1], no clamp), ``depth`` and ``mask`` (``opacity·1.002 − 0.001``) ``[B, 1, H, W]``,
@@ -205,30 +235,11 @@ class PortraitGAN(nn.Module):
         if not pyramid:
             raise ValueError("render needs at least one pyramid level")
         cfg = self.cfg.render.replace(**render_options) if render_options else self.cfg.render
-        origins, dirs = rays_from_label(c.float(), resolution, patch)
-        b = origins.shape[0]
-        side = patch[2] if patch else resolution
-        out = render_rays(self.field(pyramid), origins, dirs, cfg, deterministic, chunk)
-
-        def image(x: Tensor) -> Tensor:
-            return x.transpose(1, 2).reshape(b, x.shape[-1], side, side)
-
-        features, depth, opacity = image(out["features"]), image(out["depth"]), image(out["opacity"])
-        if background and self.bcg_synthesis is not None:
-            bcg = self.background_features(ws, resolution, noise_mode)
-            if (
-                patch
-            ):  # the official code resizes to the patch instead; it never renders patches with background
-                top, left, size = patch
-                bcg = bcg[:, :, top : top + size, left : left + size]
-            features = features + (1 - opacity) * bcg
-        return {
-            "image": self.to_rgb(features, ws),
-            "depth": depth,
-            "mask": opacity_to_mask(opacity),
-            "opacity": opacity,
-            "features": features,
-        }
+        with_bcg = background and self.bcg_synthesis is not None
+        bcg = functools.partial(self.background_features, ws, resolution, noise_mode) if with_bcg else None
+        field, warp = self.field(pyramid), self.pose_warp(pose)
+        out = render_view(field, c, resolution, cfg, deterministic, patch, chunk, bcg, warp)
+        return {"image": self.to_rgb(out["features"], ws), **out}
 
     # ---------------------------------------------------------------- the official synthesis
     # ``G.superresolution(rgb [B,3,H,W], features [B,32,H,W], ws)`` → ``[B, 3, 512, 512]`` is the
@@ -243,7 +254,8 @@ class PortraitGAN(nn.Module):
         noise_mode: str = "const",
         **render_kwargs,
     ) -> dict[str, Tensor]:
-        """The official ``TriPlaneGenerator.synthesis`` (``training/smpl_triplane.py``), canonical pose.
+        """The official ``TriPlaneGenerator.synthesis`` (``training/smpl_triplane.py``); ``pose=p``
+        (in ``render_kwargs``) is its ``apply_def=True, pose_params=p``.
 
         Renders the pyramid (synthesised from ``ws`` unless given) at the neural rendering
         resolution (default 128) with the GAN background, then superresolves. Returns ``image``
@@ -272,8 +284,8 @@ class PortraitGAN(nn.Module):
 
 
 # ---------------------------------------------------------------- files
-def _official_generator_state(obj: Any, path: str) -> tuple[dict[str, Tensor], dict]:
-    """``(state_dict, init_kwargs)`` of ``G_ema`` from an official pickle's top-level dict."""
+def _official_generator_state(obj: Any, path: str) -> tuple[dict[str, Tensor], dict, dict]:
+    """``(state_dict, init_kwargs, stored attributes)`` of ``G_ema`` from an official pickle's dict."""
     if not isinstance(obj, dict) or "G_ema" not in obj:
         raise CheckpointError.at(
             path, "no 'G_ema' entry; expected the official model_512.pkl network snapshot"
@@ -282,7 +294,8 @@ def _official_generator_state(obj: Any, path: str) -> tuple[dict[str, Tensor], d
     if not isinstance(g, (Record, Stub)):
         raise CheckpointError.at(path, "'G_ema' is not a network record")
     kwargs = g.init_kwargs if isinstance(g, Record) else {}
-    return flatten_module(g), kwargs
+    attrs = {k: v for k, v in g.state.items() if k == "neural_rendering_resolution"}
+    return flatten_module(g), kwargs, attrs
 
 
 def check_generator_size(cfg, source: str = "config") -> int:
@@ -327,11 +340,19 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
             raise CheckpointError(str(e) if str(e).startswith(cfg_path) else f"{cfg_path}: {e}") from None
         check_generator_size(cfg, cfg_path)
         state = read_safetensors(os.path.join(path, MODEL_WEIGHTS))
+        _require_plain_tensors(state, path)
     else:
+        if looks_like_safetensors(path):  # e.g. a pyramid file given where the generator goes
+            raise CheckpointError.at(
+                path,
+                "a safetensors file is not a generator checkpoint; give model_512.pkl, an official-key "
+                "state dict or a PortraitGAN.save folder (pyramid files are read with --pyramid)",
+            )
         obj = read_checkpoint(path)
         if isinstance(obj, dict) and "G_ema" in obj:
-            state, kwargs = _official_generator_state(obj, path)
-            cfg = config_from_init_kwargs(kwargs, state, path)
+            state, kwargs, attrs = _official_generator_state(obj, path)
+            _require_plain_tensors(state, path)
+            cfg = config_from_init_kwargs(kwargs, state, path, attrs)
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             state = obj
             if not any(k.startswith("backbone.") for k in state):
@@ -341,6 +362,7 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
                     f"this is {kind} without the generator backbone; expected model_512.pkl, "
                     "a full official-key state dict, or a PortraitGAN.save folder",
                 )
+            _require_plain_tensors(state, path)
             cfg = infer_config(state, path)
         elif isinstance(obj, dict) and "state_dict" in obj:
             raise CheckpointError.at(
@@ -361,15 +383,76 @@ def load_generator(path: str, map_location="cpu") -> PortraitGAN:
     return g.to(map_location).eval().requires_grad_(False)
 
 
-# Official entries that this port does not build (body-pose branch, SMPL buffers, the dataset
-# label statistics).
-_UNUSED_PREFIXES = ("pose_branch.", "renderer.", "dataset_label_std")
+# Official entries that this port never reads: the dataset label statistics, the head-face mask
+# (unused by the deformation), the SMPL model's trained parameters (betas, global_orient, body_pose,
+# transl: the inversion rebuilds SMPL at zero, see gan_prior.smpl), its extra-joint selector, the
+# joint regressor of the alignment point (align_points is stored) and the copy of the faces.
+_UNUSED_KEYS = ("dataset_label_std", "renderer.head_face_mask", "renderer.aligned_SMPL.smpl_joint_regressor")
+_UNUSED_SMPL_MODEL = (
+    "betas",
+    "global_orient",
+    "body_pose",
+    "transl",
+    "faces_tensor",
+    "vertex_joint_selector.",
+)
+
+
+def _unused(key: str, own: Mapping[str, Tensor]) -> bool:
+    if key in _UNUSED_KEYS or key.startswith("renderer.aligned_SMPL.model." + _UNUSED_SMPL_MODEL[-1]):
+        return True
+    if key.startswith("renderer.aligned_SMPL.model.") and key.rsplit(".", 1)[-1] in _UNUSED_SMPL_MODEL:
+        return True
+    # official modules this generator does not build (a checkpoint without all of the SMPL buffers)
+    return key.startswith(("pose_branch.", "renderer.")) and key not in own
+
+
+def official_state(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the official entries we never read dropped, and the SMPL buffers that the
+    official renderer keeps once per training batch row (``shaped_smpl`` ``[B, V, 3]``,
+    ``align_points`` ``[B, 1, 3]``, equal rows) reduced to row 0, as the batch-1 inversion uses."""
+    out = {k: v for k, v in state.items() if not _unused(k, own)}
+    for k in ("renderer.shaped_smpl", "renderer.align_points"):
+        if k in out and k in own and out[k].ndim == 3 and out[k].shape[0] > 1:
+            out[k] = out[k][:1]
+    return out
+
+
+def check_smpl_values(state: Mapping[str, Tensor], path: str) -> None:
+    """The SMPL buffers' values: a kinematic tree (parent before child, root −1), faces that index
+    vertices, a face mask that keeps faces; one-line errors naming the tensor."""
+    m = "renderer.aligned_SMPL."
+    parents, faces, mask = state[m + "model.parents"], state[m + "faces"], state["renderer.face_mask"]
+    v = state[m + "model.v_template"].shape[0]
+    idx = torch.arange(parents.shape[0])
+    if (
+        parents.is_floating_point()
+        or int(parents[0]) != -1
+        or bool(((parents[1:] < 0) | (parents[1:] >= idx[1:])).any())
+    ):
+        raise CheckpointError.at(
+            path, f"{m}model.parents is not a kinematic tree (root −1, each parent before its child)"
+        )
+    if faces.is_floating_point() or bool(((faces < 0) | (faces >= v)).any()):
+        raise CheckpointError.at(path, f"{m}faces holds indices outside the {v} vertices")
+    if mask.dtype != torch.bool or not bool(mask.any()):
+        raise CheckpointError.at(path, "renderer.face_mask must be a boolean mask keeping at least one face")
+
+
+def _require_plain_tensors(state: Mapping[str, Tensor], path: str) -> None:
+    """Refuse expanded or overlapping tensors (a few MB that materialise as many GB) as soon as a
+    file is read, before its shapes are compared or a config is inferred from them."""
+    try:
+        for k, v in state.items():
+            require_own_storage(v, f"weight {k}")
+    except ValueError as e:
+        raise CheckpointError.at(path, str(e)) from None
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
-    """Strictly load ``state`` (ignoring the official modules we do not build)."""
+    """Strictly load ``state`` (ignoring the official entries we do not read)."""
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
+    state = official_state(state, own)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -385,13 +468,17 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str) ->
         raise CheckpointError.at(
             path, f"shape mismatch for {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         )
+    _require_plain_tensors(state, path)
     try:
         for k, v in state.items():
-            require_own_storage(v, f"weight {k}")
             require_finite(v, f"weight {k}")
     except ValueError as e:
         raise CheckpointError.at(path, str(e)) from None
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    if "renderer.face_mask" in own:
+        check_smpl_values(state, path)
+    model.load_state_dict(
+        {k: v if v.dtype in (torch.bool, torch.long) else v.float() for k, v in state.items()}, strict=True
+    )
 
 
 def save_generator(model: PortraitGAN, folder: str) -> None:

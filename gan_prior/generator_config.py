@@ -41,6 +41,17 @@ class PortraitGANConfig:
     superresolution: bool = True
     superresolution_channels: tuple[int, int] = (256, 128)
     superresolution_conv_clamp: Optional[float] = SR_CONV_CLAMP  # None when sr_num_fp16_res = 0
+    # the G_ema attribute neural_rendering_resolution stored in the pickle (0: the background side)
+    rendering_resolution: int = 0
+    # Official modules built when the file holds their weights (model_512.pkl does): the pose branch
+    # (pose_branch.*) and the SMPL buffers of the deformation (renderer.*; 0 vertices = none).
+    pose_branch: bool = False
+    smpl_vertices: int = 0
+    smpl_faces: int = 0
+    smpl_joints: int = 24
+    smpl_betas: int = 10
+    thickness: float = 0.25  # init_kwargs thickness: the deformation's shell around the mesh
+    explicitly_symmetry: bool = True  # the pose branch's mirror trick
     render: RenderConfig = field(default_factory=RenderConfig)
 
     @classmethod
@@ -73,8 +84,14 @@ class PortraitGANConfig:
 
     @property
     def neural_rendering_resolution(self) -> int:
-        """The official ``neural_rendering_resolution`` of ``synthesize`` (128 for model_512)."""
-        return self.background_resolution
+        """The official ``neural_rendering_resolution`` of ``synthesize``: the value the pickle
+        stores (128 for model_512), else the background (= superresolution input) side."""
+        return self.rendering_resolution or self.background_resolution
+
+    @property
+    def deformable(self) -> bool:
+        """Whether the generator holds the SMPL buffers of the mesh-guided deformation."""
+        return self.smpl_vertices > 0
 
     @property
     def image_resolution(self) -> int:
@@ -156,11 +173,39 @@ def infer_config(
         changes["background_resolution"] = (
             int(state["superresolution.block0.conv0.noise_const"].shape[0]) // 2
         )
+    changes["pose_branch"] = "pose_branch.net.0.weight" in state
+    v_template = state.get(SMPL_PREFIX + "model.v_template")
+    faces = state.get(SMPL_PREFIX + "faces")
+    changes["smpl_vertices"] = (
+        int(v_template.shape[0]) if v_template is not None and v_template.ndim == 2 else 0
+    )
+    if changes["smpl_vertices"]:
+        j = state.get(SMPL_PREFIX + "model.J_regressor")
+        k = state.get(SMPL_PREFIX + "model.shapedirs")
+        if faces is None or faces.ndim != 2 or j is None or j.ndim != 2 or k is None or k.ndim != 3:
+            missing = next(
+                n
+                for n, t in (("faces", faces), ("model.J_regressor", j), ("model.shapedirs", k))
+                if t is None or t.ndim < 2
+            )
+            raise CheckpointError.at(
+                path, f"{SMPL_PREFIX}{missing} is missing or malformed; the SMPL buffers are damaged"
+            )
+        changes.update(
+            smpl_faces=int(faces.shape[0]), smpl_joints=int(j.shape[0]), smpl_betas=int(k.shape[-1])
+        )
     return type(cfg)(**{**cfg.to_dict(), "render": cfg.render, **changes})
 
 
-def config_from_init_kwargs(kwargs: Mapping, state: Mapping[str, Tensor], path: str) -> PortraitGANConfig:
-    """Architecture of an official ``G_ema`` record: its ``rendering_kwargs``, then the tensor shapes."""
+SMPL_PREFIX = "renderer.aligned_SMPL."
+
+
+def config_from_init_kwargs(
+    kwargs: Mapping, state: Mapping[str, Tensor], path: str, attrs: Optional[Mapping] = None
+) -> PortraitGANConfig:
+    """Architecture of an official ``G_ema`` record: its ``rendering_kwargs``, its stored attributes
+    ``attrs`` (``neural_rendering_resolution``), then the tensor shapes."""
+    attrs = attrs or {}
     rk = dict(kwargs.get("rendering_kwargs") or {})
     render = RenderConfig(
         # ray_start: every official stage after training overrides the training value (2.385) with 2.35
@@ -173,7 +218,14 @@ def config_from_init_kwargs(kwargs: Mapping, state: Mapping[str, Tensor], path: 
     )
     # official SuperresolutionHybrid8XDC: conv_clamp = 256 if sr_num_fp16_res > 0 else None
     sr_clamp = SR_CONV_CLAMP if int(kwargs.get("sr_num_fp16_res", 4)) > 0 else None
+    nrr = attrs.get("neural_rendering_resolution")
     base = PortraitGANConfig(
-        trigrid_depth=int(rk.get("triplane_depth", 3)), render=render, superresolution_conv_clamp=sr_clamp
+        trigrid_depth=int(rk.get("triplane_depth", 3)),
+        render=render,
+        superresolution_conv_clamp=sr_clamp,
+        # the resolution the training loop left in G_ema (read, not assumed: official synthesis uses it)
+        rendering_resolution=nrr if isinstance(nrr, int) and not isinstance(nrr, bool) and nrr > 0 else 0,
+        thickness=float(kwargs.get("thickness", 0.25)),
+        explicitly_symmetry=bool(kwargs.get("explicitly_symmetry", True)),
     )
     return infer_config(state, path, base)

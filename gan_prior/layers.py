@@ -45,9 +45,15 @@ def lrelu_bias(
 
 
 def upfirdn2d(
-    x: Tensor, f: Tensor, up: int = 1, pad: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0
+    x: Tensor,
+    f: Tensor,
+    up: int = 1,
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    gain: float = 1.0,
+    down: int = 1,
 ) -> Tensor:
-    """Upsample by zero insertion, pad ``(x0, x1, y0, y1)``, then convolve with the FIR ``f``.
+    """Upsample by zero insertion, pad ``(x0, x1, y0, y1)``, convolve with the FIR ``f``, then keep
+    every ``down``-th pixel (official ``upfirdn2d``, reference path).
 
     ``x``: ``[N, C, H, W]``; ``f``: ``[K, K]`` (symmetric, so convolution = correlation).
     """
@@ -60,7 +66,8 @@ def upfirdn2d(
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)]
     weight = (f * gain).flip([0, 1]).to(x.dtype)[None, None].repeat(c, 1, 1, 1)
-    return F.conv2d(x, weight, groups=c)
+    x = F.conv2d(x, weight, groups=c)
+    return x[:, :, ::down, ::down] if down > 1 else x
 
 
 def upsample2d(x: Tensor, f: Tensor, up: int = 2) -> Tensor:
@@ -131,6 +138,57 @@ class FullyConnectedLayer(nn.Module):
         if self.activation == "lrelu":
             return lrelu_bias(x @ w.t(), b)
         raise ValueError(f"unknown activation {self.activation!r}")
+
+
+class Conv2dLayer(nn.Module):
+    """Equalised-lr convolution + bias + activation, optional ×2 FIR downsampling (official
+    ``Conv2dLayer`` with ``conv2d_resample``, reference path), as the discriminator uses it.
+
+    ``forward(x, gain)``: ``act(conv(x) + bias)·act_gain·gain``, clamped to ``±conv_clamp·gain``.
+    ``down=2``: a 3×3 conv is padded by 2, applied, then FIR-filtered and subsampled; a 1×1 conv
+    is applied after the FIR downsampling (both as ``conv2d_resample``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: str = "linear",
+        down: int = 1,
+        conv_clamp: Optional[float] = None,
+    ):
+        super().__init__()
+        if activation not in ("linear", "lrelu"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.activation, self.down, self.conv_clamp = activation, down, conv_clamp
+        self.padding = kernel_size // 2
+        self.register_buffer("resample_filter", make_resample_filter())
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.act_gain = LRELU_GAIN if activation == "lrelu" else 1.0
+
+    def forward(self, x: Tensor, gain: float = 1.0) -> Tensor:
+        w = self.weight * self.weight_gain
+        if self.down == 1:
+            x = F.conv2d(x, w, padding=self.padding)
+        else:
+            f = self.resample_filter
+            p0 = self.padding + (f.shape[-1] - self.down + 1) // 2
+            p1 = self.padding + (f.shape[-1] - self.down) // 2
+            if w.shape[-1] == 1:  # conv2d_resample's fast path: downsample, then the 1×1 conv
+                x = F.conv2d(upfirdn2d(x, f, pad=(p0, p1, p0, p1), down=self.down), w)
+            else:
+                x = upfirdn2d(F.conv2d(F.pad(x, [p0, p1, p0, p1]), w), f, down=self.down)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        if self.activation == "lrelu":
+            return lrelu_bias(x, self.bias, gain=self.act_gain * gain, clamp=clamp)
+        if self.bias is not None:
+            x = x + self.bias.reshape(1, -1, 1, 1)
+        x = x * (self.act_gain * gain)
+        return x if clamp is None else x.clamp(-clamp, clamp)
 
 
 def aware3d(x: Tensor) -> Tensor:

@@ -46,6 +46,13 @@ def to_uint8(image: Tensor) -> np.ndarray:
     return (image.detach().float().cpu() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def png_round_trip(images: Tensor) -> Tensor:
+    """``[N, 3, H, W]`` renders (ToRGB range) as the official scripts pass them on through 8-bit PNGs:
+    ``clamp(x·127.5 + 128, 0, 255)`` truncated to uint8, read back as ``u / 127.5 − 1``."""
+    pixels = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return from_uint8(pixels).to(images.dtype)
+
+
 def save_image(path: str, image) -> None:
     """Write a ``[3, H, W]`` render (ToRGB range) or a uint8 ``[H, W, 3]`` array, atomically."""
     pixels = to_uint8(image) if isinstance(image, Tensor) else image

@@ -12,9 +12,13 @@ spatial mean of the (channel-weighted) squared difference — LPIPS-VGG. Weights
   ``torch.save(torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict(), "vgg16.pth")``);
   channel weights are then 1 (plain VGG perceptual distance).
 
-Inputs are normalised with the ImageNet mean/std, which is LPIPS's scaling layer written for
-[0, 1] images. The official TorchScript's own forward pass was not available to compare with; the
-layer matching is tested on archives of the same layout.
+Inputs are normalised with the ImageNet mean/std on [0, 1] images; features are divided by their
+channel norm + 1e−10 (LPIPS's ``normalize_tensor``). ``tests/test_perceptual.py`` compares this
+forward with a TorchScript archive built like the official one (module names ``layers.conv1…13``,
+``layers.fc1…3``, the five ``lpips0…4`` channel weights; ``forward(img, resize_images,
+return_lpips)`` on [0, 255] images returning features whose squared difference sums to the
+distance). The real file's code could not be read here; what that leaves unverified is in the
+README (*Inversion*).
 
 Images are ``[B, 3, H, W]`` in ``[-1, 1]``; they are area-downsampled to 256² (official) if larger.
 """
@@ -84,7 +88,7 @@ class VGG16Distance(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 conv += 1
             elif isinstance(layer, nn.ReLU) and conv in TAP_AFTER_CONV:
-                out.append(x / (x.square().sum(1, keepdim=True) + 1e-10).sqrt())
+                out.append(x / (x.norm(dim=1, keepdim=True) + 1e-10))
         return out
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
@@ -135,8 +139,20 @@ def _match_script_tensors(
                 f"{path}: a TorchScript archive without the VGG16 conv layer {out_c}x{in_c}x3x3; "
                 "give the official vgg16.pt or a torchvision VGG16 state dict"
             )
-        feats[f"{layer}.weight"], feats[f"{layer}.bias"] = items[w].float(), items[b].float()
+        feats[f"{layer}.weight"], feats[f"{layer}.bias"] = items[w], items[b]
         pos, index = b + 1, index + 1
-    lin = [t for t in items if t.ndim == 4 and t.shape[0] == 1 and t.shape[2:] == (1, 1)]
-    lin = [t.float() for t in lin] if [t.shape[1] for t in lin] == list(TAP_CHANNELS) else None
-    return feats, lin
+    # the five LPIPS channel weights: named lpips0…lpips4 in the official archive (shape [C, 1, 1]
+    # or [1, C, 1, 1]); else the tensors of C elements (C = 64, 128, 256, 512, 512) after the convs
+    named = [tensors.get(f"lpips{i}") for i in range(len(TAP_CHANNELS))]
+    if all(t is not None for t in named):
+        lin = named
+    else:
+        used = {id(t) for t in feats.values()}
+        lin = [
+            t
+            for t in items
+            if id(t) not in used and t.ndim >= 1 and t.numel() == max(t.shape) in TAP_CHANNELS
+        ]
+    if [t.numel() for t in lin] != list(TAP_CHANNELS):
+        return {k: v.float() for k, v in feats.items()}, None
+    return {k: v.float() for k, v in feats.items()}, [t.float().reshape(1, -1, 1, 1) for t in lin]

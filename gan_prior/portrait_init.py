@@ -9,9 +9,12 @@ marks it done, so a rerun or an interrupted run skips finished steps):
 2. ``alignment`` — framing measured from the GAN's renders (:mod:`gan_prior.alignment`), the best
    candidate picked with reasons, the square crop, and a camera estimate
    (:func:`gan_prior.inversion.estimate_camera`): ``aligned.png`` + ``alignment.json``;
-3. ``inversion`` — w+ (:func:`gan_prior.inversion.invert`), then the pyramid from it (official ``3DPortraitGAN_pyramid/run_trigrid_gen.py``):
-   ``w_plus.safetensors``, ``pyramid.safetensors``, ``comparison.png`` (target | inversion) +
-   ``inversion.json``.
+3. ``inversion`` — the starting body pose p₀ from the checkpoint's pose predictor (on the crop and
+   its person mask, :func:`gan_prior.alignment.person_mask`), w+ and the body pose
+   (:func:`gan_prior.inversion.invert`), then the pyramid from w+ at pose 0 (official
+   ``3DPortraitGAN_pyramid/run_trigrid_gen.py``): ``mask.png``, ``w_plus.safetensors`` (``ws``,
+   ``camera``, ``pose``), ``pyramid.safetensors``, ``comparison.png`` (target | inversion) +
+   ``inversion.json``. A generator without the SMPL buffers is inverted at pose 0, with a notice.
 
 Each step's JSON records the inputs it was made from (``"inputs"``: settings, and the files it read
 by content or size and mtime); a step is reused only for the same inputs and only when its files
@@ -23,10 +26,13 @@ are recorded in ``timings.json``.
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
+import math
 import os
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Mapping, Optional
@@ -38,9 +44,11 @@ from safetensors.torch import save_file
 
 from .alignment import (
     align_image,
+    check_detector_spec,
     detector_name,
     load_or_measure_framing,
     make_detector,
+    person_mask,
     require_faces,
     select_candidate,
 )
@@ -57,10 +65,12 @@ from .diffusion import (
 )
 from .files import atomic_path, fingerprint, read_json, write_json
 from .generator import PortraitGAN
-from .inversion import InversionConfig, estimate_camera, invert
+from .inversion import InversionConfig, estimate_camera, invert, w_statistics
 from .media import as_rgb, from_uint8, save_image
 from .perceptual import VGG16Distance
+from .pose import PosePredictor, clamp_pose
 from .pyramid_files import load_pyramid_for, save_pyramid
+from .tiny_models import is_tiny_model
 
 ProgressFn = Callable[[str], None]
 
@@ -85,6 +95,7 @@ class PortraitInitConfig:
     max_padding: float = 0.2
     estimate_camera: bool = True
     camera_resolution: int = 64
+    camera_refine_to_deg: float = 0.5  # the grid camera refined by a local search (0: the grid's)
     vgg16: Optional[str] = (
         None  # official vgg16.pt or a torchvision VGG16 state dict; None only with allow_random_vgg16
     )
@@ -112,9 +123,12 @@ class PortraitInitConfig:
             d["inversion"] = InversionConfig(**dict(d["inversion"]))
         return cls(**d)
 
-    def validate(self) -> None:
+    def validate(self, checkpoint: Optional[str] = None) -> None:
+        """Cheap checks of the settings (and, given the GAN's ``checkpoint``, of the detector for it)."""
         if bool(self.prompt) == bool(self.image):
             raise ValueError("give exactly one of prompt (text → portrait) and image (a photo to invert)")
+        if self.image and os.path.isdir(self.image):
+            raise ValueError(f"image: {self.image} is a folder; give the path to a portrait photo")
         if self.image and not os.path.isfile(self.image):
             raise ValueError(f"image: {self.image} not found; give the path to a portrait photo")
         if self.vgg16 is None and not self.allow_random_vgg16:
@@ -124,6 +138,17 @@ class PortraitInitConfig:
             )
         if self.vgg16 is not None and not os.path.isfile(self.vgg16):
             raise ValueError(f"vgg16: {self.vgg16} not found; give the path to a VGG16 state dict")
+        try:  # a string from a config may name only safe detectors (nothing is imported here)
+            check_detector_spec(self.detector)
+        except ValueError as e:
+            raise ValueError(f"detector: {e}") from None
+        if checkpoint and (self.detector or "").strip() != "none" and is_tiny_model(checkpoint):
+            # the framing is measured by detecting faces in the GAN's renders (alignment.measure_framing)
+            raise ValueError(
+                f"detector: {self.detector!r} cannot be used with the tiny GAN {checkpoint}: its weights "
+                "are random and its renders hold no face to frame by; use detector 'none' with an image "
+                "already cropped like the GAN's renders (square, the face centred)"
+            )
 
 
 def init_key(cfg: PortraitInitConfig, checkpoint: str) -> str:
@@ -153,6 +178,8 @@ def read_rgb(path: str) -> np.ndarray:
     """Any image file → uint8 ``[H, W, 3]``; unreadable files get a one-line error naming them."""
     try:
         return as_rgb(imageio.imread(path))
+    except PermissionError:
+        raise ValueError(f"{path}: permission denied; make the image readable for you (chmod u+r)") from None
     except Exception as e:
         raise ValueError(
             f"{path}: not a readable image ({type(e).__name__}); give a PNG or JPEG photo"
@@ -160,23 +187,27 @@ def read_rgb(path: str) -> np.ndarray:
 
 
 class _StepTimer:
-    """Wall time and peak memory (process RSS high-water mark; CUDA peak when used) of each step."""
+    """Wall time and peak memory of each step: the process's resident-set high-water mark, and on a
+    CUDA ``device`` its peak allocation (a CPU run never touches CUDA: that would open a context on
+    GPU 0)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: torch.device | str = "cpu"):
         self.path = path
+        self.device = torch.device(device)
         self.records = read_json(path) or {}
 
     def __call__(self, name: str, fn: Callable[[], dict]) -> dict:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         result = fn()
         record = {
             "seconds": round(time.perf_counter() - start, 3),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
-        if torch.cuda.is_available():
-            record["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if cuda:
+            record["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         self.records[name] = record
         write_json(self.path, self.records)
         return result
@@ -226,6 +257,7 @@ def step_inputs(cfg: PortraitInitConfig, checkpoint: str, step: str, upstream: O
             "max_padding": cfg.max_padding,
             "estimate_camera": cfg.estimate_camera,
             "camera_resolution": cfg.camera_resolution,
+            "camera_refine_to_deg": cfg.camera_refine_to_deg,
             "checkpoint": file_stamp(checkpoint),
             "vgg16": file_stamp(cfg.vgg16),
         }
@@ -338,10 +370,10 @@ def initialize_portrait(
     ``overwrite``: None (default) recomputes a step made from other inputs, saying so; False refuses
     it with a ``ValueError`` (the command line without ``--overwrite``); True recomputes every step.
     """
-    cfg.validate()
+    cfg.validate(checkpoint)
     os.makedirs(out_dir, exist_ok=True)
     steps = _Steps(out_dir, overwrite, log)
-    timer = _StepTimer(os.path.join(out_dir, "timings.json"))
+    timer = _StepTimer(os.path.join(out_dir, "timings.json"), device)
     pyramid_path = os.path.join(out_dir, "pyramid.safetensors")
     wplus_path = os.path.join(out_dir, "w_plus.safetensors")
 
@@ -358,7 +390,7 @@ def initialize_portrait(
             names = timer("candidates", lambda: _generate(cfg, out_dir, device, log, upstream))
         sources = [os.path.join(out_dir, f) for f in names["files"]]
     else:
-        sources = [cfg.image]
+        sources = [_copy_photo(cfg.image, out_dir)]
 
     # 2. alignment ------------------------------------------------------------------------------
     align_inputs = step_inputs(cfg, checkpoint, "alignment", upstream)
@@ -421,31 +453,42 @@ def initialize_portrait(
             pyramid_path,
             levels,
             ws,
-            metadata={"source": sources[alignment["chosen"]], "camera": label.tolist()},
+            metadata={"source": cfg.image or sources[alignment["chosen"]], "camera": label.tolist()},
         )
         return inversion
 
     def run_inversion() -> dict:
+        pose = starting_pose(G, checkpoint, target, label, out_dir, log)
         log(f"Inverting {os.path.join(out_dir, 'aligned.png')} ({cfg.inversion.steps} steps)")
-        result = invert(G, target, label, distance, cfg.inversion)
+        result = invert(G, target, label, distance, cfg.inversion, pose=pose)
         ws = result["ws"]
         require_finite(
             ws.detach(), "the inversion's w+ (diverged; lower the learning rate or check the image)"
         )
+        tensors = {
+            "ws": ws.detach().float().cpu().contiguous(),
+            "camera": result["camera"].cpu().contiguous(),
+        }
+        if result["pose"] is not None:
+            require_finite(result["pose"], "the inversion's body pose (diverged; check the image)")
+            tensors["pose"] = result["pose"].float().cpu().contiguous()
         with atomic_path(wplus_path, ".safetensors") as tmp:
-            save_file({"ws": ws.detach().float().cpu().contiguous(), "camera": label.cpu().contiguous()}, tmp)
+            save_file(tensors, tmp)
         with torch.no_grad():
             levels = G.synthesize_pyramid(ws)
         save_pyramid(
             pyramid_path,
             levels,
             ws,
-            metadata={"source": sources[alignment["chosen"]], "camera": label.tolist()},
+            metadata={"source": cfg.image or sources[alignment["chosen"]], "camera": label.tolist()},
         )
         side = torch.nn.functional.interpolate(target, size=result["image"].shape[-2:], mode="area")
         save_image(os.path.join(out_dir, "comparison.png"), torch.cat([side[0], result["image"][0]], -1))
         summary = {
             "steps": cfg.inversion.steps,
+            "pose_start": None if pose is None else pose.cpu().tolist(),
+            "pose": None if result["pose"] is None else result["pose"].cpu().tolist(),
+            "camera": result["camera"].cpu().tolist(),
             "distance_first": result["distance"][0] if result["distance"] else None,
             "distance_last": result["distance"][-1] if result["distance"] else None,
             "inputs": inv_inputs,
@@ -458,6 +501,43 @@ def initialize_portrait(
     levels, ws = load_pyramid_for(G, pyramid_path)
     log(f"Initialisation written to {out_dir} (candidates, aligned.png, w_plus, pyramid, comparison.png)")
     return levels, ws
+
+
+def starting_pose(
+    G: PortraitGAN, checkpoint: str, target: torch.Tensor, label: torch.Tensor, out_dir: str, log: ProgressFn
+) -> Optional[torch.Tensor]:
+    """p₀ ``[1, 6]`` for the inversion, or None (pose 0, no deformation) with one notice line when
+    the generator cannot render posed. As ``run_inversion_with_pose_optimization.py``: the
+    checkpoint's ``D_ema`` pose predictor on the 512² crop in [−1, 1] and its person mask (written
+    to ``mask.png``), clamped to the training range with a notice."""
+    if G.renderer is None:
+        log(
+            f"Note: {checkpoint} holds no SMPL buffers (renderer.aligned_SMPL.*): the inversion keeps the "
+            "body pose at 0, without the mesh-guided deformation (the official inversion optimises it)"
+        )
+        return None
+    try:
+        predictor = PosePredictor.from_checkpoint(checkpoint).to(target.device)
+    except CheckpointError as e:
+        if "no 'D_ema'" not in str(e):
+            raise
+        log(f"Note: {checkpoint} holds no pose predictor (D_ema): the body pose starts at 0 and is optimised")
+        return torch.zeros(1, 6, device=target.device)
+    with torch.no_grad():
+        w_avg, _ = w_statistics(G)
+        ws = w_avg.repeat(1, G.num_ws, 1)
+        prior = G.render(G.synthesize_pyramid(ws), ws, label, resolution=128, deterministic=True)["opacity"]
+    mask = person_mask(read_rgb(os.path.join(out_dir, "aligned.png")), prior[0, 0].cpu().numpy())
+    save_image(os.path.join(out_dir, "mask.png"), np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8))
+    size = predictor.cfg.img_resolution
+    image_in = torch.nn.functional.interpolate(target, size=(size, size), mode="bilinear", antialias=True)
+    mask_in = torch.from_numpy(mask)[None, None].to(target.device)
+    pose = predictor.predict(image_in, mask_in, label)
+    pose = clamp_pose(pose, log=lambda m: log(f"Note: {m}"))
+    log(
+        f"Starting body pose (neck, head axis-angle, degrees): {[round(math.degrees(x), 1) for x in pose[0].tolist()]}"
+    )
+    return pose
 
 
 def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn, inputs: dict) -> dict:
@@ -492,6 +572,16 @@ def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn, in
     return record
 
 
+def _copy_photo(image: str, out_dir: str) -> str:
+    """The user's photo copied into ``out_dir/input/`` (kept with what was made from it, and shown by
+    the report page from inside the trial folder); returns the copy's path."""
+    copy = os.path.join(out_dir, "input", os.path.basename(image))
+    if not (os.path.isfile(copy) and filecmp.cmp(image, copy, shallow=False)):
+        with atomic_path(copy, os.path.splitext(copy)[1]) as tmp:
+            shutil.copyfile(image, tmp)
+    return copy
+
+
 def _align(
     G: PortraitGAN,
     checkpoint: str,
@@ -503,14 +593,15 @@ def _align(
     inputs: dict,
 ) -> dict:
     detector = make_detector(cfg.detector)
-    images = [read_rgb(p) for p in sources]
     names = [os.path.relpath(p, out_dir) if p.startswith(out_dir) else p for p in sources]
-    require_faces(images, detector, names)
+    shown = [cfg.image] if cfg.image else names  # errors name the user's photo, not its copy
+    images = [read_rgb(p) for p in ([cfg.image] if cfg.image else sources)]
+    require_faces(images, detector, shown)
     framing = load_or_measure_framing(G, checkpoint, detector)
     if (
         len(images) == 1 or detector_name(detector) == "none"
     ):  # "none": the images are aligned already; take the first
-        aligned = [align_image(images[0], framing, detector, cfg.aligned_resolution, source=names[0])]
+        aligned = [align_image(images[0], framing, detector, cfg.aligned_resolution, source=shown[0])]
         reason = (
             "the only image" if len(images) == 1 else "detector 'none': the first image, taken as aligned"
         )
@@ -526,8 +617,10 @@ def _align(
     save_image(os.path.join(out_dir, "aligned.png"), best.image)
     if cfg.estimate_camera:
         target = from_uint8(torch.from_numpy(best.image).permute(2, 0, 1)[None])
-        camera = estimate_camera(G, target, distance, resolution=cfg.camera_resolution)
-        log(f"Camera estimate: yaw {camera['yaw']:+g}°, elevation {camera['elevation']:+g}°")
+        camera = estimate_camera(
+            G, target, distance, resolution=cfg.camera_resolution, refine_to_deg=cfg.camera_refine_to_deg
+        )
+        log(f"Camera estimate: yaw {camera['yaw']:+.4g}°, elevation {camera['elevation']:+.4g}°")
     else:
         camera = {"label": canonical_label(1), "yaw": 0.0, "elevation": 0.0, "distances": {}}
     record = {

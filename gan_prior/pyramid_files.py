@@ -66,10 +66,19 @@ def load_pyramid(path: str) -> tuple[dict[int, torch.Tensor], Optional[torch.Ten
             [("ws", ws)] if ws is not None else []
         ):
             require_own_storage(t, name)
+            if not t.is_floating_point():  # a cast would make up values: refused
+                raise ValueError(
+                    f"{name} holds {str(t.dtype).replace('torch.', '')} values; a pyramid holds floats"
+                )
         for r, t in sorted(levels.items()):
             # a copy: safetensors maps the file, which a later writer may replace or cut
             t = t.detach().float().cpu().clone()
             if t.ndim == 4:  # [B·3, C·D, R, R]
+                if t.shape[0] % 3:
+                    raise ValueError(
+                        f"level trigrids_{r} has shape {tuple(t.shape)}: {t.shape[0]} planes is not a "
+                        "multiple of 3 (expected [B·3, C, R, R] or [B, 3, C, R, R])"
+                    )
                 t = t.reshape(-1, 3, *t.shape[1:])
             if r < 1 or t.ndim != 5 or t.shape[1] != 3 or t.shape[-1] != r or t.shape[-2] != r:
                 raise ValueError(

@@ -113,7 +113,10 @@ def sample_volumes(volumes: list[Tensor], points: Tensor, box_warp: float = BOX_
         raise ValueError("sample_pyramid needs at least one tri-grid level")
     b, m, _ = points.shape
     scaled = points * (2.0 / box_warp)
-    grid = torch.stack([scaled[..., list(order)] for order in PLANE_COORDINATES], 1)  # [B, 3, M, 3]
+    # each plane's coordinates by slices (an index list would be a host tensor copied every call)
+    grid = torch.stack(
+        [torch.cat([scaled[..., i : i + 1] for i in order], -1) for order in PLANE_COORDINATES], 1
+    )  # [B, 3, M, 3]
     grid = grid.reshape(b * 3, 1, 1, m, 3)
     kernels = _cpu_kernels() if grid.device.type == "cpu" else None
     if kernels is not None and kernels.supports(volumes, grid):

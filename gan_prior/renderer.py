@@ -29,6 +29,7 @@ from torch import Tensor
 from .pyramid_trigrid import BOX_WARP
 
 Field = Callable[[Tensor], tuple[Tensor, Tensor]]
+MASK_EPS = 0.001  # official image_mask = opacity·(1 + 2·0.001) − 0.001
 
 
 @dataclass
@@ -96,7 +97,7 @@ def rays_from_label(
 def crop_mask(points: Tensor, cfg: RenderConfig) -> Tensor:
     """True where the official tri-grid crop removes a point (``|x|`` or ``|z|`` beyond 0.28)."""
     limit = cfg.box_warp / 2 - cfg.box_warp * cfg.triplane_crop
-    return (points[..., [0, 2]].abs() > limit).any(-1, keepdim=True)
+    return (points[..., 0::2].abs() > limit).any(-1, keepdim=True)  # x and z (a slice: no index copy)
 
 
 def composite_weights(sigma_raw: Tensor, depths: Tensor) -> Tensor:
@@ -183,7 +184,7 @@ _CROP_SKIP_MARGIN = 300.0
 
 
 def _evaluate_uncropped(
-    field: Field, points: Tensor, cropped: Tensor, crop_density: float
+    field: Field, points: Tensor, cropped: Tensor, crop_density: float, unsafe: Optional[list] = None
 ) -> tuple[Tensor, Tensor]:
     """``field(points)``, evaluated only at the points the tri-grid crop keeps.
 
@@ -191,17 +192,23 @@ def _evaluate_uncropped(
     α = 1 − exp(−softplus((σ_a + σ_b)/2 − 1)·δ) = 0 exactly in float32 (as long as the other end's
     raw σ is below ~795): its features are multiplied by weight 0 and receive gradient 0. Their
     value cannot change the image, the depth, the weights or any gradient, so they are returned as
-    0 without sampling the pyramid (a quarter of the coarse samples for a frontal camera). If a
-    kept point has σ ≥ 700 (or the crop density is not strongly negative), every point is
-    evaluated, as the official renderer does.
+    0 without sampling the pyramid (a quarter of the coarse samples for a frontal camera).
+
+    One host read per call: the largest kept count, the size of the compacted batch. Whether a kept
+    point has σ ≥ 700 (then a cropped neighbour's features could count) stays on the device: a flag
+    appended to ``unsafe``, which :func:`render_rays` reads once per render and then renders every
+    point, as the official renderer does. On ``meta`` (shapes only, no count to read) the path runs
+    with ``k = n − 1``, so that every operation of it is device-checked.
     """
     b, n, _ = points.shape
     limit = -crop_density - _CROP_SKIP_MARGIN
-    if limit <= 0 or points.device.type == "meta" or not cropped.any():
+    if limit <= 0 or unsafe is None:
         return field(points)
     keep = ~cropped[..., 0]  # [B, N]
     counts = keep.sum(1)
-    k = int(counts.max())
+    k = n - 1 if points.device.type == "meta" else int(counts.max())  # the pass's one host read
+    if k == n:
+        return field(points)
     if k == 0:
         sigma, feats = field(points[:, :1])
         return (sigma.new_full((b, n, 1), crop_density), feats.new_zeros((b, n, feats.shape[-1])))
@@ -209,8 +216,7 @@ def _evaluate_uncropped(
     order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
     sigma_k, feats_k = field(torch.gather(points, 1, order.unsqueeze(-1).expand(-1, -1, 3)))
     valid = (torch.arange(k, device=points.device) < counts[:, None]).unsqueeze(-1)  # [B, K, 1]
-    if bool((sigma_k.detach().masked_fill(~valid, float("-inf")) >= limit).any()):
-        return field(points)
+    unsafe.append((sigma_k.detach().masked_fill(~valid, float("-inf")) >= limit).any())
     sigma = sigma_k.new_full((b, n, 1), crop_density).scatter(
         1, order.unsqueeze(-1), torch.where(valid, sigma_k, torch.full_like(sigma_k, crop_density))
     )
@@ -227,32 +233,66 @@ def render_rays(
     cfg: RenderConfig = RenderConfig(),
     deterministic: bool = False,
     chunk: Optional[int] = None,
+    warp: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> dict[str, Tensor]:
     """Volume-render rays ``[B, M, 3]`` through ``field``, at most ``chunk`` rays per pass.
 
+    ``warp`` (points ``[B, N, 3]`` → points) moves every sample point before the field and the crop
+    see it: the SMPL deformation of a posed render (:mod:`gan_prior.deformation`); None = canonical.
+
     Returns ``features [B, M, C]``, ``depth [B, M, 1]``, ``opacity [B, M, 1]`` (Σ weights),
     ``weights [B, M, S−1, 1]`` (per interval, for regularisers) and ``depths [B, M, S, 1]``.
+
+    Host reads (GPU syncs): one per pass and chunk (the crop skip's kept count) and one per call
+    (:func:`_evaluate_uncropped`'s safety flag); no host-made tensor is copied to the device.
     """
+    unsafe: list = []
+    out = _render_chunks(field, origins, dirs, cfg, deterministic, chunk, unsafe, warp)
+    if unsafe and origins.device.type != "meta" and bool(torch.stack(unsafe).any()):
+        out = _render_chunks(field, origins, dirs, cfg, deterministic, chunk, None, warp)  # every point
+    return out
+
+
+def _render_chunks(
+    field: Field,
+    origins: Tensor,
+    dirs: Tensor,
+    cfg: RenderConfig,
+    deterministic: bool,
+    chunk: Optional[int],
+    unsafe: Optional[list],
+    warp: Optional[Callable[[Tensor], Tensor]],
+) -> dict[str, Tensor]:
     m = origins.shape[1]
     if chunk is not None and chunk < m:
         parts = [
-            _render_rays(field, origins[:, i : i + chunk], dirs[:, i : i + chunk], cfg, deterministic)
+            _render_rays(
+                field, origins[:, i : i + chunk], dirs[:, i : i + chunk], cfg, deterministic, unsafe, warp
+            )
             for i in range(0, m, chunk)
         ]
         return {k: torch.cat([p[k] for p in parts], 1) for k in parts[0]}
-    return _render_rays(field, origins, dirs, cfg, deterministic)
+    return _render_rays(field, origins, dirs, cfg, deterministic, unsafe, warp)
 
 
 def _render_rays(
-    field: Field, origins: Tensor, dirs: Tensor, cfg: RenderConfig, deterministic: bool
+    field: Field,
+    origins: Tensor,
+    dirs: Tensor,
+    cfg: RenderConfig,
+    deterministic: bool,
+    unsafe: Optional[list],
+    warp: Optional[Callable[[Tensor], Tensor]],
 ) -> dict[str, Tensor]:
     b, m, _ = origins.shape
 
     def evaluate(depths: Tensor) -> tuple[Tensor, Tensor]:
         s = depths.shape[2]
         points = (origins.unsqueeze(-2) + depths * dirs.unsqueeze(-2)).reshape(b, m * s, 3)
+        if warp is not None:  # --- deformation hook (official: before run_model and the crop) ---
+            points = warp(points)
         cropped = crop_mask(points, cfg)
-        sigma, feats = _evaluate_uncropped(field, points, cropped, cfg.crop_density)
+        sigma, feats = _evaluate_uncropped(field, points, cropped, cfg.crop_density, unsafe)
         sigma = torch.where(cropped, torch.full_like(sigma, cfg.crop_density), sigma)
         return sigma.reshape(b, m, s, 1), feats.reshape(b, m, s, -1)
 
@@ -284,3 +324,48 @@ def _render_rays(
         "weights": weights,
         "depths": depths,
     }
+
+
+def opacity_to_mask(opacity: Tensor) -> Tensor:
+    """The official ``image_mask``: ``opacity·(1 + 2·MASK_EPS) − MASK_EPS``."""
+    return opacity * (1 + 2 * MASK_EPS) - MASK_EPS
+
+
+def render_view(
+    field: Field,
+    c: Tensor,
+    resolution: int,
+    cfg: RenderConfig = RenderConfig(),
+    deterministic: bool = False,
+    patch: Optional[tuple[int, int, int]] = None,
+    chunk: Optional[int] = None,
+    background: Optional[Callable[[], Tensor]] = None,
+    warp: Optional[Callable[[Tensor], Tensor]] = None,
+) -> dict[str, Tensor]:
+    """The view of cameras ``c`` ``[B, 25]`` as feature images: the one render path of
+    ``PortraitGAN.render`` and the threestudio renderer's ``render_labels`` (official
+    ``ImportanceRenderer`` + the generator's background compositing; canonical, or posed by
+    ``warp`` as :func:`render_rays`).
+
+    ``background()`` gives the full ``resolution²`` background feature image ``[B|1, C, R, R]``
+    (called after the render); the features are composited over it in feature space, as the
+    official code (then ToRGB, by the caller). ``patch = (top, left, size)`` renders that window
+    (the background cropped to it; the official code resizes it instead, but never renders patches
+    with a background). Returns ``features`` ``[B, C, H, W]`` (composited), ``depth``, ``opacity``
+    and ``mask`` (:func:`opacity_to_mask`) ``[B, 1, H, W]``.
+    """
+    origins, dirs = rays_from_label(c.float(), resolution, patch)
+    b, side = origins.shape[0], patch[2] if patch else resolution
+    out = render_rays(field, origins, dirs, cfg, deterministic, chunk, warp)
+
+    def image(x: Tensor) -> Tensor:
+        return x.transpose(1, 2).reshape(b, x.shape[-1], side, side)
+
+    features, depth, opacity = image(out["features"]), image(out["depth"]), image(out["opacity"])
+    if background is not None:
+        bcg = background()
+        if patch:
+            top, left, size = patch
+            bcg = bcg[:, :, top : top + size, left : left + size]
+        features = features + (1 - opacity) * bcg.to(features)
+    return {"features": features, "depth": depth, "opacity": opacity, "mask": opacity_to_mask(opacity)}

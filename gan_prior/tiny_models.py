@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from typing import Callable, Dict, Iterator
 
 import torch
 
-from .files import CACHE_ENV_VAR, cache_root
+from .files import CACHE_ENV_VAR, cache_root, pid_alive
 from .generator import PortraitGAN, tiny_config
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "TINY_MODELS",
     "register_tiny_model",
     "tiny_model_path",
+    "is_tiny_model",
     "tiny_cache_root",
     "build_tiny_stable_diffusion",
     "CACHE_ENV_VAR",
@@ -110,7 +113,7 @@ def _write_byte_level_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
-def _byte_level_tokenizer():
+def byte_level_tokenizer():
     """A ``CLIPTokenizer`` over :func:`_write_byte_level_tokenizer_files`, 77 positions."""
     from transformers import CLIPTokenizer
 
@@ -183,7 +186,7 @@ def build_tiny_stable_diffusion(path: str, seed: int = 0) -> None:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _byte_level_tokenizer()
+    tokenizer = byte_level_tokenizer()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -255,27 +258,33 @@ def _marker_ok(folder: Path, name: str, version: str) -> bool:
     return isinstance(data, dict) and data.get("name") == name and data.get("version") == version
 
 
-def _pid_alive(pid: int) -> bool:
+def is_tiny_model(path: str) -> bool:
+    """True for a folder :func:`tiny_model_path` built: random weights (a tiny GAN renders no faces)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        data = json.loads((Path(path) / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(data, dict) and data.get("name") in TINY_MODELS
 
 
 def _remove_stale_temp_dirs(parent: Path, final_name: str) -> None:
-    """Delete temp folders for ``final_name`` left by processes that no longer run."""
-    prefix = f".{final_name}{_TMP_TAG}"
-    for entry in parent.glob(prefix + "*"):
-        try:
-            pid = int(entry.name[len(prefix) :].split("-", 1)[0])
-        except ValueError:
-            pid = -1
-        if pid == os.getpid() or (pid > 0 and _pid_alive(pid)):
+    """Delete temp folders for ``final_name`` left by processes that no longer run: only folders
+    named exactly as :func:`tiny_model_path` names them (mkdtemp's 8 random characters), owned by
+    this user, whose pid is dead; anything else in the cache is left alone."""
+    ours = re.compile(re.escape(f".{final_name}{_TMP_TAG}") + r"([1-9][0-9]{0,9})-[a-z0-9_]{8}$")
+    for entry in parent.glob(f".{final_name}{_TMP_TAG}*"):
+        m = ours.match(entry.name)
+        if not m:
             continue
-        shutil.rmtree(entry, ignore_errors=True)
+        pid = int(m.group(1))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            st = entry.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -383,7 +392,7 @@ def build_tiny_clip(path: str, seed: int = 4) -> None:
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _byte_level_tokenizer()
+    tokenizer = byte_level_tokenizer()
     text = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

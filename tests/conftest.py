@@ -20,6 +20,9 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "threestudio: runs threestudio's code (never skipped under CI=true)")
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU (tests/test_cuda.py; run by bench/gpu_check.sh)"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -7,6 +7,7 @@ except under ``CI=true``, where such a skip is a failure (conftest.py).
 """
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -65,3 +66,37 @@ def random_inception_weights(path: str) -> str:
         torch.nn.Module.load_state_dict, fi.load_state_dict_from_url = original, fi_url
     torch.save(net.state_dict(), path)
     return path
+
+
+def fake_trial(folder, prompt="a portrait", clip=None, mesh=True):
+    """A finished trial folder: a parsed config, a checkpoint (a stand-in file), its status (done at
+    step 8), two images and (optionally) a coloured mesh."""
+    import imageio.v2 as imageio
+    import numpy as np
+    import trimesh
+
+    from portrait3d.trial import write_status
+
+    os.makedirs(os.path.join(folder, "configs"))
+    with open(os.path.join(folder, "configs", "parsed.yaml"), "w") as f:
+        json.dump({"seed": 0, "system": {"prompt_processor": {"prompt": prompt}}}, f)  # JSON is YAML
+    os.makedirs(os.path.join(folder, "ckpts"))
+    open(os.path.join(folder, "ckpts", "last.ckpt"), "wb").close()
+    write_status(folder, "done", stage="test", step=8)
+    save = os.path.join(folder, "save")
+    os.makedirs(os.path.join(save, "refine"))
+    imageio.imwrite(os.path.join(save, "it4-0.png"), np.full((8, 16, 3), 90, np.uint8))
+    imageio.imwrite(os.path.join(save, "refine", "view_00.png"), np.full((8, 8, 3), 30, np.uint8))
+    imageio.imwrite(os.path.join(save, "refine", "refined_00.png"), np.full((8, 8, 3), 60, np.uint8))
+    if clip is not None:
+        os.makedirs(os.path.join(save, "it8-eval"))
+        with open(os.path.join(save, "it8-eval", "metrics.json"), "w") as f:
+            json.dump({"clip_score": clip, "num_renders": 8}, f)
+    if mesh:
+        box = trimesh.creation.box(extents=(0.3, 0.4, 0.2))
+        colours = np.tile(np.array([[200, 40, 40, 255]], np.uint8), (len(box.vertices), 1))
+        os.makedirs(os.path.join(save, "it8-export"))
+        trimesh.Trimesh(box.vertices, box.faces, vertex_colors=colours).export(
+            os.path.join(save, "it8-export", "portrait.glb")
+        )
+    return folder

@@ -12,23 +12,28 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "bench", "bench_renderer.py")
 
 
-def test_bench_quick_prints_a_table_of_finite_numbers(tmp_path):
-    out_json = tmp_path / "bench.json"
+def bench(script: str, *args: str, timeout: int) -> str:
+    """Run ``bench/<script>`` as the README does (``PYTHONPATH=.``): its stdout, once it ended well."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
-        [sys.executable, SCRIPT, "--quick", "--no-official", "--device", "cpu", "--json", str(out_json)],
+        [sys.executable, os.path.join(ROOT, "bench", script), *args],
         capture_output=True,
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=300,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_bench_quick_prints_a_table_of_finite_numbers(tmp_path):
+    out_json = tmp_path / "bench.json"
+    args = ["--quick", "--no-official", "--device", "cpu", "--json", str(out_json)]
+    out = bench("bench_renderer.py", *args, timeout=300)
 
     assert "| case | ours fwd | ours fwd+bwd |" in out
     assert "torch threads" in out and "CPU:" in out
@@ -36,8 +41,8 @@ def test_bench_quick_prints_a_table_of_finite_numbers(tmp_path):
     assert len(rows) == 2, out
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        # ours fwd, ours fwd+bwd, ours peak mem are numbers; official columns are "–"
-        for cell in (cells[1], cells[2], cells[7]):
+        # ours fwd, ours fwd+bwd, ours added and true peak are numbers; official columns are "–"
+        for cell in (cells[1], cells[2], cells[7], cells[9]):
             value = float(cell.split()[0])
             assert math.isfinite(value) and value > 0, row
         assert cells[3] == "–" and cells[5] == "–", row
@@ -50,6 +55,37 @@ def test_bench_quick_prints_a_table_of_finite_numbers(tmp_path):
         for key in ("forward_median_s", "fwd_bwd_median_s", "loss"):
             assert math.isfinite(ours[key]), (key, ours)
         assert 0 < ours["forward_median_s"] <= ours["fwd_bwd_median_s"]
-        assert ours["peak_mem_bytes"] > 0
+        assert ours["peak_bytes"] >= ours["resident_bytes"] > 0 and ours["added_bytes"] > 0
         assert ours["levels_with_grad"] == ours["levels"] == 7
         assert ours["image_shape"] == [1, 3, 32, 32]
+
+
+def test_bench_export_quick_measures_every_step_with_the_harness(tmp_path):
+    """bench/bench_export.py end to end at toy sizes: every export step's wall time and the harness's
+    memory figures (true peak ≥ resident), the fidelity of both meshes, and the files it wrote."""
+    out_json, files = tmp_path / "export.json", tmp_path / "files"
+    args = [
+        "--quick",
+        "--resolution",
+        "32",
+        "--texture-size",
+        "64",
+        "--view-resolution",
+        "24",
+        "--device",
+        "cpu",
+    ]
+    bench(
+        "bench_export.py", *args, "--no-held-out", "--json", str(out_json), "--out", str(files), timeout=600
+    )
+    data = json.loads(out_json.read_text())
+    steps = {r["step"]: r for r in data["steps"]}
+    assert list(steps) == ["isosurface", "clean-up", "unwrap", "views", "bake", "fidelity", "write"]
+    for name, r in steps.items():
+        assert r["wall_s"] > 0 and r["peak_bytes"] >= r["resident_bytes"] > 0, name
+        assert r["added_bytes"] == r["peak_bytes"] - r["resident_bytes"], name
+    for mesh in ("textured", "vertex_colours"):
+        assert math.isfinite(data["report"][mesh]["psnr"]) and 0 < data["report"][mesh]["iou"] <= 1
+    assert {"portrait.glb", "portrait.obj", "portrait.mtl", "portrait_albedo.png", "portrait.ply"} <= set(
+        os.listdir(files)
+    )

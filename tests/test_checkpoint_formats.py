@@ -34,8 +34,10 @@ from gan_prior.checkpoint import CheckpointError, read_checkpoint
 from gan_prior.decoder import TriGridDecoder
 from gan_prior.generator import _Backbone, load_decoder_checkpoint
 from gan_prior.mapping import MappingNetwork
+from gan_prior.pose import PosePredictor, PosePredictorConfig
 from gan_prior.superresolution import Superresolution
 from gan_prior.synthesis import BackgroundSynthesis, PyramidSynthesis
+from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template
 
 # Non-default render settings, so that a loader ignoring ``rendering_kwargs`` renders differently.
 RENDER = RenderConfig(ray_end=3.0, depth_resolution=12, depth_resolution_importance=10)
@@ -58,10 +60,31 @@ def run_model(g: PortraitGAN) -> dict[str, torch.Tensor]:
     return {"ws": ws, **{f"level{r}": t for r, t in pyramid.items()}, **out}
 
 
+SMPL_LAT, SMPL_LON = 8, 10  # a small SMPL-like body: 82 vertices, 160 faces
+
+
+def make_posable_cfg(**overrides):
+    """The tiny config with the official pose branch and SMPL buffers (as model_512.pkl has them)."""
+    return make_cfg(
+        pose_branch=True,
+        smpl_vertices=SMPL_LAT * SMPL_LON + 2,
+        smpl_faces=2 * SMPL_LAT * SMPL_LON,
+        rendering_resolution=16,  # G_ema.neural_rendering_resolution, not the background side (32)
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="module")
 def source():
-    g = PortraitGAN.random(make_cfg(), seed=3)
+    g = PortraitGAN.random(make_posable_cfg(), seed=3)
+    fill_deformation(g.renderer, smpl_like_template(1, SMPL_LAT, SMPL_LON), g.cfg.render.box_warp)
     return g, run_model(g)
+
+
+def without_smpl(g: PortraitGAN):
+    """``(cfg, state)`` of ``g`` as loaded from a file without the SMPL model (no deformation)."""
+    cfg = dataclasses.replace(g.cfg, smpl_vertices=0, smpl_faces=0)
+    return cfg, {k: v for k, v in g.state_dict().items() if not k.startswith("renderer.")}
 
 
 def assert_same_state(a: dict, b: dict):
@@ -344,59 +367,44 @@ class OfficialWriter:
         top = self.convert(g)  # a networks_stylegan2 record for now; rebuilt below as TriPlaneGenerator
         st = top.meta["state"]
         st["_buffers"]["dataset_label_std"] = self.rand(25).abs()
-        # official-only children, ignored by the port (the superresolution is converted above)
+        # the official plain-class children: the pose branch, and the renderer with its SMPL model
+        # (the superresolution is converted above)
         pose_branch = self.plain(
-            self.fake.GPoseBranch,
-            self.state(
-                children={
-                    "net": self.plain(
-                        torch.nn.Sequential,
-                        self.state(children={"0": self.leaf_fc(16, 71), "1": self.leaf_fc(6, 16)}),
-                    )
-                }
-            ),
+            self.fake.GPoseBranch, self.state(children={"net": self.convert(g.pose_branch.net)})
         )
+        r = g.renderer
         renderer_children = {"ray_marcher": self.plain(self.fake.MipRayMarcher2, self.state())}
+        faces = r.aligned_SMPL.faces
         if self.smpl:
+            body_state = r.aligned_SMPL.model.state_dict()
             vjs = self.plain(
                 self.fake.VertexJointSelector,
-                self.state(buffers={"extra_joints_idxs": torch.tensor([331, 2802, 6262], dtype=torch.int64)}),
+                self.state(buffers={"extra_joints_idxs": torch.tensor([3, 20, 41], dtype=torch.int64)}),
             )
             body = self.plain(
                 self.fake.SMPL,
                 self.state(
-                    params={
-                        "betas": torch.zeros(1, 10),
-                        "global_orient": torch.zeros(1, 3),
-                        "body_pose": torch.zeros(1, 69),
-                        "transl": torch.zeros(1, 3),
+                    params={  # trained copies in the real file; the inversion rebuilds them at 0
+                        "betas": self.rand(1, body_state["shapedirs"].shape[-1]),
+                        "global_orient": self.rand(1, 3),
+                        "body_pose": self.rand(1, 69),
+                        "transl": self.rand(1, 3),
                     },
-                    buffers={
-                        "faces_tensor": torch.tensor([[0, 1, 2], [1, 2, 3]]),
-                        "v_template": self.rand(4, 3),
-                        "shapedirs": self.rand(4, 3, 10),
-                        "J_regressor": self.rand(24, 4),
-                        "posedirs": self.rand(207, 12),
-                        "parents": torch.arange(-1, 23),
-                        "lbs_weights": self.rand(4, 24),
-                    },
+                    buffers={"faces_tensor": faces.clone(), **body_state},
                     children={"vertex_joint_selector": vjs},
                     attrs={
                         "gender": "neutral",
                         "batch_size": 1,
                         "dtype": torch.float32,
                         "joint_mapper": None,
-                        "faces": np.array([[0, 1, 2], [1, 2, 3]], dtype=np.uint32),
+                        "faces": faces.numpy().astype(np.uint32),
                     },
                 ),
             )
             renderer_children["aligned_SMPL"] = self.plain(
                 self.fake.AlignedSMPL,
                 self.state(
-                    buffers={
-                        "smpl_joint_regressor": self.rand(30, 4),
-                        "faces": torch.tensor([[0, 1, 2], [1, 2, 3]]),
-                    },
+                    buffers={"smpl_joint_regressor": self.rand(30, faces.max() + 1), "faces": faces.clone()},
                     children={"model": body},
                     attrs={"batch_size": 4},
                 ),
@@ -404,11 +412,11 @@ class OfficialWriter:
         renderer = self.plain(
             self.fake.ImportanceRenderer,
             self.state(
-                buffers={
-                    "shaped_smpl": self.rand(4, 20, 3),
-                    "align_points": self.rand(4, 1, 3),
-                    "face_mask": torch.rand(36, generator=self.gen) > 0.5,
-                    "head_face_mask": torch.rand(36, generator=self.gen) > 0.5,
+                buffers={  # one row per training batch element (batch_gpu 4), as the official buffers
+                    "shaped_smpl": r.shaped_smpl.repeat(4, 1, 1),
+                    "align_points": r.align_points.repeat(4, 1, 1),
+                    "face_mask": r.face_mask.clone(),
+                    "head_face_mask": torch.rand(faces.shape[0], generator=self.gen) > 0.5,
                 },
                 children=renderer_children,
                 attrs={"plane_axes": self.rand(3, 3, 3), "thickness": 0.25},
@@ -474,7 +482,7 @@ class OfficialWriter:
             trigrid_channel=12,
             decode_channel=32,
             batch_size=4,
-            neural_rendering_resolution=128,
+            neural_rendering_resolution=g.cfg.neural_rendering_resolution,
             rendering_kwargs=copy.deepcopy(rendering_kwargs),
             _last_planes=None,
             explicitly_symmetry=True,
@@ -485,42 +493,99 @@ class OfficialWriter:
         )
         return self.record("TriPlaneGenerator", "training/smpl_triplane.py", st)
 
-    def discriminator(self):
-        block = self.record(
-            "DiscriminatorBlock",
+    def conv(self, layer):
+        """Our Conv2dLayer → the official ``Conv2dLayer`` record (its attributes as the official __dict__)."""
+        params = (
+            {"weight": layer.weight} if layer.bias is None else {"weight": layer.weight, "bias": layer.bias}
+        )
+        return self.record(
+            "Conv2dLayer",
             "training/networks_stylegan2.py",
             self.state(
-                children={
-                    "conv0": self.record(
-                        "Conv2dLayer",
-                        "training/networks_stylegan2.py",
-                        self.state(
-                            params={"weight": self.rand(8, 8, 3, 3), "bias": self.rand(8)},
-                            attrs={"weight_gain": np.float64(1 / 24)},
-                            init=((8, 8, 3), {}),
-                        ),
-                    ),
-                    "fromrgb": self.leaf_fc(8, 3),
+                params=params,
+                buffers={"resample_filter": layer.resample_filter},
+                attrs={
+                    "activation": layer.activation,
+                    "up": 1,
+                    "down": layer.down,
+                    "conv_clamp": layer.conv_clamp,
+                    "padding": layer.padding,
+                    "weight_gain": np.float64(layer.weight_gain),
+                    "act_gain": float(layer.act_gain),
                 },
                 init=((), {}),
             ),
         )
-        pose = self.plain(
-            self.fake.DPoseBranch,
+
+    def discriminator(self, d: PosePredictor):
+        """``d`` as the official ``D_ema``: the plain PoseShapeAwareDualDiscriminator with persistent
+        blocks, the epilogue (mbstd, conv, fc, out), the label mapping and the DPoseBranch."""
+        src = "training/networks_stylegan2.py"
+        children = {}
+        for res in d.cfg.block_resolutions:
+            blk = getattr(d, f"b{res}")
+            kids = {
+                n: self.conv(getattr(blk, n))
+                for n in ("fromrgb", "conv0", "conv1", "skip")
+                if hasattr(blk, n)
+            }
+            children[f"b{res}"] = self.record(
+                "DiscriminatorBlock",
+                src,
+                self.state(
+                    buffers={"resample_filter": blk.conv1.resample_filter},
+                    children=kids,
+                    attrs={"resolution": res, "architecture": "resnet", "use_fp16": res >= 64},
+                    init=((), {}),
+                ),
+            )
+        c4 = d.cfg.channels[4]
+        mbstd = self.record(
+            "MinibatchStdLayer",
+            src,
+            self.state(
+                attrs={"group_size": d.cfg.mbstd_group_size, "num_channels": d.cfg.mbstd_num_channels},
+                init=((), {}),
+            ),
+        )
+        children["mapping"] = self.record(
+            "MappingNetwork", src, self.state(children={"embed": self.leaf_fc(c4, 31)}, init=((), {}))
+        )
+        children["b4"] = self.record(
+            "DiscriminatorEpilogue",
+            src,
             self.state(
                 children={
-                    "net": self.plain(torch.nn.Sequential, self.state(children={"0": self.leaf_fc(6, 8)}))
-                }
+                    "mbstd": mbstd,
+                    "conv": self.conv(d.b4.conv),
+                    "fc": self.leaf_fc(c4, 16 * c4),
+                    "out": self.leaf_fc(c4, c4),
+                },
+                attrs={"architecture": "resnet", "resolution": 4, "cmap_dim": c4},
+                init=((), {}),
             ),
+        )
+        children["pose_branch"] = self.plain(
+            self.fake.DPoseBranch, self.state(children={"net": self.convert(d.pose_branch.net)})
         )
         return self.plain(
             self.fake.PoseShapeAwareDualDiscriminator,
             self.state(
-                children={"b512": block, "pose_branch": pose}, attrs={"c_dim": 25, "img_resolution": 512}
+                children=children,
+                buffers={"resample_filter": d.b4.conv.resample_filter},
+                attrs={
+                    "c_dim": 31,
+                    "camera_param_dim": 25,
+                    "img_resolution": d.cfg.img_resolution,
+                    "img_channels": 7,
+                    "explicitly_symmetry": d.cfg.explicitly_symmetry,
+                    "disc_c_noise": 0,
+                },
             ),
         )
 
-    def snapshot(self, g):
+    def snapshot(self, g, d=None):
+        d = d or tiny_predictor()
         return {
             "training_set_kwargs": self.fake.EasyDict(
                 class_name="training.dataset.ImageFolderDataset",
@@ -532,20 +597,37 @@ class OfficialWriter:
                 random_seed=0,
             ),
             "G": self.generator(g),
-            "D": self.discriminator(),
+            "D": self.discriminator(d),
             "G_ema": self.generator(g),
-            "D_ema": self.discriminator(),
+            "D_ema": self.discriminator(d),
             "augment_pipe": None,
         }
 
 
-def write_official_pickle(path, g, marker, legacy=False, smpl=False):
+def tiny_predictor(seed=4) -> PosePredictor:
+    """A small D_ema pose path (32² images) with random weights."""
+    cfg = PosePredictorConfig(
+        img_resolution=32,
+        channels={32: 8, 16: 8, 8: 16, 4: 16},
+        hidden=(24, 8),
+        neural_rendering_resolution=16,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        d = PosePredictor(cfg)
+        for name, p in d.named_parameters():
+            if name.endswith("bias"):
+                p.data.normal_(0, 0.1)
+    return d.eval()
+
+
+def write_official_pickle(path, g, marker, legacy=False, smpl=False, d=None):
     """Write ``model_512.pkl`` with a real Pickler while the fake official modules exist.
 
     ``legacy``: as an older writer (numpy 1.x ``numpy.core.multiarray.scalar``, ``OrderedDict``
     containers, fewer hook keys; protocol 3 so the global can be respelled in place)."""
     with fake_official_modules() as fake:
-        tree = OfficialWriter(fake, marker, legacy=legacy, smpl=smpl).snapshot(g)
+        tree = OfficialWriter(fake, marker, legacy=legacy, smpl=smpl).snapshot(g, d)
         buf = io.BytesIO()
         pickle.Pickler(buf, protocol=3 if legacy else pickle.DEFAULT_PROTOCOL).dump(tree)
     data = buf.getvalue()
@@ -588,7 +670,8 @@ def test_official_model_pickle_loads_without_running_embedded_code(tmp_path, sou
     assert not any(n in sys.modules for n in FAKE_MODULES)
     assert not marker.exists(), "the embedded module_src was executed"
 
-    assert loaded.cfg == g.cfg  # w_dim, synthesis_resolution, background channels, render settings
+    want_cfg, want_state = without_smpl(g)  # this file's renderer holds no SMPL model
+    assert loaded.cfg == want_cfg  # w_dim, synthesis_resolution, background channels, render settings
     assert (
         loaded.cfg.w_dim,
         loaded.cfg.synthesis_resolution,
@@ -596,7 +679,7 @@ def test_official_model_pickle_loads_without_running_embedded_code(tmp_path, sou
         loaded.cfg.background_channel_base,
         loaded.cfg.background_resolution,
     ) == (64, 16, 32, 512, 32)
-    assert_same_state(loaded.state_dict(), g.state_dict())
+    assert_same_state(loaded.state_dict(), want_state)
     if not legacy:
         assert_same_outputs(run_model(loaded), expected)
 
@@ -617,8 +700,18 @@ def test_official_pickle_with_smpl_objects_loads(tmp_path, source):
     assert b"smplx.body_models" in data and b"ndarray" in data
     loaded = PortraitGAN.from_checkpoint(str(path))
     assert not marker.exists()
-    assert loaded.cfg == g.cfg
+    assert loaded.cfg == g.cfg  # the pose branch and the SMPL buffers are read
     assert_same_state(loaded.state_dict(), g.state_dict())
+    assert loaded.cfg.neural_rendering_resolution == 16  # G_ema.neural_rendering_resolution, read
+    p = torch.tensor([[0.2, -0.1, 0.1, 0.3, 0.2, -0.2]])
+    c, z = canonical_label(1), torch.randn(1, g.cfg.z_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.pose_params(z, c), g.pose_params(z, c))
+        ws = g.mapping(z, c)
+        pyr = g.synthesize_pyramid(ws)
+        a = loaded.render(pyr, ws, c, resolution=RES, deterministic=True, pose=p)["image"]
+        b = g.render(pyr, ws, c, resolution=RES, deterministic=True, pose=p)["image"]
+    assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(
@@ -839,9 +932,7 @@ def _df_pth(levels, ws, src: PortraitGAN):
     """stable-dreamfusion's checkpoint: ``{'epoch', 'global_step', 'stats', ..., 'model': state}``."""
     model_state = {**{f"trigrids_{r}": torch.nn.Parameter(t) for r, t in levels.items()}, "ws": ws}
     model_state.update({k: v for k, v in src.state_dict().items() if k.startswith(("decoder.", "torgb."))})
-    model_state.update(
-        {"pose_branch.net.0.weight": torch.randn(16, 71), "pose_branch.net.0.bias": torch.zeros(16)}
-    )
+    model_state.update({k: v for k, v in src.state_dict().items() if k.startswith("pose_branch.")})
     optimizer = {
         "state": {0: {"step": torch.tensor(2000.0), "exp_avg": torch.randn(3), "exp_avg_sq": torch.rand(3)}},
         "param_groups": [
@@ -1239,3 +1330,75 @@ def test_load_decoder_checkpoint_errors(tmp_path, source, case):
     with fails(path) as excinfo:
         load_decoder_checkpoint(str(path))
     one_line_error(excinfo)
+
+
+# =========================================================================== pose predictor, SMPL buffers
+def test_pose_predictor_loads_from_the_official_pickle(tmp_path, source):
+    """``D_ema``'s pose path: the same outputs as the module written; the raw-image side is
+    ``G_ema.neural_rendering_resolution`` (16 here), not an assumption."""
+    g, _ = source
+    d = tiny_predictor()
+    path = tmp_path / "model_512.pkl"
+    write_official_pickle(path, g, tmp_path / "ran.txt", smpl=True, d=d)
+    loaded = PosePredictor.from_checkpoint(str(path))
+    assert loaded.cfg.neural_rendering_resolution == 16 and loaded.cfg.hidden == (24, 8)
+    assert_same_state(loaded.state_dict(), d.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1
+    mask = torch.rand(2, 1, 32, 32, generator=gen)
+    c = torch.cat([canonical_label(1), canonical_label(1)])
+    with torch.no_grad():
+        assert torch.equal(loaded.predict(image, mask, c), d.predict(image, mask, c))
+
+
+def _damage(tree, key, how):
+    """Damage the tensor at dotted ``key`` of a snapshot tree: "shape" (one column more) or "nan"."""
+    node, *path, leaf = key.split(".")
+    obj = tree[node]
+    for name in path:
+        state = obj.meta["state"] if hasattr(obj, "meta") else obj.__dict__
+        obj = state["_modules"][name]
+    state = obj.meta["state"] if hasattr(obj, "meta") else obj.__dict__
+    group = "_parameters" if leaf in state["_parameters"] else "_buffers"
+    t = state[group][leaf]
+    if how == "shape":
+        t = torch.zeros(*t.shape[:-1], t.shape[-1] + 1, dtype=t.dtype)
+    elif how == "nan":
+        t = t.clone().float()
+        t.view(-1)[0] = float("nan")
+    elif how == "value":
+        t = t.clone()
+        t.view(-1)[-1] = 10**6 if t.dtype == torch.long else t.view(-1)[-1]
+    state[group][leaf] = t
+
+
+@pytest.mark.parametrize(
+    "key,how,expect",
+    [
+        ("G_ema.pose_branch.net.0.weight", "shape", "pose_branch.net.0.weight"),
+        ("G_ema.pose_branch.net.2.bias", "nan", "pose_branch.net.2.bias"),
+        ("G_ema.renderer.aligned_SMPL.model.v_template", "nan", "renderer.aligned_SMPL.model.v_template"),
+        ("G_ema.renderer.aligned_SMPL.model.posedirs", "shape", "renderer.aligned_SMPL.model.posedirs"),
+        ("G_ema.renderer.aligned_SMPL.model.lbs_weights", "shape", "renderer.aligned_SMPL.model.lbs_weights"),
+        ("G_ema.renderer.shaped_smpl", "shape", "renderer.shaped_smpl"),
+        ("G_ema.renderer.aligned_SMPL.faces", "value", "renderer.aligned_SMPL.faces"),
+        ("G_ema.renderer.aligned_SMPL.model.parents", "value", "renderer.aligned_SMPL.model.parents"),
+        ("D_ema.pose_branch.net.0.weight", "shape", "D_ema.pose_branch.net.0.weight"),
+        ("D_ema.b4.conv.weight", "nan", "D_ema.b4.conv.weight"),
+    ],
+)
+def test_damaged_pose_head_or_smpl_buffers_name_the_tensor(tmp_path, source, key, how, expect):
+    g, _ = source
+    path = tmp_path / "model_512.pkl"
+    with fake_official_modules() as fake:
+        tree = OfficialWriter(fake, tmp_path / "ran.txt", smpl=True).snapshot(g)
+        _damage(tree, key, how)
+        with open(path, "wb") as f:
+            pickle.Pickler(f).dump(tree)
+    with fails(path) as excinfo:
+        if key.startswith("D_ema"):
+            PosePredictor.from_checkpoint(str(path))
+        else:
+            PortraitGAN.from_checkpoint(str(path))
+    msg = one_line_error(excinfo)
+    assert expect in msg, msg

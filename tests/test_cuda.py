@@ -4,6 +4,10 @@ Each test runs the same computation, with the same weights and inputs, on the CP
 and compares values and gradients: a device bug (a tensor left on the CPU, a kernel that differs)
 shows up here as a failure. Jitter is off (``deterministic=True``) so both sides sample the same
 points; the tolerances cover float32 reduction-order differences between the two devices.
+
+TF32 is off here (both flags, :func:`full_float32`): these are float32 parity tests. A training run
+uses TF32 (``system.allow_tf32``, on by default), whose 10-bit mantissa these tolerances do not
+cover (emulated on the CPU: generator level 16 off by 0.0103 against a tolerance of 0.0099).
 """
 
 import os
@@ -21,6 +25,15 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason=NEEDS_CUDA),
 ]
 CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def full_float32():
+    """cuDNN convolutions (on by default) and matmuls in full float32 during each test."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def close(a, b, rtol=1e-3, atol=1e-4):
@@ -97,6 +110,45 @@ def test_inversion_step_on_cuda_matches_cpu(models):
         grads.append((dist, w.grad))
     close(grads[1][0], grads[0][0])
     close(grads[1][1], grads[0][1], rtol=1e-2)
+
+
+def test_nearest_faces_and_posed_render_on_cuda_match_cpu():
+    """The deformation's exact nearest-face search (the same code on both devices) picks the same
+    faces, and a posed render (SMPL deformation) and its pose gradient agree."""
+    from gan_prior.mesh_distance import nearest_triangles
+    from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template
+
+    t = smpl_like_template(0, 36, 34)
+    tris = t["v_template"].float()[t["faces"]]
+    points = torch.rand(20000, 3, generator=torch.Generator().manual_seed(5)) * 0.8 - 0.4
+    d2, index = nearest_triangles(points, tris, 0.25)
+    d2_g, index_g = nearest_triangles(points.to(CUDA), tris.to(CUDA), 0.25)
+    assert torch.equal(index_g.cpu(), index)
+    near = torch.isfinite(d2)
+    assert torch.equal(torch.isfinite(d2_g).cpu(), near) and near.any()
+    close(d2_g[near.to(CUDA)], d2[near])
+
+    cfg = tiny_config(pose_branch=True, smpl_vertices=36 * 34 + 2, smpl_faces=2 * 36 * 34)
+    cpu = PortraitGAN.random(cfg, seed=4)
+    fill_deformation(cpu.renderer, t, cfg.render.box_warp)
+    gpu = PortraitGAN.random(cfg, seed=4)
+    fill_deformation(gpu.renderer, t, cfg.render.box_warp)
+    gpu = gpu.to(CUDA)
+    c, pose = canonical_label(1), torch.tensor([[0.3, 0.2, -0.2, 0.3, -0.3, 0.2]])
+    ws = cpu.mapping(torch.randn(1, cfg.z_dim, generator=torch.Generator().manual_seed(6)), c)
+    with torch.no_grad():
+        pyr = cpu.synthesize_pyramid(ws)
+    results = []
+    for g, dev in ((cpu, "cpu"), (gpu, CUDA)):
+        p = pose.to(dev).requires_grad_(True)
+        levels = {r: x.to(dev) for r, x in pyr.items()}
+        out = g.render(levels, ws.to(dev), c.to(dev), resolution=24, deterministic=True, pose=p)
+        out["image"].square().mean().backward()
+        results.append((out, p.grad))
+    (o_c, g_c), (o_g, g_g) = results
+    for k in ("image", "depth", "mask"):
+        close(o_g[k], o_c[k])
+    close(g_g, g_c, rtol=1e-2)
 
 
 def test_refinement_fit_step_on_cuda_matches_cpu(models):

@@ -112,6 +112,26 @@ def test_sample_pyramid_and_render_rays_on_meta(G):
         assert out["features"].device == META and out["weights"].shape == (1, 16, 11, 1)
 
 
+def test_the_crop_skip_path_of_every_real_render_is_device_checked(G):
+    """Real renders skip the samples the tri-grid crop removes (gathered, evaluated, scattered
+    back); on ``meta`` there is no count to read, so that path runs with k = n − 1 points."""
+    levels = {r: torch.empty(1, 3, 36, r, r, device=META, requires_grad=True) for r in (8, 16)}
+    field, seen = G.field(levels), []
+
+    def watched(points):
+        seen.append(points.shape[1])
+        return field(points)
+
+    with NoCPUTensors():
+        origins, dirs = rays_from_label(meta_label(2), 4)
+        out = render_rays(
+            watched, origins, dirs, RenderConfig(depth_resolution=6, depth_resolution_importance=6), chunk=8
+        )
+        out["features"].sum().backward()
+    assert seen == [8 * 6 - 1] * 4  # 2 chunks × (coarse, fine), each compacted
+    assert levels[8].grad.device == META
+
+
 def test_refinement_fit_step_and_views(G):
     cfg = RefineFitConfig(
         resolution=16, patch_resolution=8, depth_resolution=6, depth_resolution_importance=6
@@ -157,3 +177,20 @@ def test_inversion_step(G):
     finally:
         for b in noise:
             b.requires_grad_(False)
+
+
+def test_step_timings_touch_cuda_only_in_a_cuda_run_and_on_its_device(tmp_path, monkeypatch):
+    """The initialiser's timings.json: a CPU run on a machine with a GPU opens no CUDA context;
+    a run on cuda:1 reads cuda:1's peak (not GPU 0's)."""
+    from gan_prior.files import read_json
+    from gan_prior.portrait_init import _StepTimer
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(device))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: calls.append(device) or 2**21)
+    path = str(tmp_path / "timings.json")
+    assert _StepTimer(path, "cpu")("inversion", lambda: 7) == 7
+    assert calls == [] and "peak_cuda_mib" not in read_json(path)["inversion"]
+    _StepTimer(path, "cuda:1")("inversion", lambda: 7)
+    assert calls == [torch.device("cuda:1")] * 2 and read_json(path)["inversion"]["peak_cuda_mib"] == 2.0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import random_inception_weights
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gan_prior import evaluation as E
 from gan_prior.media import save_image, save_video
@@ -169,7 +170,52 @@ def test_evaluate_writes_metrics_and_a_contact_sheet(inception_path, tmp_path):
     with pytest.raises(E.EvaluationError, match="FID/KID need both --reference"):
         E.evaluate(str(renders), "a man", str(tmp_path / "eval3"), reference=str(renders))
     with pytest.raises(E.EvaluationError, match="--renders: .*nothing not found"):
-        E.evaluate(str(tmp_path / "nothing"), "a man", str(tmp_path / "eval4"))
+        E.evaluate(
+            str(tmp_path / "nothing"), "a man", str(tmp_path / "eval4"), clip_model=tiny_model_path("clip")
+        )
+
+
+def test_evaluate_refuses_to_compute_nothing(tmp_path):
+    """No metric asked (the issue: exit 0 with all-null metrics), or an empty prompt for the CLIP score:
+    one line, before any image is read, and nothing written."""
+    with pytest.raises(E.EvaluationError, match="nothing to compute: give --clip .* and/or --reference"):
+        E.evaluate(str(tmp_path / "not read"), "", str(tmp_path / "eval"))
+    with pytest.raises(E.EvaluationError, match="--prompt is empty"):
+        E.evaluate(str(tmp_path / "not read"), "  ", str(tmp_path / "eval"), clip_model="not loaded")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_videos_are_streamed_within_a_bound(tmp_path, monkeypatch):
+    """A video is refused from the frame count and size its header states, before decoding; where the
+    header states none, frames are read one at a time and the read stops once they pass the bound."""
+    video = str(tmp_path / "v.mp4")
+    save_video(video, images(10, 1, size=64))
+    frame = 64 * 64 * 3
+    assert len(E.load_images(video, max_bytes=10 * frame)) == 10
+    with pytest.raises(E.EvaluationError, match=r"v.mp4 decodes to more than .* \(10 frames of 64×64\)"):
+        E.load_images(video, max_bytes=9 * frame)
+
+    pulled = []
+
+    class Endless:  # a reader that states nothing and would decode frames for ever
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def get_meta_data(self):
+            return {}
+
+        def __iter__(self):
+            while True:
+                pulled.append(1)
+                yield np.zeros((64, 64, 3), np.uint8)
+
+    monkeypatch.setattr(E.imageio, "get_reader", lambda path: Endless())
+    with pytest.raises(E.EvaluationError, match=r"more than .* \(stopped after 4 frames\)"):
+        E.load_images(video, max_bytes=4 * frame)
+    assert len(pulled) == 5  # one frame past the bound, not the whole video
 
 
 def test_the_evaluate_command(tmp_path, capsys):
@@ -195,8 +241,44 @@ def test_the_evaluate_command(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "out" / "metrics.json")
     assert (
         main(
-            ["evaluate", "--renders", str(tmp_path / "absent"), "--prompt", "a", "--out", str(tmp_path / "o")]
+            [
+                "evaluate",
+                "--renders",
+                str(tmp_path / "absent"),
+                "--prompt",
+                "a",
+                "--out",
+                str(tmp_path / "o"),
+                "--clip",
+                "x",
+            ]
         )
         == 2
     )
     assert re.fullmatch(r"error: --renders: .*absent not found.*\n", capsys.readouterr().err)
+
+
+class NetworksOnTheHost(TorchDispatchMode):
+    """Fails on a convolution or matrix product with a CPU tensor: a network ran on the host."""
+
+    HEAVY = {"convolution", "mm", "addmm", "bmm", "baddbmm", "linear", "_scaled_dot_product_attention_math"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.HEAVY and any(
+            isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in args
+        ):
+            raise AssertionError(f"{func} ran on the CPU")
+        return func(*args, **(kwargs or {}))
+
+
+def test_clip_and_inception_run_on_the_runs_device(inception_path, monkeypatch):
+    """Both networks and their inputs go to the run's device (a GPU's default; ``meta`` stands in
+    for it here): nothing of them runs on the host; reading the scores is the one host step."""
+    monkeypatch.setattr(E, "default_device", lambda: torch.device("meta"))
+    views = images(2, 3)
+    with NetworksOnTheHost():
+        with pytest.raises((NotImplementedError, RuntimeError), match="meta"):  # the final read
+            E.clip_score(views, "a man", tiny_model_path("clip"))
+        with pytest.raises((NotImplementedError, RuntimeError), match="meta"):
+            E.InceptionFeatures(inception_path)(views)
+    E._load_clip.cache_clear()  # the cached model is on meta now: load it afresh for the other tests

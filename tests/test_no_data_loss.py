@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -16,8 +18,9 @@ import pytest
 import torch
 
 from gan_prior import PortraitGAN, canonical_label, tiny_config
-from gan_prior.files import TMP_TAG, atomic_path, remove_stale_temps, write_json
+from gan_prior.files import TMP_TAG, atomic_path, remove_stale_temps, write_json, write_text
 from gan_prior.media import save_image
+from gan_prior.tiny_models import tiny_model_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,20 +69,62 @@ def test_temp_files_of_dead_writers_are_removed(tmp_path):
     target = tmp_path / "pyramid.safetensors"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".pyramid.safetensors{TMP_TAG}{dead.pid}-abc123.safetensors"
-    live = tmp_path / f".pyramid.safetensors{TMP_TAG}{os.getppid()}-def456.safetensors"  # a running process
-    legacy_old = tmp_path / ".pyramid.safetensors.k2j4h5g6.safetensors"  # an older version's name, no pid
-    legacy_new = tmp_path / ".pyramid.safetensors.a1b2c3d4.safetensors"
-    other = tmp_path / ".other.json.tmp-1-x.json"  # another target's temp: left to its own writer
-    for p in (stale, live, legacy_old, legacy_new, other):
+    stale = tmp_path / f".pyramid.safetensors{TMP_TAG}{dead.pid}-abc1_3x9.safetensors"
+    live = tmp_path / f".pyramid.safetensors{TMP_TAG}{os.getppid()}-def456gh.safetensors"  # a running process
+    other = tmp_path / f".other.json{TMP_TAG}{dead.pid}-x1234567.json"  # another target's temp: its writer's
+    for p in (stale, live, other):
         p.write_bytes(b"partial")
-    os.utime(legacy_old, (time.time() - 7200, time.time() - 7200))
     with atomic_path(str(target), ".safetensors") as tmp:
         open(tmp, "wb").write(b"done")
     assert target.read_bytes() == b"done"
-    assert not stale.exists() and not legacy_old.exists()
-    assert live.exists() and legacy_new.exists() and other.exists()
+    assert not stale.exists()
+    assert live.exists() and other.exists()
     assert remove_stale_temps(str(target)) == []
+
+
+def test_the_users_own_files_beside_a_target_are_never_removed(tmp_path):
+    """Only our exact temp-name scheme with a dead writer is ours: old files of the user's that look
+    like temporary files (the issue's `.front.png.original`, …) stay, whatever their age."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    users = [
+        ".front.png.original",
+        ".front.png.20240101",
+        ".front.png.k2j4h5g6.png",  # an older version's temp name, without a pid: not provably ours
+        ".pyramid.safetensors.backup_1",
+        ".image.png.keepthis.png",
+        f".front.png{TMP_TAG}{dead.pid}-notours.png",  # 7 random characters: not mkstemp's
+        f".front.png{TMP_TAG}{dead.pid}-abcdefgh.png.bak",
+        f".front.png{TMP_TAG}x{dead.pid}-abcdefgh.png",
+    ]
+    for name in users:
+        (tmp_path / name).write_bytes(b"mine")
+        os.utime(tmp_path / name, (time.time() - 30 * 86400, time.time() - 30 * 86400))
+    ours = tmp_path / f".front.png{TMP_TAG}{dead.pid}-abcdefgh.png"
+    ours.write_bytes(b"partial")
+    for target in ("front.png", "image.png"):
+        save_image(str(tmp_path / target), np.zeros((4, 4, 3), np.uint8))
+    write_json(str(tmp_path / "pyramid.safetensors"), {})
+    assert sorted(os.listdir(tmp_path)) == sorted(users + ["front.png", "image.png", "pyramid.safetensors"])
+
+
+def test_overwrite_keeps_permission_bits_only(tmp_path):
+    """A file replaced with --overwrite keeps its rwx bits, masked by the umask, never setuid/setgid/sticky."""
+    path = tmp_path / "tool.json"
+    path.write_text("{}")
+    os.chmod(path, 0o6755 | 0o1000)
+    old = os.umask(0o022)
+    try:
+        write_json(str(path), {"y": 2})
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+        os.chmod(path, 0o666)
+        write_json(str(path), {"y": 3})
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # the umask masks a replaced file too
+        page = tmp_path / "page.html"  # a page holding a private file's content stays private
+        write_text(str(page), "secret", mode_mask=0o700)
+        assert stat.S_IMODE(os.stat(page).st_mode) == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_a_writer_killed_mid_write_leaves_nothing_behind_after_the_next_write(tmp_path):
@@ -159,7 +204,20 @@ def test_render_and_evaluate_refuse_to_replace_without_overwrite(model_dir, tmp_
     assert "--overwrite" in r.stderr and os.path.getmtime(views / "views.png") == stamp
     # evaluate into the folder it evaluates: its own outputs and hidden files are not views
     imageio.imwrite(views / ".thumbnail.png", np.zeros((8, 8, 3), np.uint8))
-    ev = ["evaluate", "--renders", str(views), "--prompt", "a face", "--out", str(views), "--columns", "2"]
+    clip = tiny_model_path("clip")
+    ev = [
+        "evaluate",
+        "--renders",
+        str(views),
+        "--prompt",
+        "a face",
+        "--out",
+        str(views),
+        "--columns",
+        "2",
+        "--clip",
+        clip,
+    ]
     r = run(*ev)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["num_renders"] == 3  # two views + the sheet
@@ -294,3 +352,29 @@ def test_candidates_outside_the_folder_are_not_followed(tmp_path):
     a = step_inputs(cfg, "ckpt", "candidates")
     cfg.candidate_seed = 1
     assert step_inputs(cfg, "ckpt", "candidates") != a
+
+
+def test_the_photo_is_kept_with_its_initialisation_and_errors_name_the_users_file(model_dir, tmp_path):
+    """source=image: a byte copy of the photo in <init>/input/ (the report shows it from there, and a
+    moved original does not break the record); a bad photo's error names the user's file, not the copy."""
+    from gan_prior.inversion import InversionConfig
+    from gan_prior.portrait_init import PortraitInitConfig, initialize_portrait
+
+    _face(tmp_path / "me.png", 1)
+    G = PortraitGAN.from_checkpoint(model_dir)
+    settings = dict(
+        detector="none",
+        aligned_resolution=32,
+        allow_random_vgg16=True,
+        inversion=InversionConfig(steps=1, w_avg_samples=8, resolution=32),
+    )
+    out = tmp_path / "init"
+    initialize_portrait(
+        G, model_dir, PortraitInitConfig(image=str(tmp_path / "me.png"), **settings), str(out)
+    )
+    assert (out / "input" / "me.png").read_bytes() == (tmp_path / "me.png").read_bytes()
+    assert json.load(open(out / "alignment.json"))["report"][0]["name"] == "input/me.png"
+    (tmp_path / "noise.png").write_bytes(b"\x89PNG not really")
+    bad = PortraitInitConfig(image=str(tmp_path / "noise.png"), **settings)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path}/noise.png: not a readable image")):
+        initialize_portrait(G, model_dir, bad, str(tmp_path / "init2"))

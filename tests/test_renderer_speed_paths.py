@@ -39,7 +39,7 @@ def test_skipping_cropped_samples_changes_nothing(monkeypatch, deterministic, ba
     monkeypatch.setattr(
         renderer,
         "_evaluate_uncropped",
-        lambda field, points, cropped, density: calls.append(1) or field(points),
+        lambda field, points, cropped, density, unsafe=None: calls.append(1) or field(points),
     )
     plain = _render(G, pyramid, ws, c, deterministic, background)
     assert calls, "the plain path was not taken"

@@ -60,6 +60,45 @@ def test_every_level_is_optimised_and_no_other():
         S.check_positive({"system.refine.chunk": 5, "system.videos.sheet_views": 0})
 
 
+def test_sizes_are_bounded_by_what_the_renderer_is_built_for():
+    """4096 samples per ray (or a 100 000² video) would allocate gigabytes after the initialisation ran."""
+    from types import SimpleNamespace as N
+
+    def cfg(videos=None, refine=None):
+        v = {
+            "resolution": 512,
+            "large_frames": 240,
+            "small_frames": 120,
+            "samples": (96, 96),
+            **(videos or {}),
+        }
+        r = {"resolution": 512, "view_samples": (96, 96), "fit_samples": (48, 48), **(refine or {})}
+        return N(videos=N(**v), refine=N(**r))
+
+    S.check_sizes(cfg())
+    for bad, message in (
+        (
+            cfg(videos={"samples": (4096, 96)}),
+            "system.videos.samples: depth_resolution = 4096; expected an integer",
+        ),
+        (
+            cfg(refine={"fit_samples": (48, -1)}),
+            "system.refine.fit_samples: depth_resolution_importance = -1",
+        ),
+        (
+            cfg(refine={"view_samples": (48,)}),
+            r"system.refine.view_samples=\[48\]: give \[stratified, importance\]",
+        ),
+        (
+            cfg(videos={"resolution": 100000}),
+            "system.videos.resolution=100000 must be an integer between 0 and 4096",
+        ),
+        (cfg(videos={"large_frames": 10**9}), "system.videos.large_frames=1000000000 must be an integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            S.check_sizes(bad)
+
+
 class _Run(S.NonFiniteGuard):
     """The guard with a one-parameter "pyramid" and an optimizer, stepped as Lightning does."""
 
@@ -71,13 +110,11 @@ class _Run(S.NonFiniteGuard):
         self.true_global_step = 0
 
     def step(self, loss_fn):
-        def closure():
+        def closure():  # Lightning's: zero_grad, training_step, backward; returns the loss
             self.opt.zero_grad()
             result = self.guard_loss({"loss": loss_fn(self.p)})
-            if result is not None:
-                result["loss"].backward()
-                return result["loss"]
-            return None
+            result["loss"].backward()
+            return result["loss"]
 
         self.optimizer_step(0, 0, self.opt, closure)
         self.true_global_step += 1
@@ -123,6 +160,136 @@ def test_a_non_finite_loss_or_gradient_is_skipped_then_stops_the_run(caplog):
     assert run.nonfinite_total == 5
 
 
+def _lightning_module(loss_fn, max_nonfinite_steps=10):
+    """A Lightning module with the guard: one weight vector and a linear layer (an fp16 matmul
+    under autocast), trained by a real Trainer."""
+    import pytorch_lightning as pl
+
+    class Module(S.NonFiniteGuard, pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.max_nonfinite_steps = max_nonfinite_steps
+            self.linear = torch.nn.Linear(4, 4)
+
+        @property
+        def true_global_step(self):
+            return self.global_step
+
+        def training_step(self, batch, batch_idx):
+            return self.guard_loss({"loss": loss_fn(self.linear, batch[0])})
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            data = torch.utils.data.TensorDataset(torch.ones(16, 4))
+            return torch.utils.data.DataLoader(data, batch_size=1)
+
+    return Module()
+
+
+def _fit(module, steps, **trainer):
+    import pytorch_lightning as pl
+
+    before = [p.detach().clone() for p in module.parameters()]
+    pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer,
+    ).fit(module)
+    return [not torch.equal(a, b.detach()) for a, b in zip(before, module.parameters())]
+
+
+def _fp16_mixed():
+    """Lightning's 16-mixed plugin (autocast to float16 + GradScaler), forced on the CPU, where
+    Lightning would pick bf16-mixed instead: the code path of 16-mixed on a GPU."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    return MixedPrecision("16-mixed", "cpu")
+
+
+def _quadratic(linear, x):
+    # a float32 loss whose fp16 gradients (the linear layer's output) fit the first loss scale
+    return (linear(x).float() - 3).square().mean() * 0.01
+
+
+def _overflows_at_first(linear, x):
+    return linear(x).sum()  # d/d(fp16 output) = the loss scale: 65536 overflows fp16 (max 65504)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
+def test_every_precision_the_system_accepts_trains(precision):
+    """The guard steps the optimizer under each precision run with: under 16-mixed through the
+    GradScaler (it used to run the closure itself, so the AMP plugin never stepped)."""
+    module = _lightning_module(_quadratic)
+    trainer = {"plugins": [_fp16_mixed()]} if precision == "16-mixed" else {"precision": precision}
+    assert all(_fit(module, 3, **trainer)), "the weights did not move"
+    S.check_trainer(precision if precision != "32" else "32-true", 1, False, False, "cpu")
+
+
+def test_an_fp16_overflow_is_the_scalers_and_a_nan_loss_is_still_skipped(caplog):
+    """The first loss scale (65536) overflows an fp16 matmul's gradient: the scaler skips that step
+    and halves its scale, and training goes on (before, the guard counted it and stopped the run)."""
+    plugin = _fp16_mixed()
+    assert all(_fit(_lightning_module(_overflows_at_first, max_nonfinite_steps=2), 4, plugins=[plugin]))
+    assert plugin.scaler.get_scale() == 32768.0  # one overflow, then finite steps
+
+    def nan_at_1(linear, x, calls=[]):  # noqa: B006  (counts the calls)
+        calls.append(1)
+        return _quadratic(linear, x) * (float("nan") if len(calls) == 2 else 1.0)
+
+    plugin = _fp16_mixed()
+    module = _lightning_module(nan_at_1)
+    with logs_warning(caplog, r"step 1: non-finite loss \(nan\); step skipped \(1 skipped so far\)"):
+        assert all(_fit(module, 4, plugins=[plugin]))
+    assert (
+        module.nonfinite_total == 1 and plugin.scaler.get_scale() == 65536.0
+    )  # a NaN loss: not the scaler's
+
+
+@pytest.mark.parametrize(
+    "precision, devices, deterministic, device, message",
+    [
+        ("16-true", 1, False, "cpu", r"trainer.precision=16-true: use 32 \(the official setting\), 16-mixed"),
+        ("bf16-true", 1, False, "cuda", "trainer.precision=bf16-true"),
+        ("64-true", 1, False, "cpu", "must stay float32"),
+        ("32-true", 2, False, "cuda", "this run sees 2 GPUs .* pick it with --gpu 0"),
+        ("32-true", 1, True, "cuda", "trainer.deterministic=true: the renderer's CUDA backward"),
+    ],
+)
+def test_what_the_system_cannot_train_with_is_refused_in_one_line(
+    precision, devices, deterministic, device, message
+):
+    with pytest.raises(ValueError, match=message) as err:
+        S.check_trainer(precision, devices, deterministic, False, device)
+    assert "\n" not in str(err.value)
+    S.check_trainer("32-true", 1, True, True, "cuda")  # deterministic=warn: runs, with warnings
+    S.check_trainer("32-true", 1, True, False, "cpu")  # deterministic on the CPU: works
+
+
+def test_several_visible_gpus_are_refused_before_anything_starts(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ValueError, match=r"this run sees 2 GPUs \(CUDA_VISIBLE_DEVICES='0,1'\).*--gpu 0"):
+        S.check_visible_gpus()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    S.check_visible_gpus()
+
+
+for _test in (
+    test_every_precision_the_system_accepts_trains,
+    test_an_fp16_overflow_is_the_scalers_and_a_nan_loss_is_still_skipped,
+):
+    for _mark in requires_threestudio:  # pytorch_lightning comes with threestudio's requirements
+        _test = _mark(_test)
+
+
 def _tail(proc) -> str:
     return proc.stdout[-2000:] + "\n" + proc.stderr[-4000:]
 
@@ -149,6 +316,7 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
         ),
         ("sheet", "system.videos.sheet_views=0", "system.videos.sheet_views=0 must be a positive integer"),
         ("ema", "system.ema_every_n_steps=0", "system.ema_every_n_steps=0 must be a positive integer"),
+        ("prec", "trainer.precision=16-true", "trainer.precision=16-true: use 32 (the official setting)"),
     ):
         proc = launch(tree, cache, *base_args, f"tag={tag}", override, timeout=600)
         assert proc.returncode != 0 and message in proc.stderr, _tail(proc)
@@ -192,7 +360,76 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
         assert all(torch.isfinite(v).all() for k, v in state.items() if k.startswith(("geometry.", "ema_")))
 
 
-for _mark in requires_threestudio:  # the launch test only
+def test_the_system_sets_the_tf32_policy_and_refuses_several_gpus_in_configure(tmp_path, monkeypatch):
+    """system.allow_tf32 sets TF32 for the run's float32 matmuls and convolutions; several visible
+    GPUs stop the system's construction (launch.py then never starts a process per GPU)."""
+    from threestudio_env import import_extension
+
+    ts = import_extension()
+    from threestudio.utils.config import load_config
+
+    def system(*overrides):
+        cfg = load_config(
+            os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"),
+            cli_args=["system.initializer.source=seed", f"exp_root_dir={tmp_path}", *overrides],
+        )
+        return ts.find(cfg.system_type)(cfg.system)
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for allow in (False, True):
+            system(f"system.allow_tf32={allow}")
+            assert torch.backends.cuda.matmul.allow_tf32 is allow and torch.backends.cudnn.allow_tf32 is allow
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ValueError, match=r"this run sees 2 GPUs .*pick it with --gpu 0"):
+        system()
+
+
+def test_by_default_a_run_keeps_the_last_checkpoint_and_the_sds_result(tmp_path_factory):
+    """checkpoint.save_top_k=0 (configs/portrait3d.yaml: ~0.95 GiB per checkpoint): ckpts/ holds
+    last.ckpt and the stage boundary (the SDS result), not one file per 100 steps."""
+    from omegaconf import OmegaConf
+    from threestudio_env import launch, make_worktree
+
+    full = OmegaConf.load(os.path.join(ROOT, "configs", "portrait3d.yaml")).checkpoint
+    assert (full.save_last, full.save_top_k) == (True, 0)
+    base = tmp_path_factory.mktemp("ckpts")
+    tree = make_worktree(str(base / "threestudio"))
+    proc = launch(
+        tree,
+        str(base / "cache"),
+        "--config",
+        "configs/portrait3d-tiny.yaml",
+        "--train",
+        "use_timestamp=false",
+        "tag=keep",
+        "system.initializer.source=seed",
+        "checkpoint.save_top_k=0",
+        "system.videos.large_frames=0",
+        "system.videos.small_frames=0",
+        timeout=900,
+    )
+    assert proc.returncode == 0, _tail(proc)
+    ckpts = os.path.join(tree, "outputs", "portrait3d-tiny", "keep", "ckpts")
+    assert sorted(os.listdir(ckpts)) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    boundary = torch.load(os.path.join(ckpts, "epoch=0-step=4.ckpt"), map_location="cpu", weights_only=True)
+    last = torch.load(os.path.join(ckpts, "last.ckpt"), map_location="cpu", weights_only=True)
+    assert boundary["global_step"] == 4 and "portrait3d_refine" not in boundary  # SDS done, refinement not
+    assert last["global_step"] == 8 and "portrait3d_refine" in last
+
+
+for _mark in requires_threestudio:  # the threestudio tests only
+    test_by_default_a_run_keeps_the_last_checkpoint_and_the_sds_result = _mark(
+        test_by_default_a_run_keeps_the_last_checkpoint_and_the_sds_result
+    )
+    test_the_system_sets_the_tf32_policy_and_refuses_several_gpus_in_configure = _mark(
+        test_the_system_sets_the_tf32_policy_and_refuses_several_gpus_in_configure
+    )
+
     test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints = _mark(
         test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints
     )

@@ -5,8 +5,10 @@ cameras (our pivot-aimed datamodule) gives the same pixels as ``gan_prior``'s ow
 same pyramid from the equivalent GAN camera label — which proves the camera mapping.
 """
 
+import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import requires_threestudio
@@ -21,6 +23,15 @@ def ts():
     from threestudio_env import import_extension
 
     return import_extension()
+
+
+def ts_module(name: str):
+    """A module of the loaded extension (``threestudio-portrait3d``), e.g. ``"utils.uv_rasterizer"``."""
+    import importlib
+
+    from portrait3d.threestudio_env import EXTENSION
+
+    return importlib.import_module(f"{EXTENSION}.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +82,8 @@ def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
 @pytest.mark.parametrize("background", [True, False])
 def test_stage2_renders_through_the_components_equal_the_gan_prior(ts, prior_path, background):
     """render_labels (refinement views, fit patches, official videos) = PortraitGAN.render on the
-    same pyramid and ws: image in the ToRGB range, the official mask, any patch window."""
+    same pyramid and ws, exactly (gan_prior.renderer.render_view serves both): image in the ToRGB
+    range, the official mask, any patch window."""
     from gan_prior.refinement import refinement_labels
 
     _, _, _, renderer, levels, ws = build(ts, prior_path, "torgb-bias")  # stage 2 needs no "gan" mode
@@ -101,8 +113,8 @@ def test_stage2_renders_through_the_components_equal_the_gan_prior(ts, prior_pat
                 depth_resolution_importance=6,
             )
         assert out["image"].shape == ref["image"].shape == (1, 3, 8 if patch else 16, 8 if patch else 16)
-        assert (out["image"] - ref["image"]).abs().max() < 4e-5
-        assert (out["mask"] - ref["mask"]).abs().max() < 1e-5
+        for key in ("image", "mask", "depth", "features"):  # one render path: the same numbers
+            assert torch.equal(out[key], ref[key]), key
     with pytest.raises(ValueError, match="system.background_type must be portrait3d-gan-background"):
         ts.find("portrait3d-renderer")(
             {},
@@ -187,11 +199,15 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
         "aligned.png",
         "alignment.json",
         "comparison.png",
+        "input",
         "inversion.json",
         "pyramid.safetensors",
         "timings.json",
         "w_plus.safetensors",
     ]
+    # the photo is kept with what was made from it, named inside the folder (the report shows it)
+    assert (out / "input" / "me.png").read_bytes() == (tmp_path / "me.png").read_bytes()
+    assert json.load(open(out / "alignment.json"))["report"][0]["name"] == "input/me.png"
     saved, saved_ws = load_pyramid(str(out / "pyramid.safetensors"))
     assert all(torch.equal(levels[r], saved[r]) for r in saved) and torch.equal(got_ws, saved_ws)
     with torch.no_grad():  # the pyramid is the generator's synthesis of the inverted w+
@@ -237,10 +253,48 @@ def test_bad_configs_give_clear_errors(ts, prior_path, tmp_path):
         ts.find("pyramid-trigrids")
 
 
+def test_a_config_never_names_code(ts, prior_path, monkeypatch):
+    """``system.initializer.portrait.detector`` from a config, a batch override or a shared parsed.yaml
+    may not name a ``module:attr``: refused when the component is built, before any image exists,
+    unless the user's own environment allows exactly that detector."""
+    from gan_prior.alignment import DETECTORS_ENV
+
+    monkeypatch.delenv(DETECTORS_ENV, raising=False)
+    for source in ("prompt", "image"):
+        with pytest.raises(
+            ValueError, match="portrait.detector: detector 'pickle:loads': a 'module:attr' detector"
+        ):
+            ts.find("gan-prior-initializer")(
+                {"checkpoint": prior_path, "source": source, "portrait": {"detector": "pickle:loads"}}
+            )
+    spec = "tests.test_alignment:MarkerDetector"
+    monkeypatch.setenv(DETECTORS_ENV, spec)
+    ts.find("gan-prior-initializer")(
+        {"checkpoint": prior_path, "source": "image", "portrait": {"detector": spec}}
+    )
+
+
+def test_renderer_options_are_bounded_before_anything_renders(ts, prior_path):
+    """A config asking for 4096 samples per ray allocated gigabytes and ended as "unexpected
+    RuntimeError … (a bug)": refused when the renderer is built, naming the option and the bound."""
+    g = ts.find("pyramid-trigrid")({"checkpoint": prior_path, "level_sizes": [8, 16, 32]})
+    m = ts.find("portrait3d-gan-material")({"checkpoint": prior_path})
+    bg = ts.find("portrait3d-gan-background")({"checkpoint": prior_path})
+    for option, value, why in (
+        ("depth_resolution", 4096, "expected an integer between 1 and 512"),
+        ("depth_resolution_importance", -1, "expected an integer between 0 and 512"),
+        ("ray_start", float("nan"), "expected a finite number"),
+    ):
+        with pytest.raises(ValueError, match=f"system.renderer.{option} = .*; {why}"):
+            ts.find("portrait3d-renderer")({option: value}, geometry=g, material=m, background=bg)
+
+
 def test_exported_mesh_is_the_density_level_set_in_the_gan_gltf_frame(ts, prior_path):
     """The exporter's vertices are in the GAN world (+y up, face +z: glTF's frame): the GAN's own
-    field, queried at them directly, is at the isosurface level; colours are the ToRGB colours."""
+    field, queried at them directly, is at the isosurface level; the mesh is textured, outward, and
+    its fidelity to the neural renders is measured."""
     from gan_prior.camera import gan_to_threestudio_points
+    from gan_prior.mesh import signed_volume
 
     g, m, bg, r, levels, ws = build(ts, prior_path)
     prior = PortraitGAN.from_checkpoint(prior_path)
@@ -250,18 +304,99 @@ def test_exported_mesh_is_the_density_level_set_in_the_gan_gltf_frame(ts, prior_
         sigma = field(grid)[0].flatten()
     level = float(sigma.median())
     g.cfg.isosurface_threshold, g.cfg.isosurface_resolution = level, 48
-    outputs = ts.find("portrait3d-exporter")({"pyramid_formats": []}, geometry=g, material=m, background=bg)()
-    assert [o.save_name for o in outputs] == ["portrait.obj", "portrait.glb"]
-    mesh = outputs[0].params
-    v = torch.from_numpy(mesh["vertices"]).float()
-    assert len(v) > 50 and v.abs().max() <= 0.35 + 1e-4
+    exporter = ts.find("portrait3d-exporter")(
+        {"pyramid_formats": [], "texture_size": 256, "view_resolution": 32, "view_samples": [8, 8]},
+        geometry=g,
+        material=m,
+        background=bg,
+    )
+    outputs = exporter()
+    assert [(o.save_name, o.save_type) for o in outputs] == [("portrait", "portrait_mesh")]
+    assert outputs[0].params["formats"] == ["glb", "obj"]
+    mesh = outputs[0].params["mesh"]
+    v = torch.from_numpy(mesh.vertices).float()
+    assert len(v) > 50 and v.abs().max() <= 0.35 + 1e-4 and signed_volume(mesh.vertices, mesh.faces) > 0
     with torch.no_grad():
         at_vertices = field(v[None])[0].flatten()
         swapped = field(gan_to_threestudio_points(v)[None])[0].flatten()  # what a wrong frame would give
     err = (at_vertices - level).abs().median()
     assert err < 0.1 * sigma.std(), (float(err), float(sigma.std()))
     assert (swapped - level).abs().median() > 3 * err
+    assert mesh.texture.shape == (256, 256, 3) and mesh.uv.shape[0] == len(mesh.uv_vertex_map)
+    report = mesh.report
+    assert report["mesh"]["textured"] and report["cameras"]["resolution"] == 32
+    assert {"textured", "vertex_colours", "isosurface_vertex_colours"} <= set(report)
+
+
+def test_the_isosurface_grid_is_evaluated_in_chunks(ts, prior_path):
+    """Export at 256³ sent all 16.8 M grid points through one field call (≈ 8.3 GiB on a GPU):
+    every call now gets at most isosurface_chunk points (default 2¹⁸)."""
+    g, *_ = build(ts, prior_path)
+    g.cfg.isosurface_resolution, g.cfg.isosurface_threshold = 72, "auto"  # 373 248 grid points
+    sizes = []
+    forward = g.decoder.forward
+
+    def counted(sampled):
+        sizes.append(sampled.shape[2])
+        return forward(sampled)
+
+    g.decoder.forward = counted
+    mesh = g.isosurface()
+    assert len(mesh.t_pos_idx) > 100 and max(sizes) <= 1 << 18, max(sizes)
+    assert sum(sizes) < 72**3  # coarse to fine: only the blocks the surface can cross
+    g.cfg.isosurface_threshold = 1e4
+    with pytest.raises(
+        ValueError, match=r"system.geometry.isosurface_threshold=10000 gives an empty isosurface: "
+    ):
+        g.isosurface()
+
+
+def test_threestudios_mesh_exporter_accepts_our_geometry_and_material(ts, prior_path, tmp_path, monkeypatch):
+    """threestudio's own ``mesh-exporter`` (obj-mtl) with our components, its nvdiffrast context
+    replaced by one on our UV rasterizer: a textured OBJ whose texture holds the material's colours."""
+    import threestudio.models.exporters.mesh_exporter as mesh_exporter
+    import trimesh
+    from threestudio.utils.saving import SaverMixin
+
+    from gan_prior.camera import threestudio_to_gan_points
+
+    rasterizer = ts_module("utils.uv_rasterizer")
+    monkeypatch.setattr(mesh_exporter, "NVDiffRasterizerContext", rasterizer.UVRasterizerContext)
+    g, m, bg, *_ = build(ts, prior_path)
+    g.cfg.isosurface_resolution, g.cfg.isosurface_threshold = 40, "auto"
+    exporter = ts.find("mesh-exporter")(
+        {"fmt": "obj-mtl", "texture_size": 256, "texture_format": "png", "context_type": "cuda"},
+        geometry=g,
+        material=m,
+        background=bg,
+    )
     with torch.no_grad():
-        feats = field(v[None])[1][0]
-        rgb = (m(feats).clamp(0, 1) * 255).round()
-    assert (torch.from_numpy(mesh["colors"]).float() - rgb).abs().max() <= 1.0
+        outputs = exporter()
+    saver = SaverMixin()
+    saver.set_save_dir(str(tmp_path))
+    for out in outputs:
+        getattr(saver, f"save_{out.save_type}")(out.save_name, **out.params)
+    assert sorted(os.listdir(tmp_path)) == ["model.mtl", "model.obj", "texture_kd.png"]
+    obj = trimesh.load(tmp_path / "model.obj", process=False)
+    texture = np.asarray(obj.visual.material.image.convert("RGB")).astype(np.float32) / 255
+    uv = np.asarray(obj.visual.uv)  # OBJ: v up
+    h, w = texture.shape[:2]
+    at_uv = texture[
+        ((1 - uv[:, 1]) * h).astype(int).clip(0, h - 1), (uv[:, 0] * w).astype(int).clip(0, w - 1)
+    ]
+    points = threestudio_to_gan_points(torch.from_numpy(np.asarray(obj.vertices)).float())
+    with torch.no_grad():
+        expected = m.export(features=g.gan_field()(points)[1])["albedo"].numpy()
+    assert np.median(np.abs(at_uv - expected)) < 0.03 and texture.std() > 0.02
+
+
+def test_the_evaluation_line_rounds_and_says_what_was_not_computed(ts):
+    import sys
+
+    line = sys.modules["threestudio-portrait3d.system.test_outputs"].evaluation_line
+    assert line({"clip_score": 24.664560317993164, "fid": None, "kid_mean": None}) == (
+        "CLIP score 24.66, FID/KID – (no system.evaluation.inception)"
+    )
+    assert line({"clip_score": None, "fid": 12.3456, "kid_mean": 0.012345}) == (
+        "CLIP score – (no system.evaluation.clip_model), FID 12.35, KID 0.0123"
+    )

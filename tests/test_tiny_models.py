@@ -36,8 +36,10 @@ def sd_cache(tmp_path_factory):
         root = tiny_cache_root()
         final_name = f"{SD}-{tiny_models.TINY_MODELS[SD].version}"
         # a half-written temp folder of a process that died mid-build
-        dead = root / f".{final_name}.tmp-{_dead_pid()}-abc123"
+        dead = root / f".{final_name}.tmp-{_dead_pid()}-abc123de"
         (dead / "unet").mkdir(parents=True)
+        # a user's folder that merely starts like one: not provably ours, never removed
+        (root / f".{final_name}.tmp-mine" / "notes").mkdir(parents=True)
         (dead / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 10)
         # an unfinished folder at the final path (no marker), e.g. copied by hand
         (root / final_name / "unet").mkdir(parents=True)
@@ -77,7 +79,9 @@ def test_build_load_and_generate(sd_cache):
 def test_debris_is_handled(sd_cache):
     path, dead = sd_cache
     assert not dead.exists()  # the dead process's temp folder was removed
-    leftovers = [p.name for p in path.parent.iterdir() if p.name != path.name]
+    mine = path.parent / f".{path.name}.tmp-mine"
+    assert (mine / "notes").is_dir()  # the user's look-alike stays
+    leftovers = [p.name for p in path.parent.iterdir() if p.name not in (path.name, mine.name)]
     assert all(n.endswith(".lock") for n in leftovers), leftovers
 
 

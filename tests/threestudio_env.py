@@ -7,22 +7,7 @@ import sys
 
 from helpers import ROOT, THREESTUDIO_ROOT
 
-from portrait3d import cpu_compat
-from portrait3d.threestudio_env import install_extension, load_extension
-
-
-def make_worktree(dest: str) -> str:
-    """A threestudio tree at ``dest``: links to THREESTUDIO_ROOT's entries, its own custom/ and
-    configs/ (so the checkout is never modified), then our installer run on it."""
-    os.makedirs(dest, exist_ok=True)
-    for name in os.listdir(THREESTUDIO_ROOT):
-        if name in ("custom", "configs", "outputs", ".threestudio_cache"):
-            continue
-        os.symlink(os.path.join(THREESTUDIO_ROOT, name), os.path.join(dest, name))
-    os.makedirs(os.path.join(dest, "custom"))
-    os.makedirs(os.path.join(dest, "configs"))
-    install_extension(dest)
-    return dest
+from portrait3d.threestudio_env import import_threestudio, make_worktree  # noqa: F401  (the tests' import)
 
 
 def launch_env(cache: str) -> dict:
@@ -53,10 +38,4 @@ def launch(worktree: str, cache: str, *args: str, timeout: int = 900) -> subproc
 
 def import_extension():
     """Import threestudio and this extension in the test process, as launch.py does (once)."""
-    cpu_compat.install()
-    if THREESTUDIO_ROOT not in sys.path:
-        sys.path.insert(0, THREESTUDIO_ROOT)
-    import threestudio
-
-    load_extension()
-    return threestudio
+    return import_threestudio(THREESTUDIO_ROOT)

@@ -43,13 +43,18 @@ class GANBackground(BaseBackground):
         self.torgb = frozen_copy(prior.torgb)
         # the refinement views and the official videos use the GAN background whatever the mode
         self.bcg_synthesis = frozen_copy(prior.bcg_synthesis) if prior.bcg_synthesis is not None else None
-        self._cache: Dict[tuple, Tensor] = {}
+        self._cache: Dict[tuple, Tuple[Tensor, Tensor]] = {}
 
-    def image(self, ws: Float[Tensor, "1 N D"], size: int, gan: bool) -> Float[Tensor, "1 size size 3"]:
-        """The background colour in [0, 1] (ToRGB·0.5 + 0.5, not clamped) of a ``size²`` image:
-        the GAN's background (``gan``) or the ToRGB bias."""
-        if not gan:
-            return (self.torgb.bias * 0.5 + 0.5).to(ws).expand(1, size, size, 3)
+    def features(self, ws: Float[Tensor, "1 N D"], size: int) -> Float[Tensor, "1 Nf size size"]:
+        """The GAN background's feature image at ``size²``, before the ToRGB (``render_labels``
+        composites features over it, as the official code)."""
+        return self._cached(ws, size)[0]
+
+    def image(self, ws: Float[Tensor, "1 N D"], size: int) -> Float[Tensor, "1 size size 3"]:
+        """The GAN background's colour in [0, 1] (ToRGB·0.5 + 0.5, not clamped) at ``size²``."""
+        return self._cached(ws, size)[1]
+
+    def _cached(self, ws: Tensor, size: int) -> Tuple[Tensor, Tensor]:
         if self.bcg_synthesis is None:
             raise ValueError(
                 f"{self.cfg.checkpoint} has no background generator; the GAN background is unavailable"
@@ -58,7 +63,8 @@ class GANBackground(BaseBackground):
         if key not in self._cache:
             with torch.no_grad():
                 feats = background_features(self.bcg_synthesis, ws, size)
-                self._cache = {key: (to_rgb(self.torgb, feats, ws) * 0.5 + 0.5).permute(0, 2, 3, 1)}
+                rgb = (to_rgb(self.torgb, feats, ws) * 0.5 + 0.5).permute(0, 2, 3, 1)
+                self._cache = {key: (feats, rgb)}
         return self._cache[key]
 
     def forward(
@@ -73,4 +79,4 @@ class GANBackground(BaseBackground):
             )
         if h != w:
             raise ValueError(f"portrait3d-gan-background (mode gan) renders square images, got {h}x{w}")
-        return self.image(ws, h, gan=True).to(dirs).expand(b, -1, -1, -1)
+        return self.image(ws, h).to(dirs).expand(b, -1, -1, -1)

@@ -7,17 +7,22 @@ decoder maps the level- and plane-averaged features to a raw density σ and a 32
 threestudio's own calls (``forward``, the isosurface) pass threestudio-world points (z up), rotated
 once into the GAN world.
 ``density`` is the *raw* σ (the renderer applies ``softplus(σ − 1)``); the isosurface is taken on
-raw σ, as the official shape export (level 15 there), with the official x/z crop applied.
+raw σ, as the official shape export (level 15 there), with the official x/z crop applied, by
+marching cubes over the tri-grid box (:func:`gan_prior.mesh.density_grid`: coarse to fine, at most
+``isosurface_chunk`` points per field call, so a 256³ grid fits a small GPU).
 """
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import threestudio
 import torch
 from threestudio.models.geometry.base import BaseImplicitGeometry
+from threestudio.models.mesh import Mesh
 from threestudio.utils.typing import *
 
-from gan_prior.camera import threestudio_to_gan_points
+from gan_prior.camera import gan_to_threestudio_points, threestudio_to_gan_points
+from gan_prior.mesh import density_grid, marching_cubes
 from gan_prior.pyramid_trigrid import level_key, pyramid_field
 from gan_prior.renderer import RenderConfig, crop_mask
 
@@ -33,12 +38,19 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
         radius: float = RenderConfig.box_warp / 2  # the tri-grid cube
         isosurface_method: str = "mc-cpu"
         isosurface_resolution: int = 256
-        isosurface_threshold: Any = 15.0  # raw σ, official marching-cubes level
+        isosurface_threshold: Any = 15.0  # raw σ, official marching-cubes level; or "auto"
+        isosurface_chunk: int = 1 << 18  # grid points per field call (≈ 140 MB of activations)
 
     cfg: Config
 
     def configure(self) -> None:
         super().configure()
+        if self.cfg.isosurface_method != "mc-cpu" or self.cfg.isosurface_chunk <= 0:
+            raise ValueError(
+                f"system.geometry: isosurface_method={self.cfg.isosurface_method!r}, isosurface_chunk="
+                f"{self.cfg.isosurface_chunk}: pyramid-trigrid meshes by marching cubes ('mc-cpu') with a "
+                "chunk > 0 grid points per field call"
+            )
         prior = load_prior(self.cfg.checkpoint, "system.geometry.checkpoint")
         self.box_warp = prior.cfg.render.box_warp
         self.depth = prior.cfg.trigrid_depth
@@ -104,3 +116,43 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
 
     def export(self, points: Float[Tensor, "*N Di"], **kwargs) -> Dict[str, Any]:
         return {"features": self._field(points)[1]}
+
+    @torch.no_grad()
+    def gan_isosurface(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Marching cubes on raw σ (crop applied) over the tri-grid box: vertices ``[V, 3]`` (GAN
+        world) and faces ``[F, 3]``; one line naming ``isosurface_threshold`` when it is empty."""
+        field = self.gan_field()
+        device = self.decoder.net[0].weight.device
+
+        def density(points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
+            points = points.to(device)
+            sigma = field(points)[0][:, 0]
+            return torch.where(crop_mask(points, self.crop)[:, 0], self.crop.crop_density, sigma)
+
+        grid = density_grid(
+            density,
+            self.cfg.isosurface_resolution,
+            self.cfg.isosurface_threshold,
+            -self.box_warp / 2,
+            self.box_warp / 2,
+            chunk=self.cfg.isosurface_chunk,
+            floor=self.crop.crop_density,
+            option="system.geometry.isosurface_threshold",
+        )
+        threestudio.info(
+            f"Isosurface at σ = {grid.level:g} (σ from {grid.sigma_range[0]:.3g} to {grid.sigma_range[1]:.3g}); "
+            f"{grid.evaluated} of {self.cfg.isosurface_resolution**3} grid points evaluated"
+        )
+        return marching_cubes(grid)
+
+    def isosurface(self) -> Mesh:
+        """threestudio's contract (its ``mesh-exporter`` calls it): the mesh in threestudio's world."""
+        v, f = self.gan_isosurface()
+        device = self.decoder.net[0].weight.device
+        mesh = Mesh(
+            v_pos=gan_to_threestudio_points(torch.from_numpy(v)).to(device),
+            t_pos_idx=torch.from_numpy(f).to(device),
+        )
+        if self.cfg.isosurface_remove_outliers:
+            mesh = mesh.remove_outlier(self.cfg.isosurface_outlier_n_faces_threshold)
+        return mesh

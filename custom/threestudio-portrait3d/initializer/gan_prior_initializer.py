@@ -23,6 +23,7 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.typing import *
 
 from gan_prior import CheckpointError, canonical_label, load_pyramid
+from gan_prior.alignment import check_detector_spec
 from gan_prior.portrait_init import PortraitInitConfig, init_key, initialize_portrait
 
 from ..prior import load_prior
@@ -53,6 +54,29 @@ class GANPriorInitializer(BaseObject):
             raise ValueError(
                 f"system.initializer.source must be one of {list(SOURCES)}, got {self.cfg.source!r}"
             )
+        if self.cfg.source in ("prompt", "image"):  # a detector this config may not name fails now
+            try:
+                check_detector_spec(str(self.cfg.portrait.get("detector", "haar")))
+            except ValueError as e:
+                raise ValueError(f"system.initializer.portrait.detector: {e}") from None
+
+    def check(self) -> None:
+        """The settings a fresh run will use, checked before any work (the system's configure): the
+        photo, the perceptual network, the detector for this GAN."""
+        if self.cfg.source in ("prompt", "image"):
+            try:
+                self.portrait_config().validate(self.cfg.checkpoint)
+            except ValueError as e:
+                raise self._named(e) from None
+
+    def _named(self, e: Exception) -> ValueError:
+        """``e`` as one line naming the config key (``system.initializer.portrait.<field>: ...``)."""
+        message = str(e)
+        if message.split(":")[0] in PortraitInitConfig.__dataclass_fields__:
+            message = f"system.initializer.portrait.{message}"
+        elif not message.startswith("system."):
+            message = f"system.initializer ({self.cfg.source}): {message}"
+        return ValueError(message)
 
     def portrait_config(self) -> PortraitInitConfig:
         """``portrait`` as a :class:`PortraitInitConfig`, for this ``source`` (prompt or image)."""
@@ -94,12 +118,7 @@ class GANPriorInitializer(BaseObject):
                 prior, self.cfg.checkpoint, cfg, out_dir, device, log=threestudio.info
             )
         except (ValueError, CheckpointError) as e:
-            message = str(e)
-            if message.split(":")[0] in PortraitInitConfig.__dataclass_fields__:
-                message = f"system.initializer.portrait.{message}"
-            elif not message.startswith("system."):
-                message = f"system.initializer ({self.cfg.source}): {message}"
-            raise ValueError(message) from None
+            raise self._named(e) from None
         finally:
             prior.cpu()
         return {r: t[:1] for r, t in levels.items()}, ws[:1]

@@ -13,6 +13,8 @@ import torch
 from threestudio.models.materials.base import BaseMaterial
 from threestudio.utils.typing import *
 
+from gan_prior.generator import to_rgb
+
 from ..prior import frozen_copy, load_prior
 
 
@@ -37,6 +39,11 @@ class GANToRGBMaterial(BaseMaterial):
     def forward(self, features: Float[Tensor, "*B Nf"], **kwargs) -> Float[Tensor, "*B 3"]:
         a, b = self.torgb.affine_map(self.ws[:, -1])
         return (features @ a[0].T + b) * 0.5 + 0.5
+
+    def to_rgb(self, features: Float[Tensor, "B Nf H W"]) -> Float[Tensor, "B 3 H W"]:
+        """The ToRGB of a composited feature image, in its own range (the official order: composite,
+        then ToRGB; ``render_labels``)."""
+        return to_rgb(self.torgb, features, self.ws)
 
     def export(self, features: Float[Tensor, "*N Nf"], **kwargs) -> Dict[str, Any]:
         return {"albedo": self(features).clamp(0.0, 1.0)}

@@ -74,17 +74,23 @@ class Portrait3DPromptProcessor(StableDiffusionPromptProcessor):
 
     cfg: Config
 
-    def configure(self) -> None:
-        if self.cfg.use_perp_neg:
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Settings of threestudio's processor the official scheme does not have (the system calls this
+        in its configure, before any work)."""
+        if cfg.use_perp_neg:
             raise ValueError(
                 "system.prompt_processor.use_perp_neg: the official Portrait3D SDS has no Perp-Neg; "
                 "set it to false, or use prompt_processor_type=stable-diffusion-prompt-processor"
             )
-        if self.cfg.use_prompt_debiasing or self.cfg.view_dependent_prompt_front:
+        if cfg.use_prompt_debiasing or cfg.view_dependent_prompt_front:
             raise ValueError(
                 "system.prompt_processor: use_prompt_debiasing / view_dependent_prompt_front belong to "
                 "threestudio's discrete scheme; use prompt_processor_type=stable-diffusion-prompt-processor"
             )
+
+    def configure(self) -> None:
+        self.check_config(self.cfg)
         super().configure()
 
     # threestudio's configure() builds its own four directions; ours are the official three.

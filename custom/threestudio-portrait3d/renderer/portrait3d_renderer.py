@@ -6,10 +6,13 @@ the field: stratified +
 importance samples on ``[ray_start, ray_end]`` along unit rays from the same camera centre (exact
 for threestudio cameras on the radius-2.7 sphere, see camera-check.md), the x/z crop, midpoint
 quadrature. Training jitters (as the official renderer always does); evaluation is deterministic.
-``render_labels`` renders official camera labels through the same components: stage 2 of
-``portrait3d-system`` (refinement views, fit, official videos) has no other render path.
+``render_labels`` renders official camera labels through the same components with
+:func:`gan_prior.renderer.render_view`, the render path of ``PortraitGAN.render`` (features
+composited over the GAN background, then the material's ToRGB): stage 2 of ``portrait3d-system``
+(refinement views, fit, official videos) has no other render path.
 """
 
+import functools
 from dataclasses import dataclass
 
 import threestudio
@@ -18,10 +21,11 @@ from threestudio.models.renderers.base import VolumeRenderer
 from threestudio.utils.typing import *
 
 from gan_prior.camera import threestudio_to_gan_points
-from gan_prior.generator import opacity_to_mask
-from gan_prior.renderer import RenderConfig, rays_from_label, render_rays
+from gan_prior.checks import check_render_options
+from gan_prior.renderer import RenderConfig, render_rays, render_view
 
 from ..background.gan_background import GANBackground
+from ..material.gan_material import GANToRGBMaterial
 
 
 @threestudio.register("portrait3d-renderer")
@@ -43,19 +47,19 @@ class Portrait3DRenderer(VolumeRenderer):
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
-        self.render_cfg = RenderConfig().replace(
-            **{
-                f: getattr(self.cfg, f)
-                for f in (
-                    "ray_start",
-                    "ray_end",
-                    "depth_resolution",
-                    "depth_resolution_importance",
-                    "box_warp",
-                    "triplane_crop",
-                )
-            }
-        )
+        options = {
+            f: getattr(self.cfg, f)
+            for f in (
+                "ray_start",
+                "ray_end",
+                "depth_resolution",
+                "depth_resolution_importance",
+                "box_warp",
+                "triplane_crop",
+            )
+        }
+        check_render_options(options, "system.renderer.")  # bounded before any render allocates
+        self.render_cfg = RenderConfig().replace(**options)
 
     def field(self) -> Callable[[Tensor], Tuple[Tensor, Tensor]]:
         """The render field: GAN-world points ``[B, N, 3]`` → (raw σ, the material's colour); the
@@ -117,34 +121,23 @@ class Portrait3DRenderer(VolumeRenderer):
         """The official cameras' view (``PortraitGAN.render``'s contract) through this renderer's
         geometry, material and background: the refinement views, the fit and the official videos.
 
-        ``image`` ``[B, 3, H, W]`` in the ToRGB range (not clamped) and ``mask`` ``[B, 1, H, W]``
-        (the official ``image_mask``); ``background`` = the GAN background, else the ToRGB bias (a
-        zero feature, as ``PortraitGAN.render(background=False)``); ``patch = (top, left, size)``
+        ``image`` ``[B, 3, H, W]`` in the ToRGB range (not clamped), ``mask`` ``[B, 1, H, W]`` (the
+        official ``image_mask``), ``features``, ``opacity``, ``depth``; ``background`` = the GAN
+        background, else the ToRGB bias (a zero feature, as ``PortraitGAN.render(background=False)``),
+        both in feature space before the ToRGB, as the official code; ``patch = (top, left, size)``
         renders that window of the ``resolution²`` image; ``render_options`` override
         :class:`~gan_prior.renderer.RenderConfig` fields (e.g. ``depth_resolution``).
         """
-        if not isinstance(self.background, GANBackground):
+        if not isinstance(self.background, GANBackground) or not isinstance(self.material, GANToRGBMaterial):
             raise ValueError(
-                "system.background_type must be portrait3d-gan-background for the refinement and the "
-                "official videos (they composite the GAN background or the ToRGB bias)"
+                "system.background_type must be portrait3d-gan-background and system.material_type "
+                "portrait3d-gan-material for the refinement and the official videos (they composite the "
+                "GAN background or the ToRGB bias)"
             )
         cfg = self.render_cfg.replace(**render_options) if render_options else self.render_cfg
-        origins, dirs = rays_from_label(labels.float(), resolution, patch)
-        rendered = render_rays(self.field(), origins, dirs, cfg, deterministic, chunk)
-        b, side = labels.shape[0], patch[2] if patch else resolution
-
-        def image(x: Tensor) -> Tensor:
-            return x.transpose(1, 2).reshape(b, x.shape[-1], side, side)
-
-        fg, opacity = image(rendered["features"]), image(rendered["opacity"])
-        bg = self.background.image(self.material.ws, resolution, gan=background).permute(0, 3, 1, 2)
-        if patch:
-            top, left, size = patch
-            bg = bg[:, :, top : top + size, left : left + size]
-        comp = fg + (1 - opacity) * bg.to(fg)  # = (ToRGB(features + (1 − opacity)·background) + 1) / 2
-        return {
-            "image": comp * 2 - 1,
-            "mask": opacity_to_mask(opacity),
-            "opacity": opacity,
-            "depth": image(rendered["depth"]),
-        }
+        ws = self.material.ws
+        bcg = functools.partial(self.background.features, ws, resolution) if background else None
+        out = render_view(
+            self.geometry.gan_field(), labels, resolution, cfg, deterministic, patch, chunk, bcg
+        )
+        return {"image": self.material.to_rgb(out["features"]), **out}

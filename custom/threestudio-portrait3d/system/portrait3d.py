@@ -15,6 +15,7 @@ fit epoch, not an EMA); an SDS-only run uses the EMA.
 """
 
 import difflib
+import os
 from dataclasses import dataclass, field
 
 import threestudio
@@ -24,12 +25,17 @@ from threestudio.systems.base import BaseLift3DSystem
 from threestudio.utils.config import parse_structured
 from threestudio.utils.typing import *
 
+from gan_prior.diffusion import check_pipeline_source
 from gan_prior.pyramid_trigrid import level_key
 from gan_prior.refinement import RefineFitConfig
 
+from ..exporter.portrait3d_exporter import Portrait3DExporter, check_exporter_config
 from ..prior import load_prior
 from ..utils.report_hook import write_run_report
 from ..utils.step_seed import run_seed, seed_step
+from ..utils.trial_status import record_status
+from .existing_trial import claim_trial
+from .guidance_swap import check_guidance_swap, loss_message, missing_and_unused
 from .refinement_stage import RefineConfig, RefinementStage
 from .safeguards import (
     NonFiniteGuard,
@@ -37,8 +43,17 @@ from .safeguards import (
     check_level_sizes,
     check_optimizer_levels,
     check_positive,
+    check_sizes,
+    check_trainer,
+    check_visible_gpus,
 )
 from .test_outputs import EvaluationConfig, TestOutputs, VideoConfig
+
+
+def binary_entropy(w: Tensor) -> Tensor:
+    """Mean binary entropy in bits of the per-sample weights (official stable-dreamfusion
+    ``nerf/utils.py``: ``−w·log2 w − (1 − w)·log2(1 − w)``; natural log would be 0.69× as strong)."""
+    return (-w * torch.log2(w) - (1 - w) * torch.log2(1 - w)).mean()
 
 
 def _plain(obj: Any) -> Any:
@@ -69,11 +84,18 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         max_nonfinite_steps: int = (
             10  # skipped steps (NaN/Inf loss or gradient) in a row before the run stops
         )
+        overwrite: bool = (
+            False  # a fresh run may replace a trained run in its trial folder (existing_trial.py)
+        )
+        # float32 matmuls and convolutions in TF32 on Ampere and newer GPUs (10-bit mantissa, faster);
+        # false: full float32 (the official SDS stage ran its matmuls so, its convolutions in TF32)
+        allow_tf32: bool = True
 
     cfg: Config
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
+        check_visible_gpus()  # before anything loads, and before Lightning starts a process per GPU
         # threestudio's parse_structured builds Config(**cfg), which leaves nested sections as plain
         # dicts: type them here (defaults filled, unknown keys refused)
         for name, kind in (
@@ -83,7 +105,16 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         ):
             setattr(self.cfg, name, parse_structured(kind, getattr(self.cfg, name)))
         self.check_registered_names()
+        self.check_guidance_config()
+        self.check_models()
         self.check_run_config()
+        if not self.resumed:  # a fresh run's initialisation: its photo, perceptual network, detector
+            initializer = threestudio.find(self.cfg.initializer_type)(self.cfg.initializer)
+            if hasattr(initializer, "check"):
+                try:
+                    initializer.check()
+                except ValueError as e:
+                    raise ValueError(self.named_as_set(str(e))) from None
         self.check_refine_config()
         c = self.cfg.refine
         self.fit_cfg = RefineFitConfig(
@@ -94,9 +125,15 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             loss_weight=c.loss_weight,
         )
         self.check_evaluation_config()
+        if (
+            self.cfg.exporter_type == "portrait3d-exporter"
+        ):  # a bad export option fails now, not after training
+            check_exporter_config(parse_structured(Portrait3DExporter.Config, self.cfg.exporter))
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
         self.seed = run_seed()
+        torch.backends.cuda.matmul.allow_tf32 = self.cfg.allow_tf32  # process-wide, as the run is
+        torch.backends.cudnn.allow_tf32 = self.cfg.allow_tf32
         super().configure()
         for r, t in self.geometry.levels.items():
             self.register_buffer(f"ema_{level_key(r)}", t.detach().clone())
@@ -126,6 +163,70 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
                 hint = f"; did you mean {', '.join(close)}?" if close else "; is its extension in custom/?"
                 raise ValueError(f"system.{option}: {name!r} is not a registered threestudio component{hint}")
 
+    # the losses the system adds itself (sds_step), beside the guidance's
+    OWN_LOSSES = ("entropy",)
+
+    # keys our configs set from another key (${...}): an error names the key a user sets, and these too
+    FOLLOWS = {
+        "system.guidance.pretrained_model_name_or_path": "system.prompt_processor.pretrained_model_name_or_path",
+        "system.initializer.portrait.text_to_image_model": "system.prompt_processor.pretrained_model_name_or_path",
+        "system.initializer.portrait.prompt": "system.prompt_processor.prompt",
+        "system.initializer.checkpoint": "system.prior_checkpoint",
+        "system.geometry.checkpoint": "system.prior_checkpoint",
+    }
+
+    def _value(self, key: str) -> Any:
+        return OmegaConf.select(OmegaConf.create({"system": OmegaConf.to_container(self.cfg)}), key)
+
+    def as_set(self, key: str) -> str:
+        """``key`` as a user sets it: the key it follows when their values are equal (then both)."""
+        source = self.FOLLOWS.get(key)
+        if source is None or self._value(source) != self._value(key):
+            return key
+        return f"{source} (and {key}, which follows it)"
+
+    def named_as_set(self, message: str) -> str:
+        """An error line that starts with a following key, starting with the key a user sets instead."""
+        for key in self.FOLLOWS:
+            if message.startswith(key + ":") or message.startswith(key + " "):
+                return self.as_set(key) + message[len(key) :]
+        return message
+
+    def check_models(self) -> None:
+        """The Stable Diffusion folders or hub ids (cheap: a folder's contents, an id's form), before
+        any work; each error names the key a user sets."""
+        keys = ["system.prompt_processor.pretrained_model_name_or_path"]
+        if self.cfg.guidance_type.startswith("stable-diffusion-"):
+            keys.append("system.guidance.pretrained_model_name_or_path")
+        if self.cfg.initializer.get("source") == "prompt":
+            keys.append("system.initializer.portrait.text_to_image_model")
+        models = {key: self._value(key) for key in keys}
+        for key, model in models.items():
+            if not model or (key != keys[0] and model == models[keys[0]]):
+                continue  # (one that follows the prompt processor's is checked with it)
+            also = [k for k in keys[1:] if models[k] == model] if key == keys[0] else []
+            check_pipeline_source(model, f"{key} (and {', '.join(also)}, which follow it)" if also else key)
+
+    def check_guidance_config(self) -> None:
+        """A swapped guidance (``system.guidance_type=...``) gets our guidance settings under its own
+        names; its loss weights and trained parameters, and the prompt processor's settings, are
+        checked now, in one line, not after the initialisation (guidance_swap.py)."""
+        self.cfg.guidance, notes = check_guidance_swap(
+            self.cfg.guidance_type,
+            self.cfg.guidance,
+            self.cfg.loss,
+            self.cfg.optimizer.get("params"),
+            self.OWN_LOSSES,
+            threestudio.find,
+            parse_structured,
+        )
+        for note in notes:
+            threestudio.info(note)
+        processor = threestudio.find(self.cfg.prompt_processor_type)
+        checked = parse_structured(processor.Config, self.cfg.prompt_processor)  # unknown keys: one line
+        if hasattr(processor, "check_config"):
+            processor.check_config(checked)
+
     def check_run_config(self) -> None:
         """Settings that would fail late (after the initialisation, at the end of the test stage) or
         silently (a level never optimised): checked before anything expensive runs."""
@@ -141,6 +242,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
                 "system.max_nonfinite_steps": c.max_nonfinite_steps,
             }
         )
+        check_sizes(c)
         if not 0.0 < c.ema_decay <= 1.0:
             raise ValueError(f"system.ema_decay={c.ema_decay} must be in (0, 1]; the official value is 0.95")
         if c.sds_steps < 0 or c.refine.steps < 0:
@@ -151,24 +253,47 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         level_sizes = list(c.geometry.get("level_sizes") or [])
         if level_sizes:
             prior = load_prior(
-                c.geometry.get("checkpoint") or c.prior_checkpoint, "system.geometry.checkpoint"
+                c.geometry.get("checkpoint") or c.prior_checkpoint, self.as_set("system.geometry.checkpoint")
             )
             check_level_sizes(level_sizes, prior.cfg.level_sizes, str(c.initializer.get("source", "seed")))
             check_optimizer_levels(c.optimizer.get("params"), level_sizes)
+
+    def set_save_dir(self, save_dir: str) -> None:
+        # launch.py calls this once the trial folder is known, before it writes anything there
+        if not self.resumed:
+            claim_trial(os.path.dirname(os.path.abspath(save_dir)), self.cfg.overwrite)
+        super().set_save_dir(save_dir)
 
     @torch.no_grad()
     def initialize_from_prior(self) -> None:
         """Fresh runs only (on_fit_start, once the trial's save folder is known)."""
         initializer = threestudio.find(self.cfg.initializer_type)(self.cfg.initializer)
-        with torch.enable_grad():  # the inversion optimises a latent
-            levels, ws = initializer(save_dir=self._save_dir, device=self.device)
+        try:
+            with torch.enable_grad():  # the inversion optimises a latent
+                levels, ws = initializer(save_dir=self._save_dir, device=self.device)
+        except ValueError as e:
+            raise ValueError(self.named_as_set(str(e))) from None
         self.geometry.set_levels(levels)
         self.material.set_ws(ws)  # the one copy of ws (the background and the stage-2 renders read it)
         for r, t in self.geometry.levels.items():
             getattr(self, f"ema_{level_key(r)}").copy_(t)
 
+    def setup(self, stage: str) -> None:
+        """Lightning's settings this system cannot train with, refused in one line before the
+        initialisation (the trainer is not known in ``configure``)."""
+        super().setup(stage)
+        t = self.trainer
+        check_trainer(
+            t.precision,
+            t.num_devices,
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            t.strategy.root_device,
+        )
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        record_status(self.get_save_dir(), "running", "train", self.true_global_step)
         if not self.resumed:
             self.initialize_from_prior()
         if self.refine_targets is None:  # the prompt processor and a frozen guidance serve only the SDS stage
@@ -183,6 +308,32 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
                 f"trainer.max_steps={max_steps} <= system.sds_steps={self.cfg.sds_steps}: "
                 "the refinement stage will not run"
             )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.cfg.refine.steps > 0 and self.true_global_step == self.cfg.sds_steps:
+            self.save_stage_boundary()
+
+    def save_stage_boundary(self) -> None:
+        """The SDS result as ``ckpts/epoch=0-step=<sds_steps>.ckpt`` (named as the checkpoint callback
+        names its files), whatever ``checkpoint.save_top_k`` keeps: with ``last.ckpt`` it is what a
+        run needs, e.g. to refine again with other settings. Lightning calls this after the
+        ModelCheckpoint callback's hook, so a file it already wrote for this step is left alone."""
+        callback = self.trainer.checkpoint_callback
+        if callback is None or callback.dirpath is None:
+            return
+        name = callback.format_checkpoint_name(
+            {"epoch": self.trainer.current_epoch, "step": self.trainer.global_step}
+        )
+        if not os.path.exists(name):
+            self.trainer.save_checkpoint(name)
+
+    @property
+    def trained_state(self) -> str:
+        """The trial's status once a test or export ends: done when the training reached
+        ``trainer.max_steps`` (or has no such bound), else stopped (at this step)."""
+        max_steps = self.trainer.max_steps
+        return "stopped" if 0 <= max_steps and self.true_global_step < max_steps else "done"
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # a frozen guidance is rebuilt in on_fit_start: keeping it out of the checkpoint keeps files
@@ -225,7 +376,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
 
     def training_step(self, batch, batch_idx):
         # every draw of the step (guidance timestep and noise, ray jitter) comes from (seed, step):
-        # a resumed run repeats the uninterrupted one (utils/step_seed.py)
+        # a resumed run repeats the uninterrupted one (bitwise on the CPU; utils/step_seed.py)
         seed_step(self.seed, self.true_global_step)
         # a non-finite loss returns None: Lightning skips the update (see safeguards.NonFiniteGuard)
         return self.guard_loss(self.refine_step() if self.refining else self.sds_step(batch))
@@ -234,19 +385,19 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
     def sds_step(self, batch):
         out = self(batch)
         guidance_out = self.guidance(out["comp_rgb"], self.prompt_processor(), **batch, rgb_as_latents=False)
+        # (configure checked the guidances guidance_swap.py knows; this one line covers any other)
+        returned = {name[len("loss_") :] for name in guidance_out if name.startswith("loss_")}
+        missing, _ = missing_and_unused(self.cfg.loss, returned, self.OWN_LOSSES)
+        if missing:
+            raise ValueError(loss_message(self.cfg.guidance_type, returned, missing, []))
         loss = 0.0
         for name, value in guidance_out.items():
             if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.numel() == 1):
                 self.log(f"train/{name}", value)  # guidances also return images/latents: not logged
             if name.startswith("loss_"):
-                lambda_name = "lambda_" + name[len("loss_") :]
-                if lambda_name not in self.cfg.loss:
-                    raise ValueError(
-                        f"the guidance returns {name}; add system.loss.{lambda_name} to the config"
-                    )
-                loss = loss + value * self.C(self.cfg.loss[lambda_name])
+                loss = loss + value * self.C(self.cfg.loss["lambda_" + name[len("loss_") :]])
         w = out["weights"].clamp(1e-5, 1 - 1e-5)
-        loss_entropy = (-w * torch.log(w) - (1 - w) * torch.log(1 - w)).mean()
+        loss_entropy = binary_entropy(w)
         self.log("train/loss_entropy", loss_entropy)
         loss = loss + loss_entropy * self.C(self.cfg.loss.lambda_entropy)
         for name, value in self.cfg.loss.items():
@@ -266,13 +417,14 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """torch_ema: decay capped at (1 + n) / (10 + n) for the n-th update."""
+        """torch_ema's ``update``: the count is incremented first, then the decay is capped at
+        (1 + n) / (10 + n) — 2/11, 3/12, … 21/30 for the official 20 updates."""
+        self.ema_updates += 1
         n = int(self.ema_updates)
         decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
         for r, t in self.geometry.levels.items():
             shadow = getattr(self, f"ema_{level_key(r)}")
             shadow.sub_((1 - decay) * (shadow - t))
-        self.ema_updates += 1
 
     @torch.no_grad()
     def load_ema(self) -> None:
@@ -309,6 +461,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
 
     def on_test_start(self) -> None:
         super().on_test_start()
+        record_status(self.get_save_dir(), "running", "test", self.true_global_step)
         self.use_ema()
 
     def test_step(self, batch, batch_idx):
@@ -320,7 +473,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             f"it{self.true_global_step}-test",
             r"(\d+)\.png",
             save_format="mp4",
-            fps=30,
+            fps=self.cfg.videos.fps,
             name="test",
             step=self.true_global_step,
         )
@@ -329,12 +482,16 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
 
     def on_test_end(self) -> None:
         super().on_test_end()
+        record_status(self.get_save_dir(), self.trained_state, "test", self.true_global_step)
         write_run_report(self.get_save_dir())  # save/index.html (portrait3d.report)
 
     def on_predict_start(self) -> None:
+        self.check_export_folder()
         self.use_ema()
         super().on_predict_start()
+        record_status(self.get_save_dir(), "running", "export", self.true_global_step)
 
     def on_predict_end(self) -> None:
         super().on_predict_end()
+        record_status(self.get_save_dir(), self.trained_state, "export", self.true_global_step)
         write_run_report(self.get_save_dir())  # now with the exported mesh's 3D view

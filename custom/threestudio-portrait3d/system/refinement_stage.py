@@ -22,9 +22,13 @@ from gan_prior.diffusion import (
     sdedit,
 )
 from gan_prior.files import write_json
-from gan_prior.media import contact_sheet, from_uint8, to_uint8
+from gan_prior.media import contact_sheet, from_uint8, png_round_trip, to_uint8
 from gan_prior.media import save_image as write_image
 from gan_prior.refinement import fit_schedule, masked_patch_l2, refinement_labels
+
+from ..utils.step_seed import step_seed
+
+VIEWS = "refine-views"  # the random stream of the 21 views' sampler jitter
 
 
 @dataclass
@@ -84,7 +88,12 @@ class RefinementStage:
         if not self.guidance_is_trained:
             self.guidance = None  # free the SDS model before SDEdit loads its own
         labels = refinement_labels(c.view_seed).to(self.device)
-        views = self.render_refinement_views(labels)
+        # official gen_quality_improve_data_from_triplane.py renders with the sampler's jitter (seeded
+        # here, so a resumed run sees the same views) and saves 8-bit PNGs, which sdedit.py reads
+        devices = [self.device] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(step_seed(self.seed, c.view_seed, VIEWS))
+            views = png_round_trip(self.render_refinement_views(labels))
         model, prompt, refined = self.sdedit_views(views)
         # targets go through uint8 exactly as the official PNG round trip (x·127.5 + 128, then /127.5 − 1)
         self.refine_targets = torch.stack([torch.from_numpy(to_uint8(x)).permute(2, 0, 1) for x in refined])
@@ -93,14 +102,15 @@ class RefinementStage:
         self.reset_geometry_optimizer(c.lr)
 
     def render_refinement_views(self, labels: Float[Tensor, "V 25"]) -> Float[Tensor, "V 3 H W"]:
-        """The pyramid from the official 21 cameras, with the GAN background (ToRGB range)."""
+        """The pyramid from the official 21 cameras, with the GAN background (ToRGB range), with the
+        renderer's jitter as the official script (``render_planes`` samples at random depths)."""
         c = self.cfg.refine
         return torch.cat(
             [
                 self.renderer.render_labels(
                     label[None],
                     c.resolution,
-                    deterministic=True,
+                    deterministic=False,
                     chunk=c.chunk,
                     depth_resolution=c.view_samples[0],
                     depth_resolution_importance=c.view_samples[1],
@@ -169,6 +179,15 @@ class RefinementStage:
             },
         )
 
+    def refinement_on_device(self) -> Tuple[Tensor, Tensor]:
+        """The targets (uint8) and their labels on the run's device, copied there once: they are
+        kept on the CPU for the checkpoints, and a copy per fit step would wait for the GPU."""
+        cached = getattr(self, "_refinement_on_device", None)
+        if cached is None or cached[0] is not self.refine_targets or cached[1].device != self.device:
+            targets, labels = self.refine_targets.to(self.device), self.refine_labels.to(self.device)
+            cached = self._refinement_on_device = (self.refine_targets, targets, labels)
+        return cached[1], cached[2]
+
     def refine_step(self):
         if self.refine_targets is None:
             self.prepare_refinement()
@@ -176,8 +195,8 @@ class RefinementStage:
         view, top, left = fit_schedule(
             step, self.cfg.refine.view_seed, len(self.refine_targets), self.fit_cfg
         )
-        target = from_uint8(self.refine_targets[view : view + 1].to(self.device))
-        label = self.refine_labels[view : view + 1].to(self.device)
+        targets, labels = self.refinement_on_device()
+        target, label = from_uint8(targets[view : view + 1]), labels[view : view + 1]
         f, p = self.fit_cfg, self.fit_cfg.patch_resolution
         out = self.renderer.render_labels(
             label,

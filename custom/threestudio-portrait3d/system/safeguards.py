@@ -8,10 +8,13 @@ with the step and the running count, and stops the run with one clear error afte
 """
 
 import logging
+import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
+from torch import Tensor
 
+from gan_prior.checks import MAX_FRAMES, MAX_RESOLUTION, check_render_options
 from gan_prior.pyramid_trigrid import level_key
 
 LOG = logging.getLogger("pytorch_lightning")  # threestudio's logger
@@ -73,26 +76,115 @@ def check_positive(values: Mapping[str, Any]) -> None:
             raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
+def check_sizes(cfg) -> None:
+    """Resolutions, frame counts and samples per ray of the system config (``cfg``) within what the
+    renderer is built for (:mod:`gan_prior.checks`): a typo such as 4096 samples per ray would
+    otherwise allocate gigabytes, after the initialisation has run."""
+    for name, value, high in (
+        ("system.videos.resolution", cfg.videos.resolution, MAX_RESOLUTION),
+        ("system.refine.resolution", cfg.refine.resolution, MAX_RESOLUTION),
+        ("system.videos.large_frames", cfg.videos.large_frames, MAX_FRAMES),
+        ("system.videos.small_frames", cfg.videos.small_frames, MAX_FRAMES),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+            raise ValueError(f"{name}={value!r} must be an integer between 0 and {high}")
+    for name, samples in (
+        ("system.videos.samples", cfg.videos.samples),
+        ("system.refine.view_samples", cfg.refine.view_samples),
+        ("system.refine.fit_samples", cfg.refine.fit_samples),
+    ):
+        if len(samples) != 2:
+            raise ValueError(
+                f"{name}={list(samples)}: give [stratified, importance] samples per ray, e.g. [48, 48]"
+            )
+        check_render_options(
+            {"depth_resolution": samples[0], "depth_resolution_importance": samples[1]}, f"{name}: "
+        )
+
+
+# Lightning's precision flags (``trainer.precision``, normalised) a run trains correctly with: the
+# pyramid, its EMA and the optimizer state stay float32; "16-mixed" steps through Lightning's GradScaler
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+
+
+def check_trainer(precision: str, num_devices: int, deterministic: bool, warn_only: bool, device) -> None:
+    """What Lightning's Trainer was given that this system cannot train with (``setup``, before the
+    initialisation): another precision, several devices, deterministic algorithms on CUDA."""
+    if str(precision) not in PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={precision}: use 32 (the official setting), 16-mixed or bf16-mixed; "
+            "the pyramid, its EMA and the optimizer state must stay float32"
+        )
+    if num_devices > 1:
+        raise ValueError(single_device_message(num_devices))
+    if deterministic and not warn_only and torch.device(device).type == "cuda":
+        raise ValueError(
+            "trainer.deterministic=true: the renderer's CUDA backward (grid_sampler_3d, gather) has no "
+            "deterministic implementation; use trainer.deterministic=warn (or leave it unset): a resumed "
+            "run repeats the uninterrupted one bitwise on the CPU only"
+        )
+
+
+def single_device_message(n: int) -> str:
+    return (
+        f"this run sees {n} GPUs (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}) and "
+        "threestudio's launch.py would train on all of them; Portrait3D trains on one: pick it with "
+        "--gpu 0 (or CUDA_VISIBLE_DEVICES=0); portrait3d batch runs one prompt per GPU"
+    )
+
+
+def check_visible_gpus() -> None:
+    """launch.py trains on every visible GPU (DDP), which would initialise and refine once per GPU:
+    refused in ``configure``, before another process is started."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n > 1:
+        raise ValueError(single_device_message(n))
+
+
+def all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """One boolean on the last tensor's device (a gradient's): every value of every tensor is finite
+    (read once, by the caller)."""
+    device = tensors[-1].device
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
+
+
 class NonFiniteGuard:
-    """Mixed into the system: ``guard_loss`` in ``training_step``, ``optimizer_step`` checks gradients."""
+    """Mixed into the system: ``guard_loss`` in ``training_step``, ``optimizer_step`` decides.
+
+    A step is skipped (no optimizer update) when its loss or a gradient is not finite, at the cost
+    of one host read per step (the loss and every gradient checked together on the device). Under
+    ``trainer.precision=16-mixed`` the step goes through Lightning's GradScaler: the closure is
+    passed through, the guard checks the loss, and an overflowing gradient is the scaler's to handle
+    (it skips the step and lowers the loss scale); only overflows below a loss scale of 1 count as
+    non-finite gradients.
+    """
 
     max_nonfinite_steps: int = 10
 
     def guard_loss(self, result: Optional[dict]) -> Optional[dict]:
-        """``result`` (``{"loss": …}``), or None — Lightning then skips backward and the update —
-        when the loss is not finite."""
+        """``result`` (``{"loss": …}``) unchanged; its loss is kept for ``optimizer_step``'s check
+        (a non-finite loss goes through backward and its step is skipped)."""
         loss = None if result is None else result.get("loss")
-        if loss is not None and torch.is_tensor(loss) and not bool(torch.isfinite(loss.detach()).all()):
-            self.skip_step(f"non-finite loss ({float(loss.detach().reshape(-1)[0])})")
-            return None
+        self._guarded_loss = loss.detach() if torch.is_tensor(loss) else loss
         return result
 
-    def gradients_finite(self, optimizer) -> bool:
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                    return False
-        return True
+    def _loss_check(self) -> Optional[Tensor]:
+        loss = getattr(self, "_guarded_loss", None)
+        if loss is None:
+            return None
+        return torch.as_tensor(loss).reshape(-1)
+
+    def _why_nonfinite(self, optimizer, gradients: bool) -> Optional[str]:
+        """None when the step's loss (and, with ``gradients``, every gradient) is finite; else why.
+        One host read; a second only to tell a bad loss from a bad gradient."""
+        loss = self._loss_check()
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        checked = ([loss] if loss is not None else []) + (grads if gradients else [])
+        if not checked or bool(all_finite(checked)):
+            return None
+        if loss is not None and not bool(torch.isfinite(loss).all()):
+            return f"non-finite loss ({float(loss[0])})"
+        return "non-finite gradient"
 
     def skip_step(self, why: str) -> None:
         self.nonfinite_in_a_row = getattr(self, "nonfinite_in_a_row", 0) + 1
@@ -107,15 +199,56 @@ class NonFiniteGuard:
         # the logger threestudio.warn writes to, not the warnings module: warning filters must not hide it
         LOG.warning(f"step {step}: {why}; step skipped ({self.nonfinite_total} skipped so far)")
 
+    def grad_scaler(self):
+        """The GradScaler of Lightning's ``16-mixed`` precision plugin, or None."""
+        trainer = getattr(self, "_trainer", None)
+        plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+        return getattr(plugin, "scaler", None)
+
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Lightning's step, run only when the loss and every gradient are finite."""
-        result = optimizer_closure() if optimizer_closure is not None else None
-        skipped = optimizer_closure is not None and result is None  # guard_loss returned None
-        if not skipped and not self.gradients_finite(optimizer):
-            self.skip_step("non-finite gradient")
-            skipped = True
-        if skipped:
-            optimizer.zero_grad(set_to_none=True)
+        self._guarded_loss = None
+        scaler = self.grad_scaler()
+        if scaler is not None:
+            self._scaled_step(optimizer, optimizer_closure, scaler)
             return
-        self.nonfinite_in_a_row = 0
-        optimizer.step()
+        # fp32 / bf16: the closure (training_step + backward) first, then the decision; the
+        # optimizer is not called at all for a skipped step (Adan counts every call it gets)
+        result = optimizer_closure() if optimizer_closure is not None else None
+        why = None
+        if optimizer_closure is None or result is not None:  # None: training_step gave no loss
+            why = self._why_nonfinite(optimizer, gradients=True)
+            if why is None:
+                self.nonfinite_in_a_row = 0
+                optimizer.step()
+                return
+        optimizer.zero_grad(set_to_none=True)
+        if why is not None:
+            self.skip_step(why)
+
+    def _scaled_step(self, optimizer, optimizer_closure, scaler) -> None:
+        """16-mixed: the closure goes through ``optimizer.step`` so that Lightning's AMP plugin
+        unscales, steps and updates its GradScaler (a closure that returns None skips all three)."""
+        skipped = []
+
+        def guarded():
+            result = optimizer_closure() if optimizer_closure is not None else None
+            why = self._why_nonfinite(optimizer, gradients=False)  # scaled gradients: the scaler's
+            if why is not None:
+                skipped.append(why)
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            return result
+
+        if getattr(self, "_loss_scale", None) is None:
+            self._loss_scale = scaler.get_scale()
+        optimizer.step(closure=guarded)
+        if skipped:
+            self.skip_step(skipped[0])
+            return
+        scale = scaler.get_scale()
+        overflow, self._loss_scale = scale < self._loss_scale, scale
+        if overflow and scale < 1:
+            self.skip_step(f"non-finite gradient (the fp16 loss scale is down to {scale:g})")
+        elif not overflow:
+            self.nonfinite_in_a_row = 0

@@ -1,20 +1,21 @@
 """The test-stage outputs of ``portrait3d-system``: the official videos and contact sheet
 (``gen_videos_shapes_from_optimized_triplane.py``), the paper §5.2 metrics, and the exporter's files."""
 
-import glob
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import threestudio
 import torch
 from threestudio.utils.typing import *
 
-from gan_prior.evaluation import evaluate
-from gan_prior.files import atomic_path
+from gan_prior.evaluation import check_weights, evaluate
+from gan_prior.files import read_json, write_json
 from gan_prior.media import contact_sheet, render_frames, save_video, turntable_labels
 from gan_prior.media import save_image as write_image
+from gan_prior.mesh_export import ExportedMesh
+from gan_prior.mesh_files import write_mesh
 from gan_prior.pyramid_files import save_pyramid
+from portrait3d.trial import MESH_REPORT, Trial
 
 
 @dataclass
@@ -40,26 +41,35 @@ class VideoConfig:
     chunk: int = 16384
 
 
+def evaluation_line(result: Dict[str, Any]) -> str:
+    """The metrics of a run in a few words ("–" and why, for one not computed)."""
+
+    def num(key: str, digits: int) -> str:
+        value = result.get(key)
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    fid = (
+        f"FID {num('fid', 2)}, KID {num('kid_mean', 4)}"
+        if result.get("fid") is not None
+        else "FID/KID – (no system.evaluation.inception)"
+    )
+    clip = (
+        f"CLIP score {num('clip_score', 2)}"
+        if result.get("clip_score") is not None
+        else "CLIP score – (no system.evaluation.clip_model)"
+    )
+    return f"{clip}, {fid}"
+
+
 class TestOutputs:
     """The test-stage and export methods of :class:`~.portrait3d.Portrait3DSystem`
     (``system.videos``, ``system.evaluation``)."""
 
     def check_evaluation_config(self) -> None:
         c = self.cfg.evaluation
-        if c.inception is not None and not os.path.isfile(c.inception):
-            raise ValueError(
-                f"system.evaluation.inception: {c.inception} not found; give "
-                "pt_inception-2015-12-05-6726825d.pth (the FID Inception weights) or null"
-            )
-        if (
-            c.clip_model
-            and c.clip_model.startswith(("/", ".", "~"))
-            and not os.path.isdir(os.path.expanduser(c.clip_model))
-        ):
-            raise ValueError(
-                f"system.evaluation.clip_model: folder {c.clip_model} not found; give a CLIP folder, "
-                "a hub id or null"
-            )
+        check_weights(
+            c.clip_model, c.inception, "system.evaluation.clip_model", "system.evaluation.inception"
+        )
 
     def save_metrics(self) -> None:
         """``it{N}-eval/metrics.json`` + contact sheet, when ``system.evaluation`` asks for metrics."""
@@ -73,14 +83,13 @@ class TestOutputs:
             )
             return
         reference = c.reference
+        if c.inception is not None:  # portrait3d evaluate's rule: the reference, else the candidates
+            reference = Trial(os.path.dirname(self.get_save_dir())).fid_reference(c.reference)
         if c.inception is not None and reference is None:
-            found = sorted(glob.glob(os.path.join(self.get_save_dir(), "init", "*", "candidates")))
-            if not found:
-                raise ValueError(
-                    "system.evaluation.inception is set but there are no diffusion images to compare "
-                    "with: set system.evaluation.reference to a folder of them"
-                )
-            reference = found[-1]
+            raise ValueError(
+                "system.evaluation.inception is set but there are no diffusion images to compare "
+                "with: set system.evaluation.reference to a folder of them"
+            )
         result = evaluate(
             video,
             self.cfg.prompt_processor.get("prompt", ""),
@@ -88,10 +97,9 @@ class TestOutputs:
             clip_model=c.clip_model,
             reference=reference,
             inception_weights=c.inception,
+            device=self.device,  # the run's GPU (CLIP and Inception: ≈ 19 TFLOP per portrait)
         )
-        threestudio.info(
-            f"Evaluation: CLIP score {result['clip_score']}, FID {result['fid']}, KID {result['kid_mean']}"
-        )
+        threestudio.info("Evaluation: " + evaluation_line(result))
 
     @torch.no_grad()
     def save_official_videos(self) -> None:
@@ -124,16 +132,33 @@ class TestOutputs:
                 self.get_save_path(f"{prefix}-small_pose.mp4"), frames("small", c.small_frames), fps=c.fps
             )
 
-    def save_trimesh(self, filename: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> str:
-        """A vertex-coloured mesh; the format (.obj, .glb, .ply) comes from the file name."""
-        import trimesh
+    def export_source(self) -> dict:
+        """What an export is made from: the checkpoint (``resume=``) and the step."""
+        ckpt = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
+        return {"checkpoint": os.path.realpath(ckpt) if ckpt else None, "step": self.true_global_step}
 
+    def check_export_folder(self) -> None:
+        """Before exporting: never overwrite the export of another run (another checkpoint) that
+        sits in this trial's ``save/it{N}-export/``."""
+        folder = os.path.join(self.get_save_dir(), f"it{self.true_global_step}-export")
+        previous = (read_json(os.path.join(folder, MESH_REPORT)) or {}).get("source") or {}
+        ours = self.export_source()
+        if previous.get("checkpoint") and ours["checkpoint"] and previous["checkpoint"] != ours["checkpoint"]:
+            raise ValueError(
+                f"{folder} holds the export of another run ({previous['checkpoint']}); not overwriting it: "
+                "export with that checkpoint's own trial config, or move the folder away"
+            )
+
+    def save_portrait_mesh(self, filename: str, mesh: ExportedMesh, formats: List[str]) -> List[str]:
+        """The mesh files (:mod:`gan_prior.mesh_files`) and ``mesh_fidelity.json`` beside them."""
         path = self.get_save_path(filename)
-        mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
-        suffix = os.path.splitext(path)[1]
-        with atomic_path(path, suffix) as tmp:
-            mesh.export(tmp, file_type=suffix[1:])
-        return path
+        folder, name = os.path.dirname(path), os.path.basename(path)
+        replaced = [n for n in os.listdir(folder) if n.startswith(name) or n == MESH_REPORT]
+        if replaced:
+            threestudio.info(f"Re-export: replacing {', '.join(sorted(replaced))} in {folder}")
+        written = write_mesh(folder, name, mesh, formats)
+        write_json(os.path.join(folder, MESH_REPORT), {**mesh.report, "source": self.export_source()})
+        return written + [os.path.join(folder, MESH_REPORT)]
 
     def save_pyramid(
         self, filename: str, levels: Dict[int, Tensor], ws: Tensor, fmt: str, metadata: dict

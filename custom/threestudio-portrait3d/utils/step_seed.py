@@ -3,7 +3,10 @@
 Lightning saves no random-number state in a checkpoint, and its data fetcher collates one batch
 ahead of the step that uses it; a run resumed from a checkpoint would draw other cameras, SDS
 timesteps and noise, and other ray jitter than the same run never interrupted. Seeding every
-draw from the step index instead makes a resumed run repeat the uninterrupted one exactly.
+draw from the step index instead makes a resumed run repeat the uninterrupted one exactly — bitwise
+on the CPU. On CUDA the renderer's backward (``grid_sampler_3d``'s and ``gather``'s) adds with
+atomics, so there the two agree to float rounding, not bitwise (and ``trainer.deterministic=true``,
+which would make that backward raise, is refused at start-up).
 """
 
 import contextlib

@@ -9,7 +9,7 @@ threestudio assumes CUDA in two places that configs cannot change:
 * ``launch.py`` builds ``Trainer(..., accelerator="gpu", devices=-1, **cfg.trainer)``;
   ``trainer.accelerator=cpu`` in a config gives a duplicate-keyword TypeError.
 
-:func:`apply_cpu_compat` fixes both when ``torch.cuda.is_available()`` is False
+:func:`use_cpu_without_cuda` fixes both when ``torch.cuda.is_available()`` is False
 and does nothing otherwise. The extension's ``__init__`` calls it; launch.py loads
 custom modules after ``import threestudio`` and before any object or Trainer is
 built, which is early enough. It is idempotent. Modules imported *after* the
@@ -21,9 +21,9 @@ import sys
 
 import torch
 
-__all__ = ["apply_cpu_compat", "cpu_get_device"]
+__all__ = ["use_cpu_without_cuda", "cpu_get_device"]
 
-_WRAPPED_FLAG = "_portrait3d_cpu_compat"
+_WRAPPED_FLAG = "_portrait3d_cpu_device"
 
 
 def cpu_get_device() -> torch.device:
@@ -65,7 +65,7 @@ def _patch_trainer() -> bool:
     return True
 
 
-def apply_cpu_compat() -> bool:
+def use_cpu_without_cuda() -> bool:
     """Apply the CPU patches if CUDA is unavailable.
 
     Returns:

@@ -1,0 +1,108 @@
+"""Our LPIPS-VGG16 against a TorchScript archive built the way NVIDIA's ``vgg16.pt`` is.
+
+The official projector calls ``vgg16(img, resize_images=False, return_lpips=True)`` on images in
+[0, 255] and takes ``(f1 − f2).square().sum()`` of the returned features as the distance. The
+archive below has the official module and tensor names (``layers.conv1…conv13``,
+``layers.fc1…fc3``, ``lpips0…lpips4`` of shape ``[C, 1, 1]``) and that forward: the input /255
+normalised with the ImageNet mean and std, VGG16's convolutions, and for ``return_lpips`` each of
+the five ReLU taps divided by its channel norm (+1e−10), scaled by ``sqrt(lpips_c / (H·W))`` and
+flattened, so that the squared difference sums to Σ_layers mean_hw Σ_c lpips_c·(f̂1 − f̂2)². Our
+``VGG16Distance`` reads the archive as data (never running it) and must give the same distances.
+"""
+
+import math
+from typing import List
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gan_prior.perceptual import VGG16Distance
+
+CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+         (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]  # fmt: skip
+
+
+class _Layers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        for i, (a, b) in enumerate(CONVS, 1):
+            conv = torch.nn.Conv2d(a, b, 3, padding=1)
+            torch.nn.init.normal_(conv.weight, std=math.sqrt(2 / (9 * a)))
+            torch.nn.init.normal_(conv.bias, std=0.1)
+            setattr(self, f"conv{i}", conv)
+        # the classifier, unused by LPIPS (reduced sizes: only its names matter here)
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10)
+
+
+class OfficialLikeVGG16(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = _Layers()
+        for i, c in enumerate((64, 128, 256, 512, 512)):
+            self.register_buffer(f"lpips{i}", torch.rand(c, 1, 1) + 0.1)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1))
+
+    def _lpips(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        w = self.lpips0
+        if i == 1:
+            w = self.lpips1
+        elif i == 2:
+            w = self.lpips2
+        elif i == 3:
+            w = self.lpips3
+        elif i == 4:
+            w = self.lpips4
+        x = x / (x.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        x = x * (w / (x.shape[2] * x.shape[3])).sqrt()
+        return x.flatten(1)
+
+    def forward(
+        self, img: torch.Tensor, resize_images: bool = True, return_lpips: bool = False
+    ) -> torch.Tensor:
+        if resize_images:
+            img = F.interpolate(img, size=(224, 224), mode="area")
+        x = (img / 255 - self.mean) / self.std
+        L = self.layers  # noqa: N806  (TorchScript: one call per named layer, as the archive's code)
+        x = torch.relu(L.conv2(torch.relu(L.conv1(x))))
+        taps: List[torch.Tensor] = [self._lpips(0, x)]
+        x = torch.relu(L.conv4(torch.relu(L.conv3(F.max_pool2d(x, 2, 2)))))
+        taps.append(self._lpips(1, x))
+        x = torch.relu(L.conv7(torch.relu(L.conv6(torch.relu(L.conv5(F.max_pool2d(x, 2, 2)))))))
+        taps.append(self._lpips(2, x))
+        x = torch.relu(L.conv10(torch.relu(L.conv9(torch.relu(L.conv8(F.max_pool2d(x, 2, 2)))))))
+        taps.append(self._lpips(3, x))
+        x = torch.relu(L.conv13(torch.relu(L.conv12(torch.relu(L.conv11(F.max_pool2d(x, 2, 2)))))))
+        taps.append(self._lpips(4, x))
+        if return_lpips:
+            return torch.cat(taps, 1)
+        return x.flatten(1)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    torch.manual_seed(3)
+    module = torch.jit.script(OfficialLikeVGG16().eval())
+    path = str(tmp_path_factory.mktemp("vgg") / "vgg16.pt")
+    torch.jit.save(module, path)
+    return path, module
+
+
+def test_distance_equals_the_official_forward_on_an_official_like_archive(archive):
+    path, scripted = archive
+    ours = VGG16Distance.load(path)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1  # our range [−1, 1]
+    b = (a + 0.3 * torch.randn(2, 3, 64, 64, generator=gen)).clamp(-1, 1)
+    with torch.no_grad():
+        fa = scripted((a + 1) * 127.5, resize_images=False, return_lpips=True)  # the projector's call
+        fb = scripted((b + 1) * 127.5, resize_images=False, return_lpips=True)
+        official = (fa - fb).square().sum(1)
+        got = ours(a, b)
+    assert torch.allclose(got, official, rtol=1e-4), (got, official)
+    # the channel weights are used (with weights 1 the distance would differ)
+    plain = VGG16Distance.load(None)
+    plain.features.load_state_dict(ours.features.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(plain(a, b), official, rtol=1e-2)
