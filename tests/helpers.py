@@ -23,8 +23,12 @@ except ThreestudioError as _e:
 else:
     _NOT_FOUND = ""
 
-# the one skip reason a threestudio test may have under CI=true: CI machines have no GPU
+# the skip reasons a threestudio test may have under CI=true: CI machines have no GPU, and the
+# official code is a checkout beside the repository (never committed), not something CI can install
 NEEDS_CUDA = "needs a CUDA GPU (bench/gpu_check.sh)"
+NEEDS_OFFICIAL = (
+    "needs the official 3DPortraitGAN_pyramid code ($PORTRAIT3D_OFFICIAL_ROOT, bench/official.py)"
+)
 
 # what `import threestudio` needs beyond requirements.txt (see requirements-threestudio.txt)
 THREESTUDIO_DEPS = ("pytorch_lightning", "torchvision", "nerfacc", "envlight", "igl", "wandb", "IPython")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import requires_threestudio
+from helpers import NEEDS_OFFICIAL, requires_threestudio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -75,7 +75,7 @@ def test_gpu_check_compares_our_renderer_with_the_official_one(dry_run, marks):
     """Wherever the official code is on disk (this project's machines keep it at
     /work/official/3DPortraitGAN_pyramid), with no setting needed."""
     if official.find_root() is None:
-        pytest.skip(f"no official code at {official.DEFAULT_ROOT} or $PORTRAIT3D_OFFICIAL_ROOT")
+        pytest.skip(f"{NEEDS_OFFICIAL}: none at {official.DEFAULT_ROOT}")
     renderer = dry_run[1]["renderer"]
     assert "skipped" not in renderer, renderer
     assert renderer["agreement_max_abs"] < 1e-4 and renderer["ratio_fwd_bwd"] > 0

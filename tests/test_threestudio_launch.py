@@ -397,11 +397,20 @@ def test_every_checkpoint_holds_the_ema_updates_of_its_steps(uninterrupted):
         assert int(state["ema_updates"]) == min(step, 12) // 3, step
 
 
+def _step_of(path) -> int:
+    """The step in a checkpoint's name: ``epoch=0-step=16.ckpt``, or ``epoch=0-step=16-v1.ckpt``
+    (Lightning's name when a resumed run saves a step that the killed run had saved after the
+    checkpoint it resumed from: killed between the step checkpoint and last.ckpt)."""
+    match = re.fullmatch(r"epoch=\d+-step=(\d+)(?:-v\d+)?\.ckpt", os.path.basename(path))
+    assert match, path
+    return int(match.group(1))
+
+
 def _checkpoints_up_to(out, step) -> dict:
     """``{path: sha256}`` of the trial's step checkpoints at ``step`` or before."""
     found = {}
     for path in glob.glob(os.path.join(out, "ckpts", "epoch=*-step=*.ckpt")):
-        if int(path.rsplit("=", 1)[1][: -len(".ckpt")]) <= step:
+        if _step_of(path) <= step:
             with open(path, "rb") as f:
                 found[path] = hashlib.sha256(f.read()).hexdigest()
     return found
@@ -431,7 +440,7 @@ def _kill_after_checkpoint(tree, cache, args, out, step):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     found = glob.glob(os.path.join(out, "ckpts", "epoch=*-step=*.ckpt"))
-    newest = sorted(found, key=lambda p: int(p.rsplit("=", 1)[1][: -len(".ckpt")]), reverse=True)
+    newest = sorted(found, key=_step_of, reverse=True)
     for path in [os.path.join(out, "ckpts", "last.ckpt"), *newest]:  # last.ckpt, as a user would
         try:
             return path, torch.load(path, map_location="cpu", weights_only=True)
