@@ -56,6 +56,9 @@ portrait: setup  ## one real portrait: make portrait PROMPT="..." (weights: see 
 	@test -n "$(PROMPT)" || { echo 'error: give the prompt: make portrait PROMPT="upper body photo, portrait of ..."' >&2; exit 2; }
 	$(PY) -m portrait3d run --config $(CONFIG) system.prompt_processor.prompt="$(PROMPT)"
 
+# the tests too: two pytest workers, each starting launch.py and Ray processes, on 2 cores; with torch's
+# default thread pool per process the suite took 18 min 48 s, with one thread 10 min 33 s (README: Tests)
+test: export OMP_NUM_THREADS ?= 1
 test: setup  ## the README's test command (CI runs this)
 	$(PY) -m pytest -q -rs -n 2 --dist loadfile --durations=20 tests  # two workers, one test file each
 

@@ -309,7 +309,9 @@ def estimate_camera(
     """Pick the camera, among look-at cameras at ``yaws × elevations`` (threestudio degrees, yaw 0 =
     front), from which the average portrait (``w_avg``) looks most like ``target`` ``[1, 3, H, W]``,
     then refine it continuously: a pattern search from the best grid camera, steps of half the grid
-    spacing, halved until below ``refine_to_deg`` (0: the grid camera as it is).
+    spacing, halved until below ``refine_to_deg`` (0: the grid camera as it is), kept within one grid
+    spacing of the grid (yaw ±45°, elevation ±20° by default): beyond it lie cameras no aligned
+    portrait photo is taken from, where a poor match (or a random generator) would otherwise drift.
 
     This replaces the official SMPL-fit camera (``data_processing/preprocess_img_for_inversion.py``):
     the aligned crop fixes the head's place and size; the head's turn and tilt remain. Returns
@@ -336,12 +338,23 @@ def estimate_camera(
         (float(np.diff(sorted(yaws_deg)).min()) / 2 if len(yaws_deg) > 1 else 0.0),
         (float(np.diff(sorted(elevations_deg)).min()) / 2 if len(elevations_deg) > 1 else 0.0),
     ]
+    yaw_range = (min(yaws_deg) - 2 * steps[0], max(yaws_deg) + 2 * steps[0])
+    elevation_range = (
+        max(min(elevations_deg) - 2 * steps[1], -89.0),
+        min(max(elevations_deg) + 2 * steps[1], 89.0),
+    )
     while refine_to_deg > 0 and max(steps) >= refine_to_deg:
         moves = [
             (best[0] + sy * steps[0], best[1] + se * steps[1])
             for sy, se in ((1, 0), (-1, 0), (0, 1), (0, -1))
         ]
-        moves = [m for m in moves if m != best and -89 < m[1] < 89]
+        moves = [
+            m
+            for m in moves
+            if m != best
+            and yaw_range[0] <= m[0] <= yaw_range[1]
+            and elevation_range[0] <= m[1] <= elevation_range[1]
+        ]
         better = min(moves, key=lambda ye: score(*ye), default=best)
         if score(*better) < score(*best):
             best = better

@@ -261,6 +261,20 @@ def test_camera_estimate_is_refined_off_the_grid(setup):
     assert abs(fine["yaw"] + 8.0) <= 1.0 and abs(fine["elevation"] - 4.0) <= 1.0, fine
 
 
+def test_camera_refinement_stays_within_a_grid_step_of_the_grid():
+    """A target no camera explains (noise) and a random generator: the local search used to walk to
+    elevation 67.5° (69 renders); it stays within one grid spacing of the grid."""
+    from gan_prior.inversion import estimate_camera
+
+    G = PortraitGAN.random(tiny_config(), seed=0).eval()
+    target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    found = estimate_camera(G, target, mse, resolution=16)
+    tried = [tuple(float(a) for a in key.split(",")) for key in found["distances"]]
+    assert all(-45 <= y <= 45 and -20 <= e <= 20 for y, e in tried), tried
+    assert len(tried) > 15  # it did search beyond the grid
+    assert found["distances"][f"{found['yaw']:g},{found['elevation']:g}"] == min(found["distances"].values())
+
+
 def test_camera_steps_move_the_camera_during_the_first_steps(setup):
     from gan_prior.inversion import camera_angles
 
