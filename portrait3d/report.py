@@ -145,8 +145,18 @@ def environment():
     return _ENV
 
 
-def render(template: str, **values) -> str:
-    return environment().get_template(template).render(written=time.strftime("%Y-%m-%d %H:%M"), **values)
+def render(template: str, env=None, **values) -> str:
+    env = env or environment()
+    return env.get_template(template).render(written=time.strftime("%Y-%m-%d %H:%M"), **values)
+
+
+def _trial_environment(t: Trial):
+    """The pages' environment whose ``url`` filter (paths relative to ``save/``) links only what
+    resolves inside the trial: a video, image or candidate that is a symbolic link out of it, or a
+    name such as ``../../x.png`` from a JSON file, gets an empty link (no request), never the file."""
+    env = environment().overlay()
+    env.filters["url"] = lambda path: _url(path) if t.holds(os.path.join(t.save, str(path))) else ""
+    return env
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -195,6 +205,7 @@ def render_report(t: Trial, viewer: Optional[str], viewer_missing: str = "") -> 
         init["facts"] = _init_facts(init)
     return render(
         "report.html",
+        env=_trial_environment(t),
         title=t.prompt,
         t=t,
         status=status,
@@ -310,8 +321,9 @@ def card(entry: dict, trial: Optional[Trial], page_dir: str) -> dict:
         seconds = trial.seconds()
     clip = (trial.metrics or {}).get("clip_score") if trial else None
 
-    def rel(path: str) -> str:
-        return os.path.relpath(os.path.join(trial.save, path), page_dir)
+    def rel(path: str) -> Optional[str]:  # None for a file that resolves out of the trial (a link)
+        full = os.path.join(trial.save, path)
+        return os.path.relpath(full, page_dir) if trial.holds(full) else None
 
     return {
         "name": str(entry.get("name") or (trial.name if trial else "")),

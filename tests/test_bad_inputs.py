@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import resource
 import struct
 import subprocess
@@ -1157,6 +1158,41 @@ def test_a_report_follows_no_link_out_of_its_trial(tmp_path):
     os.symlink(secret, os.path.join(trial, "save", "linked.json"))
     page = open(write_report(trial)).read()
     assert "SECRET_TOKEN" not in page and "linked.json" not in page
+
+
+def test_a_report_links_no_media_out_of_its_trial(tmp_path):
+    """Issue 22 item 5, the media: a video, a turntable sheet or a refinement view that is a symbolic
+    link out of the trial, and a candidate named ``../..`` out of it by candidates.json, get no link
+    (a page that is zipped and sent, or served, must not carry another file); the trial's own do."""
+    import imageio.v2 as imageio
+    from helpers import fake_trial
+
+    from portrait3d.report import write_gallery, write_report
+
+    secret = tmp_path / "private.mp4"
+    secret.write_bytes(b"not for the page")
+    trial = fake_trial(str(tmp_path / "runs" / "t"), mesh=False)
+    save = os.path.join(trial, "save")
+    os.symlink(secret, os.path.join(save, "it9-test.mp4"))
+    os.symlink(secret, os.path.join(save, "it9-views.png"))
+    os.replace(os.path.join(save, "refine", "refined_00.png"), os.path.join(tmp_path, "refined_00.png"))
+    os.symlink(os.path.join(tmp_path, "refined_00.png"), os.path.join(save, "refine", "refined_00.png"))
+    init = os.path.join(save, "init", "k")
+    os.makedirs(os.path.join(init, "candidates"))
+    with open(os.path.join(init, "candidates.json"), "w") as f:
+        json.dump({"files": ["candidates/../../../../../private.mp4", "candidates/c0.png"]}, f)
+    imageio.imwrite(os.path.join(init, "candidates", "c0.png"), np.zeros((8, 8, 3), np.uint8))
+    page = open(write_report(trial)).read()
+    links = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert not [u for u in links if "private" in u or u.endswith(("it9-test.mp4", "it9-views.png"))], links
+    assert "refine/refined_00.png" not in links and 'src=""' in page
+    for own in ("init/k/candidates/c0.png", "refine/view_00.png", "it4-0.png"):
+        assert own in links, (own, links)
+    # the gallery's card: the linked turntable sheet is not its poster, the linked video not its video
+    gallery = open(write_gallery(str(tmp_path / "runs"))).read()
+    links = re.findall(r'(?:src|href)="([^"]*)"', gallery)
+    assert not [u for u in links if "private" in u or u.endswith(("it9-test.mp4", "it9-views.png"))], links
+    assert "t/save/index.html" in links
 
 
 @pytest.mark.parametrize(
