@@ -29,6 +29,7 @@ SHORT = [
     "system.videos.small_frames=2",
     "trainer.val_check_interval=100",
     "checkpoint.every_n_train_steps=2",
+    "system.exporter.view_resolution=32",  # the export's 21 fidelity views (not what these tests check)
 ]
 LONG = 12  # SDS steps of the prompt whose worker is killed (at its step-4 checkpoint)
 PROMPTS = [
