@@ -9,13 +9,14 @@ setup's ``.pth`` (:mod:`portrait3d.startup`).
 Layers: a module imports only modules of its own layer or of the layers above it (no cycle;
 tests/test_layering.py reads this list and checks it):
 
-    base          errors, threestudio_env, stand_ins
+    base          errors, threestudio_env, stand_ins, text_embeddings
     trial         trial
     records       manifest, launch_errors
     commands      run, batch_metrics, report, prompt_file, batch
     entry points  cli, __main__, startup
 
-``errors``: the one-line errors; ``trial``: one trial folder (paths, config, files by step, status,
+``errors``: the one-line errors; ``text_embeddings``: threestudio's text-embedding cache written
+atomically (the extension's prompt processor); ``trial``: one trial folder (paths, config, files by step, status,
 what its report shows); ``manifest``: a batch's manifest.jsonl; ``run`` (``portrait3d run`` and the
 pipeline batch runs), ``batch_metrics`` (``portrait3d evaluate``), ``report`` (``portrait3d report``
 and ``gallery``, pages from ``templates/``), ``prompt_file`` (a batch's prompt file, checked whole),

@@ -147,3 +147,42 @@ def test_configs_use_the_official_view_prompts(config):
     cls = ts.find(cfg.system.prompt_processor_type)
     assert cls.__name__ == "Portrait3DPromptProcessor"
     assert cfg.system.prompt_processor.get("negative_prompt", "") == ""  # official --negative default
+
+
+def test_embeddings_reach_the_shared_cache_whole(tmp_path, monkeypatch):
+    """Runs sharing threestudio's cache (the workers of `portrait3d batch`) read each other's files:
+    while an embedding is being written, the cache holds no partial file of it (a batch worker read
+    one and stopped with EOFError); afterwards the file is whole and no staging folder is left."""
+    from threestudio_env import import_extension
+
+    from gan_prior.tiny_models import tiny_model_path
+
+    ts = import_extension()
+    from threestudio.models.prompt_processors.base import hash_prompt
+    from threestudio.models.prompt_processors.stable_diffusion_prompt_processor import (
+        StableDiffusionPromptProcessor,
+    )
+
+    model = tiny_model_path("stable-diffusion")
+    cache = tmp_path / ".threestudio_cache" / "text_embeddings"
+    seen_while_writing = []
+    real_save = torch.save
+
+    def save_and_look(obj, path, *args, **kwargs):  # what a concurrent reader would find meanwhile
+        seen_while_writing.append(sorted(p.name for p in cache.glob("*.pt")))
+        with open(path, "wb") as f:
+            f.write(b"PK")  # the first bytes of a torch file: a reader now would get EOFError
+            f.flush()
+            seen_while_writing.append(sorted(p.name for p in cache.glob("*.pt")))
+        real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_and_look)
+    monkeypatch.chdir(tmp_path)
+    assert ts.find("portrait3d-prompt-processor").spawn_func is not StableDiffusionPromptProcessor.spawn_func
+    proc = ts.find("portrait3d-prompt-processor")(
+        {"prompt": PROMPT, "pretrained_model_name_or_path": model, "spawn": False, "use_cache": False}
+    )
+    assert seen_while_writing and all(names == [] for names in seen_while_writing), seen_while_writing
+    path = cache / f"{hash_prompt(model, PROMPT)}.pt"
+    assert torch.equal(torch.load(path, weights_only=True), proc.text_embeddings[0].cpu())
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".pt")] == []

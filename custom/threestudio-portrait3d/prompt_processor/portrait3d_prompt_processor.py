@@ -31,6 +31,8 @@ from threestudio.models.prompt_processors.stable_diffusion_prompt_processor impo
 )
 from threestudio.utils.typing import Float, Tensor
 
+from portrait3d.text_embeddings import save_text_embeddings
+
 VIEWS = ("front", "side", "back")  # order of the rows of ``view_weights`` and ``text_embeddings_vd``
 
 
@@ -73,6 +75,9 @@ class Portrait3DPromptProcessor(StableDiffusionPromptProcessor):
         pass
 
     cfg: Config
+
+    # the embeddings moved into threestudio's cache whole: concurrent runs share it (portrait3d batch)
+    spawn_func = staticmethod(save_text_embeddings)
 
     @staticmethod
     def check_config(cfg) -> None:
