@@ -60,7 +60,7 @@ portrait: setup  ## one real portrait: make portrait PROMPT="..." (weights: see 
 # default thread pool per process the suite took 18 min 48 s, with one thread 10 min 33 s (README: Tests)
 test: export OMP_NUM_THREADS ?= 1
 test: setup  ## the README's test command (CI runs this)
-	$(PY) -m pytest -q -rs -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests  # two workers, one test file each, slowest files first (tests/conftest.py)
+	$(PY) -m pytest -q -rs -n 2 --dist loadfile --durations=20 tests  # two workers, one test file each
 
 lint: $(INSTALLED)  ## ruff check + ruff format --check (pyproject.toml); CI runs it
 	$(PY) -m ruff check .

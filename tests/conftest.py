@@ -25,31 +25,6 @@ def pytest_configure(config):
     )
 
 
-# The slowest files first (per-file seconds of `make test`, 2 cores: 239, 217, 131, 113, 106, 74, 63,
-# 56, 54, 35, 33), the rest after in their own order. `make test` distributes whole files in this
-# order (--dist loadfile --no-loadscope-reorder), so that the two workers start on the long files
-# and the short ones fill in at the end; xdist's default order (most tests first) left one worker
-# with a long file when the other had finished.
-SLOWEST_FILES = (
-    "test_threestudio_launch.py",
-    "test_batch.py",
-    "test_report.py",
-    "test_readme_commands.py",
-    "test_no_data_loss.py",
-    "test_cli.py",
-    "test_run_safeguards.py",
-    "test_bad_inputs.py",
-    "test_inversion.py",
-    "test_bench_smoke.py",
-    "test_gpu_check.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's order kept
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
