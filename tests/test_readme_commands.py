@@ -15,6 +15,7 @@ import shlex
 import pytest
 import torch
 from helpers import ROOT, requires_threestudio
+from threestudio_env import launch_to_error
 
 pytestmark = requires_threestudio
 
@@ -141,7 +142,7 @@ def test_a_swap_without_its_loss_weights_names_them_all_before_any_work(tree):
     """Only the guidance type: one line naming every missing and unused loss weight, before the
     initialisation (which would write save/init/) runs."""
     root, cache, launch = tree
-    proc = launch(
+    proc = launch_to_error(
         root,
         cache,
         "--config",
@@ -161,7 +162,7 @@ def test_a_swap_without_its_loss_weights_names_them_all_before_any_work(tree):
         "(or system.guidance.use_img_loss=false for no image-space loss); system.loss.lambda_sds is not "
         "used by stable-diffusion-unified-guidance"
     )
-    proc = launch(
+    proc = launch_to_error(
         root,
         cache,
         "--config",
@@ -179,7 +180,7 @@ def test_a_swap_without_its_loss_weights_names_them_all_before_any_work(tree):
     )
     assert not glob.glob(os.path.join(root, "outputs", "portrait3d-tiny", "bare", "save", "init"))
     # Perp-Neg with the official processor, which has none: refused before the initialisation too
-    proc = launch(
+    proc = launch_to_error(
         root,
         cache,
         "--config",
@@ -208,7 +209,7 @@ def test_a_face_detector_with_the_tiny_gan_stops_at_start_up(tree, tmp_path):
     root, cache, launch = tree
     photo = tmp_path / "astronaut.png"
     imageio.imwrite(photo, np.full((64, 64, 3), 128, np.uint8))
-    proc = launch(
+    proc = launch_to_error(
         root,
         cache,
         "--config",
@@ -238,7 +239,7 @@ def test_the_same_command_again_is_refused_unless_asked_to_overwrite(tree, perpn
     last = os.path.join(trial, "ckpts", "last.ckpt")
     before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(trial, "**", "*"), recursive=True)}
     args = _as_written("stable-diffusion-prompt-processor", "perpneg")
-    proc = launch(root, cache, *args)
+    proc = launch_to_error(root, cache, *args)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, _tail(proc)
     assert proc.stderr.strip().splitlines()[-1] == (
         f"[ERROR] {trial} already holds a trained run (ckpts/last.ckpt, step 2): continue it with "
@@ -306,7 +307,7 @@ def test_each_key_of_the_weights_table_is_named_by_its_own_error(tree):
         "system.prompt_processor.pretrained_model_name_or_path",
     ]
     for key in keys:
-        proc = launch(
+        proc = launch_to_error(
             root,
             cache,
             "--config",

@@ -297,7 +297,7 @@ def _tail(proc) -> str:
 def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints(
     tmp_path_factory,
 ):
-    from threestudio_env import launch, make_worktree
+    from threestudio_env import launch, launch_to_error, make_worktree
 
     base = tmp_path_factory.mktemp("safeguards")
     tree, cache = make_worktree(str(base / "threestudio")), str(base / "cache")
@@ -318,7 +318,7 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
         ("ema", "system.ema_every_n_steps=0", "system.ema_every_n_steps=0 must be a positive integer"),
         ("prec", "trainer.precision=16-true", "trainer.precision=16-true: use 32 (the official setting)"),
     ):
-        proc = launch(tree, cache, *base_args, f"tag={tag}", override, timeout=600)
+        proc = launch_to_error(tree, cache, *base_args, f"tag={tag}", override)
         assert proc.returncode != 0 and message in proc.stderr, _tail(proc)
         assert "Traceback" not in proc.stderr, _tail(proc)
     # a level left out of optimizer.params (its keys hold dots: only a config file can drop one)
@@ -328,7 +328,7 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
     del cfg.system.optimizer.params["geometry.trigrids_32"]
     path = str(base / "missing_level.yaml")
     OmegaConf.save(cfg, path)
-    proc = launch(
+    proc = launch_to_error(
         tree,
         cache,
         "--config",
@@ -337,7 +337,6 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
         "use_timestamp=false",
         "system.initializer.source=seed",
         "tag=miss",
-        timeout=600,
     )
     assert proc.returncode != 0, _tail(proc)
     assert "system.optimizer.params has no entry for ['geometry.trigrids_32']" in proc.stderr, _tail(proc)

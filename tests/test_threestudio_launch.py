@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import requires_threestudio
+from threestudio_env import launch_to_error
 
 pytestmark = requires_threestudio
 
@@ -284,14 +285,14 @@ def test_export_mistakes_end_in_one_line_and_another_runs_export_is_kept(run, tm
             "use_timestamp=false",
             override,
         ]
-        assert _stderr_error_line(launch(tree, cache, *args)).startswith(message)
+        assert _stderr_error_line(launch_to_error(tree, cache, *args)).startswith(message)
         assert not os.path.isdir(
             os.path.join(tree, "outputs", "portrait3d-tiny", "badexport", "save", "init")
         )
     parsed = os.path.join(trial, "configs", "parsed.yaml")
     last = os.path.join(trial, "ckpts", "last.ckpt")
     line = _stderr_error_line(
-        launch(
+        launch_to_error(
             tree,
             cache,
             "--config",
@@ -313,7 +314,7 @@ def test_export_mistakes_end_in_one_line_and_another_runs_export_is_kept(run, tm
     before = {n: os.path.getmtime(os.path.join(export, n)) for n in os.listdir(export)}
     other = str(tmp_path / "other-run.ckpt")
     shutil.copy(last, other)
-    line = _stderr_error_line(launch(tree, cache, "--config", parsed, "--export", f"resume={other}"))
+    line = _stderr_error_line(launch_to_error(tree, cache, "--config", parsed, "--export", f"resume={other}"))
     assert line.startswith("[ERROR] ") and line.endswith(
         f"save/it{step}-export holds the export of another run ({os.path.realpath(last)}); not overwriting it: "
         "export with that checkpoint's own trial config, or move the folder away"
@@ -537,7 +538,7 @@ def test_the_real_config_resolves_and_names_a_missing_checkpoint(run, tmp_path):
     tree, cache, trial, launch = run
     os.environ["PORTRAIT3D_GAN_CHECKPOINT"] = str(tmp_path / "model_512.pkl")
     try:
-        proc = launch(
+        proc = launch_to_error(
             tree,
             cache,
             "--config",
@@ -554,7 +555,7 @@ def test_the_real_config_resolves_and_names_a_missing_checkpoint(run, tmp_path):
 
 def test_a_misspelt_component_name_gets_one_clear_line(run):
     tree, cache, trial, launch = run
-    proc = launch(
+    proc = launch_to_error(
         tree,
         cache,
         "--config",
@@ -576,6 +577,32 @@ def _stderr_error_line(proc) -> str:
     assert proc.returncode != 0, _tail(proc)
     assert "Traceback" not in proc.stderr, _tail(proc)
     return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_forked_launch_ends_as_a_real_one(run):
+    """The start-up checks run through ``launch_to_error`` (threestudio's launch.py in a child of a warm
+    interpreter): a real ``python launch.py`` of the same command prints the same, line for line (the
+    import times aside), and ends with the same status."""
+    tree, cache, trial, launch = run
+    for args in (
+        [
+            "--config",
+            "configs/portrait3d.yaml",
+            "--train",
+            "system.prompt_processor.prompt=",
+        ],  # the system's check
+        [
+            "--config",
+            "configs/portrait3d-tiny.yaml",
+            "--train",
+            "system.geometry_type=pyramid-trigrids",
+        ],  # the registry
+    ):
+        forked, real = launch_to_error(tree, cache, *args), launch(tree, cache, *args)
+        assert forked.returncode == real.returncode != 0, (_tail(forked), _tail(real))
+        assert forked.stderr == real.stderr, (forked.stderr[-3000:], real.stderr[-3000:])
+        times = re.compile(r"^ *[0-9.]+ seconds", flags=re.M)
+        assert times.sub("", forked.stdout) == times.sub("", real.stdout), (forked.stdout, real.stdout)
 
 
 def test_newcomer_mistakes_end_in_one_line(run):
@@ -604,7 +631,7 @@ def test_newcomer_mistakes_end_in_one_line(run):
         ),
     )
     for args, message in cases:
-        assert _stderr_error_line(launch(tree, cache, *args)).startswith(message)
+        assert _stderr_error_line(launch_to_error(tree, cache, *args)).startswith(message)
     assert not os.path.exists(os.path.join(tree, "outputs", "portrait3d-tiny", "typo2"))
 
 
@@ -612,7 +639,6 @@ def test_without_the_extension_then_cloned_into_custom(tmp_path):
     """Our config in a threestudio tree without the extension says how to install it; a clone of this
     repository in custom/ (threestudio's usual way) is loaded as the extension."""
     from helpers import ROOT, THREESTUDIO_ROOT
-    from threestudio_env import launch
 
     tree = tmp_path / "bare"
     tree.mkdir()
@@ -622,7 +648,9 @@ def test_without_the_extension_then_cloned_into_custom(tmp_path):
     (tree / "custom").mkdir()
     cache = str(tmp_path / "cache")
     line = _stderr_error_line(
-        launch(str(tree), cache, "--config", os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"), "--train")
+        launch_to_error(
+            str(tree), cache, "--config", os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"), "--train"
+        )
     )
     assert line.startswith(
         "[ERROR] the Portrait3D extension is not installed in this threestudio checkout: run `python"
@@ -630,7 +658,7 @@ def test_without_the_extension_then_cloned_into_custom(tmp_path):
     assert "install_extension.py" in line
     os.symlink(ROOT, tree / "custom" / "Portrait3D-threestudio")
     line = _stderr_error_line(
-        launch(
+        launch_to_error(
             str(tree),
             cache,
             "--config",
@@ -654,7 +682,7 @@ def test_refinement_settings_are_checked_before_training(run):
             "system.evaluation.inception: /nowhere/fid.pth not found",
         ),
     ):
-        proc = launch(
+        proc = launch_to_error(
             tree,
             cache,
             "--config",
