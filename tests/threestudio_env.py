@@ -52,6 +52,7 @@ def launch(worktree: str, cache: str, *args: str, timeout: int = 900) -> subproc
 _LAUNCH_ZYGOTE = r"""
 import atexit, json, os, runpy, signal, sys
 import torch, pytorch_lightning, diffusers, transformers, wandb  # the expensive imports, done once
+assert not torch.cuda.is_initialized()  # (a child forked after CUDA's start-up could not use CUDA)
 sys.stdout.write("ready\n"); sys.stdout.flush()
 for line in sys.stdin:
     cwd, env, argv, out, err, timeout = json.loads(line)
