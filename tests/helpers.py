@@ -104,3 +104,31 @@ def fake_trial(folder, prompt="a portrait", clip=None, mesh=True):
             os.path.join(save, "it8-export", "portrait.glb")
         )
     return folder
+
+
+# How a child forked by a warm interpreter (test_bad_inputs' for `python -m gan_prior`, threestudio_env's
+# for `python launch.py`) ends, as the interpreter ends the program it runs as __main__: SystemExit's
+# code (one that is not an int printed to stderr, status 1), an uncaught exception through
+# sys.excepthook (status 1); then the atexit handlers, flushed output and os._exit with that status.
+# Source text, put before each warm interpreter's own (they are `python -c` programs).
+CHILD_EXIT = r"""
+import atexit as _atexit, os as _os, sys as _sys
+
+def run_as_main(run):
+    code = 1
+    try:
+        run()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            _sys.stderr.write(str(e.code) + "\n")
+    except BaseException:
+        _sys.excepthook(*_sys.exc_info())  # as the interpreter reports an uncaught exception
+    finally:
+        try:
+            _atexit._run_exitfuncs()
+        finally:
+            _sys.stdout.flush(); _sys.stderr.flush()
+            _os._exit(code)
+"""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from helpers import CHILD_EXIT
 from safetensors.torch import save_file
 
 from gan_prior import PortraitGAN, save_pyramid, tiny_config
@@ -850,8 +851,10 @@ def run_case(case: Case, d: str, extra: tuple = ()) -> subprocess.CompletedProce
 # the child limits its address space to what it has mapped plus the case's budget, sends stdout/stderr
 # to files and runs ``gan_prior`` as ``__main__``; the parent answers each case with its exit status
 # once the child ends.
-_ZYGOTE = r"""
-import json, os, resource, runpy, sys, traceback
+_ZYGOTE = (
+    CHILD_EXIT
+    + r"""
+import json, os, resource, runpy, sys
 import gan_prior.cli, portrait3d.cli, portrait3d.report  # the expensive imports (torch), done once
 
 def drop_file_permission_override():
@@ -882,8 +885,7 @@ for line in sys.stdin:
         reap()
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
+        def run():
             with open("/proc/self/status") as f:  # VmSize: what the imports mapped (the torch build's)
                 limit = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:")) + budget
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -895,21 +897,12 @@ for line in sys.stdin:
             sys.stdout = open(1, "w", closefd=False); sys.stderr = open(2, "w", closefd=False)
             sys.argv = [module] + argv
             runpy.run_module(module, run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, (int, type(None))):
-                sys.stderr.write(str(e.code) + "\n")
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush(); sys.stderr.flush()
-            os._exit(code)
+        run_as_main(run)  # (helpers.CHILD_EXIT)
     running[pid] = case_id
 while running:
     reap()
 """
+)
 
 
 def run_all(cases: list, d: str, workers: int = 3, extra: tuple = ()) -> dict:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 
-from helpers import ROOT, THREESTUDIO_ROOT
+from helpers import CHILD_EXIT, ROOT, THREESTUDIO_ROOT
 
 from portrait3d.threestudio_env import import_threestudio, make_worktree  # noqa: F401  (the tests' import)
 
@@ -45,12 +45,14 @@ def launch(worktree: str, cache: str, *args: str, timeout: int = 900) -> subproc
 # on stdin), forks a child that is `python launch.py ...` from there on: the request's folder, whole
 # environment and argv; sys.path[0] the folder of launch.py with links resolved (as the interpreter
 # sets it for a script); stdin from /dev/null, stdout/stderr to files; threestudio's own launch.py run
-# as __main__, which imports threestudio and loads custom/ itself; an uncaught exception goes to
-# sys.excepthook and atexit handlers run at the end, as at an interpreter's exit.
+# as __main__, which imports threestudio and loads custom/ itself; it ends as the interpreter would
+# (helpers.CHILD_EXIT).
 # The parent answers with the child's exit status. The same pattern as
 # test_bad_inputs' interpreter for `python -m gan_prior`.
-_LAUNCH_ZYGOTE = r"""
-import atexit, json, os, runpy, signal, sys
+_LAUNCH_ZYGOTE = (
+    CHILD_EXIT
+    + r"""
+import json, os, runpy, signal, sys
 import torch, pytorch_lightning, diffusers, transformers, wandb  # the expensive imports, done once
 assert not torch.cuda.is_initialized()  # (a child forked after CUDA's start-up could not use CUDA)
 sys.stdout.write("ready\n"); sys.stdout.flush()
@@ -58,8 +60,7 @@ for line in sys.stdin:
     cwd, env, argv, out, err, timeout = json.loads(line)
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
+        def run():
             signal.alarm(timeout)  # SIGALRM ends a child that runs too long (exit status -14)
             os.chdir(cwd)
             os.environ.clear(); os.environ.update(env)
@@ -72,23 +73,11 @@ for line in sys.stdin:
             sys.stdout = open(1, "w", closefd=False); sys.stderr = open(2, "w", closefd=False)
             sys.argv = ["launch.py"] + argv
             runpy.run_path(script, run_name="__main__")
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, (int, type(None))):
-                sys.stderr.write(str(e.code) + "\n")
-        except BaseException:
-            sys.excepthook(*sys.exc_info())  # as the interpreter reports an uncaught exception
-            code = 1
-        finally:
-            try:
-                atexit._run_exitfuncs()
-            finally:
-                sys.stdout.flush(); sys.stderr.flush()
-                os._exit(code)
+        run_as_main(run)  # (helpers.CHILD_EXIT)
     _, status = os.waitpid(pid, 0)
     sys.stdout.write(json.dumps(os.waitstatus_to_exitcode(status)) + "\n"); sys.stdout.flush()
 """
+)
 _zygote, _zygote_startup = None, None
 
 
