@@ -74,7 +74,8 @@ def build_generator(args) -> PortraitGAN:
     return g.to(args.device)
 
 
-def make_target(g: PortraitGAN, k: int, args) -> dict:
+def make_target(g: PortraitGAN, k: int, args, w_avg) -> dict:
+    """Target ``k``; ``w_avg`` ``[1, 1, w_dim]`` the average latent ``--psi`` pulls toward (None at psi 1)."""
     gen = torch.Generator().manual_seed(1000 * args.seed + k)
     yaw = float(torch.empty(1).uniform_(-30, 30, generator=gen))
     elev = float(torch.empty(1).uniform_(-10, 10, generator=gen))
@@ -85,8 +86,7 @@ def make_target(g: PortraitGAN, k: int, args) -> dict:
     c = camera_label(lookat_pose(h, v), GAN_FOCAL).to(args.device)
     with torch.no_grad():
         ws = g.mapping(z.to(args.device), c, pose.to(args.device))
-        if args.psi != 1:  # toward the average portrait the camera estimate compares with
-            w_avg = w_statistics(g)[0]
+        if w_avg is not None:  # toward the average portrait the camera estimate compares with
             ws = w_avg + args.psi * (ws - w_avg)
         out = g.synthesize(ws, c, deterministic=True, pose=pose.to(args.device))
     image = out["image_raw"] if args.target == "raw" else out["image"]
@@ -151,8 +151,9 @@ def main(argv=None) -> int:
     if args.steps == 0:  # the camera estimates only
         runs = {}
     rows = []
+    w_avg = w_statistics(g)[0] if args.psi != 1 else None  # once: the same for every target
     for k in range(args.targets):
-        target = make_target(g, k, args)
+        target = make_target(g, k, args, w_avg)
         truth = (target["yaw"], target["elevation"])
         grid = estimate_camera(
             g, target["image"], distance, resolution=args.camera_resolution, refine_to_deg=0
