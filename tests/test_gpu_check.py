@@ -64,6 +64,13 @@ def test_gpu_check_dry_run_times_every_stage_of_the_extensions_run(dry_run, mark
         assert f"| {name} |" in table
     assert math.isclose(data["projected_total_s"], sum(r["projected_s"] for r in rows.values()))
     assert data["peak_bytes"] == max(r["peak_bytes"] for r in rows.values())
+    # the inversion step as the released weights take it (posed), the pose-0 step beside it, and
+    # the run's prior saved from that generator, SMPL buffers included
+    assert rows["inversion"]["notes"].startswith("posed (SMPL deformation"), rows["inversion"]["notes"]
+    assert "at pose 0 (a checkpoint without SMPL buffers)" in rows["inversion"]["notes"]
+    assert any(
+        o.startswith("system.prior_checkpoint=") for o in data["pipeline"]["settings"]["run_overrides"]
+    )
     # the textured export's own steps, from the mesh_fidelity.json it wrote
     notes = rows["export"]["notes"]
     assert all(f"{step} " in notes for step in ("clean-up", "unwrap", "views", "bake", "fidelity")), notes
