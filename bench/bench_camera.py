@@ -75,7 +75,9 @@ def build_generator(args) -> PortraitGAN:
 
 
 def make_target(g: PortraitGAN, k: int, args, w_avg) -> dict:
-    """Target ``k``; ``w_avg`` ``[1, 1, w_dim]`` the average latent ``--psi`` pulls toward (None at psi 1)."""
+    """Target ``k``: its camera (``yaw``, ``elevation``, ``label`` ``[1, 25]``), body ``pose`` ``[1, 6]``,
+    latent ``ws`` and ``image``; ``w_avg`` ``[1, 1, w_dim]`` the average latent ``--psi`` pulls toward
+    (None at psi 1)."""
     gen = torch.Generator().manual_seed(1000 * args.seed + k)
     yaw = float(torch.empty(1).uniform_(-30, 30, generator=gen))
     elev = float(torch.empty(1).uniform_(-10, 10, generator=gen))
@@ -90,7 +92,7 @@ def make_target(g: PortraitGAN, k: int, args, w_avg) -> dict:
             ws = w_avg + args.psi * (ws - w_avg)
         out = g.synthesize(ws, c, deterministic=True, pose=pose.to(args.device))
     image = out["image_raw"] if args.target == "raw" else out["image"]
-    return {"yaw": yaw, "elevation": elev, "pose": pose, "image": image}
+    return {"yaw": yaw, "elevation": elev, "pose": pose, "image": image, "ws": ws, "label": c}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -89,3 +89,16 @@ def test_bench_export_quick_measures_every_step_with_the_harness(tmp_path):
     assert {"portrait.glb", "portrait.obj", "portrait.mtl", "portrait_albedo.png", "portrait.ply"} <= set(
         os.listdir(files)
     )
+
+
+def test_bench_pose_runs_the_pose_path_alone(tmp_path):
+    """bench/bench_pose.py on the tiny architecture: the target is reproduced from its own pose, the
+    gradient at p = 0 agrees with small central differences, and the optimisation lowers the loss."""
+    out_json = tmp_path / "pose.json"
+    args = ["--tiny", "--targets", "1", "--steps", "6", "--nrr", "16", "--samples", "6", "--device", "cpu"]
+    out = bench("bench_pose.py", *args, "--json", str(out_json), timeout=300)
+    assert "pose error after 6 steps" in out
+    (row,) = json.loads(out_json.read_text())["targets"]
+    assert row["pose_error_start_deg"] > 1 and math.isfinite(row["pose_error_deg"])
+    assert row["gradient_cosine"]["0.001"] > 0.99
+    assert row["loss_lowest"] < row["loss_start"]
