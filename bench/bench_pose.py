@@ -74,7 +74,10 @@ def main(argv=None) -> int:
             return F.mse_loss(image, target["image"])
 
         with torch.no_grad():
-            assert float(loss(truth)) == 0.0, "the target is not reproduced from its own w+, camera and pose"
+            if float(loss(truth)) > 1e-8:  # 0 here; allow for a GPU's reduction order
+                raise SystemExit(
+                    "bench_pose.py: the target is not reproduced from its own w+, camera and pose"
+                )
         p = torch.zeros(1, 6, device=args.device, requires_grad=True)
         first = loss(p)
         first.backward()
