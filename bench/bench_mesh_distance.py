@@ -9,10 +9,13 @@ size (6890 vertices, 13776 faces; the in-box ``face_mask`` as the official rende
 seeded random pose, and the stratified sample points of the frontal camera's rays. A seeded random
 subset of the pass's points is timed (the search's cost grows with the points; the subset's
 per-point cost times the pass's points is the pass's estimate), against the brute force on a
-smaller subset. Timing and memory by :mod:`bench.harness` (its module docstring says how).
+smaller subset. ``--budget-scale`` times the search at several pass sizes (``PAIR_BUDGET`` × each;
+CUDA's default is × 16) with the torch calls each makes, and checks that they choose the same faces.
+Timing and memory by :mod:`bench.harness` (its module docstring says how).
 
     PYTHONPATH=. python bench/bench_mesh_distance.py                       # CPU, default subsets
     PYTHONPATH=. python bench/bench_mesh_distance.py --device cuda --subset 0   # every point of the pass
+    PYTHONPATH=. python bench/bench_mesh_distance.py --budget-scale 1 4 16     # the pass size
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from harness import OtherLoad, PeakMemory, fmt_mib, machine_info, timed  # noqa:
 
 from gan_prior.camera import canonical_label  # noqa: E402
 from gan_prior.deformation import THICKNESS, MeshDeformation  # noqa: E402
-from gan_prior.mesh_distance import brute_force_nearest, nearest_triangles  # noqa: E402
+from gan_prior.mesh_distance import PAIR_BUDGET, brute_force_nearest, nearest_triangles  # noqa: E402
 from gan_prior.renderer import RenderConfig, rays_from_label, stratified_depths  # noqa: E402
 from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template  # noqa: E402
 
@@ -43,6 +46,14 @@ def main(argv=None) -> int:
     ap.add_argument("--subset", type=int, default=100_000, help="points timed (0: every point of the pass)")
     ap.add_argument("--brute-subset", type=int, default=5_000, help="points timed by brute force (0: skip)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--budget-scale",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="time the search with PAIR_BUDGET × each of these (point-triangle pairs per pass: fewer, "
+        "larger passes cost fewer torch calls and more memory)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -71,12 +82,25 @@ def main(argv=None) -> int:
 
     rows = {}
     sel = subset(args.subset)
-    d2, _ = nearest_triangles(sel, tris, THICKNESS)
+    d2, index = nearest_triangles(sel, tris, THICKNESS)
     near = float(torch.isfinite(d2).float().mean())
     load = OtherLoad()
-    with PeakMemory(dev) as mem:
-        t = timed(lambda: nearest_triangles(sel, tris, THICKNESS), dev, args.repeats)
-    rows["culled"] = {"points": sel.shape[0], **t, **mem.final}
+    for scale in args.budget_scale:
+        budget = PAIR_BUDGET * scale
+        with PeakMemory(dev) as mem:
+            t = timed(lambda: nearest_triangles(sel, tris, THICKNESS, budget=budget), dev, args.repeats)
+        with torch.profiler.profile() as prof:  # one more call, untimed: how many torch calls it makes
+            same = torch.equal(nearest_triangles(sel, tris, THICKNESS, budget=budget)[1], index)
+        if not same:
+            raise SystemExit(f"bench_mesh_distance.py: budget ×{scale} chose other faces than ×1")
+        calls = sum(e.count for e in prof.key_averages())
+        rows[f"culled ×{scale}"] = {
+            "points": sel.shape[0],
+            "budget": budget,
+            "torch_calls": calls,
+            **t,
+            **mem.final,
+        }
     if args.brute_subset > 0:
         few = subset(args.brute_subset)
         with PeakMemory(dev) as mem:
@@ -90,7 +114,8 @@ def main(argv=None) -> int:
         f"{100 * near:.0f}% within the thickness"
     )
     print(
-        f"{'search':<12} {'points':>8} {'median s':>9} {'µs/point':>9} {'pass estimate s':>16} {'added MiB':>10}"
+        f"{'search':<12} {'points':>8} {'median s':>9} {'µs/point':>9} {'pass estimate s':>16} {'added MiB':>10} "
+        f"{'torch calls':>12}"
     )
     for name, r in rows.items():
         per = r["median_s"] / r["points"]
@@ -98,11 +123,11 @@ def main(argv=None) -> int:
         r["pass_estimate_s"] = per * n_pass
         print(
             f"{name:<12} {r['points']:>8} {r['median_s']:>9.3f} {per * 1e6:>9.2f} {per * n_pass:>16.1f} "
-            f"{fmt_mib(r['added_bytes']):>10}"
+            f"{fmt_mib(r['added_bytes']):>10} {r.get('torch_calls', '–'):>12}"
         )
     if "brute force" in rows:
         print(
-            f"culled / brute force per point: {rows['culled']['us_per_point'] / rows['brute force']['us_per_point']:.3f}"
+            f"culled / brute force per point: {rows[f'culled ×{args.budget_scale[0]}']['us_per_point'] / rows['brute force']['us_per_point']:.3f}"
         )
     info = machine_info(dev)
     print(f"machine: {info['cpu']}, {info['usable_cores']} cores, load {info['load_average']}, other processes "

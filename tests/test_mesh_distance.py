@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from gan_prior.mesh_distance import (
+    CULLED_PAIR_BUDGET_CUDA,
     PAIR_BUDGET,
+    _culled_nearest,
     brute_force_nearest,
     nearest_triangles,
     point_triangle_distance2,
@@ -81,6 +83,15 @@ def test_culled_search_is_the_brute_force(body, points_and_truth, max_distance):
     # the brute force is right too
     ref = reference_distance2(points, *body[ref_index].unbind(1))
     torch.testing.assert_close(ref_d2.double(), ref, rtol=1e-5, atol=1e-9)
+
+
+def test_the_larger_cuda_passes_find_the_same_faces(body, points_and_truth):
+    """On CUDA the culled search cuts its work in 16× larger passes: another cut, the same answer."""
+    points, (ref_d2, ref_index) = points_and_truth
+    for budget in (PAIR_BUDGET // 8, CULLED_PAIR_BUDGET_CUDA):
+        d2, index = _culled_nearest(points, body, None, budget)
+        assert torch.equal(index, ref_index), budget
+        torch.testing.assert_close(d2, ref_d2, rtol=0, atol=0)
 
 
 def test_a_shared_vertex_goes_to_the_smallest_face_index():
