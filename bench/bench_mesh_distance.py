@@ -21,21 +21,53 @@ Timing and memory by :mod:`bench.harness` (its module docstring says how).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
+import time
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import OtherLoad, PeakMemory, fmt_mib, machine_info, timed  # noqa: E402
+from harness import OtherLoad, PeakMemory, fmt_mib, machine_info, sync, timed  # noqa: E402
 
+from gan_prior import PortraitGAN, PortraitGANConfig, mesh_distance  # noqa: E402
 from gan_prior.camera import canonical_label  # noqa: E402
 from gan_prior.deformation import THICKNESS, MeshDeformation  # noqa: E402
+from gan_prior.inversion import InversionConfig, inversion_step  # noqa: E402
 from gan_prior.mesh_distance import PAIR_BUDGET, brute_force_nearest, nearest_triangles  # noqa: E402
+from gan_prior.perceptual import VGG16Distance  # noqa: E402
 from gan_prior.renderer import RenderConfig, rays_from_label, stratified_depths  # noqa: E402
 from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template  # noqa: E402
+
+
+def posed_step(seed: int, scale: int, dev: torch.device) -> dict:
+    """One posed inversion step (:func:`gan_prior.inversion.inversion_step` + backward at the
+    ``InversionConfig`` defaults) with the culled search's passes at ``PAIR_BUDGET × scale``: its
+    seconds and memory (does the search's larger pass raise the step's peak?)."""
+    cfg = dataclasses.replace(PortraitGANConfig(), smpl_vertices=6890, smpl_faces=13776)
+    g = PortraitGAN.random(cfg, seed=seed)
+    fill_deformation(g.renderer, smpl_like_template(seed), cfg.render.box_warp)
+    g = g.requires_grad_(False).to(dev)
+    c = canonical_label(1).to(dev)
+    with torch.no_grad():
+        ws = g.mapping(torch.randn(1, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev), c)
+    ws.requires_grad_(True)
+    pose = torch.tensor([[0.1, -0.1, 0.05, 0.1, 0.05, -0.1]], device=dev, requires_grad=True)
+    vgg = VGG16Distance.load(None).to(dev)
+    target = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(seed)).to(dev) * 2 - 1
+    name = "CULLED_PAIR_BUDGET_CUDA" if dev.type == "cuda" else "PAIR_BUDGET"
+    with mock.patch.object(mesh_distance, name, PAIR_BUDGET * scale), PeakMemory(dev) as mem:
+        sync(dev)
+        t0 = time.perf_counter()
+        _, loss = inversion_step(g, ws, [], target, c, vgg, InversionConfig(), 0.3, 1.0, pose)
+        loss.backward()
+        sync(dev)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, **mem.final}
 
 
 def main(argv=None) -> int:
@@ -54,9 +86,19 @@ def main(argv=None) -> int:
         help="time the search with PAIR_BUDGET × each of these (point-triangle pairs per pass: fewer, "
         "larger passes cost fewer torch calls and more memory)",
     )
+    ap.add_argument(
+        "--posed-step",
+        action="store_true",
+        help="also one whole posed inversion step at each pass size (full-size random generator with this "
+        "body, 128² + SR → 256², 96 + 96 samples, LPIPS, backward): its time and true peak memory",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.posed_step and len(args.budget_scale) != 1:
+        ap.error(
+            "--posed-step takes one --budget-scale per run (a process's peak includes what earlier steps left)"
+        )
     dev = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -107,6 +149,11 @@ def main(argv=None) -> int:
             t = timed(lambda: brute_force_nearest(few, tris), dev, 1, warmup=False)
         rows["brute force"] = {"points": few.shape[0], **t, **mem.final}
     other = load.cores()
+    steps = (
+        {f"posed step ×{scale}": posed_step(args.seed, scale, dev) for scale in args.budget_scale}
+        if args.posed_step
+        else {}
+    )
 
     print(
         f"nearest posed face, {faces.shape[0]} in-box faces of {body.face_mask.numel()}, thickness {THICKNESS}; "
@@ -129,13 +176,23 @@ def main(argv=None) -> int:
         print(
             f"culled / brute force per point: {rows[f'culled ×{args.budget_scale[0]}']['us_per_point'] / rows['brute force']['us_per_point']:.3f}"
         )
+    for name, r in steps.items():
+        print(
+            f"{name}: {r['seconds']:.1f} s, peak {fmt_mib(r['peak_bytes'])} (resident at start {fmt_mib(r['resident_bytes'])})"
+        )
     info = machine_info(dev)
     print(f"machine: {info['cpu']}, {info['usable_cores']} cores, load {info['load_average']}, other processes "
           f"busy {other if other is None else round(other, 2)} cores during the timing")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"settings": vars(args), "machine": info, "other_load_cores": other, "rows": rows},
+                {
+                    "settings": vars(args),
+                    "machine": info,
+                    "other_load_cores": other,
+                    "rows": rows,
+                    "posed_steps": steps,
+                },
                 f,
                 indent=1,
             )

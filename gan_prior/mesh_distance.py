@@ -35,9 +35,10 @@ from torch import Tensor
 PAIR_BUDGET = (
     1 << 20
 )  # point-triangle pairs per pass (measured: ~340 MiB of temporaries culled, ~960 MiB brute force)
-# The culled search on CUDA: 16× larger passes, the same search in 12× fewer torch calls (each a
-# kernel launch and the host's dispatch, where a GPU spends its time) for ~1.1 GiB more temporaries;
-# on the CPU larger passes are no faster (bench/README.md, *Nearest-face search*)
+# The culled search on CUDA: 16× larger passes, the same search in 15× fewer torch calls (each a
+# kernel launch and the host's dispatch, where a GPU spends its time); ~2.2 GiB more temporaries for
+# a 128² pass, under a posed inversion step's own peak (8.5 GiB either way, measured on the CPU); on
+# the CPU larger passes are slower (bench/README.md, *Nearest-face search*)
 CULLED_PAIR_BUDGET_CUDA = 16 * PAIR_BUDGET
 EXACT = torch.float64  # dtype of the exact distances that choose the face
 
