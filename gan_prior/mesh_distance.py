@@ -32,9 +32,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-PAIR_BUDGET = (
-    1 << 20
-)  # point-triangle pairs per pass (measured: ~340 MiB of temporaries culled, ~960 MiB brute force)
+# point-triangle pairs per pass (measured: ~340 MiB of temporaries culled, ~960 MiB brute force)
+PAIR_BUDGET = 1 << 20
 # The culled search on CUDA: 16× larger passes, the same search in 15× fewer torch calls (each a
 # kernel launch and the host's dispatch, where a GPU spends its time); ~2.2 GiB more temporaries for
 # a 128² pass, under a posed inversion step's own peak (8.5 GiB either way, measured on the CPU); on
