@@ -44,7 +44,7 @@ from gan_prior import PortraitGAN, PortraitGANConfig, RenderConfig, tiny_config
 from gan_prior.camera import GAN_FOCAL, camera_label, elevation_azimuth_to_hv, lookat_pose
 from gan_prior.inversion import InversionConfig, camera_angles, estimate_camera, invert, w_statistics
 from gan_prior.perceptual import VGG16Distance
-from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template
+from gan_prior.synthetic_smpl import posable_random_generator
 
 
 def direction(yaw_deg: float, elev_deg: float) -> torch.Tensor:
@@ -65,13 +65,9 @@ def build_generator(args) -> PortraitGAN:
     cfg = dataclasses.replace(
         base,
         rendering_resolution=args.nrr,
-        smpl_vertices=6890,
-        smpl_faces=13776,
         render=RenderConfig(depth_resolution=args.samples, depth_resolution_importance=args.samples),
     )
-    g = PortraitGAN.random(cfg, seed=args.seed)
-    fill_deformation(g.renderer, smpl_like_template(args.seed), cfg.render.box_warp)
-    return g.to(args.device)
+    return posable_random_generator(cfg, seed=args.seed).to(args.device)
 
 
 def make_target(g: PortraitGAN, k: int, args, w_avg) -> dict:

@@ -21,7 +21,6 @@ Timing and memory by :mod:`bench.harness` (its module docstring says how).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -34,24 +33,22 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import OtherLoad, PeakMemory, fmt_mib, machine_info, sync, timed  # noqa: E402
 
-from gan_prior import PortraitGAN, PortraitGANConfig, mesh_distance  # noqa: E402
+from gan_prior import PortraitGANConfig, mesh_distance  # noqa: E402
 from gan_prior.camera import canonical_label  # noqa: E402
 from gan_prior.deformation import THICKNESS, MeshDeformation  # noqa: E402
 from gan_prior.inversion import InversionConfig, inversion_step  # noqa: E402
 from gan_prior.mesh_distance import PAIR_BUDGET, brute_force_nearest, nearest_triangles  # noqa: E402
 from gan_prior.perceptual import VGG16Distance  # noqa: E402
 from gan_prior.renderer import RenderConfig, rays_from_label, stratified_depths  # noqa: E402
-from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template  # noqa: E402
+from gan_prior.synthetic_smpl import fill_deformation, posable_random_generator, smpl_like_template  # noqa: E402
 
 
 def posed_step(seed: int, scale: int, dev: torch.device) -> dict:
     """One posed inversion step (:func:`gan_prior.inversion.inversion_step` + backward at the
     ``InversionConfig`` defaults) with the culled search's passes at ``PAIR_BUDGET × scale``: its
     seconds and memory (does the search's larger pass raise the step's peak?)."""
-    cfg = dataclasses.replace(PortraitGANConfig(), smpl_vertices=6890, smpl_faces=13776)
-    g = PortraitGAN.random(cfg, seed=seed)
-    fill_deformation(g.renderer, smpl_like_template(seed), cfg.render.box_warp)
-    g = g.requires_grad_(False).to(dev)
+    g = posable_random_generator(PortraitGANConfig(), seed=seed).requires_grad_(False).to(dev)
+    cfg = g.cfg
     c = canonical_label(1).to(dev)
     with torch.no_grad():
         ws = g.mapping(torch.randn(1, cfg.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev), c)

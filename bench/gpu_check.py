@@ -33,7 +33,6 @@ paths are the real ones, the numbers are not.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -320,16 +319,14 @@ def inversion(dev, dry: bool, repeats: int, warm: bool, prior: str) -> tuple[int
     in body pose p with the SMPL mesh-guided deformation, 96 + 96 samples, LPIPS-VGG16, backward,
     Adam over w+, the noise and p; the same step at pose 0 (a checkpoint without SMPL buffers) goes
     in the row's notes. Returns ``(compared resolution, measure)``."""
-    from gan_prior import PortraitGAN, PortraitGANConfig, canonical_label, tiny_config
+    from gan_prior import PortraitGANConfig, canonical_label, tiny_config
     from gan_prior.inversion import InversionConfig, inversion_step
     from gan_prior.perceptual import VGG16Distance
-    from gan_prior.synthetic_smpl import fill_deformation, smpl_like_template
+    from gan_prior.synthetic_smpl import posable_random_generator, smpl_like_template
 
-    body = smpl_like_template(0, 8, 10) if dry else smpl_like_template(0)
-    sizes = {"smpl_vertices": body["v_template"].shape[0], "smpl_faces": body["faces"].shape[0]}
-    cfg = tiny_config(pose_branch=True, **sizes) if dry else dataclasses.replace(PortraitGANConfig(), **sizes)
-    G = PortraitGAN.random(cfg, seed=0)
-    fill_deformation(G.renderer, body, cfg.render.box_warp)
+    cfg = tiny_config(pose_branch=True) if dry else PortraitGANConfig()
+    G = posable_random_generator(cfg, seed=0, template=smpl_like_template(0, 8, 10) if dry else None)
+    cfg = G.cfg
     G.save(prior)
     res = 32 if dry else InversionConfig().resolution
     inv_cfg = InversionConfig(resolution=res)

@@ -12,6 +12,7 @@ renderer.py``): the neck-aligned canonical mesh, the alignment point, the in-box
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -130,3 +131,20 @@ def fill_deformation(module: MeshDeformation, template: dict[str, Tensor], box_w
     module.shaped_smpl.copy_(shaped[None])
     inside = ((shaped > -box_warp / 2) & (shaped < box_warp / 2)).all(1)
     module.face_mask.copy_(inside[template["faces"]].all(1))
+
+
+def posable_random_generator(cfg, seed: int = 0, template: Optional[dict[str, Tensor]] = None):
+    """``PortraitGAN.random(cfg, seed)`` that can render posed: ``cfg``'s SMPL sizes set from
+    ``template`` (default: the SMPL-size body of ``seed``) and its buffers filled from it, as
+    model_512.pkl holds the real SMPL's. For benchmarks: random weights, a seeded stand-in body."""
+    import dataclasses
+
+    from .generator import PortraitGAN  # (the generator imports this package's deformation)
+
+    template = smpl_like_template(seed) if template is None else template
+    cfg = dataclasses.replace(
+        cfg, smpl_vertices=template["v_template"].shape[0], smpl_faces=template["faces"].shape[0]
+    )
+    g = PortraitGAN.random(cfg, seed=seed)
+    fill_deformation(g.renderer, template, cfg.render.box_warp)
+    return g
