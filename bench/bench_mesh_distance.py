@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if min(args.budget_scale) < 1:
+        ap.error("--budget-scale takes whole numbers of at least 1 (PAIR_BUDGET × each)")
     if args.posed_step and len(args.budget_scale) != 1:
         ap.error(
             "--posed-step takes one --budget-scale per run (a process's peak includes what earlier steps left)"

@@ -146,6 +146,8 @@ def nearest_triangles(
     n, f = points.shape[0], tris.shape[0]
     if f == 0:
         raise ValueError("nearest_triangles needs at least one triangle")
+    if budget is not None and budget < 1:
+        raise ValueError(f"nearest_triangles: budget must be a positive number of pairs, got {budget}")
     inf = torch.tensor(float("inf"), dtype=points.dtype, device=points.device)
     if n * f <= 4 * (budget or PAIR_BUDGET) or n < 64:
         d2, index = brute_force_nearest(points, tris, budget or PAIR_BUDGET)

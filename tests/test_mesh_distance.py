@@ -107,3 +107,8 @@ def test_a_shared_vertex_goes_to_the_smallest_face_index():
 def test_no_triangles_is_an_error():
     with pytest.raises(ValueError, match="at least one triangle"):
         nearest_triangles(torch.zeros(3, 3), torch.zeros(0, 3, 3))
+
+
+def test_a_pass_size_below_one_pair_is_an_error():
+    with pytest.raises(ValueError, match="budget must be a positive number of pairs, got 0"):
+        nearest_triangles(torch.zeros(3, 3), torch.zeros(1, 3, 3), budget=0)
