@@ -17,8 +17,8 @@ channel norm + 1e−10 (LPIPS's ``normalize_tensor``). ``tests/test_perceptual.p
 forward with a TorchScript archive built like the official one (module names ``layers.conv1…13``,
 ``layers.fc1…3``, the five ``lpips0…4`` channel weights; ``forward(img, resize_images,
 return_lpips)`` on [0, 255] images returning features whose squared difference sums to the
-distance). The real file's code could not be read here; what that leaves unverified is in the
-README (*Inversion*).
+distance), and with torch-fidelity's LPIPS, whose own tests compare it with the released
+``vgg16.pt``. The real file's code could not be read here (README, *Inversion*).
 
 Images are ``[B, 3, H, W]`` in ``[-1, 1]``; they are area-downsampled to 256² (official) if larger.
 """

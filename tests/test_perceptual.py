@@ -106,3 +106,35 @@ def test_distance_equals_the_official_forward_on_an_official_like_archive(archiv
     plain.features.load_state_dict(ours.features.state_dict())
     with torch.no_grad():
         assert not torch.allclose(plain(a, b), official, rtol=1e-2)
+
+
+def test_distance_equals_torch_fidelity_lpips_the_released_file_is_checked_against(archive, monkeypatch):
+    """The archive's semantics above are our reading; torch-fidelity's LPIPS is a second, public one
+    that its own test suite (``tests/tf1/lpips/test_lpips.py``) compares with the released
+    ``vgg16.pt`` — ``vgg16(x, resize_images=False, return_lpips=True)`` on [0, 255] images — to
+    1e-5. With the archive's weights put into torch-fidelity's network (its downloads replaced by
+    those tensors), its distance and ours must agree on 8-bit images."""
+    import torchvision
+    from torch_fidelity import sample_similarity_lpips as tf_lpips
+
+    path, scripted = archive
+    vgg = torchvision.models.vgg16(weights=None)
+    conv_index = [i for i, m in enumerate(vgg.features) if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for k, i in enumerate(conv_index, 1):
+            vgg.features[i].weight.copy_(getattr(scripted.layers, f"conv{k}").weight)
+            vgg.features[i].bias.copy_(getattr(scripted.layers, f"conv{k}").bias)
+    lins = {f"lin{i}.model.1.weight": getattr(scripted, f"lpips{i}").reshape(1, -1, 1, 1) for i in range(5)}
+    monkeypatch.setattr(tf_lpips, "torchvision_load_pretrained_vgg16", lambda **_: vgg)
+    monkeypatch.setattr(tf_lpips, "load_state_dict_from_url", lambda *_, **__: lins)
+    reference = tf_lpips.SampleSimilarityLPIPS("lpips-vgg16")  # no resize: the projector's call
+
+    gen = torch.Generator().manual_seed(1)
+    u0 = torch.randint(0, 256, (2, 3, 64, 64), generator=gen, dtype=torch.uint8)
+    u1 = (u0.float() + 60 * torch.randn(2, 3, 64, 64, generator=gen)).clamp(0, 255).to(torch.uint8)
+    ours = VGG16Distance.load(path)
+    with torch.no_grad():
+        expected = reference(u0, u1)
+        got = ours(u0.float() / 127.5 - 1, u1.float() / 127.5 - 1)
+    assert expected.shape == got.shape == (2,)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7), (got, expected)
