@@ -59,8 +59,9 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 export PYTHONPATH="/tmp/site:$ROOT:$ROOT/.device/stubs"
 export THREESTUDIO_ROOT="$ROOT/.device/threestudio" PORTRAIT3D_OFFICIAL_ROOT="$ROOT/.device/official"
 export PORTRAIT3D_CACHE=/tmp/portrait3d-cache
-"$PY" -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
-torch.cuda.get_device_name(0), '| diffusers', diffusers.__version__, '| transformers', transformers.__version__)" \
+"$PY" -c "import torch, diffusers, transformers, numpy, skimage; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
+torch.cuda.get_device_name(0), '| diffusers', diffusers.__version__, '| transformers', transformers.__version__,
+'| numpy', numpy.__version__, '| scikit-image', skimage.__version__)" \
   2>&1 | tee "$OUT/versions.txt"
 
 # 2. the CUDA subset (≤ 2.5 min) and the meta-device tests

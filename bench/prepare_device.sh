@@ -14,7 +14,8 @@
 #
 # The device image (Python 3.12, torch 2.11, CUDA 13; see the device tool's KINDS.md) has torch,
 # torchvision, numpy, scipy, safetensors, accelerate, lightning, pytorch-lightning, jaxtyping,
-# einops, imageio, opencv, matplotlib, tensorboard, torchmetrics, networkx and tqdm. It has
+# einops, imageio, opencv, matplotlib, tensorboard, torchmetrics, networkx, tqdm and scikit-image
+# (with lazy-loader; the mesh fidelity's SSIM/PSNR, an API stable since 0.19: not carried). It has
 # transformers 5 / huggingface_hub 1 / tokenizers 0.23, which diffusers 0.32 does not support, so
 # the pinned versions of requirements.txt travel. The whole working tree plus the carried folders
 # must stay under 64 MiB: the script fails if they do not.
@@ -56,7 +57,7 @@ WHEELS=(
   diffusers==0.32.2 transformers==4.46.3 tokenizers==0.20.3 huggingface_hub==0.25.2
   omegaconf==2.3.0 typeguard==4.6.1 imageio-ffmpeg==0.4.9 pytorch-fid==0.3.0
   trimesh==5.2.0 PyMCubes==0.1.6 nerfacc==0.5.3 xatlas==0.0.11
-  fast-simplification==0.2.0 scikit-image==0.26.0 lazy-loader==0.4
+  fast-simplification==0.2.0
 )
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux2010_x86_64

@@ -112,3 +112,25 @@ def test_gpu_check_on_the_device_needs_the_prepared_folders(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "run bench/prepare_device.sh" in proc.stderr
+
+
+# what bench/prepare_device.sh carried besides the working tree (.whl + .device), measured on
+# 2026-12-06: 47 816 KiB (the largest: imageio-ffmpeg 26 MB, transformers 10 MB, threestudio 2.4 MB)
+CARRIED_KIB = 47816
+
+
+def test_the_working_tree_leaves_room_for_what_the_device_call_carries():
+    """The device call carries the working tree plus .whl/.device within 64 MiB; prepare_device.sh
+    refuses above 63 MiB. Tracked files growing (fixtures, images) must not make the one GPU call
+    impossible: this fails first, here, where prepare_device.sh (it needs the network) is not run."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    paths = [os.path.join(ROOT, f.decode()) for f in files if f]
+    tree_kib = sum(
+        -(-os.path.getsize(p) // 4096) * 4 for p in paths if os.path.isfile(p)
+    )  # du's 4 KiB blocks
+    assert tree_kib + CARRIED_KIB <= 63 * 1024, (
+        f"working tree {tree_kib} KiB + carried {CARRIED_KIB} KiB is over the 63 MiB bench/prepare_device.sh "
+        "allows: shrink a fixture or drop a carried wheel"
+    )
