@@ -173,10 +173,15 @@ def export_steps(trial_dir: str) -> str:
     if not isinstance(report, dict):
         return "no mesh_fidelity.json"
     steps = ", ".join(f"{k} {fmt_s(v)}" for k, v in (report.get("timings_s") or {}).items())
-    m, t = report.get("mesh") or {}, report.get("textured") or {}
+    m = report.get("mesh") or {}
+
+    def psnr(key: str) -> str:
+        value = (report.get(key) or {}).get("psnr")
+        return f"{value:.2f} dB" if isinstance(value, (int, float)) else str(value)
+
     return (
         f"{steps}; {m.get('faces')} faces, {m.get('texture_size')}² texture; "
-        f"{MESH_REPORT}: textured PSNR {t.get('psnr')}, vertex colours {(report.get('vertex_colours') or {}).get('psnr')}"
+        f"{MESH_REPORT}: textured PSNR {psnr('textured')}, vertex colours {psnr('vertex_colours')}"
     )
 
 

@@ -90,30 +90,13 @@ done
 find .device -name "__pycache__" -prune -exec rm -rf {} +
 # import-only stand-ins for what threestudio imports at module level but this pipeline never calls:
 # the git-only CUDA packages (portrait3d/cpu_stubs, which the setup's start-up file serves where
-# they are missing; the device has no such file, so they go on PYTHONPATH), the wandb logger,
-# libigl, envlight, and IPython (which tests/helpers.py looks for among threestudio's requirements).
+# they are missing; the device has no such file, so they go on PYTHONPATH) and those of
+# bench/device_stubs (the wandb logger, libigl, envlight, and IPython, which the device image lacks).
 cp -r portrait3d/cpu_stubs/tinycudann portrait3d/cpu_stubs/nvdiffrast portrait3d/cpu_stubs/controlnet_aux \
   .device/stubs/
-mkdir -p .device/stubs/IPython
-cat > .device/stubs/IPython/__init__.py <<'EOF'
-"""Import-only stand-in (threestudio's notebooks use IPython; launch.py does not)."""
-EOF
-cat > .device/stubs/wandb.py <<'EOF'
-"""Import-only stand-in (the GPU check never logs to wandb)."""
-EOF
-cat > .device/stubs/envlight.py <<'EOF'
-"""Import-only stand-in (PBR materials are not used by Portrait3D)."""
-EOF
-cat > .device/stubs/igl.py <<'EOF'
-"""Import-only stand-in for libigl (threestudio.utils.ops imports three functions)."""
-
-
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("libigl is not installed on the device (import-only stand-in)")
-
-
-fast_winding_number_for_meshes = point_mesh_squared_distance = read_obj = _unavailable
-EOF
+cp -r bench/device_stubs/IPython bench/device_stubs/wandb.py bench/device_stubs/envlight.py \
+  bench/device_stubs/igl.py .device/stubs/
+find .device -name "__pycache__" -prune -exec rm -rf {} +
 
 # ------------------------------------------------------------------------------- size check
 tree_kib=$(git ls-files -co --exclude-standard -z | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1)

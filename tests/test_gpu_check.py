@@ -115,8 +115,8 @@ def test_gpu_check_on_the_device_needs_the_prepared_folders(tmp_path):
 
 
 # what bench/prepare_device.sh carried besides the working tree (.whl + .device), measured on
-# 2026-12-06: 47 816 KiB (the largest: imageio-ffmpeg 26 MB, transformers 10 MB, threestudio 2.4 MB)
-CARRIED_KIB = 47816
+# 2026-12-06: 47 820 KiB (the largest: imageio-ffmpeg 26 MB, transformers 10 MB, threestudio 2.4 MB)
+CARRIED_KIB = 47820
 
 
 def test_the_working_tree_leaves_room_for_what_the_device_call_carries():
@@ -134,3 +134,38 @@ def test_the_working_tree_leaves_room_for_what_the_device_call_carries():
         f"working tree {tree_kib} KiB + carried {CARRIED_KIB} KiB is over the 63 MiB bench/prepare_device.sh "
         "allows: shrink a fixture or drop a carried wheel"
     )
+
+
+@pytest.mark.parametrize("marks", [pytest.param(None, marks=requires_threestudio)])
+def test_threestudio_and_the_extension_import_with_the_device_stand_ins(marks):
+    """The device image lacks IPython, wandb, envlight and libigl, which threestudio imports at
+    module level: bench/device_stubs stands in for them there. Put first on the path here, they
+    shadow the installed packages as their absence does on the device, so a stand-in that misses
+    what threestudio imports (IPython.display, once) fails here instead of in the one GPU call."""
+    from helpers import THREESTUDIO_ROOT
+
+    stubs = os.path.join(ROOT, "bench", "device_stubs")
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{stubs!r}, {os.path.join(ROOT, 'portrait3d', 'cpu_stubs')!r}, {ROOT!r}]\n"
+        "from portrait3d.threestudio_env import import_threestudio\n"
+        f"ts = import_threestudio({THREESTUDIO_ROOT!r})\n"
+        "from threestudio.systems.base import BaseSystem\n"
+        "from threestudio.utils.callbacks import ConfigSnapshotCallback\n"
+        "from threestudio.utils.config import load_config\n"
+        "import IPython, wandb, envlight, igl\n"
+        f"assert all(m.__file__.startswith({stubs!r}) for m in (IPython, wandb, envlight, igl))\n"
+        "names = {'portrait3d-system', 'pyramid-trigrid', 'gan-prior-initializer'}\n"
+        "assert names <= set(ts.__modules__), sorted(names - set(ts.__modules__))\n"
+    )
+    env = dict(os.environ, WANDB_MODE="disabled")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=THREESTUDIO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,1 @@
+"""Import-only stand-in (the GPU check never logs to wandb)."""
