@@ -112,8 +112,9 @@ def test_distance_equals_torch_fidelity_lpips_the_released_file_is_checked_again
     """The archive's semantics above are our reading; torch-fidelity's LPIPS is a second, public one
     that its own test suite (``tests/tf1/lpips/test_lpips.py``) compares with the released
     ``vgg16.pt`` — ``vgg16(x, resize_images=False, return_lpips=True)`` on [0, 255] images — to
-    1e-5. With the archive's weights put into torch-fidelity's network (its downloads replaced by
-    those tensors), its distance and ours must agree on 8-bit images."""
+    1e-5. With the archive's weights put into torch-fidelity's network (its two downloads replaced
+    by those tensors), its distance and ours must agree on 8-bit images. (torch-fidelity 0.3.0:
+    0.4.0's wheel installs a top-level ``tests`` package that hides this one.)"""
     import torchvision
     from torch_fidelity import sample_similarity_lpips as tf_lpips
 
@@ -125,8 +126,8 @@ def test_distance_equals_torch_fidelity_lpips_the_released_file_is_checked_again
             vgg.features[i].weight.copy_(getattr(scripted.layers, f"conv{k}").weight)
             vgg.features[i].bias.copy_(getattr(scripted.layers, f"conv{k}").bias)
     lins = {f"lin{i}.model.1.weight": getattr(scripted, f"lpips{i}").reshape(1, -1, 1, 1) for i in range(5)}
-    monkeypatch.setattr(tf_lpips, "torchvision_load_pretrained_vgg16", lambda **_: vgg)
-    monkeypatch.setattr(tf_lpips, "load_state_dict_from_url", lambda *_, **__: lins)
+    downloads = {tf_lpips.URL_VGG16_BASE: vgg.state_dict(), tf_lpips.URL_VGG16_LPIPS: lins}
+    monkeypatch.setattr(tf_lpips, "load_state_dict_from_url", lambda url, *_, **__: downloads[url])
     reference = tf_lpips.SampleSimilarityLPIPS("lpips-vgg16")  # no resize: the projector's call
 
     gen = torch.Generator().manual_seed(1)
