@@ -173,6 +173,12 @@ def main(argv=None) -> int:
                 **({"mode": "raw", "resolution": args.nrr} if args.target == "raw" else {}),
             )
             p0 = torch.zeros(1, 6, device=args.device) if with_pose else None
+            # the inversion draws from the global generator (the w noise of the official projector, the
+            # renderer's jitter), and 20-step results move with that stream: seed it per target, the
+            # same for both runs, so that a target's result depends on neither the other targets nor
+            # on what ran before it (unseeded, the three-target medians shifted by degrees between code
+            # versions that drew differently before the inversions)
+            torch.manual_seed(1000 * args.seed + k)
             out = invert(g, target["image"], est["label"], distance, cfg, progress=False, pose=p0)
             cam = camera_angles(out["camera"])
             pose = out["pose"] if out["pose"] is not None else torch.zeros(1, 6)
