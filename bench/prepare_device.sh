@@ -87,7 +87,6 @@ rm -rf .device/tmp
 for item in training torch_utils dnnlib camera_utils.py legacy.py; do
   [[ -e "$OFFICIAL/$item" ]] && cp -r "$OFFICIAL/$item" ".device/official/$item"
 done
-find .device -name "__pycache__" -prune -exec rm -rf {} +
 # import-only stand-ins for what threestudio imports at module level but this pipeline never calls:
 # the git-only CUDA packages (portrait3d/cpu_stubs, which the setup's start-up file serves where
 # they are missing; the device has no such file, so they go on PYTHONPATH) and those of
