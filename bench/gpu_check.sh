@@ -44,7 +44,7 @@ if (( DRY )); then
 fi
 
 PY=python3
-for need in .whl .device/threestudio .device/official .device/stubs; do
+for need in .whl .device/threestudio .device/official; do
   if [[ ! -e "$need" ]]; then
     echo "gpu_check.sh: $need is missing: run bench/prepare_device.sh here first and name .whl and" \
          ".device in the call's carry (bench/README.md)" >&2
@@ -56,7 +56,7 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
   > "$OUT/pip.log" 2>&1 || { echo "gpu_check.sh: wheel install failed (see pip.log)"; cat "$OUT/pip.log"; exit 1; }
 # carried wheels first, then the repo, then the import-only stand-ins (only of packages the image
 # lacks: on PYTHONPATH a stand-in would hide an installed package of the same name)
-export PYTHONPATH="/tmp/site:$ROOT:$ROOT/.device/stubs"
+export PYTHONPATH="/tmp/site:$ROOT:$ROOT/portrait3d/cpu_stubs:$ROOT/bench/device_stubs"
 export THREESTUDIO_ROOT="$ROOT/.device/threestudio" PORTRAIT3D_OFFICIAL_ROOT="$ROOT/.device/official"
 export PORTRAIT3D_CACHE=/tmp/portrait3d-cache
 "$PY" -c "import torch, diffusers, transformers, numpy, skimage; print('torch', torch.__version__, 'CUDA', torch.version.cuda,

@@ -71,7 +71,7 @@ done
 "$PY" -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 # ------------------------------------------------------------------------------- sources (.device/)
-rm -rf .device && mkdir -p .device/threestudio .device/official .device/stubs
+rm -rf .device && mkdir -p .device/threestudio .device/official
 if [[ -n "$TS" ]]; then
   TS_SRC="$TS"
 else
@@ -87,14 +87,9 @@ rm -rf .device/tmp
 for item in training torch_utils dnnlib camera_utils.py legacy.py; do
   [[ -e "$OFFICIAL/$item" ]] && cp -r "$OFFICIAL/$item" ".device/official/$item"
 done
-# import-only stand-ins for what threestudio imports at module level but this pipeline never calls:
-# the git-only CUDA packages (portrait3d/cpu_stubs, which the setup's start-up file serves where
-# they are missing; the device has no such file, so they go on PYTHONPATH) and those of
-# bench/device_stubs (the wandb logger, libigl, envlight, and IPython, which the device image lacks).
-cp -r portrait3d/cpu_stubs/tinycudann portrait3d/cpu_stubs/nvdiffrast portrait3d/cpu_stubs/controlnet_aux \
-  .device/stubs/
-cp -r bench/device_stubs/IPython bench/device_stubs/wandb.py bench/device_stubs/envlight.py \
-  bench/device_stubs/igl.py .device/stubs/
+# (the import-only stand-ins for what threestudio imports at module level and the device lacks,
+# portrait3d/cpu_stubs and bench/device_stubs, travel with the working tree: gpu_check.sh puts them
+# on PYTHONPATH)
 find .device -name "__pycache__" -prune -exec rm -rf {} +
 
 # ------------------------------------------------------------------------------- size check

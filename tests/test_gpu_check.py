@@ -115,8 +115,8 @@ def test_gpu_check_on_the_device_needs_the_prepared_folders(tmp_path):
 
 
 # what bench/prepare_device.sh carried besides the working tree (.whl + .device), measured on
-# 2026-12-06: 47 820 KiB (the largest: imageio-ffmpeg 26 MB, transformers 10 MB, threestudio 2.4 MB)
-CARRIED_KIB = 47820
+# 2026-12-06: 47 764 KiB (the largest: imageio-ffmpeg 26 MB, transformers 10 MB, threestudio 2.4 MB)
+CARRIED_KIB = 47764
 
 
 def test_the_working_tree_leaves_room_for_what_the_device_call_carries():
