@@ -149,11 +149,11 @@ def nearest_triangles(
     if budget is not None and budget < 1:
         raise ValueError(f"nearest_triangles: budget must be a positive number of pairs, got {budget}")
     inf = torch.tensor(float("inf"), dtype=points.dtype, device=points.device)
-    if n * f <= 4 * (budget or PAIR_BUDGET) or n < 64:
-        d2, index = brute_force_nearest(points, tris, budget or PAIR_BUDGET)
+    brute = budget or PAIR_BUDGET
+    if n * f <= 4 * brute or n < 64:
+        d2, index = brute_force_nearest(points, tris, brute)
     else:
-        cuda = points.device.type == "cuda"
-        culled = budget or (CULLED_PAIR_BUDGET_CUDA if cuda else PAIR_BUDGET)
+        culled = budget or (CULLED_PAIR_BUDGET_CUDA if points.device.type == "cuda" else PAIR_BUDGET)
         d2, index = _culled_nearest(points, tris, max_distance, culled)
     if max_distance is not None:
         far = d2 >= max_distance**2

@@ -11,6 +11,7 @@ renderer.py``): the neck-aligned canonical mesh, the alignment point, the in-box
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -137,8 +138,6 @@ def posable_random_generator(cfg, seed: int = 0, template: Optional[dict[str, Te
     """``PortraitGAN.random(cfg, seed)`` that can render posed: ``cfg``'s SMPL sizes set from
     ``template`` (default: the SMPL-size body of ``seed``) and its buffers filled from it, as
     model_512.pkl holds the real SMPL's. For benchmarks: random weights, a seeded stand-in body."""
-    import dataclasses
-
     from .generator import PortraitGAN  # (the generator imports this package's deformation)
 
     template = smpl_like_template(seed) if template is None else template
