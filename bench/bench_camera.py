@@ -13,7 +13,9 @@ off the superresolved image of the same render). Then, per
 target, as the initialisation does it:
 
 1. the camera estimate: the 15-camera grid search on the average portrait (``grid``), then its
-   continuous refinement (``refined``) — :func:`gan_prior.inversion.estimate_camera`;
+   continuous refinement (``refined``) — :func:`gan_prior.inversion.estimate_camera`; with
+   ``--estimate-pose-noise σ …``, the estimate again with the average portrait in the target's true
+   pose plus N(0, σ²) per component (``posed σ``), which the initialisation does in the predicted p₀;
 2. the inversion from the refined camera, once at pose 0 without the deformation (the former path)
    and once optimising the pose with the deformation (from p₀ = 0: a random-weight discriminator
    predicts nothing meaningful), each optionally also optimising yaw and pitch during its first
@@ -134,6 +136,15 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--pose-range", type=float, default=15.0, help="targets' body pose, ± degrees per component"
     )
+    ap.add_argument(
+        "--estimate-pose-noise",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also estimate the camera with the average portrait in the target's true pose plus Gaussian "
+        "noise of these standard deviations (degrees per component; 0: the true pose): what the estimate "
+        "gains from a pose predictor that good (random weights have none)",
+    )
     ap.add_argument("--vgg16", default=None, help="the official vgg16.pt (default: random VGG16 weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="the tiny architecture (a smoke run, no measurement)")
@@ -164,7 +175,18 @@ def main(argv=None) -> int:
             "refined": (est["yaw"], est["elevation"]),
             "grid_error": angle_between(truth, (grid["yaw"], grid["elevation"])),
             "refined_error": angle_between(truth, (est["yaw"], est["elevation"])),
+            "refined_distance": min(est["distances"].values()),
         }
+        for sigma in args.estimate_pose_noise:
+            noise = torch.randn(1, 6, generator=torch.Generator().manual_seed(1000 * args.seed + k))
+            p = (target["pose"] + math.radians(sigma) * noise).to(args.device)
+            at_pose = estimate_camera(g, target["image"], distance, resolution=args.camera_resolution, pose=p)
+            row[f"posed {sigma:g}"] = {
+                "estimate": (at_pose["yaw"], at_pose["elevation"]),
+                "error": angle_between(truth, (at_pose["yaw"], at_pose["elevation"])),
+                "distance": min(at_pose["distances"].values()),
+                "pose_given_error_deg": float(torch.rad2deg((p.cpu() - target["pose"]).abs()).mean()),
+            }
         for name, with_pose in runs.items():
             cfg = InversionConfig(
                 steps=args.steps,
@@ -196,7 +218,9 @@ def main(argv=None) -> int:
             }
         rows.append(row)
         print(f"target {k}: truth yaw {truth[0]:+.1f}° elev {truth[1]:+.1f}° | grid error {row['grid_error']:.2f}° "
-              f"refined {row['refined_error']:.2f}° | " + " | ".join(
+              f"refined {row['refined_error']:.2f}° | " + "".join(
+                  f"at the true pose + {s:g}° noise {row[f'posed {s:g}']['error']:.2f}° | "
+                  for s in args.estimate_pose_noise) + " | ".join(
                   f"{n}: cam {row[n]['camera_error']:.2f}° pose {row[n]['pose_error_deg']:.1f}° "
                   f"dist {row[n]['distance']:.4g} psnr {row[n]['psnr']:.2f}" for n in runs), flush=True)  # fmt: skip
 
@@ -205,6 +229,9 @@ def main(argv=None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         "grid_camera_error_deg": summary([r["grid_error"] for r in rows]),
         "refined_camera_error_deg": summary([r["refined_error"] for r in rows]),
+        "posed_camera_error_deg": {
+            f"{s:g}": summary([r[f"posed {s:g}"]["error"] for r in rows]) for s in args.estimate_pose_noise
+        },
         "runs": {
             n: {
                 "camera_error_deg": summary([r[n]["camera_error"] for r in rows]),
@@ -223,6 +250,8 @@ def main(argv=None) -> int:
     print(
         f"  + continuous refinement     {result['refined_camera_error_deg']['median']:6.2f}  {result['refined_camera_error_deg']['worst']:6.2f}"
     )
+    for s, r in result["posed_camera_error_deg"].items():
+        print(f"  refined at the true pose + {s}° noise {r['median']:6.2f}  {r['worst']:6.2f}")
     for n, r in result["runs"].items():
         print(f"  after inversion, {n:<16} {r['camera_error_deg']['median']:6.2f}  {r['camera_error_deg']['worst']:6.2f}"
               f"   pose error median {r['pose_error_deg']['median']:.1f}°, distance median {r['distance']['median']:.4g}, "

@@ -25,8 +25,9 @@ rendered directly at ``resolution`` instead; its one use is a generator without 
 weights (a state dict or folder saved without them).
 
 Not in the official code: the camera. The official one comes from an SMPL fit of the photo; ours
-from :func:`estimate_camera` (a grid search on the average portrait, refined by a local search), and
-``camera_steps`` > 0 also optimises its yaw and pitch with w during the first steps.
+from :func:`estimate_camera` (a grid search on the average portrait, refined by a local search; once
+p₀ is predicted, again with the average portrait in pose p₀), and ``camera_steps`` > 0 also
+optimises its yaw and pitch with w during the first steps.
 """
 
 from __future__ import annotations
@@ -305,6 +306,7 @@ def estimate_camera(
     elevations_deg=(-10.0, 0.0, 10.0),
     resolution: int = 64,
     refine_to_deg: float = 0.5,
+    pose: Optional[Tensor] = None,
 ) -> dict:
     """Pick the camera, among look-at cameras at ``yaws × elevations`` (threestudio degrees, yaw 0 =
     front), from which the average portrait (``w_avg``) looks most like ``target`` ``[1, 3, H, W]``,
@@ -313,12 +315,17 @@ def estimate_camera(
     spacing of the grid (yaw ±45°, elevation ±20° by default): beyond it lie cameras no aligned
     portrait photo is taken from, where a poor match (or a random generator) would otherwise drift.
 
+    ``pose`` ``[1, 6]``: the average portrait in that body pose (its w statistics mapped with it, as
+    the projector's, and rendered with the mesh-guided deformation), so that a turned or tilted neck
+    in ``target`` is not taken for a camera change; None: pose 0, canonical.
+
     This replaces the official SMPL-fit camera (``data_processing/preprocess_img_for_inversion.py``):
     the aligned crop fixes the head's place and size; the head's turn and tilt remain. Returns
     ``{"label": [1, 25], "yaw", "elevation", "distances": {"yaw,elevation": d}}`` (every camera tried).
     """
-    w_avg, _ = w_statistics(G)
+    w_avg, _ = w_statistics(G, pose=pose)
     ws = w_avg.repeat(1, G.num_ws, 1)
+    pose = None if pose is None else pose.float().to(ws.device)
     pyramid = G.synthesize_pyramid(ws)
     target = F.interpolate(target.float().to(ws.device), size=(resolution, resolution), mode="area")
     scores: dict[str, float] = {}
@@ -328,7 +335,9 @@ def estimate_camera(
         if key not in scores:
             h, v = elevation_azimuth_to_hv(torch.tensor([elev]), torch.tensor([yaw]))
             label = camera_label(lookat_pose(h, v), GAN_FOCAL).to(ws.device)
-            image = G.render(pyramid, ws, label, resolution=resolution, deterministic=True)["image"]
+            image = G.render(pyramid, ws, label, resolution=resolution, deterministic=True, pose=pose)[
+                "image"
+            ]
             scores[key] = float(distance(image, target).sum())
         return scores[key]
 

@@ -10,7 +10,8 @@ marks it done, so a rerun or an interrupted run skips finished steps):
    candidate picked with reasons, the square crop, and a camera estimate
    (:func:`gan_prior.inversion.estimate_camera`): ``aligned.png`` + ``alignment.json``;
 3. ``inversion`` — the starting body pose p₀ from the checkpoint's pose predictor (on the crop and
-   its person mask, :func:`gan_prior.alignment.person_mask`), w+ and the body pose
+   its person mask, :func:`gan_prior.alignment.person_mask`), the camera estimated again in pose p₀
+   and p₀ predicted again from it (``camera_pose_rounds``), w+ and the body pose
    (:func:`gan_prior.inversion.invert`), then the pyramid from w+ at pose 0 (official
    ``3DPortraitGAN_pyramid/run_trigrid_gen.py``): ``mask.png``, ``w_plus.safetensors`` (``ws``,
    ``camera``, ``pose``), ``pyramid.safetensors``, ``comparison.png`` (target | inversion) +
@@ -65,7 +66,7 @@ from .diffusion import (
 )
 from .files import atomic_path, fingerprint, read_json, write_json
 from .generator import PortraitGAN
-from .inversion import InversionConfig, estimate_camera, invert, w_statistics
+from .inversion import Distance, InversionConfig, estimate_camera, invert, w_statistics
 from .media import as_rgb, from_uint8, save_image
 from .perceptual import VGG16Distance
 from .pose import PosePredictor, clamp_pose
@@ -96,6 +97,9 @@ class PortraitInitConfig:
     estimate_camera: bool = True
     camera_resolution: int = 64
     camera_refine_to_deg: float = 0.5  # the grid camera refined by a local search (0: the grid's)
+    # Not official: once p₀ is predicted, the camera estimated again with the average portrait in
+    # pose p₀ and p₀ predicted again from that camera, this many times (0: the alignment's camera)
+    camera_pose_rounds: int = 1
     vgg16: Optional[str] = (
         None  # official vgg16.pt or a torchvision VGG16 state dict; None only with allow_random_vgg16
     )
@@ -135,6 +139,12 @@ class PortraitInitConfig:
             raise ValueError(
                 "vgg16: the inversion needs a perceptual network; give the official vgg16.pt (StyleGAN2-ADA "
                 "metrics) or a torchvision VGG16 state dict, e.g. PORTRAIT3D_VGG16=/path/to/vgg16.pt"
+            )
+        rounds = self.camera_pose_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(
+                f"camera_pose_rounds: {rounds!r} is not a whole number ≥ 0; give 1 (the default) or 0 to "
+                "keep the alignment's camera"
             )
         if self.vgg16 is not None and not os.path.isfile(self.vgg16):
             raise ValueError(f"vgg16: {self.vgg16} not found; give the path to a VGG16 state dict")
@@ -265,6 +275,7 @@ def step_inputs(cfg: PortraitInitConfig, checkpoint: str, step: str, upstream: O
         inputs = {
             "alignment": upstream,
             "inversion": asdict(cfg.inversion),
+            "camera_pose_rounds": cfg.camera_pose_rounds if cfg.estimate_camera else 0,
             "checkpoint": file_stamp(checkpoint),
             "vgg16": file_stamp(cfg.vgg16),
         }
@@ -432,7 +443,7 @@ def initialize_portrait(
         )
     target = torch.from_numpy(read_rgb(os.path.join(out_dir, "aligned.png"))).permute(2, 0, 1)[None]
     target = from_uint8(target.to(device))
-    label = torch.tensor(alignment["camera"]["label"], dtype=torch.float32, device=device)
+    alignment_label = torch.tensor(alignment["camera"]["label"], dtype=torch.float32, device=device)
 
     # 3. inversion and pyramid ------------------------------------------------------------------
     def pyramid_from_wplus() -> Optional[dict]:
@@ -449,16 +460,20 @@ def initialize_portrait(
         log(f"Rebuilding {pyramid_path} from {wplus_path}")
         with torch.no_grad():
             levels = G.synthesize_pyramid(ws.to(device))
+        camera = inversion.get("camera_start", alignment_label.tolist())
         save_pyramid(
             pyramid_path,
             levels,
             ws,
-            metadata={"source": cfg.image or sources[alignment["chosen"]], "camera": label.tolist()},
+            metadata={"source": cfg.image or sources[alignment["chosen"]], "camera": camera},
         )
         return inversion
 
     def run_inversion() -> dict:
-        pose = starting_pose(G, checkpoint, target, label, out_dir, log)
+        rounds = cfg.camera_pose_rounds if cfg.estimate_camera else 0
+        pose, label = starting_pose(
+            G, checkpoint, target, alignment_label, out_dir, log, distance, cfg, rounds
+        )
         log(f"Inverting {os.path.join(out_dir, 'aligned.png')} ({cfg.inversion.steps} steps)")
         result = invert(G, target, label, distance, cfg.inversion, pose=pose)
         ws = result["ws"]
@@ -487,6 +502,7 @@ def initialize_portrait(
         summary = {
             "steps": cfg.inversion.steps,
             "pose_start": None if pose is None else pose.cpu().tolist(),
+            "camera_start": label.cpu().tolist(),
             "pose": None if result["pose"] is None else result["pose"].cpu().tolist(),
             "camera": result["camera"].cpu().tolist(),
             "distance_first": result["distance"][0] if result["distance"] else None,
@@ -504,25 +520,39 @@ def initialize_portrait(
 
 
 def starting_pose(
-    G: PortraitGAN, checkpoint: str, target: torch.Tensor, label: torch.Tensor, out_dir: str, log: ProgressFn
-) -> Optional[torch.Tensor]:
-    """p₀ ``[1, 6]`` for the inversion, or None (pose 0, no deformation) with one notice line when
-    the generator cannot render posed. As ``run_inversion_with_pose_optimization.py``: the
-    checkpoint's ``D_ema`` pose predictor on the 512² crop in [−1, 1] and its person mask (written
-    to ``mask.png``), clamped to the training range with a notice."""
+    G: PortraitGAN,
+    checkpoint: str,
+    target: torch.Tensor,
+    label: torch.Tensor,
+    out_dir: str,
+    log: ProgressFn,
+    distance: Optional[Distance] = None,
+    cfg: Optional[PortraitInitConfig] = None,
+    rounds: int = 0,
+) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+    """``(p₀ [1, 6], camera [1, 25])`` for the inversion of ``target`` (the aligned crop, seen from
+    ``label``), p₀ None (pose 0, no deformation) with one notice line when the generator cannot
+    render posed. As ``run_inversion_with_pose_optimization.py``: the checkpoint's ``D_ema`` pose
+    predictor on the 512² crop in [−1, 1] and its person mask (written to ``mask.png``), clamped to
+    the training range with a notice.
+
+    Not official (it has an SMPL-fitted camera): ``rounds`` times, the camera estimated again
+    (:func:`estimate_camera` with ``cfg``'s settings and ``distance``) with the average portrait in
+    pose p₀, so that a turned neck is not taken for a camera change, then p₀ predicted again from
+    that camera; it stops early when the camera no longer moves."""
     if G.renderer is None:
         log(
             f"Note: {checkpoint} holds no SMPL buffers (renderer.aligned_SMPL.*): the inversion keeps the "
             "body pose at 0, without the mesh-guided deformation (the official inversion optimises it)"
         )
-        return None
+        return None, label
     try:
         predictor = PosePredictor.from_checkpoint(checkpoint).to(target.device)
     except CheckpointError as e:
         if "no 'D_ema'" not in str(e):
             raise
         log(f"Note: {checkpoint} holds no pose predictor (D_ema): the body pose starts at 0 and is optimised")
-        return torch.zeros(1, 6, device=target.device)
+        return torch.zeros(1, 6, device=target.device), label
     with torch.no_grad():
         w_avg, _ = w_statistics(G)
         ws = w_avg.repeat(1, G.num_ws, 1)
@@ -532,12 +562,29 @@ def starting_pose(
     size = predictor.cfg.img_resolution
     image_in = torch.nn.functional.interpolate(target, size=(size, size), mode="bilinear", antialias=True)
     mask_in = torch.from_numpy(mask)[None, None].to(target.device)
-    pose = predictor.predict(image_in, mask_in, label)
-    pose = clamp_pose(pose, log=lambda m: log(f"Note: {m}"))
-    log(
-        f"Starting body pose (neck, head axis-angle, degrees): {[round(math.degrees(x), 1) for x in pose[0].tolist()]}"
-    )
-    return pose
+
+    def predict(c: torch.Tensor) -> torch.Tensor:
+        pose = clamp_pose(predictor.predict(image_in, mask_in, c), log=lambda m: log(f"Note: {m}"))
+        degrees = [round(math.degrees(x), 1) for x in pose[0].tolist()]
+        log(f"Starting body pose (neck, head axis-angle, degrees): {degrees}")
+        return pose
+
+    pose = predict(label)
+    for _ in range(rounds):
+        camera = estimate_camera(
+            G,
+            target,
+            distance,
+            resolution=cfg.camera_resolution,
+            refine_to_deg=cfg.camera_refine_to_deg,
+            pose=pose,
+        )
+        if torch.equal(camera["label"], label):
+            break
+        label = camera["label"]
+        log(f"Camera estimate in that pose: yaw {camera['yaw']:+.4g}°, elevation {camera['elevation']:+.4g}°")
+        pose = predict(label)
+    return pose, label
 
 
 def _generate(cfg: PortraitInitConfig, out_dir: str, device, log: ProgressFn, inputs: dict) -> dict:

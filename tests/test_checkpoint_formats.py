@@ -1402,3 +1402,103 @@ def test_damaged_pose_head_or_smpl_buffers_name_the_tensor(tmp_path, source, key
             PortraitGAN.from_checkpoint(str(path))
     msg = one_line_error(excinfo)
     assert expect in msg, msg
+
+
+def test_the_starting_pose_and_the_camera_are_estimated_in_turn(tmp_path, source):
+    """``starting_pose`` with a ``model_512.pkl`` that has ``D_ema``: p₀ predicted from the photo at
+    the alignment's camera, then (one round) the camera estimated again with the average portrait
+    in pose p₀ and p₀ predicted again at that camera — each value what those calls give on their
+    own, each step in the log; no round: the alignment's camera and the first p₀."""
+    from gan_prior.inversion import estimate_camera, w_statistics
+    from gan_prior.media import from_uint8, save_image
+    from gan_prior.portrait_init import PortraitInitConfig, read_rgb, starting_pose
+    from gan_prior.pose import clamp_pose
+
+    g, _ = source
+    d = tiny_predictor()
+    path = tmp_path / "model_512.pkl"
+    write_official_pickle(path, g, tmp_path / "ran.txt", smpl=True, d=d)
+    G = PortraitGAN.from_checkpoint(str(path))
+    label0 = canonical_label(1)
+    turned = torch.tensor([[0.0, 0.3, 0.0, 0.0, 0.2, 0.0]])
+    w_avg, _ = w_statistics(G, pose=turned)
+    ws = w_avg.repeat(1, G.num_ws, 1)
+    with torch.no_grad():  # the aligned crop: the average portrait with its neck turned
+        photo = G.render(G.synthesize_pyramid(ws), ws, label0, 32, True, pose=turned)["image"].clamp(-1, 1)
+    save_image(str(tmp_path / "aligned.png"), photo[0])  # as the alignment step leaves it
+    target = from_uint8(torch.from_numpy(read_rgb(str(tmp_path / "aligned.png"))).permute(2, 0, 1)[None])
+
+    def mse(a, b):
+        return (a - b).square().mean((1, 2, 3))
+
+    cfg = PortraitInitConfig(image=str(tmp_path / "aligned.png"), camera_resolution=8, camera_refine_to_deg=0)
+    log: list = []
+    pose, label = starting_pose(G, str(path), target, label0, str(tmp_path), log.append, mse, cfg, rounds=1)
+
+    mask = torch.from_numpy(read_rgb(str(tmp_path / "mask.png"))[..., 0] / 255.0).float()[None, None]
+    image = torch.nn.functional.interpolate(target, size=(32, 32), mode="bilinear", antialias=True)
+    first = clamp_pose(d.predict(image, mask, label0))
+    camera = estimate_camera(G, target, mse, resolution=8, refine_to_deg=0, pose=first)
+    assert not torch.equal(camera["label"], label0)  # the camera moved: this checks the round
+    assert torch.equal(label, camera["label"])
+    assert torch.allclose(pose, clamp_pose(d.predict(image, mask, camera["label"])), atol=1e-6)
+    assert not torch.allclose(pose, first)  # p₀ was predicted again, from the new camera
+    poses = [line for line in log if line.startswith("Starting body pose")]
+    moves = [line for line in log if line.startswith("Camera estimate in that pose")]
+    assert len(poses) == 2 and moves == [
+        f"Camera estimate in that pose: yaw {camera['yaw']:+.4g}°, elevation {camera['elevation']:+.4g}°"
+    ]
+    log.clear()
+    pose0, kept = starting_pose(G, str(path), target, label0, str(tmp_path), log.append, mse, cfg, rounds=0)
+    assert torch.equal(kept, label0) and torch.allclose(pose0, first, atol=1e-6)
+    assert not any(line.startswith("Camera estimate") for line in log)
+
+
+def test_the_initialisation_inverts_from_the_camera_of_the_starting_pose(tmp_path, source):
+    """``initialize_portrait`` with a posable ``model_512.pkl``: the inversion starts from the camera
+    re-estimated in pose p₀ (recorded as ``camera_start``, and as the pyramid's camera), and
+    ``camera_pose_rounds`` is one of the inversion's inputs: changing it redoes the inversion, not
+    the alignment."""
+    import json
+
+    from safetensors import safe_open
+
+    from gan_prior.files import read_json
+    from gan_prior.inversion import InversionConfig
+    from gan_prior.media import save_image
+    from gan_prior.portrait_init import PortraitInitConfig, initialize_portrait
+
+    g, _ = source
+    path = tmp_path / "model_512.pkl"
+    write_official_pickle(path, g, tmp_path / "ran.txt", smpl=True, d=tiny_predictor())
+    G = PortraitGAN.from_checkpoint(str(path))
+    turned = torch.tensor([[0.0, 0.3, 0.0, 0.0, 0.2, 0.0]])
+    ws = G.mapping(torch.zeros(1, G.cfg.z_dim), canonical_label(1), turned)
+    with torch.no_grad():
+        photo = G.render(G.synthesize_pyramid(ws), ws, canonical_label(1), 32, True, pose=turned)["image"]
+    save_image(str(tmp_path / "photo.png"), photo[0].clamp(-1, 1))
+    cfg = PortraitInitConfig(
+        image=str(tmp_path / "photo.png"),
+        detector="none",
+        aligned_resolution=32,
+        allow_random_vgg16=True,
+        camera_resolution=16,
+        camera_refine_to_deg=2,
+        inversion=InversionConfig(steps=1, resolution=16, w_avg_samples=8),
+    )
+    out = tmp_path / "init"
+    log: list = []
+    initialize_portrait(G, str(path), cfg, str(out), log=log.append)
+    alignment, inversion = read_json(str(out / "alignment.json")), read_json(str(out / "inversion.json"))
+    # (with a random perceptual network where the estimates land says nothing; that the camera moves
+    # here is what lets the records tell the two cameras apart; the values: the test above)
+    moved = [line for line in log if line.startswith("Camera estimate in that pose")]
+    assert len(moved) == 1 and inversion["camera_start"] != alignment["camera"]["label"]
+    with safe_open(str(out / "pyramid.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["info"])["camera"] == inversion["camera_start"]
+    log.clear()
+    initialize_portrait(
+        G, str(path), dataclasses.replace(cfg, camera_pose_rounds=0), str(out), log=log.append
+    )
+    assert not any(line.startswith(("Camera estimate", "Chose")) for line in log)  # alignment reused
+    assert read_json(str(out / "inversion.json"))["camera_start"] == alignment["camera"]["label"]

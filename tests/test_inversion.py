@@ -285,6 +285,28 @@ def test_camera_estimate_is_refined_off_the_grid(setup):
     assert abs(fine["yaw"] + 8.0) <= 1.0 and abs(fine["elevation"] - 4.0) <= 1.0, fine
 
 
+def test_a_turned_neck_is_not_taken_for_a_camera_change_in_that_pose(posable):
+    """The average portrait with its neck and head turned (0.3 and 0.2 rad about the vertical), seen
+    from an off-grid camera: compared at pose 0, the turn reads as a camera change (the estimate
+    lands on the front); compared in the pose (what the initialisation does once p₀ is predicted),
+    the camera is found."""
+    from gan_prior.camera import GAN_FOCAL, camera_label, elevation_azimuth_to_hv, lookat_pose
+    from gan_prior.inversion import estimate_camera
+
+    G = posable
+    turned = torch.tensor([[0.0, 0.3, 0.0, 0.0, 0.2, 0.0]])
+    w_avg, _ = w_statistics(G, pose=turned)
+    ws = w_avg.repeat(1, G.num_ws, 1)
+    h, v = elevation_azimuth_to_hv(torch.tensor([4.0]), torch.tensor([-8.0]))
+    with torch.no_grad():
+        label = camera_label(lookat_pose(h, v), GAN_FOCAL)
+        target = G.render(G.synthesize_pyramid(ws), ws, label, 16, True, pose=turned)["image"]
+    fooled = estimate_camera(G, target, mse, resolution=16, refine_to_deg=2)
+    found = estimate_camera(G, target, mse, resolution=16, refine_to_deg=2, pose=turned)
+    assert abs(fooled["yaw"] + 8.0) > 5.0, fooled  # measured: yaw 0
+    assert abs(found["yaw"] + 8.0) <= 2.0 and abs(found["elevation"] - 4.0) <= 2.0, found
+
+
 def test_camera_refinement_stays_within_a_grid_step_of_the_grid():
     """A target no camera explains (noise) and a random generator: the local search used to walk to
     elevation 67.5° (69 renders); it stays within one grid spacing of the grid."""

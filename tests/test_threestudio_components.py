@@ -231,6 +231,14 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
         ts.find("gan-prior-initializer")(
             {**cfg, "source": "prompt", "portrait": {**portrait, "prompt": " "}}
         )(save_dir=str(tmp_path))
+    for rounds in (-1, 1.5, True):
+        with pytest.raises(
+            ValueError,
+            match=rf"system.initializer.portrait.camera_pose_rounds: {rounds!r} is not a whole number ≥ 0; give 1",
+        ):
+            ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "camera_pose_rounds": rounds}})(
+                save_dir=str(tmp_path)
+            )
     with pytest.raises(ValueError, match=r"system.initializer.portrait: unknown key\(s\) \['detektor'\]"):
         ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "detektor": "none"}})(
             save_dir=str(tmp_path)
