@@ -178,7 +178,8 @@ def main(argv=None) -> int:
             "refined_distance": min(est["distances"].values()),
         }
         for sigma in args.estimate_pose_noise:
-            noise = torch.randn(1, 6, generator=torch.Generator().manual_seed(1000 * args.seed + k))
+            # a stream of its own: the target's seed would make the noise a function of its draws
+            noise = torch.randn(1, 6, generator=torch.Generator().manual_seed(10**6 + 1000 * args.seed + k))
             p = (target["pose"] + math.radians(sigma) * noise).to(args.device)
             at_pose = estimate_camera(g, target["image"], distance, resolution=args.camera_resolution, pose=p)
             row[f"posed {sigma:g}"] = {
