@@ -106,6 +106,11 @@ class PortraitInitConfig:
     allow_random_vgg16: bool = False  # smoke tests: a random perceptual network
     inversion: InversionConfig = field(default_factory=InversionConfig)
 
+    @property
+    def posed_camera_rounds(self) -> int:
+        """How often the camera is estimated again in the predicted pose (none without a first estimate)."""
+        return self.camera_pose_rounds if self.estimate_camera else 0
+
     @classmethod
     def from_dict(cls, d: Mapping, option: str = "portrait") -> "PortraitInitConfig":
         """From plain options (``inversion`` a dict of :class:`InversionConfig` fields; ``vgg16:
@@ -275,7 +280,7 @@ def step_inputs(cfg: PortraitInitConfig, checkpoint: str, step: str, upstream: O
         inputs = {
             "alignment": upstream,
             "inversion": asdict(cfg.inversion),
-            "camera_pose_rounds": cfg.camera_pose_rounds if cfg.estimate_camera else 0,
+            "camera_pose_rounds": cfg.posed_camera_rounds,
             "checkpoint": file_stamp(checkpoint),
             "vgg16": file_stamp(cfg.vgg16),
         }
@@ -470,10 +475,7 @@ def initialize_portrait(
         return inversion
 
     def run_inversion() -> dict:
-        rounds = cfg.camera_pose_rounds if cfg.estimate_camera else 0
-        pose, label = starting_pose(
-            G, checkpoint, target, alignment_label, out_dir, log, distance, cfg, rounds
-        )
+        pose, label = starting_pose(G, checkpoint, target, alignment_label, out_dir, log, distance, cfg)
         log(f"Inverting {os.path.join(out_dir, 'aligned.png')} ({cfg.inversion.steps} steps)")
         result = invert(G, target, label, distance, cfg.inversion, pose=pose)
         ws = result["ws"]
@@ -528,7 +530,6 @@ def starting_pose(
     log: ProgressFn,
     distance: Optional[Distance] = None,
     cfg: Optional[PortraitInitConfig] = None,
-    rounds: int = 0,
 ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
     """``(p₀ [1, 6], camera [1, 25])`` for the inversion of ``target`` (the aligned crop, seen from
     ``label``), p₀ None (pose 0, no deformation) with one notice line when the generator cannot
@@ -536,10 +537,11 @@ def starting_pose(
     predictor on the 512² crop in [−1, 1] and its person mask (written to ``mask.png``), clamped to
     the training range with a notice.
 
-    Not official (it has an SMPL-fitted camera): ``rounds`` times, the camera estimated again
-    (:func:`estimate_camera` with ``cfg``'s settings and ``distance``) with the average portrait in
-    pose p₀, so that a turned neck is not taken for a camera change, then p₀ predicted again from
-    that camera; it stops early when the camera no longer moves."""
+    Not official (it has an SMPL-fitted camera): ``cfg.posed_camera_rounds`` times (none without
+    ``cfg``), the camera estimated again (:func:`estimate_camera` with ``cfg``'s settings and
+    ``distance``) with the average portrait in pose p₀, so that a turned neck is not taken for a
+    camera change, then p₀ predicted again from that camera; it stops early when the camera no
+    longer moves."""
     if G.renderer is None:
         log(
             f"Note: {checkpoint} holds no SMPL buffers (renderer.aligned_SMPL.*): the inversion keeps the "
@@ -570,7 +572,7 @@ def starting_pose(
         return pose
 
     pose = predict(label)
-    for _ in range(rounds):
+    for _ in range(cfg.posed_camera_rounds if cfg is not None else 0):
         camera = estimate_camera(
             G,
             target,

@@ -1433,7 +1433,7 @@ def test_the_starting_pose_and_the_camera_are_estimated_in_turn(tmp_path, source
 
     cfg = PortraitInitConfig(image=str(tmp_path / "aligned.png"), camera_resolution=8, camera_refine_to_deg=0)
     log: list = []
-    pose, label = starting_pose(G, str(path), target, label0, str(tmp_path), log.append, mse, cfg, rounds=1)
+    pose, label = starting_pose(G, str(path), target, label0, str(tmp_path), log.append, mse, cfg)
 
     mask = torch.from_numpy(read_rgb(str(tmp_path / "mask.png"))[..., 0] / 255.0).float()[None, None]
     image = torch.nn.functional.interpolate(target, size=(32, 32), mode="bilinear", antialias=True)
@@ -1449,7 +1449,16 @@ def test_the_starting_pose_and_the_camera_are_estimated_in_turn(tmp_path, source
         f"Camera estimate in that pose: yaw {camera['yaw']:+.4g}°, elevation {camera['elevation']:+.4g}°"
     ]
     log.clear()
-    pose0, kept = starting_pose(G, str(path), target, label0, str(tmp_path), log.append, mse, cfg, rounds=0)
+    pose0, kept = starting_pose(
+        G,
+        str(path),
+        target,
+        label0,
+        str(tmp_path),
+        log.append,
+        mse,
+        dataclasses.replace(cfg, camera_pose_rounds=0),
+    )
     assert torch.equal(kept, label0) and torch.allclose(pose0, first, atol=1e-6)
     assert not any(line.startswith("Camera estimate") for line in log)
 
