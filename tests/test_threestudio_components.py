@@ -359,6 +359,23 @@ def test_the_isosurface_grid_is_evaluated_in_chunks(ts, prior_path):
         g.isosurface()
 
 
+def test_another_exporter_gets_the_settings_it_has(ts):
+    """``system.exporter_type=mesh-exporter`` on our config: our exporter's own settings are left out
+    with one line naming them, a shared one (``texture_size``) carries over, a misspelt one stays for
+    that exporter's config to refuse; our exporter's config is kept whole."""
+    swap = ts_module("system.exporter_swap")
+    ours = {"mesh_formats": ["glb"], "pyramid_formats": ["ours"], "view_seed": 42, "texture_size": 512}
+    cfg, notes = swap.adapt_exporter_config("mesh-exporter", {**ours, "fmtt": "obj"}, ts.find)
+    assert dict(cfg) == {"texture_size": 512, "fmtt": "obj"}
+    assert notes == [
+        "system.exporter: mesh_formats, pyramid_formats, view_seed left out (settings of "
+        "portrait3d-exporter, which mesh-exporter does not have)"
+    ]
+    cfg, notes = swap.adapt_exporter_config("portrait3d-exporter", ours, ts.find)
+    assert (dict(cfg), notes) == (ours, [])
+    assert swap.adapt_exporter_config("mesh-exporter", {"fmt": "obj"}, ts.find)[1] == []
+
+
 def test_threestudios_mesh_exporter_accepts_our_geometry_and_material(ts, prior_path, tmp_path, monkeypatch):
     """threestudio's own ``mesh-exporter`` (obj-mtl) with our components, its nvdiffrast context
     replaced by one on our UV rasterizer: a textured OBJ whose texture holds the material's colours."""

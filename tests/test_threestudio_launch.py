@@ -322,6 +322,67 @@ def test_export_mistakes_end_in_one_line_and_another_runs_export_is_kept(run, tm
     assert {n: os.path.getmtime(os.path.join(export, n)) for n in os.listdir(export)} == before
 
 
+def test_threestudios_mesh_exporter_by_one_override(run):
+    """README, *Export*: ``system.exporter_type=mesh-exporter system.exporter.fmt=obj-mtl`` on a trial
+    of our config (whose ``system.exporter`` holds our exporter's settings) exports threestudio's
+    textured ``model.obj`` beside our files, which it leaves alone; where nvdiffrast is the import
+    stand-in it rasterizes with our UV rasterizer. A misspelt key of that exporter stops a training
+    run at start-up in one line."""
+    import trimesh
+
+    from portrait3d.stand_ins import STUBS_DIR
+
+    tree, cache, trial, launch = run
+    parsed = os.path.join(trial, "configs", "parsed.yaml")
+    last = os.path.join(trial, "ckpts", "last.ckpt")
+    step = torch.load(last, weights_only=True)["global_step"]
+    export = os.path.join(trial, "save", f"it{step}-export")
+    ours = (
+        {n: os.path.getmtime(os.path.join(export, n)) for n in os.listdir(export)}
+        if os.path.isdir(export)
+        else {}
+    )
+    proc = launch(
+        tree,
+        cache,
+        "--config",
+        parsed,
+        "--export",
+        f"resume={last}",
+        "system.exporter_type=mesh-exporter",
+        "system.exporter.fmt=obj-mtl",
+    )
+    assert proc.returncode == 0, _tail(proc)
+    log = proc.stdout + proc.stderr
+    assert "system.exporter: mesh_formats, pyramid_formats, view_seed" in log, log[-3000:]
+    assert "left out (settings of portrait3d-exporter, which mesh-exporter does not have)" in log
+    import nvdiffrast
+
+    if os.path.abspath(nvdiffrast.__file__).startswith(STUBS_DIR):
+        assert "mesh-exporter: nvdiffrast is not installed; rasterizing with our UV rasterizer" in log
+    assert {"model.obj", "model.mtl"} <= set(os.listdir(export))
+    mesh = trimesh.load(os.path.join(export, "model.obj"), force="mesh", process=False)
+    assert len(mesh.faces) > 10 and mesh.visual.uv.shape == (len(mesh.vertices), 2)
+    texture = np.asarray(mesh.visual.material.image)
+    assert texture.shape[:2] == (512, 512) and texture[..., :3].std() > 5  # texture_size: the config's
+    assert {n: os.path.getmtime(os.path.join(export, n)) for n in ours} == ours  # ours untouched
+    line = _stderr_error_line(
+        launch_to_error(
+            tree,
+            cache,
+            "--config",
+            "configs/portrait3d-tiny.yaml",
+            "--train",
+            "tag=badexporter",
+            "use_timestamp=false",
+            "system.exporter_type=mesh-exporter",
+            "system.exporter.fmtt=obj",
+        )
+    )
+    assert line.startswith("[ERROR] unknown config key 'fmtt' in MeshExporter.Config"), line
+    assert not os.path.isdir(os.path.join(tree, "outputs", "portrait3d-tiny", "badexporter", "save", "init"))
+
+
 def test_a_second_run_reuses_the_cached_initialisation(run):
     tree, cache, trial, launch = run
     init = _init_dir(trial)

@@ -29,12 +29,13 @@ from gan_prior.diffusion import check_pipeline_source
 from gan_prior.pyramid_trigrid import level_key
 from gan_prior.refinement import RefineFitConfig
 
-from ..exporter.portrait3d_exporter import Portrait3DExporter, check_exporter_config
+from ..exporter.portrait3d_exporter import check_exporter_config
 from ..prior import load_prior
 from ..utils.report_hook import write_run_report
 from ..utils.step_seed import run_seed, seed_step
 from ..utils.trial_status import record_status
 from .existing_trial import claim_trial
+from .exporter_swap import OUR_EXPORTER, adapt_exporter_config, use_uv_rasterizer_where_stubbed
 from .guidance_swap import check_guidance_swap, loss_message, missing_and_unused
 from .refinement_stage import RefineConfig, RefinementStage
 from .safeguards import (
@@ -125,10 +126,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             loss_weight=c.loss_weight,
         )
         self.check_evaluation_config()
-        if (
-            self.cfg.exporter_type == "portrait3d-exporter"
-        ):  # a bad export option fails now, not after training
-            check_exporter_config(parse_structured(Portrait3DExporter.Config, self.cfg.exporter))
+        self.check_export_config()
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
         self.seed = run_seed()
@@ -140,6 +138,18 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         if self.guidance_is_trained:  # e.g. VSD's LoRA: its parameters must exist for the optimizer
             self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+
+    def check_export_config(self) -> None:
+        """A bad export option fails now, not after training; another exporter
+        (``system.exporter_type=...``) gets our exporter settings it has (exporter_swap.py)."""
+        self.cfg.exporter, notes = adapt_exporter_config(
+            self.cfg.exporter_type, self.cfg.exporter, threestudio.find
+        )
+        for note in notes:
+            threestudio.info(note)
+        checked = parse_structured(threestudio.find(self.cfg.exporter_type).Config, self.cfg.exporter)
+        if self.cfg.exporter_type == OUR_EXPORTER:
+            check_exporter_config(checked)
 
     @property
     def guidance_is_trained(self) -> bool:
@@ -489,6 +499,10 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         self.check_export_folder()
         self.use_ema()
         super().on_predict_start()
+        if use_uv_rasterizer_where_stubbed(self.exporter, self.device):
+            threestudio.info(
+                f"{self.cfg.exporter_type}: nvdiffrast is not installed; rasterizing with our UV rasterizer"
+            )
         record_status(self.get_save_dir(), "running", "export", self.true_global_step)
 
     def on_predict_end(self) -> None:
