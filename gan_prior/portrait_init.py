@@ -97,6 +97,7 @@ class PortraitInitConfig:
     estimate_camera: bool = True
     camera_resolution: int = 64
     camera_refine_to_deg: float = 0.5  # the grid camera refined by a local search (0: the grid's)
+    camera_search_starts: int = 3  # … started from this many best grid cameras, the best end kept
     # Not official: once p₀ is predicted, the camera estimated again with the average portrait in
     # pose p₀ and p₀ predicted again from that camera, this many times (0: the alignment's camera)
     camera_pose_rounds: int = 1
@@ -150,6 +151,12 @@ class PortraitInitConfig:
             raise ValueError(
                 f"camera_pose_rounds: {rounds!r} is not a whole number ≥ 0; give 1 (the default) or 0 to "
                 "keep the alignment's camera"
+            )
+        starts = self.camera_search_starts
+        if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
+            raise ValueError(
+                f"camera_search_starts: {starts!r} is not a whole number ≥ 1; give 3 (the default) or 1 to "
+                "refine only the best grid camera"
             )
         if self.vgg16 is not None and not os.path.isfile(self.vgg16):
             raise ValueError(f"vgg16: {self.vgg16} not found; give the path to a VGG16 state dict")
@@ -273,6 +280,7 @@ def step_inputs(cfg: PortraitInitConfig, checkpoint: str, step: str, upstream: O
             "estimate_camera": cfg.estimate_camera,
             "camera_resolution": cfg.camera_resolution,
             "camera_refine_to_deg": cfg.camera_refine_to_deg,
+            "camera_search_starts": cfg.camera_search_starts,
             "checkpoint": file_stamp(checkpoint),
             "vgg16": file_stamp(cfg.vgg16),
         }
@@ -281,6 +289,7 @@ def step_inputs(cfg: PortraitInitConfig, checkpoint: str, step: str, upstream: O
             "alignment": upstream,
             "inversion": asdict(cfg.inversion),
             "camera_pose_rounds": cfg.posed_camera_rounds,
+            "camera_search_starts": cfg.camera_search_starts,
             "checkpoint": file_stamp(checkpoint),
             "vgg16": file_stamp(cfg.vgg16),
         }
@@ -579,6 +588,7 @@ def starting_pose(
             distance,
             resolution=cfg.camera_resolution,
             refine_to_deg=cfg.camera_refine_to_deg,
+            starts=cfg.camera_search_starts,
             pose=pose,
         )
         if torch.equal(camera["label"], label):
@@ -667,7 +677,12 @@ def _align(
     if cfg.estimate_camera:
         target = from_uint8(torch.from_numpy(best.image).permute(2, 0, 1)[None])
         camera = estimate_camera(
-            G, target, distance, resolution=cfg.camera_resolution, refine_to_deg=cfg.camera_refine_to_deg
+            G,
+            target,
+            distance,
+            resolution=cfg.camera_resolution,
+            refine_to_deg=cfg.camera_refine_to_deg,
+            starts=cfg.camera_search_starts,
         )
         log(f"Camera estimate: yaw {camera['yaw']:+.4g}°, elevation {camera['elevation']:+.4g}°")
     else:

@@ -285,6 +285,29 @@ def test_camera_estimate_is_refined_off_the_grid(setup):
     assert abs(fine["yaw"] + 8.0) <= 1.0 and abs(fine["elevation"] - 4.0) <= 1.0, fine
 
 
+def test_the_camera_search_refines_more_than_the_best_grid_camera():
+    """Two basins: a broad one whose floor (1.0) lies on the grid camera (-15, -10), and the true
+    camera's, deeper (0.2) but narrow, at (9, -4), between grid cameras: its nearest grid camera
+    (15, 0) scores only second best (1.76). Refining the best grid camera alone stays in the broad
+    basin (what bench_camera's tenth target did); refining the three best finds the true camera."""
+    from gan_prior.inversion import search_camera
+
+    calls = []
+
+    def score(yaw: float, elev: float) -> float:
+        calls.append((yaw, elev))
+        broad = 1.0 + 0.01 * ((yaw + 15) ** 2 + (elev + 10) ** 2)
+        narrow = 0.2 + 0.03 * ((yaw - 9) ** 2 + (elev + 4) ** 2)
+        return min(broad, narrow)
+
+    grid = dict(yaws_deg=(-30, -15, 0, 15, 30), elevations_deg=(-10, 0, 10))
+    assert search_camera(score, **grid, refine_to_deg=0) == (-15.0, -10.0)
+    assert search_camera(score, **grid, starts=1) == (-15.0, -10.0)
+    yaw, elev = search_camera(score, **grid, starts=3)
+    assert abs(yaw - 9) <= 0.5 and abs(elev + 4) <= 0.5, (yaw, elev)
+    assert all(-45 <= y <= 45 and -20 <= e <= 20 for y, e in calls)
+
+
 def test_a_turned_neck_is_not_taken_for_a_camera_change_in_that_pose(posable):
     """The average portrait with its neck and head turned (0.3 and 0.2 rad about the vertical), seen
     from an off-grid camera: compared at pose 0, the turn reads as a camera change (the estimate

@@ -239,6 +239,14 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
             ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "camera_pose_rounds": rounds}})(
                 save_dir=str(tmp_path)
             )
+    for starts in (0, 2.5, False):
+        with pytest.raises(
+            ValueError,
+            match=rf"system.initializer.portrait.camera_search_starts: {starts!r} is not a whole number ≥ 1; give 3",
+        ):
+            ts.find("gan-prior-initializer")(
+                {**cfg, "portrait": {**portrait, "camera_search_starts": starts}}
+            )(save_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"system.initializer.portrait: unknown key\(s\) \['detektor'\]"):
         ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "detektor": "none"}})(
             save_dir=str(tmp_path)
