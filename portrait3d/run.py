@@ -183,8 +183,14 @@ def train_and_export(
             else:
                 found = glob.glob(os.path.join(os.path.abspath(outputs), "*", f"*{stamp}"))
                 trial = Trial(found[0]) if len(found) == 1 else None
-        if code != 0 or trial is None:
-            raise _failed("training", code if code != 0 else 1, log, trial)
+        if code == 0 and trial is None:  # (our configs name one folder: custom/.../utils/trial_tag.py)
+            raise UsageError(
+                f"training: launch.py finished, but its trial folder ({tag or '*' + stamp}) is not "
+                f"directly in {os.path.abspath(outputs)}/<name>/: a config whose tag holds a '/' nests "
+                "it deeper; set tag=... to one folder name"
+            )
+        if code != 0:
+            raise _failed("training", code, log, trial)
         stages["train"] = stats["times"]["train"] = round(time.time() - start, 2)
         write_json(trial.stages, stages)
     start = time.time()

@@ -493,3 +493,25 @@ def test_running_again_does_nothing_then_evaluate_the_set(batch):
     table = open(os.path.join(out, "metrics.md")).read()
     assert clip in table and "| 4 |" in table and "16 rendered views" in table
     assert f"CLIP score {metrics['clip_score']:.2f} over 4 portraits" in stdout
+
+
+def test_run_names_a_trial_launch_py_put_out_of_reach(tmp_path, monkeypatch):
+    """A config whose tag holds a '/' (threestudio's own ``${rmspace:prompt}`` with "AC/DC" in the
+    prompt) nests the trial one folder deeper than ``portrait3d run`` looks: a successful launch.py is
+    then one line saying where to look and what to set, not "training failed (exit code 1)"."""
+    import portrait3d.run as run
+
+    def launch(root, args, log=None, stats=None):
+        stamp = next(a.split("=", 1)[1].strip("'") for a in args if a.startswith("timestamp="))
+        os.makedirs(tmp_path / "out" / "portrait3d-tiny" / "an_AC" / f"DC_fan{stamp}")
+        return 0
+
+    monkeypatch.setattr(run, "require_threestudio", lambda root=None: str(tmp_path))
+    monkeypatch.setattr(run, "launch", launch)
+    with pytest.raises(run.UsageError) as e:
+        run.train_and_export("configs/portrait3d-tiny.yaml", [], str(tmp_path / "out"))
+    assert str(e.value).startswith("training: launch.py finished, but its trial folder (*@")
+    assert str(e.value).endswith(
+        f"is not directly in {tmp_path / 'out'}/<name>/: a config whose tag holds a '/' nests it deeper; "
+        "set tag=... to one folder name"
+    )

@@ -367,6 +367,50 @@ def test_the_isosurface_grid_is_evaluated_in_chunks(ts, prior_path):
         g.isosurface()
 
 
+def test_a_prompt_names_one_trial_folder_inside_the_outputs(ts, tmp_path):
+    """Our configs name a trial after its prompt (``${p3d_tag:...}``): ordinary prompts as threestudio's
+    ``rmspace`` did; a "/" (nested folders, which ``portrait3d run`` then did not find), a leading
+    "/" or "../" (a trial outside ``exp_root_dir``), control characters and over-long prompts give
+    one folder directly inside ``exp_root_dir``."""
+    from helpers import ROOT
+    from omegaconf import OmegaConf
+    from threestudio.utils.config import load_config
+
+    for config in ("portrait3d.yaml", "portrait3d-tiny.yaml"):
+        tag = OmegaConf.load(os.path.join(ROOT, "configs", config))._get_node("tag")._value()
+        assert tag == "${p3d_tag:${system.prompt_processor.prompt}}", config
+    tag = ts_module("utils.trial_tag").trial_tag
+    assert tag("upper body photo, portrait of a woman") == "upper_body_photo,_portrait_of_a_woman"
+    assert tag("..") == tag("") == tag(None) == ""
+    assert tag("x\x07y\x1b[31mz") == "xy[31mz"  # (YAML refuses these on the command line)
+    root = tmp_path / "outputs"
+    for prompt in (
+        "portrait of an AC/DC fan",
+        "/etc/portrait of a woman",
+        "../../../portrait",
+        "a\\b\u0085c\u2028d\u200be",
+        "é" * 300,
+    ):
+        cfg = load_config(
+            'tag: "${p3d_tag:${system.prompt_processor.prompt}}"\nname: p3d\nuse_timestamp: false',
+            from_string=True,
+            cli_args=[f"exp_root_dir={root}", f"system.prompt_processor.prompt={prompt}"],
+        )
+        trial = os.path.realpath(cfg.trial_dir)
+        assert os.path.dirname(trial) == os.path.realpath(root / "p3d"), (prompt, trial)
+        assert len(os.path.basename(trial).encode()) <= 200, prompt
+    assert sorted(os.listdir(root / "p3d")) == sorted(
+        [
+            "portrait_of_an_AC-DC_fan",
+            "-etc-portrait_of_a_woman",
+            "-..-..-portrait",
+            "a-b_c_de",
+            "é" * 100,  # 200 UTF-8 bytes
+        ]
+    )
+    assert sorted(os.listdir(root)) == ["p3d"]
+
+
 def test_another_exporter_gets_the_settings_it_has(ts):
     """``system.exporter_type=mesh-exporter`` on our config: our exporter's own settings are left out
     with one line naming them, a shared one (``texture_size``) carries over, a misspelt one stays for

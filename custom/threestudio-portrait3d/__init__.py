@@ -5,7 +5,8 @@ Loaded by threestudio's ``launch.py`` from ``custom/threestudio-portrait3d`` (mo
 ``gan-prior-initializer``, ``portrait3d-gan-material``, ``portrait3d-gan-background``,
 ``portrait3d-renderer``, ``portrait3d-camera-datamodule``, ``portrait3d-exporter``,
 ``portrait3d-prompt-processor`` and ``portrait3d-sd-guidance``; and the config resolver
-``${p3d_tiny:NAME}`` (a tiny random model built on first use, for smoke runs).
+``${p3d_tiny:NAME}`` (a tiny random model built on first use, for smoke runs) and ``${p3d_tag:PROMPT}``
+(a trial folder's name from a prompt).
 """
 
 import threestudio
@@ -29,6 +30,7 @@ from .material import gan_material  # noqa: E402,F401
 from .prompt_processor import portrait3d_prompt_processor  # noqa: E402,F401
 from .renderer import portrait3d_renderer  # noqa: E402,F401
 from .system import portrait3d  # noqa: E402,F401
+from .utils import trial_tag  # noqa: E402,F401  (registers the ${p3d_tag:...} resolver)
 from .utils.cpu_device import use_cpu_without_cuda  # noqa: E402
 from .utils.diffusers_compat import apply_vsd_lora_compat  # noqa: E402
 
