@@ -17,6 +17,7 @@ import json
 import os
 import re
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
@@ -90,7 +91,9 @@ def _text(value: str, what: str, where: str, limit: int = MAX_PROMPT_CHARS) -> s
     """``value`` as literal text for threestudio: bounded, one line, no ``${``."""
     if len(value) > limit:
         raise UsageError(f"{where}: {what} has {len(value)} characters; at most {limit}")
-    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    # control characters (C0, DEL, C1) and the line/paragraph separators, which YAML reads as line
+    # breaks or spaces on their way to threestudio
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
     if bad is not None:
         raise UsageError(f"{where}: {what} holds the control character {bad!r}; give one line of plain text")
     if INTERPOLATION in value:
@@ -115,6 +118,8 @@ def _overrides(value, where: str) -> List[str]:
         if not isinstance(key, str):
             raise UsageError(f'{where}: "overrides" keys must be strings')
         check_override_key(key, where)
+        if key.strip() == "seed":  # the line's own "seed" is what the manifest records and checks
+            raise UsageError(f'{where}: give the seed as the line\'s "seed": N, not in "overrides"')
         text = json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
         out.append(f"{key.strip()}={_text(text, f'override {key.strip()}', where)}")
     return out
@@ -178,7 +183,8 @@ def _json_job(line: str, number: int, where: str, default_seed: int) -> Job:
     try:
         entry = json.loads(line)
     except ValueError as e:
-        raise UsageError(f"{where}: not valid JSON ({e.msg}); one JSON object a line") from None
+        reason = getattr(e, "msg", None) or str(e).split(";")[0]  # (int digits limit: a bare ValueError)
+        raise UsageError(f"{where}: not valid JSON ({reason}); one JSON object a line") from None
     except RecursionError:
         raise UsageError(f"{where}: not valid JSON (nested too deeply); one JSON object a line") from None
     if not isinstance(entry, dict):

@@ -375,7 +375,11 @@ def write_gallery(folder: str, reports: bool = True, overwrite: bool = False) ->
         raise UsageError(f"{folder} holds no trial folders (configs/parsed.yaml) and no {MANIFEST}")
     cards = []
     counts: Dict[str, int] = {}
+    # the page shows every trial's prompt: no more readable than the least readable source of one
+    page_mode = shareable(os.path.join(folder, MANIFEST)) if has_manifest(folder) else 0o777
     for entry, trial in pairs:
+        if trial is not None and trial.holds(trial.config_file):  # (a card reads nothing out of a trial)
+            page_mode &= shareable(trial.config_file)
         if trial is not None and reports:
             write_report(trial.folder, require_viewer=False, trial=trial, overwrite=overwrite)
         c = card(entry, trial, folder)
@@ -385,6 +389,7 @@ def write_gallery(folder: str, reports: bool = True, overwrite: bool = False) ->
     write_text(
         path,
         render("gallery.html", title="Portraits", folder=folder, source=source, summary=summary, cards=cards),
+        mode_mask=page_mode,
     )
     return path
 

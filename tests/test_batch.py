@@ -196,6 +196,22 @@ def _write(path, data):
             'p.jsonl:1: "seed" 1208925819614629174706176 is out of range',
         ),
         ("p.jsonl", '{"prompt": "a", "seed": -5}\n', 'p.jsonl:1: "seed" -5 is out of range'),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "overrides": {"seed": -3}}\n',
+            'p.jsonl:1: give the seed as the line\'s "seed": N, not in "overrides"',
+        ),
+        ("p.jsonl", '{"prompt": "a\\u0085b"}\n', "p.jsonl:1: the prompt holds the control character '\\x85'"),
+        (
+            "p.jsonl",
+            '{"prompt": "a\\u2028b"}\n',
+            "p.jsonl:1: the prompt holds the control character '\\u2028'",
+        ),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "seed": %s}\n' % ("9" * 5000),
+            "p.jsonl:1: not valid JSON (Exceeds the limit (4300 digits) for integer string conversion",
+        ),
         ("p.jsonl", '{"prompt": "a", "name": "abc\\n"}\n', "p.jsonl:1: name 'abc\\n' is not a folder name"),
         ("p.jsonl", '{"prompt": "a", "name": 5}\n', 'p.jsonl:1: "name" must be a string'),
         # the file itself

@@ -819,3 +819,24 @@ def test_a_trials_status_is_read_from_what_it_holds(run, tmp_path):
         card = gallery.split(f'data-name="{name}"')[1].split("</article>")[0]
         assert f'data-status="{state}"' in card, (name, card)
     assert gallery.count("--clip: cannot load a CLIP model") == 2
+
+
+def test_the_gallery_is_no_more_readable_than_the_prompts_it_shows(tmp_path):
+    """A trial whose parsed config (its prompt) only its owner may read makes the gallery page, which
+    shows that prompt, private too (a trial's own page already was); public trials leave it public."""
+    import stat
+
+    from portrait3d.report import write_gallery
+
+    fake_trial(str(tmp_path / "runs" / "p" / "public"), prompt="a public prompt")
+    old = os.umask(0o022)
+    try:
+        page = write_gallery(str(tmp_path / "runs"), reports=False)
+        assert stat.S_IMODE(os.stat(page).st_mode) == 0o644
+        fake_trial(str(tmp_path / "runs" / "p" / "private"), prompt="my private prompt")
+        os.chmod(tmp_path / "runs" / "p" / "private" / "configs" / "parsed.yaml", 0o600)
+        page = write_gallery(str(tmp_path / "runs"), reports=False)
+        assert "my private prompt" in open(page, encoding="utf-8").read()
+        assert stat.S_IMODE(os.stat(page).st_mode) == 0o600
+    finally:
+        os.umask(old)
