@@ -42,6 +42,7 @@ class EvaluationError(ValueError):
 OUTPUTS = ("metrics.json", "contact_sheet.png")  # what :func:`evaluate` writes into its folder
 
 
+MIN_SIDE = 16  # px: smaller renders are no portrait views (1×1 and 2×1 images broke CLIP's processor)
 MAX_DECODED_BYTES = 1 << 30  # uint8 pixels one set of images may decode to (240 frames of 512² are 0.2 GiB)
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov")
 
@@ -219,6 +220,23 @@ class InceptionFeatures:
             raise EvaluationError(
                 f"--inception: {weights_path} is not a readable weights file ({type(e).__name__})"
             ) from None
+        damaged = (
+            next(
+                (
+                    k
+                    for k, v in state.items()
+                    if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+                ),
+                None,
+            )
+            if isinstance(state, dict)
+            else None
+        )
+        if damaged is not None:
+            raise EvaluationError(
+                f"--inception: {weights_path} holds non-finite values in {damaged}; the file is damaged: "
+                "download pt_inception-2015-12-05-6726825d.pth again"
+            )
         original = fid_inception.load_state_dict_from_url
         fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state  # never download
         try:
@@ -311,6 +329,21 @@ def evaluate(
     check_weights(clip_model, inception_weights)
     own = [os.path.join(out_dir, name) for name in OUTPUTS]
     views = load_images(renders, "--renders", exclude=own)
+    ref = load_images(reference, "--reference", exclude=own) if reference is not None else None
+    for option, images in (("--renders", views), ("--reference", ref)):
+        if images is None:
+            continue
+        if ref is not None and len(images) < 2:  # a covariance of one image: NaN, and sqrtm never ends
+            raise EvaluationError(
+                f"{option}: FID/KID need at least 2 images in each set; it holds {len(images)}"
+            )
+        small = next((i for i, x in enumerate(images) if min(x.shape[:2]) < MIN_SIDE), None)
+        if small is not None:
+            h, w = images[small].shape[:2]
+            raise EvaluationError(
+                f"{option}: image {small + 1} of {len(images)} is {w}×{h} px; the metrics need images at "
+                f"least {MIN_SIDE} px a side"
+            )
     result = {
         "prompt": prompt,
         "num_renders": len(views),
@@ -322,11 +355,10 @@ def evaluate(
         "kid_mean": None,
         "kid_std": None,
     }
+    extractor = InceptionFeatures(inception_weights, device) if ref is not None else None  # checked first
     if clip_model is not None:
         result["clip_score"] = clip_score(views, prompt, clip_model, device=device)["clip_score"]
-    if reference is not None:
-        ref = load_images(reference, "--reference", exclude=own)
-        extractor = InceptionFeatures(inception_weights, device)
+    if extractor is not None:
         fa, fb = extractor(views), extractor(ref)
         result.update(num_reference=len(ref), fid=frechet_distance(fa, fb))
         result["kid_mean"], result["kid_std"] = kernel_inception_distance(fa, fb)

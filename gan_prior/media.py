@@ -21,10 +21,15 @@ from .files import atomic_path
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 (or uint16) gray ``[H, W]``/``[H, W, 1]``, RGB or RGBA (alpha dropped) → uint8 ``[H, W, 3]``."""
+    """uint8 (or uint16, or 1-bit bool) gray ``[H, W]``/``[H, W, 1]``, gray + alpha ``[H, W, 2]``, RGB or
+    RGBA (alpha dropped) → uint8 ``[H, W, 3]``."""
     image = np.asarray(image)
     if image.dtype == np.uint16:
         image = (image // 257).astype(np.uint8)
+    if image.dtype == np.bool_:  # a 1-bit PNG
+        image = image.astype(np.uint8) * 255
+    if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha (PNG "LA")
+        image = image[:, :, :1]
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
     if image.ndim == 2:

@@ -185,6 +185,56 @@ def test_evaluate_refuses_to_compute_nothing(tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
+def test_evaluate_refuses_sets_fid_cannot_use_before_loading_any_network(
+    inception_path, tmp_path, monkeypatch
+):
+    """One image on a side (its covariance is NaN and scipy's sqrtm then ran for over 15 minutes),
+    renders too small for CLIP's processor, and Inception weights holding a NaN: one line each,
+    before CLIP loads; 1-bit and gray + alpha images are read as gray."""
+    monkeypatch.setattr(E, "clip_score", lambda *a, **k: pytest.fail("CLIP ran before the checks"))
+    two = [str(tmp_path / f"{i}.png") for i in range(2)]
+    for path, img in zip(two, images(2, 7)):
+        save_image(path, img)
+    save_image(str(tmp_path / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    state = torch.load(inception_path, weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].clone().fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    for renders, reference, weights, message in (
+        (two, two[:1], inception_path, "--reference: FID/KID need at least 2 images in each set; it holds 1"),
+        (two[:1], two, inception_path, "--renders: FID/KID need at least 2 images in each set; it holds 1"),
+        (
+            [str(tmp_path / "tiny.png")],
+            None,
+            None,
+            "--renders: image 1 of 1 is 1×1 px; the metrics need images at least 16 px",
+        ),
+        (
+            two,
+            two,
+            str(tmp_path / "nan.pth"),
+            f"--inception: .*nan.pth holds non-finite values in {re.escape(name)}; the file is damaged",
+        ),
+    ):
+        with pytest.raises(E.EvaluationError, match=message):
+            E.evaluate(
+                renders,
+                "a man",
+                str(tmp_path / "eval"),
+                clip_model="unused",
+                reference=reference,
+                inception_weights=weights,
+            )
+    assert not (tmp_path / "eval").exists()
+    from PIL import Image
+
+    Image.fromarray(np.eye(20, dtype=bool)).save(tmp_path / "bw.png")
+    Image.fromarray(np.full((20, 20, 2), 200, np.uint8), mode="LA").save(tmp_path / "la.png")
+    bw, la = E.load_images([str(tmp_path / "bw.png"), str(tmp_path / "la.png")])
+    assert bw.shape == la.shape == (20, 20, 3) and bw.dtype == la.dtype == np.uint8
+    assert bw[0, 0].tolist() == [255] * 3 and bw[0, 1].tolist() == [0] * 3 and la[0, 0].tolist() == [200] * 3
+
+
 def test_videos_are_streamed_within_a_bound(tmp_path, monkeypatch):
     """A video is refused from the frame count and size its header states, before decoding; where the
     header states none, frames are read one at a time and the read stops once they pass the bound."""
