@@ -330,6 +330,16 @@ def _check_args(args) -> None:
     """Checks that need several arguments, or the file system, before anything is loaded."""
     if args.command == "render" and not args.angles and args.frames == 0:
         raise UsageError("nothing to render: give --angles and/or --frames > 0")
+    if args.command == "render" and args.angles:
+        seen: dict[str, float] = {}
+        for angle in args.angles:  # one file per view: two angles may not share a name
+            name = _azimuth_name(angle)
+            if name in seen:
+                raise UsageError(
+                    f"--angles: {seen[name]:g} and {angle:g} would both be written to {name}; give each "
+                    "angle once, at least 0.1° apart"
+                )
+            seen[name] = angle
     if args.command == "invert" and args.sd_resolution % 8:
         raise UsageError(
             f"--sd-resolution: {args.sd_resolution} is not a multiple of 8 (Stable Diffusion's VAE)"

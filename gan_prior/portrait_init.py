@@ -77,6 +77,7 @@ ProgressFn = Callable[[str], None]
 
 
 RANDOM_VGG16 = "random"  # vgg16 option value: a randomly initialised perceptual network (smoke runs only)
+MIN_PHOTO_SIDE = 16  # px: a photo smaller than this holds no portrait to invert
 
 
 @dataclass
@@ -197,15 +198,27 @@ def init_key(cfg: PortraitInitConfig, checkpoint: str) -> str:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Any image file → uint8 ``[H, W, 3]``; unreadable files get a one-line error naming them."""
+    """Any image file → uint8 ``[H, W, 3]``, at least :data:`MIN_PHOTO_SIDE` px a side; unreadable,
+    too large or too small files get a one-line error naming them."""
+    from PIL import Image
+
     try:
-        return as_rgb(imageio.imread(path))
+        image = as_rgb(imageio.imread(path))
     except PermissionError:
         raise ValueError(f"{path}: permission denied; make the image readable for you (chmod u+r)") from None
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"{path}: the image is larger than {Image.MAX_IMAGE_PIXELS * 2:,} pixels (PIL's bound against "
+            "decompression bombs); give a photo of a usual size"
+        ) from None
     except Exception as e:
         raise ValueError(
             f"{path}: not a readable image ({type(e).__name__}); give a PNG or JPEG photo"
         ) from None
+    if min(image.shape[:2]) < MIN_PHOTO_SIDE:
+        h, w = image.shape[:2]
+        raise ValueError(f"{path}: the image is {w}×{h} px; give a photo at least {MIN_PHOTO_SIDE} px a side")
+    return image
 
 
 class _StepTimer:

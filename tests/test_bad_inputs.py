@@ -217,6 +217,7 @@ def build_corpus(d: str) -> None:
     pixels = np.frombuffer(blob + b"." * (-len(blob) % 3), np.uint8).reshape(1, -1, 3)
     imageio.imwrite(os.path.join(d, "payload_pixels.png"), pixels)
     imageio.imwrite(os.path.join(d, "wide.png"), np.full((16, 32, 3), 100, np.uint8))
+    imageio.imwrite(os.path.join(d, "dot.png"), np.full((1, 1, 3), 100, np.uint8))
     write("noise.png", os.urandom(300))
     write("empty.png", b"")
     write("bomb.png", _png_header(100_000, 100_000))  # 30 GB of pixels, claimed in 100 bytes
@@ -518,6 +519,11 @@ def _cases() -> list[Case]:
             why,
         )
     add("render-nothing", R[:-2] + ["--pyramid", "{d}/good.safetensors"], "nothing to render")
+    add(
+        "render-same-file",  # the second view replaced the first, silently
+        R + ["0.04", "--pyramid", "{d}/good.safetensors"],
+        "--angles: 0 and 0.04 would both be written to azimuth_+000.0.png",
+    )
     for opt, value, why in (
         ("--steps", "-1", RANGE),
         ("--aligned-resolution", "0", RANGE),
@@ -667,7 +673,8 @@ def _cases() -> list[Case]:
         ("missing.png", "missing.png not found"),
         ("noise.png", "noise.png: not a readable image"),
         ("empty.png", "empty.png: not a readable image"),
-        ("bomb.png", "bomb.png: not a readable image (DecompressionBombError)"),
+        ("bomb.png", "bomb.png: the image is larger than 178,956,970 pixels (PIL's bound against"),
+        ("dot.png", "dot.png: the image is 1×1 px; give a photo at least 16 px a side"),  # was inverted
         ("views", "--image: {d}/views is a folder"),
         ("wide.png", "detector 'none' needs an aligned square image, got 32x16"),
         ("unreadable.png", "unreadable.png: Permission denied"),
