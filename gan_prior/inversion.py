@@ -297,7 +297,6 @@ def invert(
     return {"ws": ws, "pose": p_final, "camera": final_c, "distance": distances, "image": final}
 
 
-@torch.no_grad()
 def search_camera(
     score: Callable[[float, float], float],
     yaws_deg: Sequence[float],
@@ -350,6 +349,7 @@ def search_camera(
     return min(ends, key=lambda ye: score(*ye))
 
 
+@torch.no_grad()
 def estimate_camera(
     G: PortraitGAN,
     target: Tensor,

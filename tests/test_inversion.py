@@ -337,7 +337,14 @@ def test_camera_refinement_stays_within_a_grid_step_of_the_grid():
 
     G = PortraitGAN.random(tiny_config(), seed=0).eval()
     target = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    found = estimate_camera(G, target, mse, resolution=16)
+    grad_modes = []
+
+    def distance(image, target):  # the renders are compared without autograd (memory, time)
+        grad_modes.append(torch.is_grad_enabled() or image.requires_grad)
+        return mse(image, target)
+
+    found = estimate_camera(G, target, distance, resolution=16)
+    assert grad_modes and not any(grad_modes)
     tried = [tuple(float(a) for a in key.split(",")) for key in found["distances"]]
     assert all(-45 <= y <= 45 and -20 <= e <= 20 for y, e in tried), tried
     assert len(tried) > 15  # it did search beyond the grid
