@@ -264,7 +264,7 @@ def write_report(
     file that holds another's content is no more readable than it (:func:`shareable`); an
     ``index.html`` we did not write is replaced only with ``overwrite``."""
     t = trial or open_trial(folder)
-    path = os.path.join(t.inside(t.save), REPORT_PAGE)
+    path = t.inside(os.path.join(t.inside(t.save), REPORT_PAGE))  # refused before anything is written
     check_replace(path, overwrite)
     viewer, missing = None, ""
     page_mode = shareable(t.inside(t.config_file))

@@ -840,3 +840,19 @@ def test_the_gallery_is_no_more_readable_than_the_prompts_it_shows(tmp_path):
         assert stat.S_IMODE(os.stat(page).st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_page_linked_out_of_the_trial_is_refused_before_anything_is_written(tmp_path):
+    """``report --overwrite`` on a trial whose ``save/index.html`` links out of it: one line, and no
+    ``save/_report/`` assets written first."""
+    from portrait3d.errors import UsageError
+    from portrait3d.report import write_report
+
+    trial = tmp_path / "runs" / "p" / "t"
+    fake_trial(str(trial))
+    (tmp_path / "elsewhere.html").write_text("not yours")
+    os.symlink(tmp_path / "elsewhere.html", trial / "save" / "index.html")
+    with pytest.raises(UsageError, match="index.html is a symbolic link out of the trial folder"):
+        write_report(str(trial), require_viewer=False, overwrite=True)
+    assert not (trial / "save" / "_report").exists()
+    assert (tmp_path / "elsewhere.html").read_text() == "not yours"
