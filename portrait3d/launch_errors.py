@@ -99,6 +99,9 @@ def one_line(exc: BaseException) -> Optional[str]:
         return f'{PROMPT} is not set: add {PROMPT}="upper body photo, portrait of ..." to the command'
     if name == "InterpolationResolutionError" and "'NoneType' object has no attribute 'replace'" in text:
         return f'{PROMPT} is empty: give the text of the portrait, {PROMPT}="upper body photo, ..."'
+    inner = exc.__cause__ or exc.__context__
+    if name == "InterpolationResolutionError" and isinstance(inner, ValueError) and _raised_by_us(inner):
+        return str(inner)  # one of our resolvers (${p3d_tag:...}, ${p3d_tiny:...}) refused its input
     if name == "UnsupportedInterpolationType" and "p3d_tiny" in text:
         return NOT_INSTALLED
     if isinstance(exc, KeyError) and str(exc.args[0] if exc.args else "").startswith(OUR_COMPONENTS):

@@ -381,7 +381,10 @@ def test_a_prompt_names_one_trial_folder_inside_the_outputs(ts, tmp_path):
         assert tag == "${p3d_tag:${system.prompt_processor.prompt}}", config
     tag = ts_module("utils.trial_tag").trial_tag
     assert tag("upper body photo, portrait of a woman") == "upper_body_photo,_portrait_of_a_woman"
-    assert tag("..") == tag("") == tag(None) == ""
+    assert tag("..") == ""
+    for blank in ("", "  ", None):
+        with pytest.raises(ValueError, match="system.prompt_processor.prompt is empty: give the text"):
+            tag(blank)
     assert tag("x\x07y\x1b[31mz") == "xy[31mz"  # (YAML refuses these on the command line)
     root = tmp_path / "outputs"
     for prompt in (

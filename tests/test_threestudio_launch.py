@@ -680,6 +680,10 @@ def test_newcomer_mistakes_end_in_one_line(run):
             "[ERROR] system.prompt_processor.prompt is empty",
         ),
         (
+            ["--config", "configs/portrait3d.yaml", "--train", "system.prompt_processor.prompt=null"],
+            "[ERROR] system.prompt_processor.prompt is empty: give the text of the portrait",
+        ),
+        (
             [
                 "--config",
                 "configs/portrait3d-tiny.yaml",

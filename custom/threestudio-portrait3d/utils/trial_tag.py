@@ -15,13 +15,20 @@ import unicodedata
 
 from omegaconf import OmegaConf
 
+from portrait3d.launch_errors import PROMPT
+
 MAX_CHARS = 120
 MAX_BYTES = 200
 SEPARATORS = "/\\"
 
 
 def trial_tag(prompt) -> str:
-    """The folder name for ``prompt`` (any value; None or empty: "")."""
+    """The folder name for ``prompt``; a missing (None) or blank prompt is a one-line ValueError, as
+    threestudio's ``rmspace`` failed on None (launch_errors shows the line)."""
+    if prompt is None or not str(prompt).strip():
+        raise ValueError(
+            f'{PROMPT} is empty: give the text of the portrait, {PROMPT}="upper body photo, ..."'
+        )
     out = []
     for ch in unicodedata.normalize("NFC", "" if prompt is None else str(prompt)):
         if ch.isspace():
