@@ -102,6 +102,11 @@ def one_line(exc: BaseException) -> Optional[str]:
     inner = exc.__cause__ or exc.__context__
     if name == "InterpolationResolutionError" and isinstance(inner, ValueError) and _raised_by_us(inner):
         return str(inner)  # one of our resolvers (${p3d_tag:...}, ${p3d_tiny:...}) refused its input
+    if name == "InterpolationResolutionError" and isinstance(inner, TypeError):  # e.g. ${add:a,b}
+        return (
+            f"a config value computed from others failed ({inner}): an override gave text where a number "
+            "belongs (e.g. system.refine.steps=nan, which trainer.max_steps adds up); give a number"
+        )
     if name == "UnsupportedInterpolationType" and "p3d_tiny" in text:
         return NOT_INSTALLED
     if isinstance(exc, KeyError) and str(exc.args[0] if exc.args else "").startswith(OUR_COMPONENTS):

@@ -684,6 +684,11 @@ def test_newcomer_mistakes_end_in_one_line(run):
             "[ERROR] system.prompt_processor.prompt is empty: give the text of the portrait",
         ),
         (
+            ["--config", "configs/portrait3d-tiny.yaml", "--train", "system.refine.steps=nan"],
+            "[ERROR] a config value computed from others failed (unsupported operand type(s) for +: 'int' "
+            "and 'str'): an override gave text where a number belongs",
+        ),
+        (
             [
                 "--config",
                 "configs/portrait3d-tiny.yaml",
