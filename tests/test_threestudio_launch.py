@@ -58,6 +58,16 @@ def _resume(launch, tree, cache, trial, *overrides, ckpt=None):
     return launch(tree, cache, "--config", config, "--train", f"resume={ckpt}", *overrides)
 
 
+def _export(launch, tree, cache, trial, *overrides):
+    """``launch.py --export`` of the trial's parsed config and ``ckpts/last.ckpt``."""
+    config = os.path.join(trial, "configs", "parsed.yaml")
+    return launch(tree, cache, "--config", config, "--export", f"resume={_last(trial)}", *overrides)
+
+
+def _last(trial):
+    return os.path.join(trial, "ckpts", "last.ckpt")
+
+
 def _init_dir(trial):
     found = glob.glob(os.path.join(trial, "save", "init", "*", "inversion.json"))
     assert len(found) == 1, found
@@ -206,21 +216,12 @@ def test_resume_then_export_mesh_and_pyramids(run):
 
     from gan_prior import load_pyramid
 
-    parsed = os.path.join(trial, "configs", "parsed.yaml")
-    last = os.path.join(trial, "ckpts", "last.ckpt")
+    last = _last(trial)
     proc = _resume(launch, tree, cache, trial, "trainer.max_steps=10")
     assert proc.returncode == 0, _tail(proc)
     state = torch.load(last, weights_only=True)
     assert state["global_step"] == 10  # continued the refinement from step 8
-    proc = launch(
-        tree,
-        cache,
-        "--config",
-        parsed,
-        "--export",
-        f"resume={last}",
-        "system.exporter.mesh_formats=[glb,obj,ply]",
-    )
+    proc = _export(launch, tree, cache, trial, "system.exporter.mesh_formats=[glb,obj,ply]")
     assert proc.returncode == 0, _tail(proc)
     export = os.path.join(trial, "save", "it10-export")
     assert {
@@ -333,24 +334,15 @@ def test_threestudios_mesh_exporter_by_one_override(run):
     from portrait3d.stand_ins import STUBS_DIR
 
     tree, cache, trial, launch = run
-    parsed = os.path.join(trial, "configs", "parsed.yaml")
-    last = os.path.join(trial, "ckpts", "last.ckpt")
-    step = torch.load(last, weights_only=True)["global_step"]
+    step = torch.load(_last(trial), weights_only=True)["global_step"]
     export = os.path.join(trial, "save", f"it{step}-export")
     ours = (
         {n: os.path.getmtime(os.path.join(export, n)) for n in os.listdir(export)}
         if os.path.isdir(export)
         else {}
     )
-    proc = launch(
-        tree,
-        cache,
-        "--config",
-        parsed,
-        "--export",
-        f"resume={last}",
-        "system.exporter_type=mesh-exporter",
-        "system.exporter.fmt=obj-mtl",
+    proc = _export(
+        launch, tree, cache, trial, "system.exporter_type=mesh-exporter", "system.exporter.fmt=obj-mtl"
     )
     assert proc.returncode == 0, _tail(proc)
     log = proc.stdout + proc.stderr
