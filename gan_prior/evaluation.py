@@ -42,7 +42,7 @@ class EvaluationError(ValueError):
 OUTPUTS = ("metrics.json", "contact_sheet.png")  # what :func:`evaluate` writes into its folder
 
 
-MIN_SIDE = 16  # px: smaller renders are no portrait views (1×1 and 2×1 images broke CLIP's processor)
+MIN_SIDE = 4  # px: CLIP's processor takes an image 1 or 3 px high for channels-first (1×1, 2×1 broke it)
 MAX_DECODED_BYTES = 1 << 30  # uint8 pixels one set of images may decode to (240 frames of 512² are 0.2 GiB)
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov")
 

@@ -197,9 +197,9 @@ def init_key(cfg: PortraitInitConfig, checkpoint: str) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """Any image file → uint8 ``[H, W, 3]``, at least :data:`MIN_PHOTO_SIDE` px a side; unreadable,
-    too large or too small files get a one-line error naming them."""
+def read_rgb(path: str, min_side: int = 1) -> np.ndarray:
+    """Any image file → uint8 ``[H, W, 3]``, at least ``min_side`` px a side (a user's photo:
+    :data:`MIN_PHOTO_SIDE`); unreadable, too large or too small files get a one-line error naming them."""
     from PIL import Image
 
     try:
@@ -215,9 +215,9 @@ def read_rgb(path: str) -> np.ndarray:
         raise ValueError(
             f"{path}: not a readable image ({type(e).__name__}); give a PNG or JPEG photo"
         ) from None
-    if min(image.shape[:2]) < MIN_PHOTO_SIDE:
+    if min(image.shape[:2]) < min_side:
         h, w = image.shape[:2]
-        raise ValueError(f"{path}: the image is {w}×{h} px; give a photo at least {MIN_PHOTO_SIDE} px a side")
+        raise ValueError(f"{path}: the image is {w}×{h} px; give a photo at least {min_side} px a side")
     return image
 
 
@@ -667,7 +667,7 @@ def _align(
     detector = make_detector(cfg.detector)
     names = [os.path.relpath(p, out_dir) if p.startswith(out_dir) else p for p in sources]
     shown = [cfg.image] if cfg.image else names  # errors name the user's photo, not its copy
-    images = [read_rgb(p) for p in ([cfg.image] if cfg.image else sources)]
+    images = [read_rgb(cfg.image, MIN_PHOTO_SIDE)] if cfg.image else [read_rgb(p) for p in sources]
     require_faces(images, detector, shown)
     framing = load_or_measure_framing(G, checkpoint, detector)
     if (

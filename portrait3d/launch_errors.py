@@ -7,7 +7,7 @@ threestudio's ``launch.py`` lets every exception end in a traceback. :func:`inst
   or ``gan_prior``'s errors whose innermost frame is in ``gan_prior`` or the extension): its message;
 - the prompt not given or empty (OmegaConf: ``Missing mandatory value: tag`` / ``NoneType ... replace``);
 - a misspelt config key: the key, with the closest valid names;
-- our configs used where the extension is not installed (``p3d_tiny`` resolver / component names missing).
+- our configs used where the extension is not installed (``p3d_tiny`` / ``p3d_tag`` resolvers, component names missing).
 Anything else keeps its full traceback (a bug to report). A trial folder the failed run left empty
 is removed; one with files records the failure (its line, step and stage) in its ``status.json``
 (:mod:`portrait3d.trial`), so that the report, the gallery and ``portrait3d run`` say what failed.
@@ -107,7 +107,7 @@ def one_line(exc: BaseException) -> Optional[str]:
             f"a config value computed from others failed ({inner}): an override gave text where a number "
             "belongs (e.g. system.refine.steps=nan, which trainer.max_steps adds up); give a number"
         )
-    if name == "UnsupportedInterpolationType" and "p3d_tiny" in text:
+    if name == "UnsupportedInterpolationType" and ("p3d_tiny" in text or "p3d_tag" in text):
         return NOT_INSTALLED
     if isinstance(exc, KeyError) and str(exc.args[0] if exc.args else "").startswith(OUR_COMPONENTS):
         if not _raised_by_us(exc):

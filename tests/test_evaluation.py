@@ -207,7 +207,7 @@ def test_evaluate_refuses_sets_fid_cannot_use_before_loading_any_network(
             [str(tmp_path / "tiny.png")],
             None,
             None,
-            "--renders: image 1 of 1 is 1×1 px; the metrics need images at least 16 px",
+            "--renders: image 1 of 1 is 1×1 px; the metrics need images at least 4 px",
         ),
         (
             two,
