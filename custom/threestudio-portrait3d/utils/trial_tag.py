@@ -30,7 +30,7 @@ def trial_tag(prompt) -> str:
             f'{PROMPT} is empty: give the text of the portrait, {PROMPT}="upper body photo, ..."'
         )
     out = []
-    for ch in unicodedata.normalize("NFC", "" if prompt is None else str(prompt)):
+    for ch in unicodedata.normalize("NFC", str(prompt)):
         if ch.isspace():
             out.append("_")
         elif ch in SEPARATORS:
