@@ -543,6 +543,21 @@ def initialize_portrait(
     return levels, ws
 
 
+def _estimate_camera(
+    G: PortraitGAN, target: torch.Tensor, distance: Distance, cfg: PortraitInitConfig, pose=None
+) -> dict:
+    """:func:`estimate_camera` with the config's camera settings (``pose``: the average portrait in it)."""
+    return estimate_camera(
+        G,
+        target,
+        distance,
+        resolution=cfg.camera_resolution,
+        refine_to_deg=cfg.camera_refine_to_deg,
+        starts=cfg.camera_search_starts,
+        pose=pose,
+    )
+
+
 def starting_pose(
     G: PortraitGAN,
     checkpoint: str,
@@ -595,15 +610,7 @@ def starting_pose(
 
     pose = predict(label)
     for _ in range(cfg.posed_camera_rounds if cfg is not None else 0):
-        camera = estimate_camera(
-            G,
-            target,
-            distance,
-            resolution=cfg.camera_resolution,
-            refine_to_deg=cfg.camera_refine_to_deg,
-            starts=cfg.camera_search_starts,
-            pose=pose,
-        )
+        camera = _estimate_camera(G, target, distance, cfg, pose)
         if torch.equal(camera["label"], label):
             break
         label = camera["label"]
@@ -689,14 +696,7 @@ def _align(
     save_image(os.path.join(out_dir, "aligned.png"), best.image)
     if cfg.estimate_camera:
         target = from_uint8(torch.from_numpy(best.image).permute(2, 0, 1)[None])
-        camera = estimate_camera(
-            G,
-            target,
-            distance,
-            resolution=cfg.camera_resolution,
-            refine_to_deg=cfg.camera_refine_to_deg,
-            starts=cfg.camera_search_starts,
-        )
+        camera = _estimate_camera(G, target, distance, cfg)
         log(f"Camera estimate: yaw {camera['yaw']:+.4g}°, elevation {camera['elevation']:+.4g}°")
     else:
         camera = {"label": canonical_label(1), "yaw": 0.0, "elevation": 0.0, "distances": {}}
