@@ -25,6 +25,7 @@ from gan_prior.checks import bounded_int
 from gan_prior.files import require_output_folder
 
 from .batch_metrics import check_options, evaluate_runs, print_summary
+from .config_check import check_prompt_configs
 from .errors import LaunchKilled, UsageError
 from .manifest import MANIFEST, finished, read_manifest, write_manifest
 from .prompt_file import MAX_SEED, Job, check_batch_overrides, read_prompts
@@ -186,11 +187,12 @@ def run_batch(
     retries: int = 3,
     retry_failed: bool = False,
     progress: bool = True,
+    prompts: str = "the prompt file",
 ) -> List[dict]:
     """Run every unfinished prompt; returns this prompt file's manifest entries (input order). The
-    manifest keeps the entries of other prompt files run into the same ``out`` (merged by name)."""
+    manifest keeps the entries of other prompt files run into the same ``out`` (merged by name).
+    Their configs are checked first (:mod:`.config_check`; an error names ``prompts``' line)."""
     out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
     previous = read_manifest(out)
     entries: Dict[str, dict] = dict(previous)  # earlier batches' prompts stay in the bookkeeping
     todo: List[Job] = []
@@ -236,6 +238,12 @@ def run_batch(
         return mine
     if address is None:  # on this machine: check the set-up before starting anything
         require_threestudio()
+    if not check_prompt_configs(prompts, config, todo, common):  # before anything starts
+        print(
+            "threestudio is not on this machine: each prompt's config is checked when its run starts",
+            file=sys.stderr,
+        )
+    os.makedirs(out, exist_ok=True)
     write_manifest(out, list(entries.values()))
 
     import ray
@@ -345,6 +353,7 @@ def cmd_batch(args) -> int:
         args.retries,
         args.retry_failed,
         progress=not args.no_progress,
+        prompts=args.prompts,
     )
     failed = [e for e in entries if e["status"] != "done"]
     if args.evaluate:

@@ -45,7 +45,7 @@ def _raised_by_us(exc: BaseException) -> bool:
     return any(f"{os.sep}{d}{os.sep}" in path for d in OUR_DIRS)
 
 
-def _did_you_mean(key: str, names: list) -> str:
+def did_you_mean(key: str, names: list) -> str:
     """'; did you mean a, b?' (the close names), else '; valid keys: …'."""
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(names)}"
@@ -59,7 +59,7 @@ def _closest_keys(exc) -> str:
     obj = getattr(exc, "object_type", None)
     if not key or obj is None or not dataclasses.is_dataclass(obj):
         return ""
-    return _did_you_mean(key, [f.name for f in dataclasses.fields(obj)])
+    return did_you_mean(key, [f.name for f in dataclasses.fields(obj)])
 
 
 def _unexpected_keyword(exc: TypeError) -> Optional[str]:
@@ -78,7 +78,7 @@ def _unexpected_keyword(exc: TypeError) -> Optional[str]:
         tb = tb.tb_next
     if config is None:
         return None
-    hint = _did_you_mean(key, [f.name for f in dataclasses.fields(config)])
+    hint = did_you_mean(key, [f.name for f in dataclasses.fields(config)])
     return f"unknown config key {key!r} in {qualname}{hint}"
 
 

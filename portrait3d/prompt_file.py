@@ -248,4 +248,10 @@ def check_batch_overrides(overrides: Sequence[str]) -> None:
             raise UsageError(
                 f"{o!r}: overrides are key=value (threestudio's syntax), e.g. system.refine.steps=100"
             )
-        check_override_key(o.split("=", 1)[0], f"override {o[:80]!r}")
+        key = o.split("=", 1)[0].strip()
+        check_override_key(key, f"override {o[:80]!r}")
+        if key == "seed":  # each prompt's seed is its line's (or --seed's), as the manifest records
+            raise UsageError(
+                f"override {o[:80]!r} would give every prompt the same seed: give --seed N (the seed of "
+                'the prompts that give none), or a JSONL line its "seed": N'
+            )

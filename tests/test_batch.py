@@ -1,5 +1,5 @@
-"""`portrait3d batch` on a local Ray (2 CPU workers) with the tiny config: 4 portraits and a bad
-override, one worker SIGKILLed mid-run and resumed from its checkpoint, a re-run that does nothing,
+"""`portrait3d batch` on a local Ray (2 CPU workers) with the tiny config: 4 portraits and one whose
+photo is missing, one worker SIGKILLed mid-run and resumed from its checkpoint, a re-run that does nothing,
 and `portrait3d evaluate` over the set. Ray starts once for the module."""
 
 import contextlib
@@ -44,8 +44,11 @@ PROMPTS = [
     {
         "prompt": "upper body photo, portrait of a boy",
         "name": "bad",
-        "overrides": {"system.geometry_type": "pyramid-trigrids"},
-    },  # misspelt: fails at start-up
+        "overrides": {
+            "system.initializer.source": "image",
+            "system.initializer.portrait.image": "no_such.png",
+        },
+    },  # a photo the worker does not have: fails at its start-up (a misspelt key stops the batch before)
 ]
 
 
@@ -251,6 +254,61 @@ def test_the_batch_keeps_its_own_keys(tmp_path, override):
     )
     key = override.split("=")[0]
     assert code == 2 and f"override {override!r}: override '{key}' decides where files go" in err, err
+
+
+def test_the_batch_seed_is_an_option_not_an_override(tmp_path):
+    """A ``seed=`` override would give every prompt one seed while the manifest records theirs."""
+    (tmp_path / "p.txt").write_text("a man\n")
+    code, _, err, _ = cli(
+        "batch", str(tmp_path / "p.txt"), "--config", CONFIG, "--out", str(tmp_path / "r"), "seed=5"
+    )
+    assert code == 2 and "override 'seed=5' would give every prompt the same seed: give --seed N" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+@needs_threestudio
+def test_each_prompts_config_is_checked_before_anything_starts(tmp_path):
+    """Each line's config, composed as launch.py composes it, is checked before Ray starts: a
+    misspelt key or component name, text where a number belongs, a NaN loss weight stop the batch
+    with one line naming the first bad line (and the others), not after the lines before it ran."""
+    lines = [
+        {"prompt": "a man", "name": "fine", "overrides": {"system.sds_steps": 3}},
+        {"prompt": "a woman", "overrides": {"system.refine.stpes": 3}},
+        {"prompt": "a boy", "overrides": {"system.geometry_type": "pyramid-trigrids"}},
+        {"prompt": "a girl", "overrides": {"data.widht": 64}},
+        {"prompt": "an old man", "overrides": {"system.loss.lambda_sds": float("nan")}},
+        {"prompt": "an old woman", "overrides": {"system.refine.stpes": 3}},
+    ]
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "runs"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in lines))
+    code, _, err, _ = cli("batch", str(prompts), "--config", CONFIG, "--out", str(out))
+    assert code == 2 and err.count("\n") == 1, err
+    assert (
+        f"error: {prompts}:2: system.refine.stpes is not a setting of RefineConfig; did you mean steps? "
+        "(lines 3, 4, 5, 6 too); nothing was started"
+    ) in err, err
+    assert not out.exists()
+    for line, message in (
+        (
+            lines[2],
+            "system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; did you mean pyramid-trigrid",
+        ),
+        (lines[3], "unknown config key 'widht' in Portrait3DCameraConfig; did you mean width"),
+        (lines[4], "system.loss.lambda_sds='nan': give a number, or a schedule"),
+    ):
+        prompts.write_text(json.dumps(line) + "\n")
+        code, _, err, _ = cli("batch", str(prompts), "--config", CONFIG, "--out", str(out))
+        assert code == 2 and f"{prompts}:1: {message}" in err and err.count("\n") == 1, err
+    # the batch's own overrides: named as such
+    code, _, err, _ = cli(
+        "batch", str(prompts), "--config", CONFIG, "--out", str(out), "system.renderer.depth_resolution=abc"
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert (
+        f"{CONFIG} with the batch's overrides: system.renderer.depth_resolution: Value 'abc' of type 'str' "
+        "could not be converted to Integer"
+    ) in err, err
+    assert not out.exists()
 
 
 def test_a_second_prompt_file_keeps_the_first_ones_entries(tmp_path):
@@ -467,8 +525,8 @@ def test_a_bad_override_fails_alone_with_its_error(batch):
     bad = next(e for e in manifest(batch["out"]) if e["name"] == "bad")
     assert bad["status"] == "failed" and bad["attempts"] == 1
     assert (
-        "training failed (launch.py exit code 1): system.geometry_type: 'pyramid-trigrids' is not a registered "
-        "threestudio component; did you mean pyramid-trigrid"
+        "training failed (launch.py exit code 1): system.initializer.portrait.image: no_such.png not found; "
+        "give the path to a portrait photo"
     ) in bad["error"]
     assert "\n" not in bad["error"] and "failed  bad: " in stderr
 

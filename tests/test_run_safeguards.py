@@ -317,6 +317,12 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
         ("sheet", "system.videos.sheet_views=0", "system.videos.sheet_views=0 must be a positive integer"),
         ("ema", "system.ema_every_n_steps=0", "system.ema_every_n_steps=0 must be a positive integer"),
         ("prec", "trainer.precision=16-true", "trainer.precision=16-true: use 32 (the official setting)"),
+        ("lam", "system.loss.lambda_sds=.nan", "system.loss.lambda_sds=nan: give a finite number"),
+        (
+            "key",
+            "system.renderer.depth_resolutoin=8",
+            "system.renderer.depth_resolutoin is not a setting of portrait3d-renderer",
+        ),
     ):
         proc = launch_to_error(tree, cache, *base_args, f"tag={tag}", override)
         assert proc.returncode != 0 and message in proc.stderr, _tail(proc)
@@ -340,13 +346,14 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
     )
     assert proc.returncode != 0, _tail(proc)
     assert "system.optimizer.params has no entry for ['geometry.trigrids_32']" in proc.stderr, _tail(proc)
-    # every SDS loss NaN: steps skipped with warnings, then one clear stop; what was saved is finite
+    # every SDS loss infinite (a weight beyond float32; a NaN weight is refused above): steps skipped
+    # with warnings, then one clear stop; what was saved is finite
     proc = launch(
         tree,
         cache,
         *base_args,
         "tag=nan",
-        "system.loss.lambda_sds=.nan",
+        "system.loss.lambda_sds=1e39",
         "system.max_nonfinite_steps=3",
         "checkpoint.every_n_train_steps=1",
         timeout=600,
@@ -388,6 +395,71 @@ def test_the_system_sets_the_tf32_policy_and_refuses_several_gpus_in_configure(t
         system()
 
 
+SETTINGS = [  # (override, the one line configure and portrait3d batch give for it)
+    (
+        "system.renderer.depth_resolutoin=3",
+        "system.renderer.depth_resolutoin is not a setting of "
+        "portrait3d-renderer; did you mean depth_resolution, depth_resolution_importance?",
+    ),
+    (
+        "system.geometry.level_size=[8]",
+        "system.geometry.level_size is not a setting of pyramid-trigrid; did you mean level_sizes?",
+    ),
+    (
+        "system.material.checkpiont=x",
+        "system.material.checkpiont is not a setting of portrait3d-gan-material",
+    ),
+    ("system.refine.stpes=3", "system.refine.stpes is not a setting of RefineConfig; did you mean steps?"),
+    (
+        "system.initializer.portrait.inversion.stepz=3",
+        "system.initializer.portrait.inversion: unknown key(s) ['stepz']",
+    ),
+    (
+        "system.renderer.depth_resolution=abc",
+        "system.renderer.depth_resolution: Value 'abc' of type 'str' could not be converted to Integer",
+    ),
+    ("system.renderer.ray_start=nan", "system.renderer.ray_start=nan: give a finite number"),
+    ("system.ema_decay=.inf", "system.ema_decay=inf: give a finite number"),
+    (
+        "system.optimizer.params.geometry.trigrids_8.lr=.nan",
+        "system.optimizer.params.geometry.trigrids_8.lr=nan: give a finite number",
+    ),
+    ("system.loss.lambda_sds=nan", "system.loss.lambda_sds='nan': give a number, or a schedule"),
+    ("system.loss.lambda_entropy=[0,1,2,3,4]", "system.loss.lambda_entropy=[0, 1, 2, 3, 4]: give a number"),
+    ("system.guidance.guidance_scale=.nan", "system.guidance.guidance_scale=nan: give a finite number"),
+    (
+        "system.exporter.texture_sise=64",
+        "system.exporter.texture_sise is not a setting of portrait3d-exporter; did you mean texture_size",
+    ),
+]
+
+
+def test_settings_are_checked_without_building_or_reading_anything(tmp_path):
+    """``Portrait3DSystem.check_settings`` (configure's first check, and portrait3d batch's before
+    it starts): a misspelt key anywhere, text where a number belongs, a non-finite number, a loss
+    weight threestudio's C() cannot read — each one line naming the key, where before some failed
+    only when their component was built (after the initialisation's check) or at the first step."""
+    from threestudio_env import import_extension
+
+    ts = import_extension()
+    from threestudio.utils.config import load_config, parse_structured
+
+    def check(*overrides):
+        cfg = load_config(
+            os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"),
+            cli_args=[f"exp_root_dir={tmp_path}", *overrides],
+        )
+        system = ts.find(cfg.system_type)
+        return system.check_settings(parse_structured(system.Config, cfg.system))
+
+    assert check() == []  # the config as shipped, and a valid schedule and weights
+    assert check("system.loss.lambda_entropy=[1,0.5,2]", "system.loss.lambda_sds=2") == []
+    for override, message in SETTINGS:
+        with pytest.raises(ValueError) as e:
+            check(override)
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), (override, str(e.value))
+
+
 def test_by_default_a_run_keeps_the_last_checkpoint_and_the_sds_result(tmp_path_factory):
     """checkpoint.save_top_k=0 (configs/portrait3d.yaml: ~0.95 GiB per checkpoint): ckpts/ holds
     last.ckpt and the stage boundary (the SDS result), not one file per 100 steps."""
@@ -427,6 +499,9 @@ for _mark in requires_threestudio:  # the threestudio tests only
     )
     test_the_system_sets_the_tf32_policy_and_refuses_several_gpus_in_configure = _mark(
         test_the_system_sets_the_tf32_policy_and_refuses_several_gpus_in_configure
+    )
+    test_settings_are_checked_without_building_or_reading_anything = _mark(
+        test_settings_are_checked_without_building_or_reading_anything
     )
 
     test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite_checkpoints = _mark(

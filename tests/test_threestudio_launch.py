@@ -371,7 +371,7 @@ def test_threestudios_mesh_exporter_by_one_override(run):
             "system.exporter.fmtt=obj",
         )
     )
-    assert line.startswith("[ERROR] unknown config key 'fmtt' in MeshExporter.Config"), line
+    assert line == "[ERROR] system.exporter.fmtt is not a setting of mesh-exporter; did you mean fmt?", line
     assert not os.path.isdir(os.path.join(tree, "outputs", "portrait3d-tiny", "badexporter", "save", "init"))
 
 

@@ -60,6 +60,12 @@ class GANPriorInitializer(BaseObject):
             except ValueError as e:
                 raise ValueError(f"system.initializer.portrait.detector: {e}") from None
 
+    @staticmethod
+    def check_keys(cfg: "GANPriorInitializer.Config") -> None:
+        """The keys of ``portrait`` and ``portrait.inversion`` (no file read; the system checks them
+        so before a run, and ``portrait3d batch`` before it starts)."""
+        PortraitInitConfig.from_dict(dict(cfg.portrait), "system.initializer.portrait")
+
     def check(self) -> None:
         """The settings a fresh run will use, checked before any work (the system's configure): the
         photo, the perceptual network, the detector for this GAN."""

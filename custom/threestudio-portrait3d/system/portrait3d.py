@@ -14,7 +14,6 @@ of the boundary. Tests and exports use the refined pyramid (the official export 
 fit epoch, not an EMA); an SDS-only run uses the EMA.
 """
 
-import difflib
 import os
 from dataclasses import dataclass, field
 
@@ -22,7 +21,6 @@ import threestudio
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from threestudio.systems.base import BaseLift3DSystem
-from threestudio.utils.config import parse_structured
 from threestudio.utils.typing import *
 
 from gan_prior.diffusion import check_pipeline_source
@@ -34,6 +32,13 @@ from ..prior import load_prior
 from ..utils.report_hook import write_run_report
 from ..utils.step_seed import run_seed, seed_step
 from ..utils.trial_status import record_status
+from .config_check import (
+    check_component_keys,
+    check_finite,
+    check_loss_weights,
+    check_registered_names,
+    parse_section,
+)
 from .existing_trial import claim_trial
 from .exporter_swap import OUR_EXPORTER, adapt_exporter_config, use_uv_rasterizer_where_stubbed
 from .guidance_swap import check_guidance_swap, loss_message, missing_and_unused
@@ -43,8 +48,7 @@ from .safeguards import (
     NonFiniteStepError,
     check_level_sizes,
     check_optimizer_levels,
-    check_positive,
-    check_sizes,
+    check_run_settings,
     check_trainer,
     check_visible_gpus,
 )
@@ -97,18 +101,11 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
         check_visible_gpus()  # before anything loads, and before Lightning starts a process per GPU
-        # threestudio's parse_structured builds Config(**cfg), which leaves nested sections as plain
-        # dicts: type them here (defaults filled, unknown keys refused)
-        for name, kind in (
-            ("refine", RefineConfig),
-            ("videos", VideoConfig),
-            ("evaluation", EvaluationConfig),
-        ):
-            setattr(self.cfg, name, parse_structured(kind, getattr(self.cfg, name)))
-        self.check_registered_names()
-        self.check_guidance_config()
+        for note in self.check_settings(self.cfg):
+            threestudio.info(note)
+        self.max_nonfinite_steps = self.cfg.max_nonfinite_steps
         self.check_models()
-        self.check_run_config()
+        self.check_prior_levels()
         if not self.resumed:  # a fresh run's initialisation: its photo, perceptual network, detector
             initializer = threestudio.find(self.cfg.initializer_type)(self.cfg.initializer)
             if hasattr(initializer, "check"):
@@ -126,7 +123,6 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             loss_weight=c.loss_weight,
         )
         self.check_evaluation_config()
-        self.check_export_config()
         self.refine_targets: Optional[Tensor] = None  # uint8 [21, 3, R, R], once the views are refined
         self.refine_labels: Optional[Tensor] = None  # [21, 25]
         self.seed = run_seed()
@@ -139,39 +135,45 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         if self.guidance_is_trained:  # e.g. VSD's LoRA: its parameters must exist for the optimizer
             self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
 
-    def check_export_config(self) -> None:
+    @classmethod
+    def check_settings(cls, cfg: "Portrait3DSystem.Config") -> List[str]:
+        """Everything ``configure`` checks without building a component or reading a file
+        (config_check.py): the nested sections typed, component names, every key, number and loss
+        weight, the guidance, prompt processor and exporter settings, sizes and counts. Adapts
+        ``cfg.guidance`` / ``cfg.exporter`` to another guidance or exporter; returns the lines to
+        show. ``portrait3d batch`` calls it on each prompt's config before anything starts."""
+        # threestudio's parse_structured builds Config(**cfg), which leaves nested sections as plain
+        # dicts: type them here (defaults filled, unknown keys refused)
+        for name, kind in (
+            ("refine", RefineConfig),
+            ("videos", VideoConfig),
+            ("evaluation", EvaluationConfig),
+        ):
+            setattr(cfg, name, parse_section(kind, getattr(cfg, name), f"system.{name}"))
+        check_registered_names(cfg, threestudio.__modules__)
+        check_finite(OmegaConf.to_container(cfg, resolve=True), "system")
+        check_loss_weights(cfg.loss)
+        check_component_keys(cfg, threestudio.find)
+        notes = cls.check_guidance_config(cfg)
+        notes += cls.check_export_config(cfg)
+        check_run_settings(cfg)
+        return notes
+
+    @staticmethod
+    def check_export_config(cfg: "Portrait3DSystem.Config") -> List[str]:
         """A bad export option fails now, not after training; another exporter
         (``system.exporter_type=...``) gets our exporter settings it has (exporter_swap.py)."""
-        self.cfg.exporter, notes = adapt_exporter_config(
-            self.cfg.exporter_type, self.cfg.exporter, threestudio.find
+        cfg.exporter, notes = adapt_exporter_config(cfg.exporter_type, cfg.exporter, threestudio.find)
+        checked = parse_section(
+            threestudio.find(cfg.exporter_type).Config, cfg.exporter, "system.exporter", cfg.exporter_type
         )
-        for note in notes:
-            threestudio.info(note)
-        checked = parse_structured(threestudio.find(self.cfg.exporter_type).Config, self.cfg.exporter)
-        if self.cfg.exporter_type == OUR_EXPORTER:
+        if cfg.exporter_type == OUR_EXPORTER:
             check_exporter_config(checked)
+        return notes
 
     @property
     def guidance_is_trained(self) -> bool:
         return any(str(k).split(".")[0] == "guidance" for k in (self.cfg.optimizer.get("params") or {}))
-
-    def check_registered_names(self) -> None:
-        """One clear line for a misspelt or unavailable component name (threestudio: KeyError)."""
-        for option in (
-            "geometry_type",
-            "material_type",
-            "background_type",
-            "renderer_type",
-            "guidance_type",
-            "prompt_processor_type",
-            "exporter_type",
-            "initializer_type",
-        ):
-            name = getattr(self.cfg, option)
-            if name not in threestudio.__modules__:
-                close = difflib.get_close_matches(name, list(threestudio.__modules__), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else "; is its extension in custom/?"
-                raise ValueError(f"system.{option}: {name!r} is not a registered threestudio component{hint}")
 
     # the losses the system adds itself (sds_step), beside the guidance's
     OWN_LOSSES = ("entropy",)
@@ -217,49 +219,32 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             also = [k for k in keys[1:] if models[k] == model] if key == keys[0] else []
             check_pipeline_source(model, f"{key} (and {', '.join(also)}, which follow it)" if also else key)
 
-    def check_guidance_config(self) -> None:
+    @classmethod
+    def check_guidance_config(cls, cfg: "Portrait3DSystem.Config") -> List[str]:
         """A swapped guidance (``system.guidance_type=...``) gets our guidance settings under its own
         names; its loss weights and trained parameters, and the prompt processor's settings, are
         checked now, in one line, not after the initialisation (guidance_swap.py)."""
-        self.cfg.guidance, notes = check_guidance_swap(
-            self.cfg.guidance_type,
-            self.cfg.guidance,
-            self.cfg.loss,
-            self.cfg.optimizer.get("params"),
-            self.OWN_LOSSES,
+        cfg.guidance, notes = check_guidance_swap(
+            cfg.guidance_type,
+            cfg.guidance,
+            cfg.loss,
+            cfg.optimizer.get("params"),
+            cls.OWN_LOSSES,
             threestudio.find,
-            parse_structured,
+            lambda kind, section: parse_section(kind, section, "system.guidance", cfg.guidance_type),
         )
-        for note in notes:
-            threestudio.info(note)
-        processor = threestudio.find(self.cfg.prompt_processor_type)
-        checked = parse_structured(processor.Config, self.cfg.prompt_processor)  # unknown keys: one line
+        processor = threestudio.find(cfg.prompt_processor_type)
+        checked = parse_section(
+            processor.Config, cfg.prompt_processor, "system.prompt_processor", cfg.prompt_processor_type
+        )
         if hasattr(processor, "check_config"):
             processor.check_config(checked)
+        return notes
 
-    def check_run_config(self) -> None:
-        """Settings that would fail late (after the initialisation, at the end of the test stage) or
-        silently (a level never optimised): checked before anything expensive runs."""
+    def check_prior_levels(self) -> None:
+        """The pyramid's levels against the prior's, and every level optimised: a level never
+        optimised would fail silently (reads the prior's config)."""
         c = self.cfg
-        check_positive(
-            {
-                "system.ema_every_n_steps": c.ema_every_n_steps,
-                "system.refine.chunk": c.refine.chunk,
-                "system.videos.chunk": c.videos.chunk,
-                "system.videos.sheet_views": c.videos.sheet_views,
-                "system.videos.fps": c.videos.fps,
-                "system.videos.resolution": c.videos.resolution,
-                "system.max_nonfinite_steps": c.max_nonfinite_steps,
-            }
-        )
-        check_sizes(c)
-        if not 0.0 < c.ema_decay <= 1.0:
-            raise ValueError(f"system.ema_decay={c.ema_decay} must be in (0, 1]; the official value is 0.95")
-        if c.sds_steps < 0 or c.refine.steps < 0:
-            raise ValueError(
-                f"system.sds_steps={c.sds_steps} and system.refine.steps={c.refine.steps} must be ≥ 0"
-            )
-        self.max_nonfinite_steps = c.max_nonfinite_steps
         level_sizes = list(c.geometry.get("level_sizes") or [])
         if level_sizes:
             prior = load_prior(

@@ -102,6 +102,29 @@ def check_sizes(cfg) -> None:
         )
 
 
+def check_run_settings(c) -> None:
+    """Counts, sizes and rates of the system config (``c``) that would fail late (after the
+    initialisation, at the end of the test stage): checked before anything expensive runs."""
+    check_positive(
+        {
+            "system.ema_every_n_steps": c.ema_every_n_steps,
+            "system.refine.chunk": c.refine.chunk,
+            "system.videos.chunk": c.videos.chunk,
+            "system.videos.sheet_views": c.videos.sheet_views,
+            "system.videos.fps": c.videos.fps,
+            "system.videos.resolution": c.videos.resolution,
+            "system.max_nonfinite_steps": c.max_nonfinite_steps,
+        }
+    )
+    check_sizes(c)
+    if not 0.0 < c.ema_decay <= 1.0:
+        raise ValueError(f"system.ema_decay={c.ema_decay} must be in (0, 1]; the official value is 0.95")
+    if c.sds_steps < 0 or c.refine.steps < 0:
+        raise ValueError(
+            f"system.sds_steps={c.sds_steps} and system.refine.steps={c.refine.steps} must be ≥ 0"
+        )
+
+
 # Lightning's precision flags (``trainer.precision``, normalised) a run trains correctly with: the
 # pyramid, its EMA and the optimizer state stay float32; "16-mixed" steps through Lightning's GradScaler
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
