@@ -12,7 +12,7 @@ tests/test_layering.py reads this list and checks it):
     base          errors, threestudio_env, stand_ins, text_embeddings
     trial         trial
     records       manifest, launch_errors
-    commands      run, batch_metrics, report, prompt_file, config_check, batch
+    commands      run, batch_metrics, report, prompt_file, prompt_configs, batch
     entry points  cli, __main__, startup
 
 ``errors``: the one-line errors; ``text_embeddings``: threestudio's text-embedding cache written
@@ -20,5 +20,5 @@ atomically (the extension's prompt processor); ``trial``: one trial folder (path
 what its report shows); ``manifest``: a batch's manifest.jsonl; ``run`` (``portrait3d run`` and the
 pipeline batch runs), ``batch_metrics`` (``portrait3d evaluate``), ``report`` (``portrait3d report``
 and ``gallery``, pages from ``templates/``), ``prompt_file`` (a batch's prompt file, checked whole),
-``config_check`` (each prompt's config checked before a batch starts), ``batch``; ``cli`` finds the commands by name.
+``prompt_configs`` (each prompt's config checked before a batch starts), ``batch``; ``cli`` finds the commands by name.
 """

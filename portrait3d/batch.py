@@ -25,9 +25,9 @@ from gan_prior.checks import bounded_int
 from gan_prior.files import require_output_folder
 
 from .batch_metrics import check_options, evaluate_runs, print_summary
-from .config_check import check_prompt_configs
 from .errors import LaunchKilled, UsageError
 from .manifest import MANIFEST, finished, read_manifest, write_manifest
+from .prompt_configs import check_prompt_configs
 from .prompt_file import MAX_SEED, Job, check_batch_overrides, read_prompts
 from .run import require_threestudio, resolve_config, train_and_export
 from .threestudio_env import REPO_ROOT, ThreestudioError
@@ -191,7 +191,7 @@ def run_batch(
 ) -> List[dict]:
     """Run every unfinished prompt; returns this prompt file's manifest entries (input order). The
     manifest keeps the entries of other prompt files run into the same ``out`` (merged by name).
-    Their configs are checked first (:mod:`.config_check`; an error names ``prompts``' line)."""
+    Their configs are checked first (:mod:`.prompt_configs`; an error names ``prompts``' line)."""
     out = os.path.abspath(out)
     previous = read_manifest(out)
     entries: Dict[str, dict] = dict(previous)  # earlier batches' prompts stay in the bookkeeping
