@@ -303,6 +303,13 @@ def _install_lock(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def tiny_model_folder(name: str) -> str:
+    """The folder :func:`tiny_model_path` builds tiny model ``name`` in, without building it."""
+    if name not in TINY_MODELS:
+        raise KeyError(f"unknown tiny model {name!r}; known: {sorted(TINY_MODELS)}")
+    return str(tiny_cache_root() / f"{name}-{TINY_MODELS[name].version}")
+
+
 def tiny_model_path(name: str) -> str:
     """Return the folder of tiny model ``name``, building it on first use.
 
@@ -319,14 +326,8 @@ def tiny_model_path(name: str) -> str:
     Returns:
         Absolute path of the model folder, as a string.
     """
-    try:
-        spec = TINY_MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown tiny model {name!r}; known: {sorted(TINY_MODELS)}") from None
-
-    root = tiny_cache_root()
-    final_name = f"{name}-{spec.version}"
-    final = root / final_name
+    final = Path(tiny_model_folder(name))  # (an unknown name: KeyError)
+    spec, root, final_name = TINY_MODELS[name], final.parent, final.name
     if _marker_ok(final, name, spec.version):
         return str(final)
 

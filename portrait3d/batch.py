@@ -238,11 +238,7 @@ def run_batch(
         return mine
     if address is None:  # on this machine: check the set-up before starting anything
         require_threestudio()
-    if not check_prompt_configs(prompts, config, todo, common):  # before anything starts
-        print(
-            "threestudio is not on this machine: each prompt's config is checked when its run starts",
-            file=sys.stderr,
-        )
+    check_prompt_configs(prompts, config, todo, common, progress=progress)  # before anything starts
     os.makedirs(out, exist_ok=True)
     write_manifest(out, list(entries.values()))
 

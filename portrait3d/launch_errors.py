@@ -7,7 +7,8 @@ threestudio's ``launch.py`` lets every exception end in a traceback. :func:`inst
   or ``gan_prior``'s errors whose innermost frame is in ``gan_prior`` or the extension): its message;
 - the prompt not given or empty (OmegaConf: ``Missing mandatory value: tag`` / ``NoneType ... replace``);
 - a misspelt config key: the key, with the closest valid names;
-- our configs used where the extension is not installed (``p3d_tiny`` / ``p3d_tag`` resolvers, component names missing).
+- our configs used where the extension is not installed (``p3d_tiny`` / ``p3d_tag`` resolvers, component names missing);
+- a value of the wrong type for a typed key (OmegaConf's ``ValidationError``), an override that is not YAML.
 Anything else keeps its full traceback (a bug to report). A trial folder the failed run left empty
 is removed; one with files records the failure (its line, step and stage) in its ``status.json``
 (:mod:`portrait3d.trial`), so that the report, the gallery and ``portrait3d run`` say what failed.
@@ -82,6 +83,21 @@ def _unexpected_keyword(exc: TypeError) -> Optional[str]:
     return f"unknown config key {key!r} in {qualname}{hint}"
 
 
+def _unreadable_yaml(exc: BaseException, first: str) -> str:
+    """The override of ``launch.py``'s command line YAML cannot read, else the config file."""
+    from omegaconf import OmegaConf
+
+    for arg in sys.argv[1:]:
+        if "=" in arg and not arg.startswith("-"):
+            try:
+                OmegaConf.from_cli([arg])
+            except Exception:  # noqa: BLE001 - the one that fails
+                return (
+                    f"override {arg[:80]!r} is not valid YAML ({first}); close its brackets or quote its text"
+                )
+    return f"the config file is not valid YAML: {first}"
+
+
 def one_line(exc: BaseException) -> Optional[str]:
     """The one-line message for ``exc``, or None to keep the traceback."""
     name, text = type(exc).__name__, str(exc)
@@ -117,6 +133,10 @@ def one_line(exc: BaseException) -> Optional[str]:
     if name == "ConfigKeyError" and "not in" in first:
         where = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
         return f"unknown config key {where!r}{_closest_keys(exc)}"
+    if name == "ValidationError" and getattr(exc, "full_key", None):  # OmegaConf: a value of the wrong type
+        return f"config key {exc.full_key!r}: {first}; give a value of that type"
+    if type(exc).__module__.startswith("yaml"):  # an override (or the config file) that is not YAML
+        return _unreadable_yaml(exc, first)
     from_us = _raised_by_us(exc) or type(exc).__module__.startswith(("gan_prior", "threestudio-portrait3d"))
     if from_us and isinstance(exc, (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError)):
         return first.strip("'\"")

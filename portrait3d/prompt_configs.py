@@ -6,26 +6,45 @@ no file: the system's ``check_settings`` (the extension's ``system/config_check.
 and component names, text where a number belongs, non-finite numbers, loss weights, sizes), the
 top-level keys and the data module's settings. What reads files (checkpoints, models, photos) is
 checked by each run's own start-up on its worker, whose files may differ from this machine's.
-Needs threestudio here; without it each run checks its own config when it starts.
+
+The checks run in a child process (``python -m portrait3d.prompt_configs``), so that the batch's
+driver never imports threestudio (whose imports may open a CUDA context that would stay for the
+whole batch) and builds nothing: ``${p3d_tiny:NAME}`` resolves to the tiny model's folder, unbuilt.
+Without threestudio on this machine, each run checks its own config when it starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import UsageError
 from .launch_errors import did_you_mean, one_line
 from .prompt_file import Job
-from .threestudio_env import ThreestudioError, find_threestudio, import_threestudio
+from .threestudio_env import ThreestudioError, find_threestudio
+
+MIN_SETS_FOR_PROGRESS = 20  # distinct override sets; fewer are checked in a few seconds
 
 
-def compose(config: str, overrides: Sequence[str]):
-    """The config ``launch.py`` would run: ``load_config`` without its last step (building
-    ``ExperimentConfig``, which makes the trial folder)."""
+# ----------------------------------------------------------------------------- in the child
+def compose(base, overrides: Sequence[str]):
+    """``base`` (the loaded config file) with ``overrides``, resolved: the config ``launch.py``
+    would run, without ``load_config``'s last step (``ExperimentConfig``, which makes the trial folder)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_cli(list(overrides)))
+    parsed = []
+    for o in overrides:
+        try:
+            parsed.append(OmegaConf.from_cli([o]))
+        except Exception as e:  # noqa: BLE001 - YAML or grammar errors of one override
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"override {o[:80]!r} cannot be read ({first})") from None
+    cfg = OmegaConf.merge(base, *parsed)
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -38,6 +57,12 @@ def check_config(cfg, threestudio) -> None:
     for key in cfg:
         if key not in names:
             raise ValueError(f"{key} is not a setting of threestudio's config{did_you_mean(str(key), names)}")
+    for option in ("data_type", "system_type"):
+        if cfg[option] not in threestudio.__modules__:
+            raise ValueError(
+                f"{option}: {cfg[option]!r} is not a registered threestudio component"
+                f"{did_you_mean(cfg[option], list(threestudio.__modules__))}"
+            )
     threestudio.find(cfg.data_type)(cfg.data)  # a data module's constructor parses its settings only
     system = threestudio.find(cfg.system_type)
     settings = parse_structured(system.Config, cfg.system)
@@ -45,47 +70,119 @@ def check_config(cfg, threestudio) -> None:
         system.check_settings(settings)
 
 
-def _error_line(e: Exception) -> str:
-    if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):  # threestudio.find
-        return f"{e.args[0]!r} is not a registered threestudio component"
+def error_line(e: Exception) -> str:
+    """One line for a failed check, naming the key where the error knows it."""
     line = one_line(e)
-    return line if line is not None else (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if line is None:
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        key = getattr(e, "full_key", None)  # OmegaConf's errors
+        if key and str(key) not in line:
+            line = f"{key}: {line}"
+    return line
 
 
+def check_sets(config: str, sets: Sequence[Sequence[str]], progress: bool) -> List[Optional[str]]:
+    """For each set of ``launch.py`` overrides, None or the line saying what is wrong."""
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from gan_prior.tiny_models import tiny_model_folder
+
+    from .threestudio_env import import_threestudio
+
+    threestudio = import_threestudio()
+    OmegaConf.register_new_resolver("p3d_tiny", tiny_model_folder, replace=True)  # nothing built
+    base = OmegaConf.load(config)
+    results: List[Optional[str]] = []
+    quiet = not progress or len(sets) < MIN_SETS_FOR_PROGRESS
+    for overrides in tqdm(sets, desc="checking the prompts' configs", disable=quiet, file=sys.stderr):
+        try:
+            check_config(compose(base, overrides), threestudio)
+            results.append(None)
+        except Exception as e:  # noqa: BLE001 - any failure here is the config's; its run would fail so
+            results.append(error_line(e))
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Child: the request (JSON: config, sets, progress) on stdin, the answer written to ``argv[0]``."""
+    answer_path = (argv if argv is not None else sys.argv[1:])[0]
+    request = json.load(sys.stdin)
+    try:
+        answer = {"results": check_sets(request["config"], request["sets"], request["progress"])}
+    except (ThreestudioError, ImportError) as e:  # e.g. a machine that only submits to a cluster
+        answer = {"unavailable": str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}
+    with open(answer_path, "w", encoding="utf-8") as f:
+        json.dump(answer, f)
+    return 0
+
+
+# ----------------------------------------------------------------------------- in the driver
 def check_prompt_configs(
-    prompts: str, config: str, jobs: Sequence[Job], common: Sequence[str], root: Optional[str] = None
+    prompts: str,
+    config: str,
+    jobs: Sequence[Job],
+    common: Sequence[str],
+    root: Optional[str] = None,
+    progress: bool = True,
 ) -> bool:
-    """Every prompt's config checked (:func:`check_config`) before the batch starts: the config with
-    the batch's overrides once, then each distinct set of a line's overrides. Raises one
-    :class:`UsageError` naming the first bad line (and how many others there are); False when
-    threestudio is not on this machine (nothing checked)."""
+    """Every prompt's config checked before the batch starts, each distinct set of a line's
+    overrides once, in a child process. Raises one :class:`UsageError` naming the first bad line
+    (the config itself when that line adds no override) and the other bad lines; False when the
+    configs could not be checked here (no threestudio: the runs check their own)."""
     try:
-        threestudio = import_threestudio(root or find_threestudio())
-    except (ThreestudioError, ImportError):  # e.g. a machine that only submits to a cluster
-        return False
-    first = jobs[0]
-    try:
-        check_config(
-            compose(config, Job(first.prompt, first.name, first.seed).launch_overrides(common)), threestudio
+        root = root or find_threestudio()
+    except ThreestudioError:
+        print(
+            "threestudio is not on this machine: each prompt's config is checked when its run starts",
+            file=sys.stderr,
         )
-    except Exception as e:  # noqa: BLE001 - any failure here is the config's; the run would fail the same
-        where = "with the batch's overrides" if common else ""
-        raise UsageError(f"{config}{' ' + where if where else ''}: {_error_line(e)}") from None
-    bad: List[Tuple[int, str]] = []
-    checked: Dict[Tuple[str, ...], Optional[str]] = {(): None}
+        return False
+    sets: Dict[Tuple[str, ...], int] = {}
+    requests: List[List[str]] = []
     for job in jobs:
         key = tuple(job.overrides)
-        if key not in checked:
-            try:
-                check_config(compose(config, job.launch_overrides(common)), threestudio)
-                checked[key] = None
-            except Exception as e:  # noqa: BLE001
-                checked[key] = _error_line(e)
-        if checked[key] is not None:
-            bad.append((job.line, checked[key]))
-    if bad:
-        line, message = bad[0]
-        others = [str(n) for n, _ in bad[1:]]
-        more = f" (lines {', '.join(others[:10])}{', ...' if len(others) > 10 else ''} too)" if others else ""
-        raise UsageError(f"{prompts}:{line}: {message}{more}; nothing was started")
+        if key not in sets:
+            sets[key] = len(requests)
+            requests.append(job.launch_overrides(common))
+    with tempfile.TemporaryDirectory(prefix="portrait3d-configs-") as tmp:
+        answer_path = os.path.join(tmp, "answer.json")
+        proc = subprocess.run(
+            [sys.executable, "-m", "portrait3d.prompt_configs", answer_path],
+            input=json.dumps({"config": config, "sets": requests, "progress": progress}),
+            text=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "THREESTUDIO_ROOT": root},
+        )
+        try:
+            with open(answer_path, encoding="utf-8") as f:
+                answer = json.load(f)
+        except (OSError, ValueError):
+            answer = {"unavailable": f"the check ended with exit code {proc.returncode}"}
+    if "unavailable" in answer:
+        print(
+            f"the prompts' configs could not be checked here ({answer['unavailable']}); each run checks "
+            "its own when it starts",
+            file=sys.stderr,
+        )
+        return False
+    bad = [(job, answer["results"][sets[tuple(job.overrides)]]) for job in jobs]
+    bad = [(job, message) for job, message in bad if message is not None]
+    if bad:  # a line without overrides of its own first: the config itself fails
+        job, message = next(((j, m) for j, m in bad if not j.overrides), bad[0])
+        if not job.overrides:
+            where = f"{config} with the batch's overrides" if common else config
+        else:
+            where = f"{prompts}:{job.line}"
+        others = [str(j.line) for j, _ in bad if j is not job]
+        more = (
+            f" (lines {', '.join(others[:10])}{', ...' if len(others) > 10 else ''} also fail)"
+            if others
+            else ""
+        )
+        raise UsageError(f"{where}: {message}{more}; nothing was started")
     return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -267,7 +267,7 @@ def test_the_batch_seed_is_an_option_not_an_override(tmp_path):
 
 
 @needs_threestudio
-def test_each_prompts_config_is_checked_before_anything_starts(tmp_path):
+def test_each_prompts_config_is_checked_before_anything_starts(tmp_path, monkeypatch):
     """Each line's config, composed as launch.py composes it, is checked before Ray starts: a
     misspelt key or component name, text where a number belongs, a NaN loss weight stop the batch
     with one line naming the first bad line (and the others), not after the lines before it ran."""
@@ -281,11 +281,12 @@ def test_each_prompts_config_is_checked_before_anything_starts(tmp_path):
     ]
     prompts, out = tmp_path / "p.jsonl", tmp_path / "runs"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in lines))
+    monkeypatch.setenv("PORTRAIT3D_CACHE", str(tmp_path / "cache"))  # the check builds no tiny model
     code, _, err, _ = cli("batch", str(prompts), "--config", CONFIG, "--out", str(out))
     assert code == 2 and err.count("\n") == 1, err
     assert (
         f"error: {prompts}:2: system.refine.stpes is not a setting of RefineConfig; did you mean steps? "
-        "(lines 3, 4, 5, 6 too); nothing was started"
+        "(lines 3, 4, 5, 6 also fail); nothing was started"
     ) in err, err
     assert not out.exists()
     for line, message in (
@@ -295,11 +296,16 @@ def test_each_prompts_config_is_checked_before_anything_starts(tmp_path):
         ),
         (lines[3], "unknown config key 'widht' in Portrait3DCameraConfig; did you mean width"),
         (lines[4], "system.loss.lambda_sds='nan': give a number, or a schedule"),
+        (
+            {"prompt": "a dog", "overrides": ["system.loss.lambda_sds=[1,2"]},
+            "override 'system.loss.lambda_sds=[1,2' cannot be read",
+        ),
     ):
         prompts.write_text(json.dumps(line) + "\n")
         code, _, err, _ = cli("batch", str(prompts), "--config", CONFIG, "--out", str(out))
         assert code == 2 and f"{prompts}:1: {message}" in err and err.count("\n") == 1, err
-    # the batch's own overrides: named as such
+    # a line without overrides that fails: the config with the batch's overrides is named
+    prompts.write_text(json.dumps(lines[1]) + "\n" + json.dumps({"prompt": "a cat"}) + "\n")
     code, _, err, _ = cli(
         "batch", str(prompts), "--config", CONFIG, "--out", str(out), "system.renderer.depth_resolution=abc"
     )
@@ -308,7 +314,7 @@ def test_each_prompts_config_is_checked_before_anything_starts(tmp_path):
         f"{CONFIG} with the batch's overrides: system.renderer.depth_resolution: Value 'abc' of type 'str' "
         "could not be converted to Integer"
     ) in err, err
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "cache").exists()
 
 
 def test_a_second_prompt_file_keeps_the_first_ones_entries(tmp_path):

@@ -659,8 +659,9 @@ def test_a_forked_launch_ends_as_a_real_one(run):
 
 
 def test_newcomer_mistakes_end_in_one_line(run):
-    """A missing or empty prompt and a misspelt key: one [ERROR] line naming the option (and the closest
-    valid names), no traceback, and no empty trial folder left behind."""
+    """A missing or empty prompt, a misspelt key, a value of the wrong kind, an override that is not
+    YAML: one [ERROR] line naming the option (and the closest valid names), no traceback, and no
+    empty trial folder left behind."""
     tree, cache, trial, launch = run
     cases = (
         (
@@ -690,6 +691,30 @@ def test_newcomer_mistakes_end_in_one_line(run):
                 "system.initialiser.source=seed",
             ],
             "[ERROR] unknown config key 'initialiser' in Portrait3DSystem.Config; did you mean initializer",
+        ),
+        # a value where a section belongs, text where the data's sizes belong, an unclosed list
+        (
+            ["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo2", "system.renderer=5"],
+            "[ERROR] config key 'renderer': Cannot assign int to Dict[Any, Any]; give a value of that type",
+        ),
+        (
+            ["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo2", "data.width=abc"],
+            "[ERROR] data.width='abc': give a whole number ≥ 1 (at most 4096), or a list of them",
+        ),
+        (
+            ["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo2", "data.width=[64,128]"],
+            "[ERROR] data.height, data.width and data.batch_size give 1, 2 and 1 values: give one, or "
+            "len(data.resolution_milestones) + 1 = 1 each",
+        ),
+        (
+            [
+                "--config",
+                "configs/portrait3d-tiny.yaml",
+                "--train",
+                "tag=typo2",
+                "system.loss.lambda_sds=[1,2",
+            ],
+            "[ERROR] override 'system.loss.lambda_sds=[1,2' is not valid YAML (while parsing a flow sequence)",
         ),
     )
     for args, message in cases:

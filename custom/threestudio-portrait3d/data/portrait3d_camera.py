@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import threestudio
 import torch
 import torch.nn.functional as F
+from omegaconf import ListConfig
 from threestudio.data.uncond import RandomCameraDataModule, RandomCameraDataModuleConfig
-from threestudio.utils.config import parse_structured
 from threestudio.utils.ops import get_mvp_matrix
 from threestudio.utils.typing import *
 
 from gan_prior.camera import CANONICAL_RADIUS, SDS_FOVY_DEG, threestudio_pivot
+from gan_prior.checks import MAX_FRAMES, MAX_RESOLUTION
 
+from ..system.config_check import parse_section
 from ..utils.step_seed import CAMERA, run_seed, seeded_cpu_draws
 
 
@@ -40,6 +42,35 @@ class Portrait3DCameraConfig(RandomCameraDataModuleConfig):
     eval_elevation_deg: float = 0.0
     eval_camera_distance: float = CANONICAL_RADIUS
     eval_fovy_deg: float = SDS_FOVY_DEG
+
+
+def check_camera_settings(cfg: Portrait3DCameraConfig) -> None:
+    """The sizes threestudio's dataset reads without checking (``data/uncond.py``: an assert or a
+    ``range`` error at ``setup``): ``height``/``width``/``batch_size`` a whole number ≥ 1 or one per
+    stage of ``resolution_milestones``; the eval sizes and view counts whole numbers ≥ 1."""
+    lengths = {}
+    for name in ("height", "width", "batch_size"):
+        value = getattr(cfg, name)
+        values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+        high = MAX_RESOLUTION if name != "batch_size" else None
+        whole = [isinstance(v, int) and not isinstance(v, bool) for v in values]
+        if not values or not all(w and v >= 1 and (high is None or v <= high) for w, v in zip(whole, values)):
+            raise ValueError(
+                f"data.{name}={value!r}: give a whole number ≥ 1{f' (at most {high})' if high else ''}, or a "
+                "list of them, one per stage of data.resolution_milestones"
+            )
+        lengths[name] = len(values)
+    stages = {n for n in lengths.values() if n > 1}
+    if len(stages) > 1 or (stages and stages != {len(cfg.resolution_milestones) + 1}):
+        raise ValueError(
+            f"data.height, data.width and data.batch_size give {lengths['height']}, {lengths['width']} and "
+            f"{lengths['batch_size']} values: give one, or len(data.resolution_milestones) + 1 = "
+            f"{len(cfg.resolution_milestones) + 1} each"
+        )
+    for name in ("eval_height", "eval_width", "eval_batch_size", "n_val_views", "n_test_views"):
+        value = getattr(cfg, name)
+        if not 1 <= value <= (MAX_RESOLUTION if name.startswith("eval_") else MAX_FRAMES):
+            raise ValueError(f"data.{name}={value}: give a whole number ≥ 1")
 
 
 def aim_cameras(batch: Dict[str, Any], look_at: Tensor) -> Dict[str, Any]:
@@ -68,7 +99,8 @@ class Portrait3DCameraDataModule(RandomCameraDataModule):
 
     def __init__(self, cfg: Optional[Union[dict, Any]] = None) -> None:
         super(RandomCameraDataModule, self).__init__()
-        self.cfg = parse_structured(Portrait3DCameraConfig, cfg)
+        self.cfg = parse_section(Portrait3DCameraConfig, cfg, "data")
+        check_camera_settings(self.cfg)
         if self.cfg.center_perturb or self.cfg.up_perturb:
             raise ValueError(
                 "data.center_perturb and data.up_perturb must be 0 for portrait3d-camera-datamodule "

@@ -51,6 +51,8 @@ def parse_section(kind: Any, cfg: Any, option: str, component: str = "") -> Any:
     ``option.<key>``; a non-finite number too."""
     from threestudio.utils.config import parse_structured
 
+    if cfg is not None and not isinstance(cfg, Mapping) and not OmegaConf.is_dict(cfg):
+        raise ValueError(f"{option}={cfg!r}: give a section of settings (key: value), not a value")
     try:
         parsed = parse_structured(kind, cfg or {})
     except TypeError as e:  # Config(**cfg): an unknown key
