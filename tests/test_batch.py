@@ -294,7 +294,7 @@ def test_each_prompts_config_is_checked_before_anything_starts(tmp_path, monkeyp
             lines[2],
             "system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; did you mean pyramid-trigrid",
         ),
-        (lines[3], "unknown config key 'widht' in Portrait3DCameraConfig; did you mean width"),
+        (lines[3], "data.widht is not a setting of Portrait3DCameraConfig; did you mean width?"),
         (lines[4], "system.loss.lambda_sds='nan': give a number, or a schedule"),
         (
             {"prompt": "a dog", "overrides": ["system.loss.lambda_sds=[1,2"]},
