@@ -62,6 +62,40 @@ def eval_batches(ts, n=4, size=16):  # n != 3: threestudio's eval cameras break 
     return [dm.test_dataset.collate([dm.test_dataset[i]]) for i in range(n)]
 
 
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"width": "abc"}, "data.width='abc': give a whole number ≥ 1 (at most 4096), or a list of them"),
+        ({"batch_size": 0}, "data.batch_size=0: give a whole number ≥ 1, or a list of them"),
+        ({"height": 8192}, "data.height=8192: give a whole number ≥ 1 (at most 4096)"),
+        ({"width": [64, 128]}, "data.height, data.width and data.batch_size give 1, 2 and 1 values"),
+        (
+            {"width": [64, 128], "height": [64, 128], "batch_size": [1, 1]},
+            "data.height, data.width and data.batch_size give 2, 2 and 2 values: give one, or "
+            "len(data.resolution_milestones) + 1 = 1 each",
+        ),
+        ({"eval_width": 0}, "data.eval_width=0: give a whole number from 1 to 4096"),
+        ({"n_test_views": 0}, "data.n_test_views=0: give a whole number from 1 to 100000"),
+        ({"elevation_range": [-15, float("nan")]}, "data.elevation_range[1]=nan: give a finite number"),
+        ({"widht": 64}, "data.widht is not a setting of Portrait3DCameraConfig; did you mean width?"),
+        ({"center_perturb": 0.1}, "data.center_perturb and data.up_perturb must be 0"),
+    ],
+)
+def test_the_camera_settings_are_checked_when_the_datamodule_is_made(ts, settings, message):
+    """What threestudio's dataset would fail on at ``setup`` (an assert, a range error) or train with
+    silently (a NaN range): one line naming the setting, when launch.py makes the datamodule."""
+    with pytest.raises(ValueError) as e:
+        ts.find("portrait3d-camera-datamodule")(settings)
+    assert str(e.value).startswith(message), str(e.value)
+    resolutions = {
+        "width": [64, 128],
+        "height": [64, 128],
+        "batch_size": [1, 1],
+        "resolution_milestones": [100],
+    }
+    assert ts.find("portrait3d-camera-datamodule")(resolutions).cfg.width == [64, 128]  # threestudio's stages
+
+
 @pytest.mark.parametrize("mode", ["torgb-bias", "gan"])
 def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
     g, m, bg, renderer, levels, ws = build(ts, prior_path, mode)

@@ -68,9 +68,9 @@ def check_camera_settings(cfg: Portrait3DCameraConfig) -> None:
             f"{len(cfg.resolution_milestones) + 1} each"
         )
     for name in ("eval_height", "eval_width", "eval_batch_size", "n_val_views", "n_test_views"):
-        value = getattr(cfg, name)
-        if not 1 <= value <= (MAX_RESOLUTION if name.startswith("eval_") else MAX_FRAMES):
-            raise ValueError(f"data.{name}={value}: give a whole number ≥ 1")
+        value, high = getattr(cfg, name), MAX_RESOLUTION if name.startswith("eval_") else MAX_FRAMES
+        if not 1 <= value <= high:
+            raise ValueError(f"data.{name}={value}: give a whole number from 1 to {high}")
 
 
 def aim_cameras(batch: Dict[str, Any], look_at: Tensor) -> Dict[str, Any]:
