@@ -279,6 +279,37 @@ def test_each_prompts_config_is_checked_before_anything_starts(tmp_path, monkeyp
         {"prompt": "an old man", "overrides": {"system.loss.lambda_sds": float("nan")}},
         {"prompt": "an old woman", "overrides": {"system.refine.stpes": 3}},
     ]
+    # what each bad line says (the child's checks, here in this process)
+    from omegaconf import OmegaConf
+    from threestudio_env import import_extension
+
+    from portrait3d.prompt_configs import check_config, compose, error_line
+
+    ts, base = import_extension(), OmegaConf.load(CONFIG)
+    for line, message in (
+        (lines[0], None),
+        (
+            lines[2],
+            "system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; did you "
+            "mean pyramid-trigrid",
+        ),
+        (lines[3], "data.widht is not a setting of Portrait3DCameraConfig; did you mean width?"),
+        (lines[4], "system.loss.lambda_sds='nan': give a number, or a schedule"),
+        (
+            {"prompt": "a dog", "overrides": ["system.loss.lambda_sds=[1,2"]},
+            "override 'system.loss.lambda_sds=[1,2' cannot be read",
+        ),
+    ):
+        prompts = tmp_path / "one.jsonl"
+        prompts.write_text(json.dumps(line) + "\n")
+        overrides = read_prompts(str(prompts))[0].launch_overrides([])
+        try:
+            check_config(compose(base, overrides), ts)
+            said = None
+        except Exception as e:  # noqa: BLE001 - the line the batch shows
+            said = error_line(e)
+        assert said == message if message is None else said.startswith(message), (line, said)
+    # the batch: the first bad line and the others, before anything starts, nothing built
     prompts, out = tmp_path / "p.jsonl", tmp_path / "runs"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in lines))
     monkeypatch.setenv("PORTRAIT3D_CACHE", str(tmp_path / "cache"))  # the check builds no tiny model
@@ -289,21 +320,6 @@ def test_each_prompts_config_is_checked_before_anything_starts(tmp_path, monkeyp
         "(lines 3, 4, 5, 6 also fail); nothing was started"
     ) in err, err
     assert not out.exists()
-    for line, message in (
-        (
-            lines[2],
-            "system.geometry_type: 'pyramid-trigrids' is not a registered threestudio component; did you mean pyramid-trigrid",
-        ),
-        (lines[3], "data.widht is not a setting of Portrait3DCameraConfig; did you mean width?"),
-        (lines[4], "system.loss.lambda_sds='nan': give a number, or a schedule"),
-        (
-            {"prompt": "a dog", "overrides": ["system.loss.lambda_sds=[1,2"]},
-            "override 'system.loss.lambda_sds=[1,2' cannot be read",
-        ),
-    ):
-        prompts.write_text(json.dumps(line) + "\n")
-        code, _, err, _ = cli("batch", str(prompts), "--config", CONFIG, "--out", str(out))
-        assert code == 2 and f"{prompts}:1: {message}" in err and err.count("\n") == 1, err
     # a line without overrides that fails: the config with the batch's overrides is named
     prompts.write_text(json.dumps(lines[1]) + "\n" + json.dumps({"prompt": "a cat"}) + "\n")
     code, _, err, _ = cli(
