@@ -8,7 +8,9 @@ threestudio's ``launch.py`` lets every exception end in a traceback. :func:`inst
 - the prompt not given or empty (OmegaConf: ``Missing mandatory value: tag`` / ``NoneType ... replace``);
 - a misspelt config key: the key, with the closest valid names;
 - our configs used where the extension is not installed (``p3d_tiny`` / ``p3d_tag`` resolvers, component names missing);
-- a value of the wrong type for a typed key (OmegaConf's ``ValidationError``), an override that is not YAML.
+- a value of the wrong type for a typed key (OmegaConf's ``ValidationError``), an override that is not YAML;
+- what launch.py's own set-up refuses (``trainer.*``, ``checkpoint.*``, ``seed``, the trial folder,
+  ``resume=``) and what ``configure_optimizers`` refuses (``system.optimizer`` / ``system.scheduler``).
 Anything else keeps its full traceback (a bug to report). A trial folder the failed run left empty
 is removed; one with files records the failure (its line, step and stage) in its ``status.json``
 (:mod:`portrait3d.trial`), so that the report, the gallery and ``portrait3d run`` say what failed.
@@ -128,7 +130,7 @@ def one_line(exc: BaseException) -> Optional[str]:
     if isinstance(exc, KeyError) and str(exc.args[0] if exc.args else "").startswith(OUR_COMPONENTS):
         if not _raised_by_us(exc):
             return f"{exc.args[0]!r} is not a registered component: {NOT_INSTALLED}"
-    if isinstance(exc, TypeError) and "unexpected keyword argument" in text:
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in text and _unexpected_keyword(exc):
         return _unexpected_keyword(exc)
     if name == "ConfigKeyError" and "not in" in first:
         where = getattr(exc, "full_key", None) or getattr(exc, "key", "?")
@@ -139,7 +141,56 @@ def one_line(exc: BaseException) -> Optional[str]:
         return _unreadable_yaml(exc, first)
     from_us = _raised_by_us(exc) or type(exc).__module__.startswith(("gan_prior", "threestudio-portrait3d"))
     if from_us and isinstance(exc, (ValueError, KeyError, FileNotFoundError, OSError, RuntimeError)):
-        return first.strip("'\"")
+        return first.strip("'\"") if isinstance(exc, KeyError) else first  # str(KeyError) is quoted
+    return _launch_step(exc, first)
+
+
+# launch.py's own set-up (threestudio launch.py ``main``), by the call its frame was in: the settings
+# a bad value there came from
+LAUNCH_CALLS = (
+    ("seed_everything(", "seed"),
+    ("ModelCheckpoint(", "checkpoint"),
+    ("Trainer(", "trainer"),
+)
+
+
+def _launch_step(exc: BaseException, first: str) -> Optional[str]:
+    """One line for what launch.py's own set-up refused (Lightning's Trainer, the checkpoint
+    callback, the seed, the trial folder, ``resume=``) or ``configure_optimizers`` did, naming the
+    settings; None for anything else."""
+    if not isinstance(exc, Exception):
+        return None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if any(f.name == "configure_optimizers" for f in frames):
+        return f"system.optimizer / system.scheduler: {first}; check their name, args and params"
+    cfg = _launch_locals(exc, "cfg")
+    resume = getattr(cfg, "resume", None)
+    if isinstance(exc, OSError) and resume and (exc.filename == resume or str(resume) in first):
+        reason = exc.strerror or first
+        return (
+            f"resume={resume}: {reason}; give a trial's checkpoint, e.g. outputs/<name>/<tag>/ckpts/last.ckpt"
+        )
+    launch = [f for f in frames if os.path.basename(f.filename) == "launch.py" and f.name == "main"]
+    if not launch:
+        return None
+    call = launch[-1].line or ""
+    if "load_config(" in call and isinstance(exc, OSError):
+        return (
+            f"cannot make the trial folder {exc.filename}: {exc.strerror}; set exp_root_dir (and name, tag) "
+            "to a folder you can write"
+        )
+    for pattern, section in LAUNCH_CALLS:
+        if pattern in call:
+            taken = re.search(r"multiple values for keyword argument '(\w+)'", first)
+            if taken:
+                key = taken.group(1)
+                hint = " (--gpu picks the GPU)" if key in ("accelerator", "devices", "strategy") else ""
+                return f"{section}.{key} is set by launch.py itself{hint}; remove it"
+            if section == "seed":
+                return f"seed={getattr(cfg, 'seed', '?')}: {first}; give a whole number from 0 to 4294967295"
+            return (
+                f"{section}.* ({'Lightning' if section == 'trainer' else 'the checkpoint callback'}): {first}"
+            )
     return None
 
 

@@ -428,6 +428,17 @@ SETTINGS = [  # (override, the one line configure and portrait3d batch give for 
     ("system.loss.lambda_entropy=[0,1,2,3,4]", "system.loss.lambda_entropy=[0, 1, 2, 3, 4]: give a number"),
     ("system.guidance.guidance_scale=.nan", "system.guidance.guidance_scale=nan: give a finite number"),
     (
+        "system.guidance.min_step_percent=0.9",
+        "system.guidance.min_step_percent=0.9 and max_step_percent=0.4 (portrait3d-sd-guidance): give 0 ≤ min "
+        "≤ max ≤ 1",
+    ),
+    ("system.optimizer.args.lr=-1", "system.optimizer.args.lr=-1: give a learning rate ≥ 0"),
+    (
+        "system.optimizer.params.geometry.trigrids_8.lr=2",
+        "system.optimizer.params has 'geometry' and 'geometry.trigrids_8': an override such as",
+    ),
+    ("system.prompt_processor.prompt=' '", "system.prompt_processor.prompt is empty: give the text"),
+    (
         "system.exporter.texture_sise=64",
         "system.exporter.texture_sise is not a setting of portrait3d-exporter; did you mean texture_size",
     ),
@@ -447,7 +458,11 @@ def test_settings_are_checked_without_building_or_reading_anything(tmp_path):
     def check(*overrides):
         cfg = load_config(
             os.path.join(ROOT, "configs", "portrait3d-tiny.yaml"),
-            cli_args=[f"exp_root_dir={tmp_path}", *overrides],
+            cli_args=[
+                f"exp_root_dir={tmp_path}",
+                "tag=settings",
+                *overrides,
+            ],  # (a tag: a blank prompt reaches the check)
         )
         system = ts.find(cfg.system_type)
         return system.check_settings(parse_structured(system.Config, cfg.system))

@@ -78,6 +78,16 @@ def eval_batches(ts, n=4, size=16):  # n != 3: threestudio's eval cameras break 
         ({"n_test_views": 0}, "data.n_test_views=0: give a whole number from 1 to 100000"),
         ({"elevation_range": [-15, float("nan")]}, "data.elevation_range[1]=nan: give a finite number"),
         ({"widht": 64}, "data.widht is not a setting of Portrait3DCameraConfig; did you mean width?"),
+        (
+            {"elevation_range": [30, -15]},
+            "data.elevation_range=[30.0, -15.0]: give [low, high] with low ≤ high",
+        ),
+        ({"camera_distance_range": [-1, -1]}, "data.camera_distance_range=[-1.0, -1.0]: give [low, high]"),
+        (
+            {"fovy_range": [0, 0]},
+            "data.camera_distance_range=[2.7, 2.7] and data.fovy_range=[0.0, 0.0]: distances",
+        ),
+        ({"eval_fovy_deg": 180}, "data.eval_camera_distance=2.7, data.eval_fovy_deg=180.0"),
         ({"center_perturb": 0.1}, "data.center_perturb and data.up_perturb must be 0"),
     ],
 )

@@ -717,8 +717,30 @@ def test_newcomer_mistakes_end_in_one_line(run):
             "[ERROR] override 'system.loss.lambda_sds=[1,2' is not valid YAML (while parsing a flow sequence)",
         ),
     )
+    tiny = ["--config", "configs/portrait3d-tiny.yaml", "--train", "tag=typo2"]
+    cases += (  # what launch.py's own set-up (Lightning, the seed, resume=) and the optimizer refuse
+        ([*tiny, "trainer.max_steps=abc"], "[ERROR] trainer.* (Lightning): '<' not supported between"),
+        (
+            [*tiny, "trainer.devices=3"],
+            "[ERROR] trainer.devices is set by launch.py itself (--gpu picks the GPU)",
+        ),
+        ([*tiny, "seed=-1"], "[ERROR] seed=-1: -1 is not in bounds"),
+        (
+            [*tiny, "resume=/nowhere/last.ckpt"],
+            "[ERROR] resume=/nowhere/last.ckpt: Checkpoint file not found",
+        ),
+        (
+            [*tiny, "system.initializer.source=seed", "system.optimizer.name=Foo"],
+            "[ERROR] system.optimizer / system.scheduler: module 'torch.optim' has no attribute 'Foo'",
+        ),
+        (
+            ["--config", "configs/portrait3d-tiny.yaml", "--test", "tag=typo2"],
+            "[ERROR] launch.py --test shows a trained run, and this one starts from nothing: add resume=",
+        ),
+    )
     for args, message in cases:
-        assert _stderr_error_line(launch_to_error(tree, cache, *args)).startswith(message)
+        line = _stderr_error_line(launch_to_error(tree, cache, *args))
+        assert line.startswith(message), (args, line)
     assert not os.path.exists(os.path.join(tree, "outputs", "portrait3d-tiny", "typo2"))
 
 

@@ -67,6 +67,27 @@ def check_camera_settings(cfg: Portrait3DCameraConfig) -> None:
             f"{lengths['batch_size']} values: give one, or len(data.resolution_milestones) + 1 = "
             f"{len(cfg.resolution_milestones) + 1} each"
         )
+    for name, low, high in (  # (degrees; distances from the pivot)
+        ("elevation_range", -90.0, 90.0),
+        ("azimuth_range", -360.0, 360.0),
+        ("camera_distance_range", 0.0, None),
+        ("fovy_range", 0.0, 180.0),
+    ):
+        pair = list(getattr(cfg, name))
+        if len(pair) != 2 or pair[0] > pair[1] or pair[0] < low or (high is not None and pair[1] > high):
+            where = f"within [{low:g}, {high:g}]" if high is not None else f"low > {low:g}"
+            raise ValueError(f"data.{name}={pair}: give [low, high] with low ≤ high, {where}")
+    if min(cfg.camera_distance_range) <= 0 or min(cfg.fovy_range) <= 0 or max(cfg.fovy_range) >= 180:
+        raise ValueError(
+            f"data.camera_distance_range={list(cfg.camera_distance_range)} and data.fovy_range="
+            f"{list(cfg.fovy_range)}: distances > 0 and fields of view strictly between 0 and 180 degrees"
+        )
+    if cfg.eval_camera_distance <= 0 or not 0 < cfg.eval_fovy_deg < 180 or cfg.camera_perturb < 0:
+        raise ValueError(
+            f"data.eval_camera_distance={cfg.eval_camera_distance}, data.eval_fovy_deg={cfg.eval_fovy_deg}, "
+            f"data.camera_perturb={cfg.camera_perturb}: give a distance > 0, a field of view strictly "
+            "between 0 and 180 degrees, a perturbation ≥ 0"
+        )
     for name in ("eval_height", "eval_width", "eval_batch_size", "n_val_views", "n_test_views"):
         value, high = getattr(cfg, name), MAX_RESOLUTION if name.startswith("eval_") else MAX_FRAMES
         if not 1 <= value <= high:

@@ -81,8 +81,13 @@ class Portrait3DPromptProcessor(StableDiffusionPromptProcessor):
 
     @staticmethod
     def check_config(cfg) -> None:
-        """Settings of threestudio's processor the official scheme does not have (the system calls this
-        in its configure, before any work)."""
+        """An empty prompt, and settings of threestudio's processor the official scheme does not have
+        (the system calls this in its configure, before any work)."""
+        if not str(cfg.prompt or "").strip():
+            raise ValueError(
+                "system.prompt_processor.prompt is empty: give the text of the portrait, "
+                'system.prompt_processor.prompt="upper body photo, ..."'
+            )
         if cfg.use_perp_neg:
             raise ValueError(
                 "system.prompt_processor.use_perp_neg: the official Portrait3D SDS has no Perp-Neg; "

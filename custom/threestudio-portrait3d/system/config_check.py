@@ -122,3 +122,39 @@ def check_component_keys(cfg: Any, find: Callable[[str], Any]) -> None:
     parsed = parse_section(initializer.Config, cfg.initializer, "system.initializer", cfg.initializer_type)
     if hasattr(initializer, "check_keys"):
         initializer.check_keys(parsed)
+
+
+def check_optimizer_settings(optimizer: Mapping) -> None:
+    """``system.optimizer``: learning rates (``args.lr``, ``params.<group>.lr``) numbers ≥ 0, and no
+    group both whole and by part (``params.geometry.trigrids_8.lr=…`` on the command line nests a
+    new ``geometry`` group beside the config's ``geometry.trigrids_8``: threestudio would then put
+    those parameters in two groups)."""
+    if OmegaConf.is_config(optimizer):
+        optimizer = OmegaConf.to_container(optimizer, resolve=True)
+    optimizer = optimizer or {}
+    rates = [("system.optimizer.args.lr", (optimizer.get("args") or {}).get("lr", 0.0))]
+    params = optimizer.get("params") or {}
+    rates += [(f"system.optimizer.params.{k}.lr", (v or {}).get("lr", 0.0)) for k, v in params.items()]
+    for key, lr in rates:
+        if not _is_number(lr) or lr < 0:
+            raise ValueError(f"{key}={lr!r}: give a learning rate ≥ 0")
+    for group in params:
+        parts = [k for k in params if str(k).startswith(f"{group}.")]
+        if parts:
+            raise ValueError(
+                f"system.optimizer.params has {group!r} and {parts[0]!r}: an override such as "
+                f"system.optimizer.params.{parts[0]}.lr=… makes a new {group!r} group (its dots nest); "
+                "change that group's lr in the config file, or give all of system.optimizer.params"
+            )
+
+
+def check_timestep_range(guidance: Any, guidance_type: str) -> None:
+    """``min_step_percent`` ≤ ``max_step_percent`` within [0, 1] where a guidance has them as numbers
+    (threestudio samples ``t`` in ``[min, max] × 1000``: outside it fails at the first step, or
+    indexes the noise schedule from its end)."""
+    lo, hi = getattr(guidance, "min_step_percent", None), getattr(guidance, "max_step_percent", None)
+    if _is_number(lo) and _is_number(hi) and not 0 <= lo <= hi <= 1:
+        raise ValueError(
+            f"system.guidance.min_step_percent={lo} and max_step_percent={hi} ({guidance_type}): give "
+            "0 ≤ min ≤ max ≤ 1, fractions of the diffusion timesteps (the official 0.02 and 0.4)"
+        )

@@ -36,7 +36,9 @@ from .config_check import (
     check_component_keys,
     check_finite,
     check_loss_weights,
+    check_optimizer_settings,
     check_registered_names,
+    check_timestep_range,
     parse_section,
 )
 from .existing_trial import claim_trial
@@ -101,6 +103,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
         check_visible_gpus()  # before anything loads, and before Lightning starts a process per GPU
+        self.fitted = False  # set by on_fit_start: --test / --export without resume= are refused
         for note in self.check_settings(self.cfg):
             threestudio.info(note)
         self.max_nonfinite_steps = self.cfg.max_nonfinite_steps
@@ -153,6 +156,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         check_registered_names(cfg, threestudio.__modules__)
         check_finite(OmegaConf.to_container(cfg, resolve=True), "system")
         check_loss_weights(cfg.loss)
+        check_optimizer_settings(cfg.optimizer)
         check_component_keys(cfg, threestudio.find)
         notes = cls.check_guidance_config(cfg)
         notes += cls.check_export_config(cfg)
@@ -233,6 +237,11 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             threestudio.find,
             lambda kind, section: parse_section(kind, section, "system.guidance", cfg.guidance_type),
         )
+        guidance = threestudio.find(cfg.guidance_type)
+        check_timestep_range(
+            parse_section(guidance.Config, cfg.guidance, "system.guidance", cfg.guidance_type),
+            cfg.guidance_type,
+        )
         processor = threestudio.find(cfg.prompt_processor_type)
         checked = parse_section(
             processor.Config, cfg.prompt_processor, "system.prompt_processor", cfg.prompt_processor_type
@@ -285,8 +294,16 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             torch.is_deterministic_algorithms_warn_only_enabled(),
             t.strategy.root_device,
         )
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn
+        if stage != "fit" and not self.resumed and not self.fitted:
+            command = "--export" if stage == "predict" else f"--{stage}"
+            raise ValueError(
+                f"launch.py {command} shows a trained run, and this one starts from nothing: add "
+                "resume=outputs/<name>/<tag>/ckpts/last.ckpt (with --config that trial's configs/parsed.yaml)"
+            )
 
     def on_fit_start(self) -> None:
+        self.fitted = True  # a --train run goes on to its test stage, resumed or not
         super().on_fit_start()
         record_status(self.get_save_dir(), "running", "train", self.true_global_step)
         if not self.resumed:
