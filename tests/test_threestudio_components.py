@@ -106,6 +106,19 @@ def test_the_camera_settings_are_checked_when_the_datamodule_is_made(ts, setting
     assert ts.find("portrait3d-camera-datamodule")(resolutions).cfg.width == [64, 128]  # threestudio's stages
 
 
+@pytest.mark.parametrize("level", ["abc", float("nan"), True])
+def test_an_isosurface_level_that_is_not_one_is_refused_when_the_geometry_is_made(ts, prior_path, level):
+    """``--train`` used to accept it and ``--export`` failed after training, without naming it."""
+    with pytest.raises(ValueError, match=r"^system.geometry.isosurface_threshold=.*: give the density level"):
+        ts.find("pyramid-trigrid")(
+            {"checkpoint": prior_path, "level_sizes": [8, 16, 32], "isosurface_threshold": level}
+        )
+    for fine in ("auto", 15):
+        ts.find("pyramid-trigrid")(
+            {"checkpoint": prior_path, "level_sizes": [8, 16, 32], "isosurface_threshold": fine}
+        )
+
+
 @pytest.mark.parametrize("mode", ["torgb-bias", "gan"])
 def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
     g, m, bg, renderer, levels, ws = build(ts, prior_path, mode)

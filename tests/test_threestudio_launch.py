@@ -724,6 +724,10 @@ def test_newcomer_mistakes_end_in_one_line(run):
             [*tiny, "trainer.devices=3"],
             "[ERROR] trainer.devices is set by launch.py itself (--gpu picks the GPU)",
         ),
+        (
+            [*tiny, "trainer.max_epochs=0"],
+            "[ERROR] trainer.max_epochs=0, trainer.limit_train_batches=1.0: this",
+        ),
         ([*tiny, "seed=-1"], "[ERROR] seed=-1: -1 is not in bounds"),
         (
             [*tiny, "resume=/nowhere/last.ckpt"],

@@ -12,6 +12,7 @@ marching cubes over the tri-grid box (:func:`gan_prior.mesh.density_grid`: coars
 ``isosurface_chunk`` points per field call, so a 256³ grid fits a small GPU).
 """
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,14 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
                 f"system.geometry: isosurface_method={self.cfg.isosurface_method!r}, isosurface_chunk="
                 f"{self.cfg.isosurface_chunk}: pyramid-trigrid meshes by marching cubes ('mc-cpu') with a "
                 "chunk > 0 grid points per field call"
+            )
+        level = self.cfg.isosurface_threshold
+        if level != "auto" and not (
+            isinstance(level, (int, float)) and not isinstance(level, bool) and math.isfinite(level)
+        ):
+            raise ValueError(
+                f"system.geometry.isosurface_threshold={level!r}: give the density level of the exported "
+                "mesh (a number; the official 15) or auto"
             )
         prior = load_prior(self.cfg.checkpoint, "system.geometry.checkpoint")
         self.box_warp = prior.cfg.render.box_warp

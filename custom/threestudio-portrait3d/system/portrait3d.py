@@ -295,6 +295,11 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             t.strategy.root_device,
         )
         stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn
+        if stage == "fit" and (t.max_epochs == 0 or t.limit_train_batches == 0):
+            raise ValueError(
+                f"trainer.max_epochs={t.max_epochs}, trainer.limit_train_batches={t.limit_train_batches}: "
+                "this trains nothing; leave them unset (trainer.max_steps ends the run)"
+            )
         if stage != "fit" and not self.resumed and not self.fitted:
             command = "--export" if stage == "predict" else f"--{stage}"
             raise ValueError(
