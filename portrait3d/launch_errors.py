@@ -33,6 +33,7 @@ from .errors import TrialInUse
 OUR_DIRS = ("gan_prior", os.path.join("custom", "threestudio-portrait3d"), "portrait3d")
 OUR_COMPONENTS = ("portrait3d-", "pyramid-trigrid", "gan-prior-initializer")
 PROMPT = "system.prompt_processor.prompt"
+EMPTY_PROMPT = f'{PROMPT} is empty: give the text of the portrait, {PROMPT}="upper body photo, ..."'
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_INSTALLED = (
     "the Portrait3D extension is not installed in this threestudio checkout: run "
@@ -116,7 +117,7 @@ def one_line(exc: BaseException) -> Optional[str]:
     if missing and (getattr(exc, "full_key", None) in ("tag", PROMPT) or PROMPT in text):
         return f'{PROMPT} is not set: add {PROMPT}="upper body photo, portrait of ..." to the command'
     if name == "InterpolationResolutionError" and "'NoneType' object has no attribute 'replace'" in text:
-        return f'{PROMPT} is empty: give the text of the portrait, {PROMPT}="upper body photo, ..."'
+        return EMPTY_PROMPT
     inner = exc.__cause__ or exc.__context__
     if name == "InterpolationResolutionError" and isinstance(inner, ValueError) and _raised_by_us(inner):
         return str(inner)  # one of our resolvers (${p3d_tag:...}, ${p3d_tiny:...}) refused its input

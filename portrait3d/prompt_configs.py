@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .errors import UsageError
 from .launch_errors import did_you_mean, one_line
 from .prompt_file import Job
-from .threestudio_env import ThreestudioError, find_threestudio
+from .threestudio_env import ThreestudioError, find_threestudio, load_extension
 
 MIN_SETS_FOR_PROGRESS = 20  # distinct override sets; fewer are checked in a few seconds
 
@@ -57,12 +57,8 @@ def check_config(cfg, threestudio) -> None:
     for key in cfg:
         if key not in names:
             raise ValueError(f"{key} is not a setting of threestudio's config{did_you_mean(str(key), names)}")
-    for option in ("data_type", "system_type"):
-        if cfg[option] not in threestudio.__modules__:
-            raise ValueError(
-                f"{option}: {cfg[option]!r} is not a registered threestudio component"
-                f"{did_you_mean(cfg[option], list(threestudio.__modules__))}"
-            )
+    for option in ("data_type", "system_type"):  # (the extension's check, loaded with threestudio)
+        load_extension().system.config_check.require_registered(option, cfg[option], threestudio.__modules__)
     threestudio.find(cfg.data_type)(cfg.data)  # a data module's constructor parses its settings only
     system = threestudio.find(cfg.system_type)
     settings = parse_structured(system.Config, cfg.system)

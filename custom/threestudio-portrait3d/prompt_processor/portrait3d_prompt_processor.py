@@ -31,6 +31,7 @@ from threestudio.models.prompt_processors.stable_diffusion_prompt_processor impo
 )
 from threestudio.utils.typing import Float, Tensor
 
+from portrait3d.launch_errors import EMPTY_PROMPT
 from portrait3d.text_embeddings import save_text_embeddings
 
 VIEWS = ("front", "side", "back")  # order of the rows of ``view_weights`` and ``text_embeddings_vd``
@@ -84,10 +85,7 @@ class Portrait3DPromptProcessor(StableDiffusionPromptProcessor):
         """An empty prompt, and settings of threestudio's processor the official scheme does not have
         (the system calls this in its configure, before any work)."""
         if not str(cfg.prompt or "").strip():
-            raise ValueError(
-                "system.prompt_processor.prompt is empty: give the text of the portrait, "
-                'system.prompt_processor.prompt="upper body photo, ..."'
-            )
+            raise ValueError(EMPTY_PROMPT)
         if cfg.use_perp_neg:
             raise ValueError(
                 "system.prompt_processor.use_perp_neg: the official Portrait3D SDS has no Perp-Neg; "

@@ -35,14 +35,19 @@ COMPONENT_OPTIONS = (
 )
 
 
+def require_registered(option: str, value: str, registered: Mapping) -> None:
+    """One clear line for a misspelt or unavailable component name ``option=value`` (threestudio's
+    ``find``: a KeyError)."""
+    if value not in registered:
+        close = difflib.get_close_matches(value, list(registered), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; is its extension in custom/?"
+        raise ValueError(f"{option}: {value!r} is not a registered threestudio component{hint}")
+
+
 def check_registered_names(cfg: Any, registered: Mapping) -> None:
-    """One clear line for a misspelt or unavailable component name (threestudio: a KeyError)."""
+    """Every ``system.<component>_type`` of the system config ``cfg`` registered."""
     for name in COMPONENT_OPTIONS:
-        value = getattr(cfg, f"{name}_type")
-        if value not in registered:
-            close = difflib.get_close_matches(value, list(registered), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; is its extension in custom/?"
-            raise ValueError(f"system.{name}_type: {value!r} is not a registered threestudio component{hint}")
+        require_registered(f"system.{name}_type", getattr(cfg, f"{name}_type"), registered)
 
 
 def parse_section(kind: Any, cfg: Any, option: str, component: str = "") -> Any:

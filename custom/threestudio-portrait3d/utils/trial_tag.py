@@ -15,7 +15,7 @@ import unicodedata
 
 from omegaconf import OmegaConf
 
-from portrait3d.launch_errors import PROMPT
+from portrait3d.launch_errors import EMPTY_PROMPT
 
 MAX_CHARS = 120
 MAX_BYTES = 200
@@ -26,9 +26,7 @@ def trial_tag(prompt) -> str:
     """The folder name for ``prompt``; a missing (None) or blank prompt is a one-line ValueError, as
     threestudio's ``rmspace`` failed on None (launch_errors shows the line)."""
     if prompt is None or not str(prompt).strip():
-        raise ValueError(
-            f'{PROMPT} is empty: give the text of the portrait, {PROMPT}="upper body photo, ..."'
-        )
+        raise ValueError(EMPTY_PROMPT)
     out = []
     for ch in unicodedata.normalize("NFC", str(prompt)):
         if ch.isspace():
