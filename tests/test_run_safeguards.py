@@ -5,6 +5,7 @@ checkpoint (skipped with a warning, then a clear stop)."""
 import contextlib
 import glob
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -158,6 +159,109 @@ def test_a_non_finite_loss_or_gradient_is_skipped_then_stops_the_run(caplog):
     with pytest.raises(S.NonFiniteStepError, match="3 steps in a row had a non-finite loss or gradient"):
         run.step(lambda p: (p * float("inf")).sum())
     assert run.nonfinite_total == 5
+
+
+def test_a_stage_whose_every_step_was_skipped_stops_the_run():
+    """A stage shorter than max_nonfinite_steps, every step of it skipped (e.g. an overflowing
+    guidance scale), used to end "done" with the untrained pyramid; now it stops in one line. A
+    stage with one good step, or one this run joined part-way (a resume), goes on."""
+    run = _Run()
+    run.max_nonfinite_steps = 10
+    for _ in range(4):
+        run.step(lambda p: (p * float("inf")).sum())
+    with pytest.raises(
+        S.NonFiniteStepError,
+        match=r"every one of the 4 steps of the SDS stage had a non-finite loss or gradient \(non-finite "
+        r"loss \(inf\)\), so it trained nothing",
+    ):
+        run.check_stage_trained("SDS", 4)
+    assert run.stage_steps == 0  # the next stage counts from zero
+    run.step(lambda p: (p**2).sum())
+    run.step(lambda p: (p * float("inf")).sum())
+    run.check_stage_trained("refinement", 2)  # one good step
+    run.step(lambda p: (p * float("inf")).sum())
+    run.check_stage_trained("refinement", 5)  # this run ran 1 of the stage's 5 steps
+
+
+def test_the_training_loop_settings_that_fail_late_are_refused():
+    loop = {"max_steps": 8, "max_epochs": None, "limit_train_batches": 1.0}
+    S.check_training_loop(**loop, val_check_interval=4, accumulate_grad_batches=1)
+    S.check_training_loop(**{**loop, "max_steps": -1}, val_check_interval=None, accumulate_grad_batches=1)
+    for change, message in (
+        ({"max_steps": 3.5}, "trainer.max_steps=3.5: give a whole number of steps"),
+        ({"max_steps": True}, "trainer.max_steps=True: give a whole number"),
+        ({"max_epochs": 0}, "trainer.max_epochs=0, trainer.limit_train_batches=1.0: this trains nothing"),
+        ({"val_check_interval": 0}, "trainer.val_check_interval=0: give the steps between validations"),
+        ({"val_check_interval": -0.5}, "trainer.val_check_interval=-0.5"),
+        ({"accumulate_grad_batches": 2}, "trainer.accumulate_grad_batches=2: Portrait3D steps the pyramid"),
+    ):
+        args = {**loop, "val_check_interval": 4, "accumulate_grad_batches": 1, **change}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            S.check_training_loop(**args)
+
+
+def test_cameras_that_cannot_see_the_portrait_are_refused():
+    """Rays are sampled only 2.35 to 3.12 from each camera, in a cube of side 0.7: cameras farther,
+    nearer, or looking elsewhere render nothing of the portrait (threestudio's own datamodule's
+    defaults, 1 to 1.5, among them)."""
+    from types import SimpleNamespace as NS
+
+    window = (2.35, 3.12, 0.7)
+    pivot = (0.0, 0.0, 0.0649)
+    S.check_camera_window(
+        NS(look_at=pivot, camera_distance_range=[2.5, 3.0], eval_camera_distance=2.7), *window
+    )
+    for data, message in (
+        (
+            NS(look_at=pivot, camera_distance_range=[2.7, 1e6], eval_camera_distance=2.7),
+            "data.camera_distance_range=[2.7, 1000000.0]: the renderer samples each ray from "
+            "system.renderer.ray_start=2.35 to ray_end=3.12 from its camera, so only cameras 2.41 to 3.06 "
+            "from the origin see the portrait",
+        ),
+        (
+            NS(camera_distance_range=[1.0, 1.5], eval_camera_distance=1.5),
+            "data.camera_distance_range=[1.0, 1.5]",
+        ),
+        (
+            NS(look_at=pivot, camera_distance_range=[2.7, 2.7], eval_camera_distance=4),
+            "data.eval_camera_distance=4:",
+        ),
+        (
+            NS(look_at=(0, 0, 2.7), camera_distance_range=[2.7, 2.7]),
+            "data.look_at=[0.0, 0.0, 2.7] is outside",
+        ),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            S.check_camera_window(data, *window)
+
+
+def test_a_gpu_index_the_machine_lacks_is_refused_not_run_on_the_cpu(monkeypatch, caplog):
+    """launch.py --gpu 5 on a one-GPU machine hides its GPU (CUDA_VISIBLE_DEVICES=5): torch sees none
+    and the run went on on the CPU without a word."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "CUDA_VISIBLE_DEVICES='5' (launch.py --gpu 5) names no GPU of this machine, which has 1 (0 to 0), "
+            "and the run would train on the CPU: pick one with --gpu 0"
+        ),
+    ):
+        S.check_visible_gpus()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # visible, yet unusable (e.g. an old driver): a warning
+    with logs_warning(caplog, r"this machine has 1 GPU\(s\) but torch .* sees none"):
+        S.check_visible_gpus()
+
+    def no_nvml():
+        raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", no_nvml)  # a CPU machine: nothing to say
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    caplog.clear()
+    S.check_visible_gpus()
+    assert not caplog.records
 
 
 def _lightning_module(loss_fn, max_nonfinite_steps=10):
@@ -364,6 +468,15 @@ def test_bad_run_settings_stop_in_configure_and_a_diverged_run_stops_with_finite
     for ckpt in glob.glob(os.path.join(tree, "outputs", "portrait3d-tiny", "nan", "ckpts", "*.ckpt")):
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for k, v in state.items() if k.startswith(("geometry.", "ema_")))
+    # the same, with a stage (4 SDS steps) shorter than max_nonfinite_steps: it used to end "done"
+    proc = launch_to_error(tree, cache, *base_args, "tag=allskipped", "system.loss.lambda_sds=1e39")
+    assert proc.returncode != 0, _tail(proc)
+    assert (
+        "[ERROR] every one of the 4 steps of the SDS stage had a non-finite loss or gradient (non-finite "
+        "loss (inf)), so it trained nothing; stopping." in proc.stderr
+    ), _tail(proc)
+    status = json.load(open(os.path.join(tree, "outputs", "portrait3d-tiny", "allskipped", "status.json")))
+    assert status["state"] == "failed" and status["error"].startswith("every one of the 4 steps"), status
 
 
 def test_the_system_sets_the_tf32_policy_and_refuses_several_gpus_in_configure(tmp_path, monkeypatch):

@@ -728,6 +728,20 @@ def test_newcomer_mistakes_end_in_one_line(run):
             [*tiny, "trainer.max_epochs=0"],
             "[ERROR] trainer.max_epochs=0, trainer.limit_train_batches=1.0: this",
         ),
+        # Lightning's loop settings that failed at the first step (a ZeroDivisionError) or ran 3.5 steps
+        ([*tiny, "trainer.val_check_interval=0"], "[ERROR] trainer.val_check_interval=0: give the steps"),
+        (
+            [*tiny, "trainer.accumulate_grad_batches=0"],
+            "[ERROR] trainer.accumulate_grad_batches=0: Portrait3D",
+        ),
+        ([*tiny, "trainer.max_steps=3.5"], "[ERROR] trainer.max_steps=3.5: give a whole number of steps"),
+        # cameras whose rays miss the portrait (the first step failed: "does not require grad")
+        (
+            [*tiny, "data.camera_distance_range=[2.7,1e6]"],
+            "[ERROR] data.camera_distance_range=[2.7, 1000000.0]: the renderer samples each ray from "
+            "system.renderer.ray_start=2.35 to ray_end=3.12 from its camera, so only cameras 2.41 to 3.06",
+        ),
+        ([*tiny, "data.look_at=[0,0,2.7]"], "[ERROR] data.look_at=[0.0, 0.0, 2.7] is outside the portrait's"),
         ([*tiny, "seed=-1"], "[ERROR] seed=-1: -1 is not in bounds"),
         (
             [*tiny, "resume=/nowhere/last.ckpt"],

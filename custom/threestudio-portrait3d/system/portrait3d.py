@@ -48,10 +48,12 @@ from .refinement_stage import RefineConfig, RefinementStage
 from .safeguards import (
     NonFiniteGuard,
     NonFiniteStepError,
+    check_camera_window,
     check_level_sizes,
     check_optimizer_levels,
     check_run_settings,
     check_trainer,
+    check_training_loop,
     check_visible_gpus,
 )
 from .test_outputs import EvaluationConfig, TestOutputs, VideoConfig
@@ -295,10 +297,16 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             t.strategy.root_device,
         )
         stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn
-        if stage == "fit" and (t.max_epochs == 0 or t.limit_train_batches == 0):
-            raise ValueError(
-                f"trainer.max_epochs={t.max_epochs}, trainer.limit_train_batches={t.limit_train_batches}: "
-                "this trains nothing; leave them unset (trainer.max_steps ends the run)"
+        data, r = getattr(t.datamodule, "cfg", None), getattr(self.renderer, "render_cfg", None)
+        if data is not None and r is not None:
+            check_camera_window(data, r.ray_start, r.ray_end, r.box_warp)
+        if stage == "fit":
+            check_training_loop(
+                t.max_steps,
+                t.max_epochs,
+                t.limit_train_batches,
+                t.val_check_interval,
+                t.accumulate_grad_batches,
             )
         if stage != "fit" and not self.resumed and not self.fitted:
             command = "--export" if stage == "predict" else f"--{stage}"
@@ -431,6 +439,13 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         # would the run resumed from it
         if sds and (step + 1) % self.cfg.ema_every_n_steps == 0:
             self.update_ema()
+        # a stage whose every step was skipped stops the run before its checkpoint is written
+        if sds and step + 1 == self.cfg.sds_steps:
+            self.check_stage_trained("SDS", self.cfg.sds_steps)
+        elif step + 1 == self.trainer.max_steps:
+            self.check_stage_trained(
+                "SDS" if sds else "refinement", step + 1 - (0 if sds else self.cfg.sds_steps)
+            )
 
     @torch.no_grad()
     def update_ema(self) -> None:

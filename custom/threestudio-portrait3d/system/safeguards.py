@@ -148,6 +148,63 @@ def check_trainer(precision: str, num_devices: int, deterministic: bool, warn_on
         )
 
 
+def check_training_loop(
+    max_steps, max_epochs, limit_train_batches, val_check_interval, accumulate_grad_batches
+) -> None:
+    """Lightning's loop settings (``trainer.*``) that would train nothing, fail at the first step or
+    draw the same noise twice: refused in ``setup``, before the initialisation."""
+    if max_epochs == 0 or limit_train_batches == 0:
+        raise ValueError(
+            f"trainer.max_epochs={max_epochs}, trainer.limit_train_batches={limit_train_batches}: "
+            "this trains nothing; leave them unset (trainer.max_steps ends the run)"
+        )
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        raise ValueError(
+            f"trainer.max_steps={max_steps!r}: give a whole number of steps (the configs' default is "
+            "system.sds_steps + system.refine.steps)"
+        )
+    if val_check_interval is not None and not val_check_interval > 0:
+        raise ValueError(
+            f"trainer.val_check_interval={val_check_interval!r}: give the steps between validations "
+            "(>= 1), or leave it unset"
+        )
+    if accumulate_grad_batches != 1:
+        # each step's timestep, noise and ray jitter are drawn from (seed, step) (utils/step_seed.py):
+        # the batches of one accumulated step would repeat the same draws
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={accumulate_grad_batches!r}: Portrait3D steps the pyramid "
+            "after every batch, as the official code does; leave it unset"
+        )
+
+
+def check_camera_window(data, ray_start: float, ray_end: float, box_warp: float) -> None:
+    """The data module's cameras (``data``, its config) see the portrait: the tri-grid fills a cube of
+    side ``box_warp`` about the origin and each ray is sampled from ``ray_start`` to ``ray_end``
+    from its camera (official ``rendering_kwargs``), so the point the cameras look at must be inside
+    the cube and within that window from every camera; otherwise no sample lands on the portrait
+    and the first step fails without a gradient. Cameras sit ``d`` from the origin
+    (``camera_distance_range``, ``eval_camera_distance``; threestudio's datamodules too)."""
+    half = box_warp / 2
+    look_at = [float(v) for v in getattr(data, "look_at", (0.0, 0.0, 0.0))]
+    if any(abs(v) >= half for v in look_at):
+        raise ValueError(
+            f"data.look_at={look_at} is outside the portrait's volume (each coordinate within ±{half:g}, "
+            "system.renderer.box_warp / 2): the cameras would look at empty space"
+        )
+    offset = sum(v * v for v in look_at) ** 0.5
+    low, high = ray_start + offset, ray_end - offset
+    for name in ("camera_distance_range", "eval_camera_distance"):
+        value = getattr(data, name, None)
+        values = [value] if isinstance(value, (int, float)) else list(value or [])
+        if any(not low <= d <= high for d in values):
+            shown = values[0] if len(values) == 1 else values
+            raise ValueError(
+                f"data.{name}={shown}: the renderer samples each ray from system.renderer.ray_start="
+                f"{ray_start:g} to ray_end={ray_end:g} from its camera, so only cameras {low:.3g} to "
+                f"{high:.3g} from the origin see the portrait; keep the distances there or widen that window"
+            )
+
+
 def single_device_message(n: int) -> str:
     return (
         f"this run sees {n} GPUs (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}) and "
@@ -156,12 +213,38 @@ def single_device_message(n: int) -> str:
     )
 
 
+def machine_gpus() -> int:
+    """The GPUs the NVIDIA driver has, whatever ``CUDA_VISIBLE_DEVICES`` hides (NVML, as torch's own
+    device count uses it); 0 without a driver or with a CPU build of torch."""
+    if torch.version.cuda is None:
+        return 0
+    try:
+        return max(0, int(torch.cuda._raw_device_count_nvml()))
+    except Exception:  # no libnvidia-ml (a CPU machine), or a torch without this helper
+        return 0
+
+
 def check_visible_gpus() -> None:
-    """launch.py trains on every visible GPU (DDP), which would initialise and refine once per GPU:
-    refused in ``configure``, before another process is started."""
+    """launch.py trains on every visible GPU (DDP), which would initialise and refine once per GPU;
+    and where ``--gpu`` (``CUDA_VISIBLE_DEVICES``) names no GPU of the machine, torch sees none and
+    the run would go on on the CPU. Both refused in ``configure``, before anything starts."""
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n > 1:
         raise ValueError(single_device_message(n))
+    gpus = machine_gpus() if n == 0 else 0
+    if not gpus:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    named = [v.strip() for v in visible.split(",") if v.strip()]
+    if named and all(v.isdigit() and int(v) >= gpus for v in named):
+        raise ValueError(
+            f"CUDA_VISIBLE_DEVICES={visible!r} (launch.py --gpu {visible}) names no GPU of this machine, which "
+            f"has {gpus} (0 to {gpus - 1}), and the run would train on the CPU: pick one with --gpu 0"
+        )
+    LOG.warning(
+        f"this machine has {gpus} GPU(s) but torch {torch.__version__} sees none (CUDA_VISIBLE_DEVICES="
+        f"{visible!r}; a driver older than CUDA {torch.version.cuda}?): training on the CPU, far slower"
+    )
 
 
 def all_finite(tensors: Sequence[Tensor]) -> Tensor:
@@ -209,7 +292,21 @@ class NonFiniteGuard:
             return f"non-finite loss ({float(loss[0])})"
         return "non-finite gradient"
 
+    def check_stage_trained(self, stage: str, steps: int) -> None:
+        """At the end of a stage of ``steps`` steps: when this run ran all of them and skipped every
+        one (a stage shorter than ``max_nonfinite_steps``, e.g. with an overflowing guidance scale),
+        stop with one line rather than carry the untrained pyramid on as if trained. Then count the
+        next stage's steps from zero."""
+        run, self.stage_steps = getattr(self, "stage_steps", 0), 0
+        if steps > 0 and run == steps and getattr(self, "nonfinite_in_a_row", 0) >= steps:
+            raise NonFiniteStepError(
+                f"every one of the {steps} steps of the {stage} stage had a non-finite loss or gradient "
+                f"({getattr(self, 'nonfinite_why', '?')}), so it trained nothing; stopping. Lower the "
+                "learning rate or the guidance scale"
+            )
+
     def skip_step(self, why: str) -> None:
+        self.nonfinite_why = why
         self.nonfinite_in_a_row = getattr(self, "nonfinite_in_a_row", 0) + 1
         self.nonfinite_total = getattr(self, "nonfinite_total", 0) + 1
         step = getattr(self, "true_global_step", "?")
@@ -231,6 +328,7 @@ class NonFiniteGuard:
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Lightning's step, run only when the loss and every gradient are finite."""
         self._guarded_loss = None
+        self.stage_steps = getattr(self, "stage_steps", 0) + 1  # stepped or skipped
         scaler = self.grad_scaler()
         if scaler is not None:
             self._scaled_step(optimizer, optimizer_closure, scaler)
