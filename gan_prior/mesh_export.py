@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import RENDER_INT_BOUNDS
 from .mesh import MIN_FACE_BUDGET, clean_mesh, vertex_normals
 from .mesh_fidelity import DrawableMesh, draw, fidelity
 from .refinement import refinement_labels
@@ -91,10 +92,15 @@ def check_config(cfg: MeshExportConfig, prefix: str = "system.exporter") -> None
         )
     if cfg.view_resolution is not None and not 16 <= cfg.view_resolution <= 2048:
         raise ValueError(f"{prefix}.view_resolution={cfg.view_resolution} must be in 16..2048 (or null)")
-    for name in ("view_samples", "ray_samples"):
+    high, high_importance = (
+        RENDER_INT_BOUNDS[k][1] for k in ("depth_resolution", "depth_resolution_importance")
+    )
+    for name in ("view_samples", "ray_samples"):  # bounded as the renderer is: 1e8 samples ran out of memory
         samples = getattr(cfg, name)
-        if len(samples) != 2 or samples[0] < 2 or samples[1] < 0:
-            raise ValueError(f"{prefix}.{name}={list(samples)} must be [stratified ≥ 2, importance ≥ 0]")
+        if len(samples) != 2 or not (2 <= samples[0] <= high and 0 <= samples[1] <= high_importance):
+            raise ValueError(
+                f"{prefix}.{name}={list(samples)} must be [stratified 2..{high}, importance 0..{high_importance}]"
+            )
     if not cfg.ray_length > 0 or cfg.chunk <= 0:
         raise ValueError(f"{prefix}.ray_length and {prefix}.chunk must be > 0")
 

@@ -165,6 +165,14 @@ def test_clean_keeps_the_largest_component_outward_within_the_face_budget():
         ({"texture_size": 16384}, "system.exporter.texture_size=16384 must be a power of two"),
         ({"max_faces": 50}, "system.exporter.max_faces=50 is below 100"),
         ({"padding": -1}, "system.exporter.padding=-1 must be in 0..256"),
+        (
+            {"view_samples": (2, 10**8)},
+            "system.exporter.view_samples=[2, 100000000] must be [stratified 2..512",
+        ),
+        (
+            {"ray_samples": (1, 0)},
+            "system.exporter.ray_samples=[1, 0] must be [stratified 2..512, importance 0..512]",
+        ),
     ],
 )
 def test_bad_export_options_are_one_line(change, message):

@@ -555,6 +555,20 @@ SETTINGS = [  # (override, the one line configure and portrait3d batch give for 
         "system.exporter.texture_sise=64",
         "system.exporter.texture_sise is not a setting of portrait3d-exporter; did you mean texture_size",
     ),
+    # the export wrote ../../evil.glb beside the trial's save/; 1e8 samples per ray ran out of memory
+    (
+        "system.exporter.save_name=../../evil",
+        "system.exporter.save_name='../../evil': give a file name without folders (the export's files go "
+        "to the trial's save/it<step>-export/)",
+    ),
+    (
+        "system.exporter.save_name=a\\b",
+        "system.exporter.save_name='a\\\\b': give a file name without folders",
+    ),
+    (
+        "system.exporter.ray_samples=[100000000,0]",
+        "system.exporter.ray_samples=[100000000, 0] must be [stratified 2..512, importance 0..512]",
+    ),
 ]
 
 
@@ -586,6 +600,11 @@ def test_settings_are_checked_without_building_or_reading_anything(tmp_path):
         with pytest.raises(ValueError) as e:
             check(override)
         assert str(e.value).startswith(message) and "\n" not in str(e.value), (override, str(e.value))
+    assert check("system.exporter.mesh_formats=[]") == []  # the pyramid alone
+    with pytest.raises(
+        ValueError, match="system.exporter.mesh_formats and system.exporter.pyramid_formats are both"
+    ):
+        check("system.exporter.mesh_formats=[]", "system.exporter.pyramid_formats=[]")
 
 
 def test_by_default_a_run_keeps_the_last_checkpoint_and_the_sds_result(tmp_path_factory):

@@ -16,6 +16,7 @@
 The system saves them (``save_portrait_mesh`` / ``save_pyramid``) under ``save/it{step}-export/``.
 """
 
+import os
 from dataclasses import dataclass, field, fields
 
 import threestudio
@@ -40,6 +41,17 @@ def mesh_config(cfg: "Portrait3DExporter.Config") -> MeshExportConfig:
 
 def check_exporter_config(cfg: "Portrait3DExporter.Config") -> None:
     """One line for a bad ``system.exporter`` option (also checked when a training run starts)."""
+    name = cfg.save_name
+    if name in ("", ".", "..") or os.path.basename(name) != name or "\\" in name or not name.isprintable():
+        raise ValueError(
+            f"system.exporter.save_name={name!r}: give a file name without folders (the export's files "
+            "go to the trial's save/it<step>-export/)"
+        )
+    if not cfg.mesh_formats and not cfg.pyramid_formats:
+        raise ValueError(
+            "system.exporter.mesh_formats and system.exporter.pyramid_formats are both empty: nothing "
+            "would be exported; give e.g. mesh_formats=[glb]"
+        )
     for fmt in cfg.mesh_formats:
         if fmt not in MESH_FORMATS:
             raise ValueError(
