@@ -16,6 +16,7 @@ from torch import Tensor
 
 MAX_RESOLUTION = 4096  # renders, aligned crops, inversion: larger is a typo (a 4096² render is 16 M rays)
 MAX_FRAMES = 100_000
+MAX_ISOSURFACE_RESOLUTION = 1024  # the marching-cubes lattice: 1024³ is 4 GiB of float32 density
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 
 

@@ -119,6 +119,21 @@ def test_an_isosurface_level_that_is_not_one_is_refused_when_the_geometry_is_mad
         )
 
 
+@pytest.mark.parametrize("size", [0, 100000])
+def test_an_isosurface_grid_size_out_of_range_is_refused_when_the_geometry_is_made(ts, prior_path, size):
+    """``--export`` ended in an IndexError (0) or ran out of memory (100000) after loading the run."""
+    with pytest.raises(
+        ValueError,
+        match=rf"^system.geometry.isosurface_resolution={size!r}: give the marching-cubes grid size, 2 to 1024",
+    ):
+        ts.find("pyramid-trigrid")(
+            {"checkpoint": prior_path, "level_sizes": [8, 16, 32], "isosurface_resolution": size}
+        )
+    ts.find("pyramid-trigrid")(
+        {"checkpoint": prior_path, "level_sizes": [8, 16, 32], "isosurface_resolution": 512}
+    )
+
+
 @pytest.mark.parametrize("mode", ["torgb-bias", "gan"])
 def test_threestudio_render_equals_gan_prior_render(ts, prior_path, mode):
     g, m, bg, renderer, levels, ws = build(ts, prior_path, mode)

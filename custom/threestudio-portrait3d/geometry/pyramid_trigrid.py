@@ -23,6 +23,7 @@ from threestudio.models.mesh import Mesh
 from threestudio.utils.typing import *
 
 from gan_prior.camera import gan_to_threestudio_points, threestudio_to_gan_points
+from gan_prior.checks import MAX_ISOSURFACE_RESOLUTION
 from gan_prior.mesh import density_grid, marching_cubes
 from gan_prior.pyramid_trigrid import level_key, pyramid_field
 from gan_prior.renderer import RenderConfig, crop_mask
@@ -59,6 +60,12 @@ class PyramidTriGridGeometry(BaseImplicitGeometry):
             raise ValueError(
                 f"system.geometry.isosurface_threshold={level!r}: give the density level of the exported "
                 "mesh (a number; the official 15) or auto"
+            )
+        size = self.cfg.isosurface_resolution
+        if isinstance(size, bool) or not 2 <= size <= MAX_ISOSURFACE_RESOLUTION:
+            raise ValueError(  # 0 ended in an IndexError, 100000 out of memory, both at --export
+                f"system.geometry.isosurface_resolution={size!r}: give the marching-cubes grid size, 2 to "
+                f"{MAX_ISOSURFACE_RESOLUTION} (256 by default; the official shape export uses 512)"
             )
         prior = load_prior(self.cfg.checkpoint, "system.geometry.checkpoint")
         self.box_warp = prior.cfg.render.box_warp
