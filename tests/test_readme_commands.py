@@ -233,7 +233,7 @@ def test_a_face_detector_with_the_tiny_gan_stops_at_start_up(tree, tmp_path):
 def test_the_same_command_again_is_refused_unless_asked_to_overwrite(tree, perpneg):
     """A fresh run into a trial folder that holds a trained run (same tag, use_timestamp=false) stops
     with one line naming resume= and a new tag, touching nothing; system.overwrite=true trains again
-    from step 0 in place of the old results, keeping the cached initialisation."""
+    from step 0 in place of the old results, keeping the cached initialisation and files of the user's."""
     root, cache, launch = tree
     trial = perpneg
     last = os.path.join(trial, "ckpts", "last.ckpt")
@@ -252,11 +252,12 @@ def test_the_same_command_again_is_refused_unless_asked_to_overwrite(tree, perpn
     stale = os.path.join(trial, "save", "it99-test.mp4")
     cached = os.path.join(trial, "save", "init", "0123456789ab", "pyramid.safetensors")
     os.makedirs(os.path.dirname(cached))
-    for path in (stale, cached):
+    notes = os.path.join(trial, "notes.txt")  # a user's own file in the trial: not the run's to remove
+    for path in (stale, cached, notes):
         open(path, "wb").close()
     proc = launch(root, cache, *args, "system.overwrite=true")
     assert proc.returncode == 0, _tail(proc)
-    assert not os.path.exists(stale) and os.path.isfile(cached)
+    assert not os.path.exists(stale) and os.path.isfile(cached) and os.path.isfile(notes)
     assert os.path.getmtime(last) > before[last] and os.path.isfile(
         os.path.join(trial, "save", "it2-test.mp4")
     )

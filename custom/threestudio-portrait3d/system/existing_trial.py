@@ -5,7 +5,8 @@ threestudio's trial folder is ``<exp_root_dir>/<name>/<tag>[@<timestamp>]``; wit
 restart at step 0 and replace the checkpoints (Lightning only warns). :func:`claim_trial` refuses
 that with one line naming ``resume=`` and a new tag, unless ``system.overwrite=true`` asks for it:
 then the old run's files are removed first (so that no older, higher-step file is taken for the new
-run's), except the initialisation in ``save/init``, which is reused when its inputs match.
+run's), except the initialisation in ``save/init``, which is reused when its inputs match. Files
+that are not a run's (:data:`RUN_FILES`, ``save/``), e.g. a user's notes, stay.
 """
 
 import glob
@@ -13,9 +14,23 @@ import os
 import shutil
 
 from portrait3d.errors import TrialInUse
-from portrait3d.trial import checkpoint_step
+from portrait3d.trial import STAGES, STATUS, checkpoint_step
 
 KEPT = os.path.join("save", "init")  # the cached initialisation (keyed on its inputs)
+# what launch.py (its loggers and snapshot callbacks), the system and portrait3d run write at the top
+# of a trial: system.overwrite=true removes these, and leaves anything else a user put there
+RUN_FILES = (
+    "ckpts",
+    "configs",
+    "code",
+    "csv_logs",
+    "tb_logs",
+    "lightning_logs",
+    "wandb",
+    "cmd.txt",
+    STATUS,
+    STAGES,
+)
 
 
 def claim_trial(trial: str, overwrite: bool) -> None:
@@ -39,7 +54,7 @@ def claim_trial(trial: str, overwrite: bool) -> None:
             for inner in os.listdir(path):
                 if os.path.join("save", inner) != KEPT:
                     _remove(os.path.join(path, inner))
-        else:
+        elif name in RUN_FILES:
             _remove(path)
 
 
