@@ -3,8 +3,9 @@
 Each prompt's config is composed as threestudio's ``launch.py`` composes it (``utils/config.py``
 ``load_config``: the config file, the batch's overrides, then the line's) and checked for what needs
 no file: the system's ``check_settings`` (the extension's ``system/config_check.py``: misspelt keys
-and component names, text where a number belongs, non-finite numbers, loss weights, sizes), the
-top-level keys and the data module's settings. What reads files (checkpoints, models, photos) is
+and component names, text where a number belongs, non-finite numbers, loss weights, sizes) and
+``check_launch_settings`` (the cameras against the renderer's depth window, Lightning's loop
+settings), the top-level keys and the data module's settings. What reads files (checkpoints, models, photos) is
 checked by each run's own start-up on its worker, whose files may differ from this machine's.
 
 The checks run in a child process (``python -m portrait3d.prompt_configs``), so that the batch's
@@ -59,11 +60,13 @@ def check_config(cfg, threestudio) -> None:
             raise ValueError(f"{key} is not a setting of threestudio's config{did_you_mean(str(key), names)}")
     for option in ("data_type", "system_type"):  # (the extension's check, loaded with threestudio)
         load_extension().system.config_check.require_registered(option, cfg[option], threestudio.__modules__)
-    threestudio.find(cfg.data_type)(cfg.data)  # a data module's constructor parses its settings only
+    data = threestudio.find(cfg.data_type)(cfg.data)  # a data module's constructor parses its settings only
     system = threestudio.find(cfg.system_type)
     settings = parse_structured(system.Config, cfg.system)
     if hasattr(system, "check_settings"):
         system.check_settings(settings)
+    if hasattr(system, "check_launch_settings"):  # the cameras and Lightning's loop, as setup checks them
+        system.check_launch_settings(settings, data.cfg, cfg.get("trainer") or {})
 
 
 def error_line(e: Exception) -> str:

@@ -299,6 +299,15 @@ def test_each_prompts_config_is_checked_before_anything_starts(tmp_path, monkeyp
             {"prompt": "a dog", "overrides": ["system.loss.lambda_sds=[1,2"]},
             "override 'system.loss.lambda_sds=[1,2' cannot be read",
         ),
+        # what the run's setup checks against its data module and Lightning's Trainer
+        (
+            {"prompt": "a cat", "overrides": {"data.camera_distance_range": [1.0, 1.5]}},
+            "data.camera_distance_range=[1.0, 1.5]: the renderer samples each ray from",
+        ),
+        (
+            {"prompt": "a cat", "overrides": {"trainer.val_check_interval": 0}},
+            "trainer.val_check_interval=0: give the steps between validations",
+        ),
     ):
         prompts = tmp_path / "one.jsonl"
         prompts.write_text(json.dumps(line) + "\n")

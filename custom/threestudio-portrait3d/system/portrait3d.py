@@ -165,6 +165,25 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
         check_run_settings(cfg)
         return notes
 
+    @classmethod
+    def check_launch_settings(
+        cls, cfg: "Portrait3DSystem.Config", data: Any, trainer: Dict[str, Any]
+    ) -> None:
+        """What ``setup`` checks against the data module and Lightning's Trainer, from the config
+        alone: ``data`` is the data module's config, ``trainer`` the config's ``trainer`` section
+        (Lightning's defaults for what it leaves out). ``portrait3d batch`` calls it after
+        :meth:`check_settings` on each prompt's config."""
+        renderer = parse_section(threestudio.find(cfg.renderer_type).Config, cfg.renderer, "system.renderer")
+        if all(hasattr(renderer, k) for k in ("ray_start", "ray_end", "box_warp")):
+            check_camera_window(data, renderer.ray_start, renderer.ray_end, renderer.box_warp)
+        check_training_loop(
+            trainer.get("max_steps", -1),
+            trainer.get("max_epochs"),
+            trainer.get("limit_train_batches"),
+            trainer.get("val_check_interval"),
+            trainer.get("accumulate_grad_batches", 1),
+        )
+
     @staticmethod
     def check_export_config(cfg: "Portrait3DSystem.Config") -> List[str]:
         """A bad export option fails now, not after training; another exporter
