@@ -69,6 +69,11 @@ def eval_batches(ts, n=4, size=16):  # n != 3: threestudio's eval cameras break 
         ({"batch_size": 0}, "data.batch_size=0: give a whole number ≥ 1, or a list of them"),
         ({"height": 8192}, "data.height=8192: give a whole number ≥ 1 (at most 4096)"),
         ({"width": [64, 128]}, "data.height, data.width and data.batch_size give 1, 2 and 1 values"),
+        (  # threestudio's dataset asserts equal lengths: a single batch size beside two stages failed at setup
+            {"width": [64, 128], "height": [64, 128], "resolution_milestones": [100]},
+            "data.height, data.width and data.batch_size give 2, 2 and 1 values: give one, or "
+            "len(data.resolution_milestones) + 1 = 2 each",
+        ),
         (
             {"width": [64, 128], "height": [64, 128], "batch_size": [1, 1]},
             "data.height, data.width and data.batch_size give 2, 2 and 2 values: give one, or "

@@ -60,8 +60,8 @@ def check_camera_settings(cfg: Portrait3DCameraConfig) -> None:
                 "list of them, one per stage of data.resolution_milestones"
             )
         lengths[name] = len(values)
-    stages = {n for n in lengths.values() if n > 1}
-    if len(stages) > 1 or (stages and stages != {len(cfg.resolution_milestones) + 1}):
+    counts = set(lengths.values())  # threestudio's dataset asserts that all three have one length
+    if len(counts) > 1 or counts - {1, len(cfg.resolution_milestones) + 1}:
         raise ValueError(
             f"data.height, data.width and data.batch_size give {lengths['height']}, {lengths['width']} and "
             f"{lengths['batch_size']} values: give one, or len(data.resolution_milestones) + 1 = "
