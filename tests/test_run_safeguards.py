@@ -233,6 +233,18 @@ def test_cameras_that_cannot_see_the_portrait_are_refused():
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             S.check_camera_window(data, *window)
+    # a window moved with the SDS cameras: the official ones (refinement, videos, export) see nothing
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "system.renderer.ray_start=3.5, ray_end=4.5: the official cameras (the refinement's 21 views, "
+            "the videos, the export's views) look at the portrait from 2.7, which must lie in that window "
+            "(the official one is 2.35 to 3.12)"
+        ),
+    ):
+        S.check_camera_window(
+            NS(look_at=pivot, camera_distance_range=[4, 4], eval_camera_distance=4), 3.5, 4.5, 0.7
+        )
 
 
 def test_a_gpu_index_the_machine_lacks_is_refused_not_run_on_the_cpu(monkeypatch, caplog):

@@ -14,8 +14,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from gan_prior.camera import CANONICAL_RADIUS
 from gan_prior.checks import MAX_FRAMES, MAX_RESOLUTION, check_render_options
 from gan_prior.pyramid_trigrid import level_key
+from gan_prior.renderer import RenderConfig
 
 LOG = logging.getLogger("pytorch_lightning")  # threestudio's logger
 
@@ -183,7 +185,16 @@ def check_camera_window(data, ray_start: float, ray_end: float, box_warp: float)
     from its camera (official ``rendering_kwargs``), so the point the cameras look at must be inside
     the cube and within that window from every camera; otherwise no sample lands on the portrait
     and the first step fails without a gradient. Cameras sit ``d`` from the origin
-    (``camera_distance_range``, ``eval_camera_distance``; threestudio's datamodules too)."""
+    (``camera_distance_range``, ``eval_camera_distance``; threestudio's datamodules too). The
+    official cameras of the refinement, the videos and the export sit ``CANONICAL_RADIUS`` from the
+    pivot they look at: the window must hold that distance too."""
+    if not ray_start <= CANONICAL_RADIUS <= ray_end:
+        raise ValueError(
+            f"system.renderer.ray_start={ray_start:g}, ray_end={ray_end:g}: the official cameras (the "
+            f"refinement's 21 views, the videos, the export's views) look at the portrait from "
+            f"{CANONICAL_RADIUS:g}, which must lie in that window (the official one is "
+            f"{RenderConfig.ray_start:g} to {RenderConfig.ray_end:g})"
+        )
     half = box_warp / 2
     look_at = [float(v) for v in getattr(data, "look_at", (0.0, 0.0, 0.0))]
     if any(abs(v) >= half for v in look_at):
