@@ -17,7 +17,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from gan_prior.files import read_json, write_json
+from gan_prior.files import read_json, require_output_folder, write_json
 
 from .errors import LaunchKilled, UsageError
 from .threestudio_env import ThreestudioError, extension_installed, find_threestudio, launch_command
@@ -227,6 +227,10 @@ def pasteable(root: str, args: Sequence[str]) -> str:
 
 def cmd_run(args) -> int:
     config = resolve_config(args.config)
+    try:  # before threestudio starts: its message would name exp_root_dir, which --outputs sets
+        require_output_folder(args.outputs, "--outputs")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     trial = train_and_export(config, args.overrides, args.outputs)
     print(describe(trial, find_threestudio()))
     return 0

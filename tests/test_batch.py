@@ -600,6 +600,23 @@ def test_running_again_does_nothing_then_evaluate_the_set(batch):
     assert f"CLIP score {metrics['clip_score']:.2f} over 4 portraits" in stdout
 
 
+def test_run_refuses_an_outputs_folder_it_cannot_use_before_launch_py(tmp_path, monkeypatch):
+    """``portrait3d run --outputs`` a file (or an empty path, which ran in the current folder) is one
+    line naming --outputs, before threestudio starts (whose line named exp_root_dir)."""
+    import portrait3d.run as run
+
+    monkeypatch.setattr(run, "launch", lambda *a, **k: pytest.fail("launch.py started"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for outputs, message in (
+        (str(afile), f"error: --outputs: {afile} is a file, not a folder; give a folder"),
+        (str(afile / "sub"), f"error: --outputs: {afile / 'sub'} cannot be created: {afile} is a file"),
+        ("", "error: --outputs: empty path; give an output folder"),
+    ):
+        code, _, err, _ = cli("run", "--config", CONFIG, "--outputs", outputs)
+        assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+
+
 def test_run_names_a_trial_launch_py_put_out_of_reach(tmp_path, monkeypatch):
     """A config whose tag holds a '/' (threestudio's own ``${rmspace:prompt}`` with "AC/DC" in the
     prompt) nests the trial one folder deeper than ``portrait3d run`` looks: a successful launch.py is
