@@ -28,6 +28,8 @@ RUN_FILES = (
     "lightning_logs",
     "wandb",
     "cmd.txt",
+    "logs",  # launch.py --gradio: its log file and progress file
+    "progress",
     STATUS,
     STAGES,
 )
