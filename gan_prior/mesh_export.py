@@ -36,6 +36,7 @@ from torch import Tensor
 from .checks import RENDER_INT_BOUNDS
 from .mesh import MIN_FACE_BUDGET, clean_mesh, vertex_normals
 from .mesh_fidelity import DrawableMesh, draw, fidelity
+from .pyramid_trigrid import BOX_WARP
 from .refinement import refinement_labels
 from .renderer import RenderConfig, render_view
 from .texture import (
@@ -101,8 +102,13 @@ def check_config(cfg: MeshExportConfig, prefix: str = "system.exporter") -> None
             raise ValueError(
                 f"{prefix}.{name}={list(samples)} must be [stratified 2..{high}, importance 0..{high_importance}]"
             )
-    if not cfg.ray_length > 0 or cfg.chunk <= 0:
-        raise ValueError(f"{prefix}.ray_length and {prefix}.chunk must be > 0")
+    if not 0 < cfg.ray_length <= BOX_WARP / 2:  # 1e9 baked the colour of empty space
+        raise ValueError(
+            f"{prefix}.ray_length={cfg.ray_length} must be in (0, {BOX_WARP / 2:g}] (half the tri-grid's "
+            "cube; the default is 0.02)"
+        )
+    if cfg.chunk <= 0:
+        raise ValueError(f"{prefix}.chunk={cfg.chunk} must be > 0")
 
 
 def view_resolution(cfg: MeshExportConfig, device: torch.device) -> int:

@@ -166,6 +166,12 @@ def test_clean_keeps_the_largest_component_outward_within_the_face_budget():
         ({"max_faces": 50}, "system.exporter.max_faces=50 is below 100"),
         ({"padding": -1}, "system.exporter.padding=-1 must be in 0..256"),
         (
+            {"ray_length": 1e9},
+            "system.exporter.ray_length=1000000000.0 must be in (0, 0.35] (half the tri-grid's",
+        ),
+        ({"ray_length": 0.0}, "system.exporter.ray_length=0.0 must be in (0, 0.35]"),
+        ({"chunk": 0}, "system.exporter.chunk=0 must be > 0"),
+        (
             {"view_samples": (2, 10**8)},
             "system.exporter.view_samples=[2, 100000000] must be [stratified 2..512",
         ),
