@@ -567,6 +567,16 @@ SETTINGS = [  # (override, the one line configure and portrait3d batch give for 
         "system.exporter.texture_sise=64",
         "system.exporter.texture_sise is not a setting of portrait3d-exporter; did you mean texture_size",
     ),
+    # the refinement's: 0 SDEdit steps failed after the SDS stage; a negative rate or weight ran
+    (
+        "system.refine.sdedit_steps=0",
+        "system.refine.sdedit_steps=0 must be in 1..1000 (the DDIM schedule's length); the official value is 50",
+    ),
+    ("system.refine.lr=-1", "system.refine.lr=-1.0 must be ≥ 0; the official value is 1"),
+    (
+        "system.refine.loss_weight=-1",
+        "system.refine.loss_weight=-1.0 must be ≥ 0; the official value is 1000",
+    ),
     # the export wrote ../../evil.glb beside the trial's save/; 1e8 samples per ray ran out of memory
     (
         "system.exporter.save_name=../../evil",

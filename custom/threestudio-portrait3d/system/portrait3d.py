@@ -44,7 +44,7 @@ from .config_check import (
 from .existing_trial import claim_trial
 from .exporter_swap import OUR_EXPORTER, adapt_exporter_config, use_uv_rasterizer_where_stubbed
 from .guidance_swap import check_guidance_swap, loss_message, missing_and_unused
-from .refinement_stage import RefineConfig, RefinementStage
+from .refinement_stage import RefineConfig, RefinementStage, check_refine_settings
 from .safeguards import (
     NonFiniteGuard,
     NonFiniteStepError,
@@ -155,6 +155,7 @@ class Portrait3DSystem(NonFiniteGuard, RefinementStage, TestOutputs, BaseLift3DS
             ("evaluation", EvaluationConfig),
         ):
             setattr(cfg, name, parse_section(kind, getattr(cfg, name), f"system.{name}"))
+        check_refine_settings(cfg.refine)
         check_registered_names(cfg, threestudio.__modules__)
         check_finite(OmegaConf.to_container(cfg, resolve=True), "system")
         check_loss_weights(cfg.loss)

@@ -51,29 +51,47 @@ class RefineConfig:
     chunk: int = 16384  # rays per renderer call for the views
 
 
+def check_refine_settings(c: RefineConfig) -> None:
+    """``system.refine`` settings the refinement cannot use, without reading a file (``check_settings``,
+    so the batch's pre-flight too): they fail at start-up, not after the SDS stage."""
+    if c.steps <= 0:
+        return
+    if c.resolution % 8:
+        raise ValueError(
+            f"system.refine.resolution={c.resolution}: SDEdit needs a multiple of 8 (the VAE's "
+            "downsampling); the official value is 512"
+        )
+    if not 0 < c.patch_resolution <= c.resolution:
+        raise ValueError(
+            f"system.refine.patch_resolution={c.patch_resolution} must be in 1..system.refine."
+            f"resolution ({c.resolution}); the official value is 256"
+        )
+    if not 0 <= c.noise_step < 1000:
+        raise ValueError(
+            f"system.refine.noise_step={c.noise_step} must be a diffusion timestep in 0..999; "
+            "the official value is 200"
+        )
+    if not 1 <= c.sdedit_steps <= 1000:  # 0 failed after the SDS stage, in diffusers' DDIM scheduler
+        raise ValueError(
+            f"system.refine.sdedit_steps={c.sdedit_steps} must be in 1..1000 (the DDIM schedule's length); "
+            "the official value is 50"
+        )
+    for name, official in (("guidance_scale", 7.5), ("lr", 1.0), ("loss_weight", 1e3)):
+        if getattr(c, name) < 0:  # a negative rate or weight climbs away from the refined views
+            raise ValueError(
+                f"system.refine.{name}={getattr(c, name)} must be ≥ 0; the official value is {official:g}"
+            )
+
+
 class RefinementStage:
     """The stage-2 methods of :class:`~.portrait3d.Portrait3DSystem` (``system.refine``)."""
 
     def check_refine_config(self) -> None:
-        """Fail at start-up, not after the SDS stage, on settings the refinement cannot use."""
+        """The SDEdit model exists (a folder or a hub id), before the SDS stage; the settings are
+        :func:`check_refine_settings`'s."""
         c = self.cfg.refine
         if c.steps <= 0:
             return
-        if c.resolution % 8:
-            raise ValueError(
-                f"system.refine.resolution={c.resolution}: SDEdit needs a multiple of 8 (the VAE's "
-                "downsampling); the official value is 512"
-            )
-        if not 0 < c.patch_resolution <= c.resolution:
-            raise ValueError(
-                f"system.refine.patch_resolution={c.patch_resolution} must be in 1..system.refine."
-                f"resolution ({c.resolution}); the official value is 256"
-            )
-        if not 0 <= c.noise_step < 1000:
-            raise ValueError(
-                f"system.refine.noise_step={c.noise_step} must be a diffusion timestep in 0..999; "
-                "the official value is 200"
-            )
         model = c.model or self.cfg.prompt_processor.get("pretrained_model_name_or_path")
         check_pipeline_source(
             model,
