@@ -206,6 +206,28 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_setting(
+    name: str,
+    value,
+    low: float,
+    high: Optional[float] = None,
+    whole: bool = False,
+    default=None,
+    above: bool = False,
+) -> None:
+    """A config setting within ``[low, high]`` (``above``: strictly greater than ``low``; ``high``
+    None: no upper bound; ``whole``: an integer), else one ValueError line naming it and its default."""
+    fits = _is_int(value) if whole else _is_number(value)
+    if fits and (value > low if above else value >= low) and (high is None or value <= high):
+        return
+    what = "a whole number" if whole else "a number"
+    span = f"{'>' if above else '≥'} {low:g}" + (f" and ≤ {high:g}" if high is not None else "")
+    raise ValueError(
+        f"{name}: {value!r:.40} must be {what} {span}"
+        + (f"; the default is {default}" if default is not None else "")
+    )
+
+
 def check_generator_config(config, source: str = "config") -> None:
     """Refuse a generator config (the ``config`` mapping of ``config.json``, or one inferred from a
     checkpoint) before anything is built: it must be a mapping of known options with values of the

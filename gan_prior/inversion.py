@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -51,6 +51,7 @@ from .camera import (
     hv_to_elevation_azimuth,
     lookat_pose,
 )
+from .checks import MAX_RESOLUTION, check_setting
 from .generator import PortraitGAN
 
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -122,6 +123,32 @@ def synthesize_for_distance(
 def distance_resolution(G: PortraitGAN, cfg: InversionConfig) -> int:
     """Side of the compared images: ``resolution``, or the SR output if smaller (tiny models)."""
     return cfg.resolution if cfg.mode == "raw" else min(cfg.resolution, G.cfg.image_resolution)
+
+
+def check_inversion_config(cfg: InversionConfig, prefix: str = "") -> None:
+    """Settings the projector cannot use (a ramp length of 0 divides by it, a negative step count or
+    rate runs backwards), one line each naming ``<prefix><setting>``; before any model loads."""
+    default = {f.name: f.default for f in fields(InversionConfig)}
+    for name, low, high in (
+        ("steps", 0, 100_000),
+        ("w_avg_samples", 1, 100_000),
+        ("resolution", 16, MAX_RESOLUTION),
+        ("camera_steps", 0, 100_000),
+    ):
+        check_setting(prefix + name, getattr(cfg, name), low, high, whole=True, default=default[name])
+    for name, high, above in (
+        ("learning_rate", None, False),
+        ("lr_rampup_length", None, True),
+        ("lr_rampdown_length", None, True),
+        ("noise_ramp_length", None, True),
+        ("initial_noise_factor", None, False),
+        ("regularize_noise_weight", None, False),
+        ("sampling_multiplier", 10, True),  # × the generator's 48 + 48 samples per ray (renderer: ≤ 512)
+        ("camera_lr", None, False),
+    ):
+        check_setting(prefix + name, getattr(cfg, name), 0, high, above=above, default=default[name])
+    if cfg.mode not in ("official", "raw"):
+        raise ValueError(f"{prefix}mode: {cfg.mode!r} must be 'official' or 'raw'; the default is 'official'")
 
 
 def check_mode(G: PortraitGAN, cfg: InversionConfig) -> None:

@@ -55,7 +55,7 @@ from .alignment import (
 )
 from .camera import canonical_label
 from .checkpoint import CheckpointError, read_safetensors
-from .checks import require_finite
+from .checks import MAX_RESOLUTION, check_setting, require_finite
 from .diffusion import (
     DEFAULT_TEXT_TO_IMAGE_MODEL,
     TextToImageConfig,
@@ -66,7 +66,14 @@ from .diffusion import (
 )
 from .files import atomic_path, fingerprint, read_json, write_json
 from .generator import PortraitGAN
-from .inversion import Distance, InversionConfig, estimate_camera, invert, w_statistics
+from .inversion import (
+    Distance,
+    InversionConfig,
+    check_inversion_config,
+    estimate_camera,
+    invert,
+    w_statistics,
+)
 from .media import as_rgb, from_uint8, save_image
 from .perceptual import VGG16Distance
 from .pose import PosePredictor, clamp_pose
@@ -134,6 +141,36 @@ class PortraitInitConfig:
             d["inversion"] = InversionConfig(**dict(d["inversion"]))
         return cls(**d)
 
+    def check_settings(self) -> None:
+        """The numbers (counts, sizes, rates, ``inversion``), one line naming the setting; no file read."""
+        rounds = self.camera_pose_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(
+                f"camera_pose_rounds: {rounds!r} is not a whole number ≥ 0; give 1 (the default) or 0 to "
+                "keep the alignment's camera"
+            )
+        starts = self.camera_search_starts
+        if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
+            raise ValueError(
+                f"camera_search_starts: {starts!r} is not a whole number ≥ 1; give 3 (the default) or 1 to "
+                "refine only the best grid camera"
+            )
+        default = {f.name: f.default for f in fields(PortraitInitConfig)}
+        for name, low, high in (
+            ("num_candidates", 1, 1000),
+            ("candidate_steps", 1, 1000),
+            ("aligned_resolution", 16, MAX_RESOLUTION),
+            ("camera_resolution", 16, MAX_RESOLUTION),  # 0 divided by zero in the camera search
+        ):
+            check_setting(name, getattr(self, name), low, high, whole=True, default=default[name])
+        for name, high in (
+            ("candidate_guidance_scale", None),
+            ("max_padding", 1),
+            ("camera_refine_to_deg", 90),
+        ):
+            check_setting(name, getattr(self, name), 0, high, default=default[name])
+        check_inversion_config(self.inversion, "inversion.")
+
     def validate(self, checkpoint: Optional[str] = None) -> None:
         """Cheap checks of the settings (and, given the GAN's ``checkpoint``, of the detector for it)."""
         if bool(self.prompt) == bool(self.image):
@@ -147,18 +184,7 @@ class PortraitInitConfig:
                 "vgg16: the inversion needs a perceptual network; give the official vgg16.pt (StyleGAN2-ADA "
                 "metrics) or a torchvision VGG16 state dict, e.g. PORTRAIT3D_VGG16=/path/to/vgg16.pt"
             )
-        rounds = self.camera_pose_rounds
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-            raise ValueError(
-                f"camera_pose_rounds: {rounds!r} is not a whole number ≥ 0; give 1 (the default) or 0 to "
-                "keep the alignment's camera"
-            )
-        starts = self.camera_search_starts
-        if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
-            raise ValueError(
-                f"camera_search_starts: {starts!r} is not a whole number ≥ 1; give 3 (the default) or 1 to "
-                "refine only the best grid camera"
-            )
+        self.check_settings()
         if self.vgg16 is not None and not os.path.isfile(self.vgg16):
             raise ValueError(f"vgg16: {self.vgg16} not found; give the path to a VGG16 state dict")
         try:  # a string from a config may name only safe detectors (nothing is imported here)

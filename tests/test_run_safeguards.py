@@ -577,6 +577,15 @@ SETTINGS = [  # (override, the one line configure and portrait3d batch give for 
         "system.refine.loss_weight=-1",
         "system.refine.loss_weight=-1.0 must be ≥ 0; the official value is 1000",
     ),
+    # the initialisation's numbers: 0 divided by zero in the camera search
+    (
+        "system.initializer.portrait.camera_resolution=0",
+        "system.initializer.portrait.camera_resolution: 0 must be a whole number ≥ 16 and ≤ 4096; the default is 64",
+    ),
+    (
+        "system.initializer.portrait.inversion.noise_ramp_length=0",
+        "system.initializer.portrait.inversion.noise_ramp_length: 0 must be a number > 0; the default is 0.75",
+    ),
     # the export wrote ../../evil.glb beside the trial's save/; 1e8 samples per ray ran out of memory
     (
         "system.exporter.save_name=../../evil",

@@ -7,6 +7,7 @@ same pyramid from the equivalent GAN camera label — which proves the camera ma
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -324,6 +325,26 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
             ts.find("gan-prior-initializer")(
                 {**cfg, "portrait": {**portrait, "camera_search_starts": starts}}
             )(save_dir=str(tmp_path))
+    # settings that divided by zero (camera_resolution 0, a ramp length 0) or ran backwards
+    for change, message in (
+        (
+            {"camera_resolution": 0},
+            "camera_resolution: 0 must be a whole number ≥ 16 and ≤ 4096; the default is 64",
+        ),
+        ({"max_padding": -1}, "max_padding: -1 must be a number ≥ 0 and ≤ 1; the default is 0.2"),
+        ({"camera_refine_to_deg": -1}, "camera_refine_to_deg: -1 must be a number ≥ 0 and ≤ 90"),
+        ({"aligned_resolution": 10}, "aligned_resolution: 10 must be a whole number ≥ 16"),
+        ({"inversion": {"steps": -1}}, "inversion.steps: -1 must be a whole number ≥ 0 and ≤ 100000"),
+        ({"inversion": {"lr_rampup_length": 0}}, "inversion.lr_rampup_length: 0 must be a number > 0"),
+        (
+            {"inversion": {"sampling_multiplier": 100}},
+            "inversion.sampling_multiplier: 100 must be a number > 0 and ≤ 10",
+        ),
+    ):
+        with pytest.raises(ValueError, match=re.escape(f"system.initializer.portrait.{message}")):
+            ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, **change}})(
+                save_dir=str(tmp_path)
+            )
     with pytest.raises(ValueError, match=r"system.initializer.portrait: unknown key\(s\) \['detektor'\]"):
         ts.find("gan-prior-initializer")({**cfg, "portrait": {**portrait, "detektor": "none"}})(
             save_dir=str(tmp_path)

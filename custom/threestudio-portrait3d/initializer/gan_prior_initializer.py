@@ -62,9 +62,13 @@ class GANPriorInitializer(BaseObject):
 
     @staticmethod
     def check_keys(cfg: "GANPriorInitializer.Config") -> None:
-        """The keys of ``portrait`` and ``portrait.inversion`` (no file read; the system checks them
-        so before a run, and ``portrait3d batch`` before it starts)."""
-        PortraitInitConfig.from_dict(dict(cfg.portrait), "system.initializer.portrait")
+        """The keys and numbers of ``portrait`` and ``portrait.inversion`` (no file read; the system
+        checks them so before a run, and ``portrait3d batch`` before it starts)."""
+        portrait = PortraitInitConfig.from_dict(dict(cfg.portrait), "system.initializer.portrait")
+        try:
+            portrait.check_settings()
+        except ValueError as e:
+            raise ValueError(f"system.initializer.portrait.{e}") from None
 
     def check(self) -> None:
         """The settings a fresh run will use, checked before any work (the system's configure): the
@@ -78,7 +82,9 @@ class GANPriorInitializer(BaseObject):
     def _named(self, e: Exception) -> ValueError:
         """``e`` as one line naming the config key (``system.initializer.portrait.<field>: ...``)."""
         message = str(e)
-        if message.split(":")[0] in PortraitInitConfig.__dataclass_fields__:
+        if (
+            message.split(":")[0].split(".")[0] in PortraitInitConfig.__dataclass_fields__
+        ):  # (inversion.steps)
             message = f"system.initializer.portrait.{message}"
         elif not message.startswith("system."):
             message = f"system.initializer ({self.cfg.source}): {message}"
