@@ -132,7 +132,7 @@ def check_inversion_config(cfg: InversionConfig, prefix: str = "") -> None:
     for name, low, high in (
         ("steps", 0, 100_000),
         ("w_avg_samples", 1, 100_000),
-        ("resolution", 16, MAX_RESOLUTION),
+        ("resolution", 8, MAX_RESOLUTION),  # (tiny models compare at 8²; the CLI asks for 16)
         ("camera_steps", 0, 100_000),
     ):
         check_setting(prefix + name, getattr(cfg, name), low, high, whole=True, default=default[name])
@@ -152,8 +152,7 @@ def check_inversion_config(cfg: InversionConfig, prefix: str = "") -> None:
 
 
 def check_mode(G: PortraitGAN, cfg: InversionConfig) -> None:
-    if cfg.mode not in ("official", "raw"):
-        raise ValueError(f"inversion mode must be 'official' or 'raw', got {cfg.mode!r}")
+    check_inversion_config(cfg, "inversion.")
     if cfg.mode == "official" and G.superresolution is None:
         raise ValueError(
             "inversion mode 'official' needs the generator's superresolution weights "

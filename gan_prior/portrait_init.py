@@ -160,7 +160,7 @@ class PortraitInitConfig:
             ("num_candidates", 1, 1000),
             ("candidate_steps", 1, 1000),
             ("aligned_resolution", 16, MAX_RESOLUTION),
-            ("camera_resolution", 16, MAX_RESOLUTION),  # 0 divided by zero in the camera search
+            ("camera_resolution", 8, MAX_RESOLUTION),  # 0 divided by zero in the camera search
         ):
             check_setting(name, getattr(self, name), low, high, whole=True, default=default[name])
         for name, high in (

@@ -184,7 +184,7 @@ def test_official_mode_needs_superresolution_weights(setup):
         invert(
             no_sr, target, c, lambda a, b: (a - b).square().mean(), InversionConfig(steps=1), progress=False
         )
-    with pytest.raises(ValueError, match="mode must be 'official' or 'raw'"):
+    with pytest.raises(ValueError, match="inversion.mode: 'sr' must be 'official' or 'raw'"):
         invert(
             G,
             target,

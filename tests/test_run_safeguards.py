@@ -580,7 +580,7 @@ SETTINGS = [  # (override, the one line configure and portrait3d batch give for 
     # the initialisation's numbers: 0 divided by zero in the camera search
     (
         "system.initializer.portrait.camera_resolution=0",
-        "system.initializer.portrait.camera_resolution: 0 must be a whole number ≥ 16 and ≤ 4096; the default is 64",
+        "system.initializer.portrait.camera_resolution: 0 must be a whole number ≥ 8 and ≤ 4096; the default is 64",
     ),
     (
         "system.initializer.portrait.inversion.noise_ramp_length=0",

@@ -329,7 +329,7 @@ def test_initializer_inverts_a_users_photo_into_its_own_folder_and_reuses_it(ts,
     for change, message in (
         (
             {"camera_resolution": 0},
-            "camera_resolution: 0 must be a whole number ≥ 16 and ≤ 4096; the default is 64",
+            "camera_resolution: 0 must be a whole number ≥ 8 and ≤ 4096; the default is 64",
         ),
         ({"max_padding": -1}, "max_padding: -1 must be a number ≥ 0 and ≤ 1; the default is 0.2"),
         ({"camera_refine_to_deg": -1}, "camera_refine_to_deg: -1 must be a number ≥ 0 and ≤ 90"),

@@ -82,9 +82,8 @@ class GANPriorInitializer(BaseObject):
     def _named(self, e: Exception) -> ValueError:
         """``e`` as one line naming the config key (``system.initializer.portrait.<field>: ...``)."""
         message = str(e)
-        if (
-            message.split(":")[0].split(".")[0] in PortraitInitConfig.__dataclass_fields__
-        ):  # (inversion.steps)
+        field = message.split(":")[0].split(".")[0]  # "inversion.steps: …" is a setting of inversion
+        if field in PortraitInitConfig.__dataclass_fields__:
             message = f"system.initializer.portrait.{message}"
         elif not message.startswith("system."):
             message = f"system.initializer ({self.cfg.source}): {message}"
